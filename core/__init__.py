@@ -1,0 +1,1 @@
+"""Shared infrastructure: registries, the experiment config, the generic trainer and export."""
