@@ -1,0 +1,61 @@
+"""Backbones (ResNet-50 v1/v2, RevNet-50, VGG19-BN) and the registry that maps names to them.
+
+A model is called as `model(images, training=bool)` on float32 NHWC images (any batch size,
+H, W >= 32) and returns a dict {end point name: tensor}, ordered by depth.
+"""
+
+from typing import List, Optional
+
+import keras
+
+from core.registry import Registry
+from models import common
+from models import resnet
+from models import revnet
+from models import vgg
+
+ARCHITECTURES: Registry[common.Architecture] = Registry("architecture")
+ARCHITECTURES.register("resnet50", common.Architecture(
+    build=resnet.build, end_points=resnet.END_POINTS, filters_factor=4, weight_decay=1e-4))
+ARCHITECTURES.register("revnet50", common.Architecture(
+    build=revnet.build, end_points=revnet.END_POINTS, filters_factor=4, weight_decay=1e-4))
+ARCHITECTURES.register("vgg19", common.Architecture(
+    build=vgg.build, end_points=vgg.END_POINTS, filters_factor=8, weight_decay=5e-4))
+
+
+def get_model(architecture: str, *, num_classes: Optional[int] = None,
+              filters_factor: Optional[int] = None, mode: str = "v2", last_relu: bool = True,
+              root_conv_stride: int = 2, strides: tuple = (2, 2, 2), bn_momentum: float = 0.9,
+              sync_bn: bool = False, name: Optional[str] = None) -> keras.Model:
+  """Builds a backbone; `model(images, training=...)` returns a dict of end points.
+
+  `mode` ("v1" / "v2") only changes resnet50 but is validated for all. `last_relu`,
+  `root_conv_stride` and `strides` apply to resnet50 and revnet50; vgg19 ignores them.
+  `filters_factor=None` means the architecture's default (standard width).
+  """
+  arch = ARCHITECTURES.get(architecture)
+  if filters_factor is None:
+    filters_factor = arch.filters_factor
+  strides = common.check_args(
+      num_classes=num_classes, filters_factor=filters_factor, mode=mode,
+      root_conv_stride=root_conv_stride, strides=strides, bn_momentum=bn_momentum)
+  return arch.build(
+      num_classes=num_classes, filters_factor=filters_factor, mode=mode,
+      last_relu=bool(last_relu), root_conv_stride=root_conv_stride, strides=strides,
+      bn_momentum=bn_momentum, sync_bn=bool(sync_bn), name=name)
+
+
+def end_point_names(architecture: str, with_logits: bool = False) -> List[str]:
+  """The keys of the model's output dict, ordered by depth."""
+  names = list(ARCHITECTURES.get(architecture).end_points)
+  return names + ["logits"] if with_logits else names
+
+
+def default_filters_factor(architecture: str) -> int:
+  """The standard-width filters_factor (4 for resnet50/revnet50, 8 for vgg19)."""
+  return ARCHITECTURES.get(architecture).filters_factor
+
+
+def default_weight_decay(architecture: str) -> float:
+  """The L2 weight decay of the 2019 code (1e-4 for resnet50/revnet50, 5e-4 for vgg19)."""
+  return ARCHITECTURES.get(architecture).weight_decay

@@ -1,0 +1,140 @@
+"""Pieces shared by the backbones: layer factories, argument checks and the model base class."""
+
+import dataclasses
+from typing import Callable, Optional, Tuple
+
+import keras
+from keras import ops
+
+BN_EPSILON = 1e-5
+MODES = ("v1", "v2")
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+  """What the registry holds for one architecture: its builder and its defaults."""
+  build: Callable[..., keras.Model]
+  end_points: Tuple[str, ...]  # without "logits", ordered by depth
+  filters_factor: int
+  weight_decay: float
+
+
+def batch_norm(name: str, momentum: float, synchronized: bool) -> keras.layers.Layer:
+  """BatchNorm as every backbone uses it (epsilon 1e-5, optionally cross-replica)."""
+  return keras.layers.BatchNormalization(
+      momentum=momentum, epsilon=BN_EPSILON, synchronized=synchronized, name=name)
+
+
+def conv(filters: int, kernel_size: int, name: str, strides: int = 1,
+         padding: Optional[str] = None) -> keras.layers.Layer:
+  """A bias-free convolution (a BatchNorm always follows or precedes it).
+
+  Strided convolutions default to VALID padding: put `fixed_padding` in front of them.
+  """
+  if padding is None:
+    padding = "same" if strides == 1 else "valid"
+  return keras.layers.Conv2D(
+      filters, kernel_size, strides=strides, padding=padding, use_bias=False,
+      kernel_initializer="he_normal", name=name)
+
+
+def fixed_padding(kernel_size: int, name: str) -> keras.layers.Layer:
+  """Symmetric zero padding for a strided VALID conv, the same whatever the input's parity.
+
+  TF's SAME padding puts the extra row at the bottom for even inputs, which shifts the
+  sampling grid; the 2019 code padded like this instead. Output sizes equal SAME's.
+  """
+  total = kernel_size - 1
+  before, after = total // 2, total - total // 2
+  return keras.layers.ZeroPadding2D(((before, after), (before, after)), name=name)
+
+
+def output_shape(shape, *layers):
+  """The shape after applying `layers` (None entries skipped) in order, without building."""
+  shape = tuple(shape)
+  for layer in layers:
+    if layer is not None:
+      shape = tuple(layer.compute_output_shape(shape))
+  return shape
+
+
+def build_sequence(shape, *layers):
+  """Builds `layers` (None entries skipped) applied in order to `shape`; returns the output shape.
+
+  Composite layers build their children this way from shapes alone, so that building a
+  model (first call or `model.build`) creates every variable without a symbolic trace.
+  """
+  shape = tuple(shape)
+  for layer in layers:
+    if layer is not None:
+      if not layer.built:
+        layer.build(shape)
+      shape = tuple(layer.compute_output_shape(shape))
+  return shape
+
+
+class Backbone(keras.Model):
+  """Base of the backbones: `call` returns a dict of end points; optional logits head.
+
+  Subclasses fill the spatial end points and call `_finish` with the last feature map.
+  """
+
+  def __init__(self, num_classes: Optional[int], name: str):
+    super().__init__(name=name)
+    self.num_classes = num_classes
+    self.logits_layer = (
+        # Small initial weights: the head starts near uniform predictions (loss ~ log K).
+        keras.layers.Dense(num_classes, name="logits",
+                           kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))
+        if num_classes else None)
+
+  def _add_sequence(self, layers) -> Tuple[str, ...]:
+    """Attaches `layers` as attributes named after them; returns the names, in order.
+
+    tf.train.Checkpoint does not see layers kept in a Python list of a Keras 3 model (Keras
+    wraps lists in its own TrackedList), so every layer must be an attribute of its own.
+    """
+    names = []
+    for layer in layers:
+      if hasattr(self, layer.name):
+        raise ValueError(f"{self.name}: layer name {layer.name!r} is already taken")
+      setattr(self, layer.name, layer)
+      names.append(layer.name)
+    return tuple(names)
+
+  def _build_head(self, features_shape):
+    """Builds the logits head for the shape of the map that `pre_logits` pools."""
+    if self.logits_layer is not None and not self.logits_layer.built:
+      self.logits_layer.build((features_shape[0], features_shape[-1]))
+
+  def _finish(self, end_points: dict, features) -> dict:
+    """Adds `pre_logits` (global average pool of `features`) and, with a head, `logits`."""
+    pre_logits = ops.mean(features, axis=(1, 2))
+    end_points["pre_logits"] = pre_logits
+    if self.logits_layer is not None:
+      end_points["logits"] = self.logits_layer(pre_logits)
+    return end_points
+
+
+def check_args(*, num_classes, filters_factor, mode, root_conv_stride, strides,
+               bn_momentum) -> Tuple[int, ...]:
+  """Validates the common `get_model` arguments; returns `strides` as a tuple."""
+  if mode not in MODES:
+    raise ValueError(f"unknown mode {mode!r}; valid choices: {', '.join(MODES)}")
+  if (isinstance(filters_factor, bool) or not isinstance(filters_factor, int)
+      or filters_factor <= 0):
+    raise ValueError(f"filters_factor must be a positive integer, got {filters_factor!r}")
+  if num_classes is not None and (
+      isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0):
+    raise ValueError(f"num_classes must be None or a positive integer, got {num_classes!r}")
+  if root_conv_stride not in (1, 2) or isinstance(root_conv_stride, bool):
+    raise ValueError(f"root_conv_stride must be 1 or 2, got {root_conv_stride!r}")
+  try:
+    strides = tuple(strides)
+  except TypeError:
+    raise ValueError(f"strides must be a 3-tuple of 1 or 2, got {strides!r}") from None
+  if len(strides) != 3 or any(s not in (1, 2) or isinstance(s, bool) for s in strides):
+    raise ValueError(f"strides must be a 3-tuple of 1 or 2, got {strides!r}")
+  if not 0.0 <= bn_momentum < 1.0:
+    raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum!r}")
+  return tuple(int(s) for s in strides)
