@@ -1,0 +1,353 @@
+"""Preprocessing ops: short string specs -> functions on example dicts.
+
+A spec is a comma-separated list of op names, applied left to right, e.g.
+`resize,to_gray,crop,flip_lr,-1_to_1` or `inception_preprocess,rotate`. Each
+name maps, through `PREPROCESS_OPS`, to a builder
+`(config: PreprocessConfig, is_training: bool) -> fn(dict) -> dict`.
+
+Examples are dicts with `image` float32 in [0, 1], `[H, W, C]` (as `get_data`
+passes them), and `label` int32. Ops that stack copies or patches (`rotate`)
+turn the image into `[P, H, W, C]`; value ops (`-1_to_1`, `0_to_1`,
+`standardization`, `to_gray`) work on both forms, geometric ops only on a single
+image, which `validate_spec` checks before any data is read.
+
+Random ops use TF's stateful random ops without op seeds, so they follow the
+global seed (`tf.random.set_seed`) when the caller sets one.
+
+To add an op: decorate its builder with `register_op(name, requires=(...),
+geometric=..., stacks=...)`. `requires` names the `PreprocessConfig` fields that
+must be set; `geometric` ops need a single image `[H, W, C]`; `stacks` ops output
+`[P, H, W, C]`. Ops that fix the image size should give it a static shape
+(`set_shape`/`ensure_shape`): `get_data` batches only images of known size.
+"""
+
+import dataclasses
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import tensorflow as tf
+
+from core.registry import Registry
+
+Size = Union[int, Tuple[int, int]]
+Example = dict
+OpFn = Callable[[Example], Example]
+
+PREPROCESS_OPS = Registry("preprocessing op")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+  """Parameters of the preprocessing ops; an op that needs an unset one fails validation.
+
+  Sizes are an int (square) or (height, width).
+  """
+  resize_size: Optional[Size] = None
+  smaller_size: Optional[int] = None
+  crop_size: Optional[Size] = None
+  grayscale_probability: float = 0.0
+  central_crop_fraction: float = 0.875
+
+  def __post_init__(self):
+    for name in ("resize_size", "crop_size"):
+      value = getattr(self, name)
+      if value is not None:
+        _as_hw(value, name)
+    if self.smaller_size is not None and not _is_positive_int(self.smaller_size):
+      raise ValueError(f"smaller_size must be a positive int, got {self.smaller_size!r}")
+    if not 0.0 <= self.grayscale_probability <= 1.0:
+      raise ValueError(
+          f"grayscale_probability must be in [0, 1], got {self.grayscale_probability!r}")
+    if not 0.0 < self.central_crop_fraction <= 1.0:
+      raise ValueError(
+          f"central_crop_fraction must be in (0, 1], got {self.central_crop_fraction!r}")
+
+
+def _is_positive_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _as_hw(value: Size, name: str) -> Tuple[int, int]:
+  """An int or (h, w) as (h, w), checked."""
+  if _is_positive_int(value):
+    return value, value
+  if (isinstance(value, (tuple, list)) and len(value) == 2
+      and all(_is_positive_int(v) for v in value)):
+    return int(value[0]), int(value[1])
+  raise ValueError(f"{name} must be a positive int or (height, width), got {value!r}")
+
+
+def register_op(name: str, requires: Sequence[str] = (), geometric: bool = False,
+                stacks: bool = False):
+  """Decorator registering an op builder in `PREPROCESS_OPS`, with what validation needs."""
+  def decorator(builder):
+    builder.requires = tuple(requires)
+    builder.geometric = geometric
+    builder.stacks = stacks
+    PREPROCESS_OPS.register(name, builder)
+    return builder
+  return decorator
+
+
+def parse_spec(spec: str) -> list:
+  """The op names of a spec; '' is no ops."""
+  if not spec or not spec.strip():
+    return []
+  names = [name.strip() for name in spec.split(",")]
+  if not all(names):
+    raise ValueError(f"preprocessing spec {spec!r} has an empty op name; "
+                     "expected comma-separated op names like 'resize,crop,flip_lr'")
+  return names
+
+
+def validate_spec(spec: str, config: PreprocessConfig) -> list:
+  """Checks a spec against the registry and `config`; returns its op names.
+
+  Raises ValueError for an unknown op (listing the valid ones), an op whose
+  parameter is not set, or a geometric op after one that stacked copies.
+  """
+  names = parse_spec(spec)
+  stacked_by = None
+  for name in names:
+    if name not in PREPROCESS_OPS:
+      raise ValueError(f"unknown preprocessing op {name!r} in spec {spec!r}; "
+                       f"valid ops: {', '.join(PREPROCESS_OPS.names())}")
+    builder = PREPROCESS_OPS.get(name)
+    for field in getattr(builder, "requires", ()):
+      if getattr(config, field, None) is None:
+        raise ValueError(f"preprocessing op {name!r} needs {field}, which is not set "
+                         f"(spec {spec!r}); set --{field}")
+    if getattr(builder, "geometric", False) and stacked_by is not None:
+      raise ValueError(
+          f"preprocessing op {name!r} works on a single image [H,W,C], but {stacked_by!r} "
+          f"before it stacked copies into [P,H,W,C] (spec {spec!r}); move {name!r} before "
+          f"{stacked_by!r}")
+    if getattr(builder, "stacks", False):
+      stacked_by = name
+  return names
+
+
+def get_preprocess_fn(spec: str, is_training: bool, config: PreprocessConfig) -> OpFn:
+  """One function dict -> dict applying the ops of `spec` in order."""
+  names = validate_spec(spec, config)
+  fns = [PREPROCESS_OPS.get(name)(config, is_training) for name in names]
+
+  def preprocess(example: Example) -> Example:
+    for fn in fns:
+      example = fn(example)
+    return example
+
+  return preprocess
+
+
+# --------------------------------------------------------------------- helpers
+def _map_image(fn: Callable[[tf.Tensor], tf.Tensor]) -> OpFn:
+  """An op that replaces `image` by fn(image) and keeps the other keys."""
+  def op(example: Example) -> Example:
+    return {**example, "image": fn(example["image"])}
+  return op
+
+
+def _identity(example: Example) -> Example:
+  return example
+
+
+def _assert(condition, data) -> list:
+  """Control dependencies for a runtime check (raises at once when eager)."""
+  check = tf.debugging.Assert(condition, data, summarize=8)
+  return [] if check is None or tf.executing_eagerly() else [check]
+
+
+def _single_image(image: tf.Tensor, op: str) -> tf.Tensor:
+  if image.shape.rank is not None and image.shape.rank != 3:
+    raise ValueError(f"preprocessing op {op!r} needs a single image [H,W,C], "
+                     f"got shape {image.shape}")
+  return image
+
+
+def _resize(image: tf.Tensor, hw: Tuple[int, int]) -> tf.Tensor:
+  image = tf.image.resize(image, hw, method="bilinear")
+  return tf.ensure_shape(image, [hw[0], hw[1], image.shape[-1]])
+
+
+def _crop_at(image: tf.Tensor, top, left, hw: Tuple[int, int]) -> tf.Tensor:
+  image = image[top:top + hw[0], left:left + hw[1], :]
+  return tf.ensure_shape(image, [hw[0], hw[1], image.shape[-1]])
+
+
+def _check_fits(image: tf.Tensor, hw: Tuple[int, int], op: str) -> list:
+  shape = tf.shape(image)
+  return _assert(tf.logical_and(shape[0] >= hw[0], shape[1] >= hw[1]),
+                 [f"preprocessing op {op!r}: image [H,W,C] =", shape,
+                  f"is smaller than crop_size {hw}; resize first (e.g. 'resize_small,{op}')"])
+
+
+def _central_crop(image: tf.Tensor, hw: Tuple[int, int], op: str) -> tf.Tensor:
+  with tf.control_dependencies(_check_fits(image, hw, op)):
+    shape = tf.shape(image)
+    top, left = (shape[0] - hw[0]) // 2, (shape[1] - hw[1]) // 2
+    return _crop_at(image, top, left, hw)
+
+
+def _random_crop(image: tf.Tensor, hw: Tuple[int, int], op: str) -> tf.Tensor:
+  with tf.control_dependencies(_check_fits(image, hw, op)):
+    shape = tf.shape(image)
+    top = tf.random.uniform([], 0, shape[0] - hw[0] + 1, dtype=tf.int32)
+    left = tf.random.uniform([], 0, shape[1] - hw[1] + 1, dtype=tf.int32)
+    return _crop_at(image, top, left, hw)
+
+
+def _random_seed() -> tf.Tensor:
+  """A seed for a stateless op, drawn from a stateful op (follows the global seed)."""
+  return tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+
+
+# ------------------------------------------------------------------------- ops
+@register_op("resize", requires=("resize_size",), geometric=True)
+def _resize_op(config: PreprocessConfig, is_training: bool) -> OpFn:
+  """Resizes to `resize_size` (bilinear)."""
+  del is_training
+  hw = _as_hw(config.resize_size, "resize_size")
+  return _map_image(lambda image: _resize(_single_image(image, "resize"), hw))
+
+
+@register_op("resize_small", requires=("smaller_size",), geometric=True)
+def _resize_small_op(config: PreprocessConfig, is_training: bool) -> OpFn:
+  """Resizes so that the shorter side is `smaller_size`, keeping the aspect ratio."""
+  del is_training
+  size = config.smaller_size
+
+  def fn(image):
+    image = _single_image(image, "resize_small")
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = size / tf.reduce_min(shape)
+    hw = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size)
+    return tf.image.resize(image, hw, method="bilinear")
+
+  return _map_image(fn)
+
+
+@register_op("crop", requires=("crop_size",), geometric=True)
+def _crop_op(config: PreprocessConfig, is_training: bool) -> OpFn:
+  """A random crop of `crop_size` in training, the central one otherwise."""
+  hw = _as_hw(config.crop_size, "crop_size")
+  crop = _random_crop if is_training else _central_crop
+  return _map_image(lambda image: crop(_single_image(image, "crop"), hw, "crop"))
+
+
+@register_op("central_crop", requires=("crop_size",), geometric=True)
+def _central_crop_op(config: PreprocessConfig, is_training: bool) -> OpFn:
+  """The central crop of `crop_size`."""
+  del is_training
+  hw = _as_hw(config.crop_size, "crop_size")
+  return _map_image(
+      lambda image: _central_crop(_single_image(image, "central_crop"), hw, "central_crop"))
+
+
+def _inception_crop(image: tf.Tensor, hw: Tuple[int, int], is_training: bool,
+                    central_fraction: float) -> tf.Tensor:
+  image = _single_image(image, "inception_crop")
+  if is_training:
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), bounding_boxes=tf.zeros([0, 0, 4], tf.float32),
+        seed=_random_seed(), min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+    image = tf.ensure_shape(tf.slice(image, begin, size), [None, None, image.shape[-1]])
+  elif central_fraction < 1.0:
+    image = tf.image.central_crop(image, central_fraction)
+  return _resize(image, hw)
+
+
+@register_op("inception_crop", requires=("crop_size",), geometric=True)
+def _inception_crop_op(config: PreprocessConfig, is_training: bool) -> OpFn:
+  """Random-resized crop (area 8%-100%, aspect 3/4-4/3) to `crop_size` in training;
+  otherwise the central `central_crop_fraction` resized to `crop_size`."""
+  hw = _as_hw(config.crop_size, "crop_size")
+  fraction = config.central_crop_fraction
+  return _map_image(lambda image: _inception_crop(image, hw, is_training, fraction))
+
+
+@register_op("inception_preprocess", requires=("crop_size",), geometric=True)
+def _inception_preprocess_op(config: PreprocessConfig, is_training: bool) -> OpFn:
+  """inception_crop, a random flip in training, and values in [-1, 1]."""
+  ops = [_inception_crop_op(config, is_training), _flip_lr_op(config, is_training),
+         _to_minus_one_one_op(config, is_training)]
+
+  def fn(example):
+    for op in ops:
+      example = op(example)
+    return example
+
+  return fn
+
+
+@register_op("flip_lr", geometric=True)
+def _flip_lr_op(config: PreprocessConfig, is_training: bool) -> OpFn:
+  """A random left-right flip in training; identity otherwise."""
+  del config
+  if not is_training:
+    return _identity
+  return _map_image(lambda image: tf.image.random_flip_left_right(_single_image(image, "flip_lr")))
+
+
+def _gray3(image: tf.Tensor) -> tf.Tensor:
+  return tf.tile(tf.image.rgb_to_grayscale(image), [1] * (image.shape.rank - 1) + [3])
+
+
+@register_op("to_gray")
+def _to_gray_op(config: PreprocessConfig, is_training: bool) -> OpFn:
+  """3-channel grayscale with probability `grayscale_probability` in training
+  (one draw per example, for all its copies); in eval only if the probability is 1."""
+  p = config.grayscale_probability
+  if p >= 1.0:
+    return _map_image(_gray3)
+  if not is_training or p <= 0.0:
+    return _identity
+  return _map_image(
+      lambda image: tf.cond(tf.random.uniform([]) < p, lambda: _gray3(image), lambda: image))
+
+
+@register_op("-1_to_1")
+def _to_minus_one_one_op(config: PreprocessConfig, is_training: bool) -> OpFn:
+  """[0, 1] -> [-1, 1]."""
+  del config, is_training
+  return _map_image(lambda image: image * 2.0 - 1.0)
+
+
+@register_op("0_to_1")
+def _clip_zero_one_op(config: PreprocessConfig, is_training: bool) -> OpFn:
+  """Clips values to [0, 1]."""
+  del config, is_training
+  return _map_image(lambda image: tf.clip_by_value(image, 0.0, 1.0))
+
+
+@register_op("standardization")
+def _standardization_op(config: PreprocessConfig, is_training: bool) -> OpFn:
+  """Zero mean, unit std per image, or per copy/patch of a [P,H,W,C] stack."""
+  del config, is_training
+  return _map_image(tf.image.per_image_standardization)
+
+
+@register_op("rotate", geometric=True, stacks=True)
+def _rotate_op(config: PreprocessConfig, is_training: bool) -> OpFn:
+  """The four exact rotations (0, 90, 180, 270 degrees counter-clockwise) as [4,H,W,C];
+  `label` becomes [0, 1, 2, 3] and the class label moves to `class_label`. Needs H == W."""
+  del config, is_training
+
+  def fn(example):
+    image = _single_image(example["image"], "rotate")
+    h, w = image.shape[0], image.shape[1]
+    if h is not None and w is not None and h != w:
+      raise ValueError(f"preprocessing op 'rotate' needs a square image, got {h}x{w}; "
+                       "crop or resize to a square first")
+    shape = tf.shape(image)
+    with tf.control_dependencies(_assert(
+        tf.equal(shape[0], shape[1]),
+        ["preprocessing op 'rotate' needs a square image, got [H,W,C] =", shape,
+         "; crop or resize to a square first"])):
+      rotations = tf.stack([tf.image.rot90(image, k) for k in range(4)])
+    out = {**example, "image": rotations, "label": tf.range(4, dtype=tf.int32)}
+    if "label" in example:
+      out["class_label"] = example["label"]
+    return out
+
+  return fn
