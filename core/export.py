@@ -1,0 +1,71 @@
+"""SavedModel export of a trained backbone, the form evaluation (and TF-Hub) loads.
+
+Signatures, each taking `images` float32 [batch, H, W, C] of any batch size, preprocessed as the
+method's evaluation preprocessing (recorded in export_info.json):
+  serving_default: {'logits': the pretext (or supervised) output}
+  representation: {end point name: tensor} for every end point, in the backbone's depth order.
+"""
+
+import json
+import os
+import shutil
+from typing import Sequence
+
+import tensorflow as tf
+
+EXPORT_INFO = "export_info.json"
+
+
+class _ExportModule(tf.Module):
+
+  def __init__(self, model, image_shape: Sequence[int]):
+    super().__init__()
+    self.model = model
+    spec = tf.TensorSpec([None, *image_shape], tf.float32, name="images")
+    self.serve = tf.function(self._serve, input_signature=[spec])
+    self.representation = tf.function(self._representation, input_signature=[spec])
+
+  def _serve(self, images):
+    return {"logits": self.model(images, training=False)["logits"]}
+
+  def _representation(self, images):
+    return dict(self.model(images, training=False))
+
+
+def representation_preprocessing(spec: str, pretext_ops: Sequence[str]) -> str:
+  """The preprocessing spec without the ops that create pretext labels."""
+  return ",".join(op for op in (o.strip() for o in spec.split(",")) if op and op not in pretext_ops)
+
+
+def export(model, export_dir: str, image_shape: Sequence[int], info: dict) -> str:
+  """Writes the SavedModel and export_info.json to `export_dir`, replacing an earlier export.
+
+  The new export is written beside the old one and swapped in with renames, so an interrupted
+  export never leaves a half-written directory under `export_dir`.
+  """
+  export_dir = export_dir.rstrip("/")
+  tmp_dir, old_dir = f"{export_dir}.tmp-{os.getpid()}", f"{export_dir}.old"
+  for d in (tmp_dir, old_dir):
+    if os.path.exists(d):
+      shutil.rmtree(d)
+  module = _ExportModule(model, image_shape)
+  end_points = list(model(tf.zeros([1, *image_shape]), training=False).keys())
+  tf.saved_model.save(module, tmp_dir, signatures={"serving_default": module.serve,
+                                                   "representation": module.representation})
+  info = dict(info, input_shape=list(image_shape), end_points=end_points)
+  with open(os.path.join(tmp_dir, EXPORT_INFO), "w") as f:
+    json.dump(info, f, indent=2, sort_keys=True)
+  if os.path.exists(export_dir):
+    os.rename(export_dir, old_dir)
+  os.rename(tmp_dir, export_dir)
+  if os.path.exists(old_dir):
+    shutil.rmtree(old_dir)
+  return export_dir
+
+
+def load_export_info(export_dir: str) -> dict:
+  path = os.path.join(export_dir, EXPORT_INFO)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{export_dir} has no {EXPORT_INFO}; is it an export of this suite?")
+  with open(path) as f:
+    return json.load(f)

@@ -1,0 +1,305 @@
+"""The generic trainer: any method's model_fn, under a tf.distribute strategy, resumable.
+
+It knows nothing of the method it runs beyond the contract of methods/base.py.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Callable, Dict, Optional
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+import datasets
+from core import schedules
+from core.config import Config
+from methods import base
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training produced a NaN or infinite loss."""
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+  """`default` (one device) or `mirrored` (every local GPU, or every logical CPU device)."""
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "mirrored":
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+    return tf.distribute.MirroredStrategy(devices)
+  raise ValueError(f"unknown strategy {name!r}; valid choices: default, mirrored")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Steps derived from the dataset size and the config."""
+  num_train_examples: int
+  steps_per_epoch: float
+  total_steps: int
+
+
+def make_plan(config: Config) -> Plan:
+  num = datasets.get_num_examples(config.dataset, config.train_split, config.data_dir)
+  if num < config.batch_size:
+    raise ValueError(f"--train_split={config.train_split!r} of {config.dataset} has {num} "
+                     f"examples, fewer than --batch_size={config.batch_size}")
+  steps_per_epoch = num / config.batch_size
+  return Plan(num, steps_per_epoch, max(1, int(math.ceil(config.epochs * steps_per_epoch))))
+
+
+def _distributed_data(config: Config, strategy, split: str, is_training: bool, global_batch: int):
+  preprocess_fn = datasets.get_preprocess_fn(config.preprocessing, is_training,
+                                             config.preprocess_config())
+
+  def dataset_fn(input_context):
+    return datasets.get_data(
+        config.dataset, split, is_training=is_training, preprocess_fn=preprocess_fn,
+        batch_size=input_context.get_per_replica_batch_size(global_batch),
+        data_dir=config.data_dir, shuffle_buffer=config.shuffle_buffer, seed=config.random_seed,
+        input_context=input_context)
+
+  return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def _per_example_image_shape(dist_dataset) -> tuple:
+  spec = dist_dataset.element_spec["image"]
+  if isinstance(spec, tf.TypeSpec) and not isinstance(spec, tf.TensorSpec):
+    spec = spec._component_specs[0]  # PerReplica spec under a multi-device strategy.
+  return tuple(spec.shape[1:])
+
+
+def make_optimizer(config: Config, plan: Plan):
+  base_lr = schedules.scaled_lr(config.lr, config.batch_size, config.lr_scale_batch_size)
+  schedule = schedules.WarmupPiecewiseDecay(
+      base_lr, plan.steps_per_epoch, config.warmup_epochs, config.decay_epochs,
+      config.lr_decay_factor)
+  if config.optimizer == "sgd":
+    return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
+  if config.optimizer == "adam":
+    return keras.optimizers.Adam(learning_rate=schedule)
+  raise ValueError(f"unknown optimizer {config.optimizer!r}; valid choices: sgd, adam")
+
+
+def weight_decay_loss(model: keras.Model, weight_decay: float) -> tf.Tensor:
+  """L2 decay, `weight_decay * sum(w**2) / 2`, over every kernel (conv and dense) of the model."""
+  kernels = [v for v in model.trainable_variables if v.name == "kernel"]
+  if not kernels or weight_decay == 0:
+    return tf.constant(0.0)
+  return weight_decay * tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in kernels])
+
+
+class _MetricAccumulator:
+  """Sums of per-example metric values and their counts, reduced to means on read."""
+
+  def __init__(self):
+    self.sums: Dict[str, float] = {}
+    self.counts: Dict[str, float] = {}
+
+  def add(self, sums: Dict[str, tf.Tensor], counts: Dict[str, tf.Tensor]):
+    for k, v in sums.items():
+      self.sums[k] = self.sums.get(k, 0.0) + float(v)
+      self.counts[k] = self.counts.get(k, 0.0) + float(counts[k])
+
+  def means(self) -> Dict[str, float]:
+    return {k: self.sums[k] / max(self.counts[k], 1.0) for k in self.sums}
+
+
+def _sums_and_counts(metrics: Dict[str, tf.Tensor]):
+  sums = {k: tf.reduce_sum(tf.cast(v, tf.float32)) for k, v in metrics.items()}
+  counts = {k: tf.cast(tf.size(v), tf.float32) for k, v in metrics.items()}
+  return sums, counts
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+@dataclasses.dataclass
+class TrainState:
+  """What `train` built; the model is ready for evaluation and export."""
+  model: keras.Model
+  step: int
+  plan: Plan
+  image_shape: tuple
+  metrics: Dict[str, float]
+
+
+class Trainer:
+  """Builds the model for a method inside a strategy and trains it, resuming from checkpoints."""
+
+  def __init__(self, config: Config, method, strategy: Optional[tf.distribute.Strategy] = None,
+               print_fn: Callable[[str], None] = logging.info):
+    self.config = config
+    self.method = method
+    self.strategy = strategy or tf.distribute.get_strategy()
+    self.print_fn = print_fn
+    self.plan = make_plan(config)
+    self.info = datasets.get_dataset_info(config.dataset, config.data_dir)
+    self.train_data = _distributed_data(config, self.strategy, config.train_split, True,
+                                        config.batch_size)
+    self.image_shape = _per_example_image_shape(self.train_data)
+    with self.strategy.scope():
+      keras.utils.set_random_seed(config.random_seed)
+      self.model = method.build_model(config, self.image_shape, self.info.num_classes)
+      self.optimizer = make_optimizer(config, self.plan)
+      self.optimizer.build(self.model.trainable_variables)
+      self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                          step=self.step)
+    self.manager = tf.train.CheckpointManager(
+        self.checkpoint, config.checkpoint_dir, max_to_keep=config.keep_checkpoint_max,
+        step_counter=self.step)
+
+  def restore(self) -> int:
+    """Restores the latest checkpoint, if any; returns the step it holds."""
+    latest = self.manager.latest_checkpoint
+    if latest:
+      self.checkpoint.restore(latest).assert_existing_objects_matched()
+      self.print_fn(f"restored {latest} at step {int(self.step.numpy())}")
+    return int(self.step.numpy())
+
+  def _train_step_fn(self):
+    config, method, model, optimizer = self.config, self.method, self.model, self.optimizer
+    strategy = self.strategy
+    weight_decay = config.resolved_weight_decay()
+
+    def step_fn(batch):
+      with tf.GradientTape() as tape:
+        spec = method.model_fn(model, batch, base.TRAIN, config)
+        total = spec.loss + weight_decay_loss(model, weight_decay)
+        scaled = total / strategy.num_replicas_in_sync
+      variables = model.trainable_variables
+      grads = tape.gradient(scaled, variables)
+      optimizer.apply_gradients(zip(grads, variables))
+      sums, counts = _sums_and_counts(spec.metrics)
+      sums["total_loss"], counts["total_loss"] = total, tf.constant(1.0)
+      return sums, counts
+
+    if config.jit_compile:
+      step_fn = tf.function(step_fn, jit_compile=True)
+
+    def one_step(iterator):
+      sums, counts = strategy.run(step_fn, args=(next(iterator),))
+      self.step.assign_add(1)
+      return ({k: strategy.reduce("SUM", v, axis=None) for k, v in sums.items()},
+              {k: strategy.reduce("SUM", v, axis=None) for k, v in counts.items()})
+
+    @tf.function
+    def train_steps(iterator, num_steps):
+      """Runs `num_steps` >= 1 steps; returns metric sums and counts over them."""
+      sums, counts = one_step(iterator)
+      for _ in tf.range(num_steps - 1):
+        s, c = one_step(iterator)
+        sums = {k: sums[k] + s[k] for k in sums}
+        counts = {k: counts[k] + c[k] for k in counts}
+      return sums, counts
+
+    return train_steps
+
+  def _steps_to_next_stop(self, step: int) -> int:
+    """Steps until the next log line, step-based checkpoint or the end, whichever comes first."""
+    config = self.config
+    num = min(config.log_every_steps - step % config.log_every_steps,
+              self.plan.total_steps - step)
+    if config.save_checkpoints_steps:
+      num = min(num, config.save_checkpoints_steps - step % config.save_checkpoints_steps)
+    return num
+
+  def train(self) -> TrainState:
+    """Trains from the latest checkpoint to the planned step count."""
+    config, plan = self.config, self.plan
+    start = self.restore()
+    if start >= plan.total_steps:
+      self.print_fn(f"training already complete: step {start} of {plan.total_steps}")
+      return TrainState(self.model, start, plan, self.image_shape, {})
+    self.print_fn(
+        f"training {config.task} on {config.dataset}:{config.train_split} "
+        f"({plan.num_train_examples} examples, {plan.steps_per_epoch:.1f} steps/epoch) "
+        f"from step {start} to {plan.total_steps}, {self.strategy.num_replicas_in_sync} replica(s)")
+    train_steps = self._train_step_fn()
+    iterator = iter(self.train_data)
+    writer = tf.summary.create_file_writer(os.path.join(config.workdir, "train"))
+    step, metrics = start, {}
+    last_save_step, last_save_time = start, time.time()
+    timed_steps, timed_secs = 0, 0.0  # Excludes the first call, which traces the graph.
+    while step < plan.total_steps:
+      num = self._steps_to_next_stop(step)
+      t = time.time()
+      acc = _MetricAccumulator()
+      acc.add(*train_steps(iterator, tf.constant(num)))
+      metrics = acc.means()
+      elapsed = time.time() - t
+      step = int(self.step.numpy())
+      if not all(math.isfinite(v) for v in metrics.values()):
+        raise NonFiniteLossError(
+            f"non-finite loss between steps {step - num + 1} and {step} "
+            f"({', '.join(f'{k}={v}' for k, v in sorted(metrics.items()))}); stopped without "
+            f"saving, the last checkpoint ({self.manager.latest_checkpoint}) is intact")
+      if step - num > start:
+        timed_steps, timed_secs = timed_steps + num, timed_secs + elapsed
+      rate = (timed_steps if timed_steps else num) * config.batch_size / max(
+          timed_secs if timed_steps else elapsed, 1e-9)
+      lr = float(self.optimizer.learning_rate)
+      with writer.as_default(step=step):
+        for k, v in metrics.items():
+          tf.summary.scalar(k, v)
+        tf.summary.scalar("learning_rate", lr)
+        tf.summary.scalar("images_per_sec", rate)
+      eta = (plan.total_steps - step) * config.batch_size / max(rate, 1e-9)
+      shown = " ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+      self.print_fn(f"step {step}/{plan.total_steps} (epoch {step / plan.steps_per_epoch:.2f}) "
+                    f"{shown} lr {lr:.4g} | {rate:.0f} img/s | ETA {_format_duration(eta)}")
+      steps_due = (config.save_checkpoints_steps and
+                   step - last_save_step >= config.save_checkpoints_steps)
+      secs_due = (config.save_checkpoints_secs is not None and
+                  time.time() - last_save_time >= config.save_checkpoints_secs)
+      if steps_due or secs_due or step >= plan.total_steps:
+        self.manager.save(checkpoint_number=step)
+        last_save_step, last_save_time = step, time.time()
+    writer.flush()
+    return TrainState(self.model, step, plan, self.image_shape, metrics)
+
+  def evaluate(self, split: Optional[str] = None) -> Dict[str, float]:
+    """Mean of the method's per-example metrics over a whole split (deterministic preprocessing)."""
+    config = self.config
+    split = split or config.val_split
+    data = _distributed_data(config, self.strategy, split, False,
+                             config.eval_batch_size or config.batch_size)
+    method, model, strategy = self.method, self.model, self.strategy
+
+    @tf.function
+    def eval_step(batch):
+      def step_fn(b):
+        return _sums_and_counts(method.model_fn(model, b, base.EVAL, config).metrics)
+      s, c = strategy.run(step_fn, args=(batch,))
+      return ({k: strategy.reduce("SUM", v, axis=None) for k, v in s.items()},
+              {k: strategy.reduce("SUM", v, axis=None) for k, v in c.items()})
+
+    acc = _MetricAccumulator()
+    t0, batches = time.time(), 0
+    for batch in data:
+      acc.add(*eval_step(batch))
+      batches += 1
+    metrics = acc.means()
+    metrics["num_examples"] = int(next(iter(acc.counts.values()), 0))
+    self.print_fn(f"evaluated {config.task} on {config.dataset}:{split} in {batches} batches, "
+                  f"{time.time() - t0:.1f}s: " + " ".join(f"{k} {v:.4f}" for k, v in
+                                                          sorted(metrics.items())))
+    return metrics
+
+
+def write_json_atomic(path: str, data) -> None:
+  """Writes JSON through a temporary file in the same directory and a rename."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(data, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)

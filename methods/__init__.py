@@ -1,0 +1,17 @@
+"""Pretext tasks: one module per method, each exposing the contract of methods/base.py.
+
+`--task` picks a module through TASKS; adding a method is one file plus one line here.
+"""
+
+from core.registry import Registry
+from methods import rotation
+from methods import supervised
+
+TASKS = Registry("task")
+TASKS.register("rotation", rotation)
+TASKS.register("supervised", supervised)
+
+
+def get_method(task: str):
+  """The method module for `task`; ValueError listing the valid tasks otherwise."""
+  return TASKS.get(task)

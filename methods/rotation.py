@@ -1,0 +1,46 @@
+"""Rotation prediction (Gidaris et al. 2018): classify which of the four 90-degree rotations
+was applied. Every image of the batch is seen in all four rotations; the `rotate` preprocessing op
+stacks them ([B,4,H,W,C], labels [B,4] = 0..3), and the backbone runs on all 4B images at once.
+"""
+
+import tensorflow as tf
+
+from core.config import ConfigError
+import models
+from methods import base
+
+PRETEXT_OPS = ("rotate",)
+NUM_ROTATIONS = 4
+
+
+def validate(config) -> None:
+  ops = [op.strip() for op in config.preprocessing.split(",")]
+  if "rotate" not in ops:
+    raise ConfigError(f"--task=rotation needs the 'rotate' op in --preprocessing, got "
+                      f"{config.preprocessing!r} (e.g. 'resize,crop,flip_lr,-1_to_1,rotate')")
+
+
+def build_model(config, image_shape, num_classes):
+  del num_classes  # The pretext task has its own four classes.
+  if len(image_shape) != 4 or image_shape[0] != NUM_ROTATIONS:
+    raise ValueError(f"rotation expects per-example images [4,H,W,C] from the 'rotate' op, got "
+                     f"{list(image_shape)}")
+  model = models.get_model(config.architecture, num_classes=NUM_ROTATIONS,
+                           **base.backbone_kwargs(config))
+  model(tf.zeros([1, *image_shape[1:]]), training=False)
+  return model
+
+
+def serving_input_shape(image_shape):
+  return tuple(image_shape[1:])
+
+
+def model_fn(model, batch, mode, config):
+  del config
+  images = batch["image"]
+  flat_images = tf.reshape(images, tf.concat([[-1], tf.shape(images)[2:]], axis=0))
+  end_points = model(flat_images, training=mode == base.TRAIN)
+  labels = batch.get("label")
+  if labels is not None:
+    labels = tf.reshape(labels, [-1])
+  return base.classification_spec(end_points["logits"], labels, mode, end_points)

@@ -1,0 +1,33 @@
+"""Supervised baseline: the backbone's logits trained with the dataset's labels (the upper reference)."""
+
+import tensorflow as tf
+
+import models
+from methods import base
+
+PRETEXT_OPS = ()
+
+
+def validate(config) -> None:
+  del config  # Any single-image preprocessing works; build_model checks the input rank.
+
+
+def build_model(config, image_shape, num_classes):
+  if len(image_shape) != 3:
+    raise ValueError(f"supervised training takes single images [H,W,C], got per-example shape "
+                     f"{list(image_shape)}; remove ops that stack copies or patches from "
+                     f"--preprocessing")
+  model = models.get_model(config.architecture, num_classes=num_classes,
+                           **base.backbone_kwargs(config))
+  model(tf.zeros([1, *image_shape]), training=False)
+  return model
+
+
+def serving_input_shape(image_shape):
+  return tuple(image_shape)
+
+
+def model_fn(model, batch, mode, config):
+  del config
+  end_points = model(batch["image"], training=mode == base.TRAIN)
+  return base.classification_spec(end_points["logits"], batch.get("label"), mode, end_points)

@@ -1,0 +1,275 @@
+"""The pretext pipeline end to end: config validation, training, resuming, export."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from core import config as config_lib
+from core import export as export_lib
+from core.config import Config, ConfigError
+import train_and_eval
+from tests.conftest import REPO_ROOT
+
+
+def small_config(workdir, data_dir, **overrides) -> Config:
+  """Rotation with a narrow VGG at 32x32 on the small embedded set: seconds per run.
+
+  The trainer does not depend on the architecture; VGG19 at width 1 builds and traces fastest.
+  """
+  settings = dict(
+      task="rotation", workdir=str(workdir), dataset="shapes_small", data_dir=data_dir,
+      architecture="vgg19", filters_factor=1, preprocessing="resize,-1_to_1,rotate",
+      resize_size=(32, 32), batch_size=8, eval_batch_size=16, lr=0.1, lr_scale_batch_size=8,
+      epochs=1, train_split="train[:16]", val_split="test[:32]", log_every_steps=1,
+      save_checkpoints_secs=None)
+  settings.update(overrides)
+  return Config(**settings)
+
+
+def _quiet(_):
+  pass
+
+
+def test_rotation_loss_drops_when_fitting_a_small_split(tmp_path, shapes_data_dir):
+  lines = []
+  config = small_config(tmp_path / "wd", shapes_data_dir, train_split="train[:32]", batch_size=16,
+                        epochs=30, log_every_steps=1, optimizer="adam", lr=0.01,
+                        lr_scale_batch_size=16, architecture="resnet50")
+  results = train_and_eval.run(config, print_fn=lines.append)
+  losses = [float(l.split(" loss ")[1].split()[0]) for l in lines if l.startswith("step ")]
+  assert results["step"] == 60
+  assert len(losses) == 60
+  assert losses[0] == pytest.approx(np.log(4), abs=0.1)  # Starts at chance.
+  assert np.mean(losses[-10:]) < 0.4 * np.mean(losses[:10]), losses
+  assert os.path.exists(os.path.join(config.export_dir, "saved_model.pb"))
+  assert any("img/s" in l and "ETA" in l for l in lines)
+
+
+def test_training_resumes_from_the_latest_checkpoint(tmp_path, shapes_data_dir):
+  config = small_config(tmp_path / "wd", shapes_data_dir, save_checkpoints_steps=1)
+  assert train_and_eval.run(config, print_fn=_quiet)["step"] == 2
+  lines = []
+  longer = dataclasses.replace(config, epochs=2)
+  assert train_and_eval.run(longer, print_fn=lines.append)["step"] == 4
+  assert any("restored" in l and "at step 2" in l for l in lines), lines
+  assert [l.split()[1] for l in lines if l.startswith("step ")] == ["3/4", "4/4"]
+  # Already complete: nothing is trained again.
+  # The export was replaced by the one of the longer run, with nothing left beside it.
+  assert export_lib.load_export_info(config.export_dir)["step"] == 4
+  assert sorted(os.listdir(config.workdir)) == ["checkpoints", "config.json", "export", "train"]
+  # Already complete: nothing is trained again.
+  lines.clear()
+  assert train_and_eval.run(longer, print_fn=lines.append)["step"] == 4
+  assert any("already complete" in l for l in lines)
+
+
+def test_train_step_matches_a_hand_written_sgd_step(tmp_path, shapes_data_dir):
+  """Two trainer steps equal two steps of SGD with momentum on loss + wd * sum(w**2) / 2."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from core import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  import methods  # pylint: disable=g-import-not-at-top
+  config = small_config(tmp_path / "wd", shapes_data_dir, task="supervised",
+                        preprocessing="resize,-1_to_1", weight_decay=0.01, lr=0.05)
+  trainer = trainer_lib.Trainer(config, methods.get_method("supervised"), print_fn=_quiet)
+  model = trainer.model
+  batch = next(iter(trainer.train_data))
+  initial = [v.numpy() for v in model.variables]
+  initial_trainable = [v.numpy() for v in model.trainable_variables]
+  trainer._train_step_fn()(iter([batch, batch]), tf.constant(2))
+  trained_values = [v.numpy() for v in model.trainable_variables]
+  for v, value in zip(model.variables, initial):
+    v.assign(value)
+  opt = keras.optimizers.SGD(learning_rate=0.05, momentum=0.9)  # lr scaled by 8/8.
+  for _ in range(2):
+    with tf.GradientTape() as tape:
+      logits = model(batch["image"], training=True)["logits"]
+      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(batch["label"], logits))
+      loss += 0.01 * sum(tf.reduce_sum(v**2) / 2 for v in model.trainable_variables
+                         if v.name == "kernel")
+    opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                            model.trainable_variables))
+  assert int(trainer.step.numpy()) == 2
+  for got, v in zip(trained_values, model.trainable_variables):
+    np.testing.assert_allclose(got, v.numpy(), rtol=1e-4, atol=1e-6)
+  assert all(got.shape == init.shape for got, init in zip(trained_values, initial_trainable))
+  assert any(np.abs(got - init).max() > 1e-4 for got, init in zip(trained_values,
+                                                                  initial_trainable))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, shapes_data_dir):
+  """One short rotation run with --run_eval, shared by the tests that only read its outputs."""
+  config = small_config(tmp_path_factory.mktemp("trained") / "wd", shapes_data_dir, run_eval=True)
+  return config, train_and_eval.run(config, print_fn=_quiet)
+
+
+def test_run_eval_writes_pretext_results(trained):
+  config, results = trained
+  with open(os.path.join(config.workdir, "pretext_results.json")) as f:
+    saved = json.load(f)
+  assert saved["metrics"]["num_examples"] == 32 * 4  # Every rotation of every image.
+  assert 0.0 <= saved["metrics"]["accuracy"] <= 1.0
+  assert saved["metrics"] == results["eval_metrics"]
+  assert saved["config"]["task"] == "rotation"
+
+
+def test_supervised_trains_and_exports(tmp_path, shapes_data_dir):
+  config = small_config(tmp_path / "wd", shapes_data_dir, task="supervised",
+                        preprocessing="resize,flip_lr,-1_to_1", run_eval=True)
+  results = train_and_eval.run(config, print_fn=_quiet)
+  assert results["step"] == 2
+  assert set(results["eval_metrics"]) >= {"accuracy", "top5", "loss"}
+  info = export_lib.load_export_info(config.export_dir)
+  assert info["eval_preprocessing"] == "resize,flip_lr,-1_to_1"
+  assert info["end_points"][-2:] == ["pre_logits", "logits"]
+
+
+_RELOAD = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import tensorflow as tf
+    export_dir, inputs, out = sys.argv[1:]
+    loaded = tf.saved_model.load(export_dir)
+    x = tf.constant(np.load(inputs))
+    rep = loaded.signatures["representation"](images=x)
+    logits = loaded.signatures["serving_default"](images=x)["logits"]
+    np.savez(out, serving_logits=logits.numpy(), **{k: v.numpy() for k, v in rep.items()})
+    """)
+
+
+def test_export_reloads_in_a_fresh_process_with_the_same_outputs(tmp_path, trained):
+  from core import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  import methods  # pylint: disable=g-import-not-at-top
+  config, _ = trained
+  info = export_lib.load_export_info(config.export_dir)
+  assert info["task"] == "rotation" and info["input_shape"] == [32, 32, 3]
+  assert info["eval_preprocessing"] == "resize,-1_to_1"  # The pretext op is dropped.
+  # The live model, restored from the final checkpoint.
+  trainer = trainer_lib.Trainer(config, methods.get_method("rotation"), print_fn=_quiet)
+  assert trainer.restore() == 2
+  for batch in (1, 3):
+    x = np.random.RandomState(batch).uniform(-1, 1, (batch, 32, 32, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    subprocess.run([sys.executable, "-c", _RELOAD, config.export_dir, str(tmp_path / "x.npy"),
+                    str(tmp_path / "out.npz")], check=True, cwd=REPO_ROOT)
+    reloaded = np.load(tmp_path / "out.npz")
+    live = trainer.model(tf.constant(x), training=False)
+    assert sorted(reloaded.files) == sorted(info["end_points"] + ["serving_logits"])
+    np.testing.assert_allclose(reloaded["serving_logits"], live["logits"].numpy(), rtol=1e-4,
+                               atol=1e-5)
+    for name in info["end_points"]:
+      assert reloaded[name].shape[0] == batch
+      np.testing.assert_allclose(reloaded[name], live[name].numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(task="colorization"), r"unknown task 'colorization'; valid choices: .*rotation"),
+    (dict(task=None), r"--task is required"),
+    (dict(architecture="resnet18"), r"unknown architecture 'resnet18'; valid choices: .*vgg19"),
+    (dict(preprocessing="resize,blur,rotate"), r"'blur'.*valid.*crop"),
+    (dict(dataset="mnist_typo"), r"--dataset='mnist_typo'"),
+    (dict(workdir=""), r"--workdir is required"),
+    (dict(preprocessing="resize,-1_to_1"), r"rotation needs the 'rotate' op"),
+    (dict(mode="v3"), r"--mode='v3' is not valid; choices: v1, v2"),
+    (dict(val_split="validation"), r"--val_split='validation'.*splits of shapes_small: .*test"),
+])
+def test_bad_config_fails_before_any_work(tmp_path, shapes_data_dir, overrides, message):
+  config = dataclasses.replace(small_config(tmp_path / "wd", shapes_data_dir), **overrides)
+  with pytest.raises(ConfigError, match=message):
+    train_and_eval.run(config, print_fn=_quiet)
+  assert not os.path.exists(tmp_path / "wd")
+
+
+def test_batch_size_must_split_over_replicas(tmp_path, shapes_data_dir):
+  config = small_config(tmp_path / "wd", shapes_data_dir, batch_size=10)
+  with pytest.raises(ConfigError, match=r"--batch_size=10 is not divisible by the number of "
+                                        r"replicas \(4\)"):
+    config_lib.check_replicas(config, 4)
+  config_lib.check_replicas(config, 2)
+
+
+def test_workdir_of_another_run_is_refused(trained):
+  config, _ = trained
+  with pytest.raises(ConfigError, match="holds a run with architecture='vgg19', not 'resnet50'"):
+    train_and_eval.run(dataclasses.replace(config, architecture="resnet50"), print_fn=_quiet)
+
+
+def _driver(args, data_dir, **kwargs):
+  return subprocess.Popen(
+      [sys.executable, "train_and_eval.py", "--dataset=shapes_small", f"--data_dir={data_dir}",
+       *args], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_cli_bad_flag_is_one_clear_line(tmp_path, shapes_data_dir):
+  proc = _driver(["--task=rotation", "--preprocessing=resize,rotate", "--resize_size=32",
+                  "--architecture=alexnet", f"--workdir={tmp_path}/wd"], shapes_data_dir)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode != 0
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("error: unknown architecture 'alexnet'; valid choices:"), err
+  assert "Traceback" not in err
+
+
+def test_sigkill_mid_training_then_resume(tmp_path, shapes_data_dir):
+  workdir = tmp_path / "wd"
+  args = ["--task=rotation", "--preprocessing=resize,-1_to_1,rotate", "--resize_size=32",
+          "--architecture=vgg19", "--filters_factor=1", "--batch_size=8", "--lr_scale_batch_size=8",
+          "--train_split=train[:200]", "--epochs=1", "--log_every_steps=1",
+          "--save_checkpoints_steps=3", f"--workdir={workdir}"]
+  proc = _driver(args, shapes_data_dir, start_new_session=True)
+  state = workdir / "checkpoints" / "checkpoint"
+  deadline = time.time() + 120
+  while not state.exists() and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.05)
+  assert state.exists(), proc.communicate()[1][-2000:]
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  saved_step = int(tf.train.latest_checkpoint(str(workdir / "checkpoints")).rsplit("-", 1)[1])
+  assert 3 <= saved_step < 25
+  proc = _driver(args, shapes_data_dir)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  restored = [l for l in out.splitlines() if l.startswith("restored")]
+  assert restored and restored[0].endswith(f"at step {saved_step}"), out
+  first_step = int(next(l for l in out.splitlines() if l.startswith("step ")).split()[1].split(
+      "/")[0])
+  assert first_step > saved_step  # The step count continues.
+  assert "step 25/25" in out
+  assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("-25")
+  assert export_lib.load_export_info(str(workdir / "export"))["step"] == 25
+
+
+_MIRRORED = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import dataclasses
+    from core.config import Config
+    import train_and_eval
+    config = Config(**json.loads(sys.argv[1]))
+    lines = []
+    results = train_and_eval.run(config, print_fn=lines.append)
+    print(json.dumps({"lines": lines, "step": results["step"]}))
+    """)
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path, shapes_data_dir):
+  config = small_config(tmp_path / "wd", shapes_data_dir, strategy="mirrored", run_eval=True)
+  proc = subprocess.run([sys.executable, "-c", _MIRRORED, json.dumps(config.to_dict())],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result["step"] == 2
+  assert any("2 replica(s)" in l for l in result["lines"])
+  eval_line = next(l for l in result["lines"] if l.startswith("evaluated"))
+  assert "num_examples 128" in eval_line
