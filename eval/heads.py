@@ -1,0 +1,280 @@
+"""Per-layer probes: one linear or MLP head per layer, all trained together in one step.
+
+The total loss is the sum over layers of each head's mean cross-entropy plus its weight decay;
+heads share no variables, so each head gets exactly the gradient of its own loss.
+
+Feature standardisation (on by default, `standardize=True` in linear_eval): each feature is
+shifted and scaled by its mean and standard deviation on the training features the heads see,
+and the same transform is applied at test time. Pooled features of different layers (and
+architectures) differ in scale by orders of magnitude; standardising makes one learning rate work
+for every layer, speeds up SGD, and leaves the set of linear classifiers unchanged (it is an affine
+map of the input). Weight decay then acts on the weights of standardised features. Features that
+are constant on the training set are zeroed (they carry no information there).
+"""
+
+import dataclasses
+import math
+import time
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from core import schedules
+from core.registry import Registry
+
+EVAL_MODELS = Registry("eval_model")
+MOMENTUM = 0.9
+MLP_DROPOUT = 0.5
+
+
+@EVAL_MODELS.register("linear")
+def linear_head(dim: int, num_classes: int, channels_hidden: int, seed: int) -> keras.Model:
+  """A linear classifier (logistic regression)."""
+  del channels_hidden
+  return keras.Sequential([
+      keras.Input((dim,)),
+      keras.layers.Dense(num_classes, kernel_initializer=keras.initializers.GlorotUniform(seed)),
+  ])
+
+
+@EVAL_MODELS.register("mlp")
+def mlp_head(dim: int, num_classes: int, channels_hidden: int, seed: int) -> keras.Model:
+  """One hidden ReLU layer of `channels_hidden` units, dropout 0.5, then a linear classifier."""
+  return keras.Sequential([
+      keras.Input((dim,)),
+      keras.layers.Dense(channels_hidden, activation="relu",
+                         kernel_initializer=keras.initializers.GlorotUniform(seed)),
+      keras.layers.Dropout(MLP_DROPOUT, seed=seed),
+      keras.layers.Dense(num_classes,
+                         kernel_initializer=keras.initializers.GlorotUniform(seed + 7919)),
+  ])
+
+
+@dataclasses.dataclass
+class FeatureStats:
+  """Per-feature shift and scale: standardised = (x - mean) * inv_std."""
+  mean: np.ndarray
+  inv_std: np.ndarray
+
+
+class StatsAccumulator:
+  """Streaming per-feature mean and variance (float64, chunks merged as in Chan et al.)."""
+
+  def __init__(self):
+    self._count: Dict[str, int] = {}
+    self._mean: Dict[str, np.ndarray] = {}
+    self._m2: Dict[str, np.ndarray] = {}
+
+  def update(self, features: Mapping[str, np.ndarray]):
+    for name, x in features.items():
+      x = np.asarray(x, np.float64)
+      n_b, mean_b = x.shape[0], x.mean(axis=0)
+      m2_b = ((x - mean_b) ** 2).sum(axis=0)
+      if name not in self._count:
+        self._count[name], self._mean[name], self._m2[name] = n_b, mean_b, m2_b
+        continue
+      n_a, mean_a = self._count[name], self._mean[name]
+      n = n_a + n_b
+      delta = mean_b - mean_a
+      self._mean[name] = mean_a + delta * n_b / n
+      self._m2[name] = self._m2[name] + m2_b + delta ** 2 * n_a * n_b / n
+      self._count[name] = n
+
+  def result(self) -> Dict[str, FeatureStats]:
+    stats = {}
+    for name, count in self._count.items():
+      mean = self._mean[name]
+      std = np.sqrt(self._m2[name] / count)
+      constant = std <= 1e-6 * (1.0 + np.abs(mean))
+      inv_std = np.where(constant, 0.0, 1.0 / np.where(constant, 1.0, std))
+      stats[name] = FeatureStats(mean.astype(np.float32), inv_std.astype(np.float32))
+    return stats
+
+
+def feature_stats(features: Mapping[str, np.ndarray], chunk: int = 8192) -> Dict[str, FeatureStats]:
+  """Per-layer FeatureStats of in-memory features, in chunks to bound the float64 copies."""
+  acc = StatsAccumulator()
+  num = next(iter(features.values())).shape[0]
+  for start in range(0, num, chunk):
+    acc.update({name: array[start:start + chunk] for name, array in features.items()})
+  return acc.result()
+
+
+class Probes:
+  """One head per layer; `stats` (optional) standardises each layer's features first."""
+
+  def __init__(self, feature_dims: Mapping[str, int], num_classes: int,
+               eval_model: str = "linear", channels_hidden: int = 1000,
+               weight_decay: float = 0.0, seed: int = 0,
+               stats: Optional[Mapping[str, FeatureStats]] = None):
+    if num_classes < 2:
+      raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    build = EVAL_MODELS.get(eval_model)
+    self.layers = list(feature_dims)
+    self.num_classes = num_classes
+    self.weight_decay = float(weight_decay)
+    self.heads = {name: build(int(dim), num_classes, channels_hidden, seed + 1000 * i)
+                  for i, (name, dim) in enumerate(feature_dims.items())}
+    self.stats = None
+    if stats is not None:
+      self.stats = {name: (tf.constant(stats[name].mean), tf.constant(stats[name].inv_std))
+                    for name in self.layers}
+
+  @property
+  def trainable_variables(self):
+    return [v for name in self.layers for v in self.heads[name].trainable_variables]
+
+  def logits(self, features: Mapping[str, tf.Tensor], training: bool) -> Dict[str, tf.Tensor]:
+    out = {}
+    for name in self.layers:
+      x = tf.cast(features[name], tf.float32)
+      if self.stats is not None:
+        mean, inv_std = self.stats[name]
+        x = (x - mean) * inv_std
+      out[name] = self.heads[name](x, training=training)
+    return out
+
+  def losses(self, features, labels, training: bool) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
+    """(total loss to minimise, {layer: mean cross-entropy})."""
+    logits = self.logits(features, training)
+    cross_entropy = {
+        name: tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits[name]))
+        for name in self.layers}
+    total = tf.add_n(list(cross_entropy.values()))
+    if self.weight_decay:
+      kernels = [v for name in self.layers for v in self.heads[name].trainable_variables
+                 if "kernel" in v.path]
+      # weight_decay * sum(w**2) / 2, the L2 of the original code (tf.nn.l2_loss).
+      total += self.weight_decay * tf.add_n([tf.nn.l2_loss(k) for k in kernels])
+    return total, cross_entropy
+
+
+def make_optimizer(lr: float, batch_size: int, lr_scale_batch_size: int, steps_per_epoch: float,
+                   warmup_epochs: float = 0.0, decay_epochs: Sequence[float] = (),
+                   lr_decay_factor: float = 0.1) -> keras.optimizers.Optimizer:
+  """SGD, momentum 0.9, on the original schedule (lr scaled by batch_size / lr_scale_batch_size)."""
+  schedule = schedules.WarmupPiecewiseDecay(
+      schedules.scaled_lr(lr, batch_size, lr_scale_batch_size), steps_per_epoch,
+      warmup_epochs=warmup_epochs, decay_epochs=decay_epochs, decay_factor=lr_decay_factor)
+  return keras.optimizers.SGD(learning_rate=schedule, momentum=MOMENTUM)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Training steps per epoch: full batches only (one smaller batch when N < batch_size)."""
+  return max(1, num_examples // batch_size)
+
+
+def array_batches(features: Mapping[str, np.ndarray], labels: np.ndarray, batch_size: int,
+                  seed: int):
+  """Endless shuffled training batches ({layer: [b, D]}, labels [b]) from in-memory arrays.
+
+  Each epoch is a fresh permutation from `np.random.default_rng(seed)`, cut into
+  `steps_per_epoch` batches; the last partial batch of an epoch is dropped (`epoch_orders`).
+  """
+  for order in epoch_orders(len(labels), batch_size, seed):
+    for idx in order:
+      yield {name: array[idx] for name, array in features.items()}, labels[idx]
+
+
+def epoch_orders(num_examples: int, batch_size: int, seed: int):
+  """Endlessly, per epoch, the list of (sorted) index arrays of its training batches."""
+  rng = np.random.default_rng(seed)
+  steps = steps_per_epoch(num_examples, batch_size)
+  while True:
+    perm = rng.permutation(num_examples)
+    yield [np.sort(perm[i * batch_size:(i + 1) * batch_size]) for i in range(steps)]
+
+
+def num_train_steps(epochs: float, steps_in_epoch: int) -> int:
+  """Total training steps for (possibly fractional) `epochs`."""
+  return max(1, int(math.ceil(epochs * steps_in_epoch)))
+
+
+def image_labels(labels):
+  """Per-image labels `[B]`; labels repeated per patch `[B, P]` give their first column."""
+  labels = tf.convert_to_tensor(labels)
+  return labels[:, 0] if labels.shape.rank == 2 else labels
+
+
+def train_probes(probes: Probes, optimizer: keras.optimizers.Optimizer, batches: Iterable,
+                 num_steps: int, feature_fn: Optional[Callable] = None,
+                 log_every_s: float = 30.0) -> Dict[str, float]:
+  """Trains all heads at once for `num_steps` steps over `batches` of (inputs, labels).
+
+  Inputs are feature dicts, or images when `feature_fn` is given: then the frozen features are
+  computed inside the step (the on-the-fly protocol). Returns the last step's loss per layer.
+  """
+  variables = probes.trainable_variables
+  optimizer.build(variables)
+
+  @tf.function(reduce_retracing=True)
+  def step(inputs, labels):
+    features = feature_fn(inputs) if feature_fn is not None else inputs
+    features = {name: tf.stop_gradient(tf.cast(features[name], tf.float32))
+                for name in probes.layers}
+    with tf.GradientTape() as tape:
+      total, cross_entropy = probes.losses(features, labels, training=True)
+    grads = tape.gradient(total, variables)
+    optimizer.apply_gradients(zip(grads, variables))
+    return cross_entropy
+
+  start = last_log = time.time()
+  done, losses = 0, {}
+  iterator = iter(batches)
+  while done < num_steps:
+    try:
+      inputs, labels = next(iterator)
+    except StopIteration:
+      raise ValueError(
+          f"the training batches ran out after {done} of {num_steps} steps") from None
+    losses = step(inputs, tf.cast(image_labels(labels), tf.int32))
+    done += 1
+    now = time.time()
+    if now - last_log >= log_every_s or done == num_steps:
+      last_log = now
+      rate = done / max(now - start, 1e-9)
+      mean_loss = float(np.mean([float(v) for v in losses.values()]))
+      logging.info("heads: step %d/%d, mean loss %.4f, %.1f steps/s, ETA %.0fs", done, num_steps,
+                   mean_loss, rate, (num_steps - done) / rate)
+  return {name: float(v) for name, v in losses.items()}
+
+
+def evaluate_probes(probes: Probes, batches: Iterable,
+                    feature_fn: Optional[Callable] = None) -> Dict[str, Dict[str, float]]:
+  """Per layer: top1, top5 (top-k with k = min(5, num_classes)) and mean cross-entropy `loss`."""
+  k = min(5, probes.num_classes)
+
+  @tf.function(reduce_retracing=True)
+  def step(inputs, labels):
+    features = feature_fn(inputs) if feature_fn is not None else inputs
+    logits = probes.logits(features, training=False)
+    out = {}
+    for name in probes.layers:
+      top = tf.math.top_k(logits[name], k).indices
+      hits = tf.cast(tf.equal(top, labels[:, None]), tf.float32)
+      loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits[name])
+      out[name] = tf.stack([tf.reduce_sum(hits[:, 0]), tf.reduce_sum(hits),
+                            tf.reduce_sum(loss)])
+    return out
+
+  sums = {name: np.zeros(3, np.float64) for name in probes.layers}
+  count = 0
+  for inputs, labels in batches:
+    labels = tf.cast(image_labels(labels), tf.int32)
+    for name, value in step(inputs, labels).items():
+      sums[name] += value.numpy()
+    count += int(labels.shape[0])
+  if not count:
+    raise ValueError("no evaluation examples")
+  return {name: dict(top1=float(s[0] / count), top5=float(s[1] / count), loss=float(s[2] / count))
+          for name, s in sums.items()}
+
+
+def array_eval_batches(features: Mapping[str, np.ndarray], labels: np.ndarray, batch_size: int):
+  """In-order evaluation batches from in-memory arrays."""
+  for start in range(0, len(labels), batch_size):
+    yield ({name: array[start:start + batch_size] for name, array in features.items()},
+           labels[start:start + batch_size])

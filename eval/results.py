@@ -1,0 +1,162 @@
+"""results.json of an evaluation: building, atomic writing, reading, a plain-text table.
+
+Schema (format_version 1):
+  {
+    "format_version": 1,
+    "config": {...},                   every LinearEvalConfig field
+    "source": {"hub_module": <export path> | "random_init", "task", "architecture",
+               "filters_factor", "mode"},
+    "dataset": {"name", "train_split", "val_split", "num_classes",
+                "num_train_examples",  examples the heads were trained on
+                "num_val_examples"},
+    "low_label": null | {"train_fraction", "examples_per_class", "seed", "num_train_examples"},
+    "layer_order": [layer names, by depth],
+    "layers": {layer: {"dim": int, "top1": float, "top5": float, "loss": float,
+                       "knn_top1": float (only when kNN was asked for)}},
+    "best_layer": {"name": layer with the highest top1 (the shallower one on ties), "top1": float},
+    "times": {"feature_extraction_s", "head_training_s", "knn_s", "total_s"}
+  }
+Accuracies are fractions in [0, 1]; loss is the mean cross-entropy on the val split; a figure
+that is not finite (a diverged head) is written as null, so the file is strict JSON.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+from absl import logging
+
+RESULTS_FILE = "results.json"
+FORMAT_VERSION = 1
+# Config fields that do not change the results: a run differing only in these is the same cell.
+IGNORED_CONFIG_KEYS = ("workdir", "force", "feature_cache_dir", "eval_batch_size")
+
+
+def build_results(config: Mapping[str, Any], source: Mapping[str, Any],
+                  dataset: Mapping[str, Any], layer_order: Sequence[str],
+                  layers: Mapping[str, Mapping[str, float]], times: Mapping[str, float],
+                  low_label: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+  """The results dict (module docstring); `layers[name]`: dim, top1, top5, loss[, knn_top1]."""
+  missing = [name for name in layer_order if name not in layers]
+  if missing:
+    raise ValueError(f"no results for layers {missing}")
+  per_layer = {}
+  for name in layer_order:
+    entry = dict(layers[name])
+    for key in ("dim", "top1", "top5", "loss"):
+      if key not in entry:
+        raise ValueError(f"results of layer {name!r} lack {key!r}; they have {sorted(entry)}")
+    entry["dim"] = int(entry["dim"])
+    for key, value in entry.items():
+      if key != "dim":
+        entry[key] = float(value) if value is not None and math.isfinite(value) else None
+        if entry[key] is None:
+          logging.warning("layer %s: %s is %s (diverged?); written as null", name, key, value)
+    per_layer[name] = entry
+  order = list(layer_order)
+  best = max(order, key=lambda n: (_or_minus_inf(per_layer[n]["top1"]), -order.index(n)))
+  return {
+      "format_version": FORMAT_VERSION,
+      "config": _jsonable(dict(config)),
+      "source": {key: source.get(key) for key in
+                 ("hub_module", "task", "architecture", "filters_factor", "mode")},
+      "dataset": dict(dataset),
+      "low_label": dict(low_label) if low_label else None,
+      "layer_order": list(layer_order),
+      "layers": per_layer,
+      "best_layer": {"name": best, "top1": per_layer[best]["top1"]},
+      "times": {key: float(value) for key, value in times.items()},
+  }
+
+
+def write_results(workdir: str, results: Mapping[str, Any]) -> str:
+  """Writes `workdir/results.json` atomically: a temporary file in workdir, then os.replace.
+
+  A previous results.json is replaced only once the new one is completely written.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, RESULTS_FILE)
+  fd, tmp = tempfile.mkstemp(prefix=f".{RESULTS_FILE}.", suffix=".tmp", dir=workdir)
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(results, f, indent=2, allow_nan=False)
+      f.write("\n")
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
+def read_results(workdir: str) -> Optional[Dict[str, Any]]:
+  """The results in `workdir`, or None when there are none (or they are unreadable)."""
+  path = os.path.join(workdir, RESULTS_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    logging.warning("ignoring unreadable %s: %s", path, e)
+    return None
+
+
+def comparable_config(config: Any) -> Dict[str, Any]:
+  """The config as JSON data, without the fields in IGNORED_CONFIG_KEYS."""
+  if dataclasses.is_dataclass(config):
+    config = dataclasses.asdict(config)
+  data = _jsonable(dict(config))
+  return {key: value for key, value in data.items() if key not in IGNORED_CONFIG_KEYS}
+
+
+def results_exist(workdir: str, config: Any) -> bool:
+  """Whether `workdir` holds complete results of an evaluation with the same config."""
+  results = read_results(workdir)
+  if not results or "layers" not in results or "config" not in results:
+    return False
+  return comparable_config(results["config"]) == comparable_config(config)
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+  """A plain-text table: layer, dim, top1, top5, loss (and knn when present), in depth order."""
+  order = results["layer_order"]
+  with_knn = any("knn_top1" in results["layers"][n] for n in order)
+  header = ["layer", "dim", "top1", "top5", "loss"] + (["knn"] if with_knn else [])
+  rows = []
+  for name in order:
+    r = results["layers"][name]
+    row = [name, str(r["dim"]), _pct(r["top1"]), _pct(r["top5"]), _loss(r["loss"])]
+    if with_knn:
+      row.append(_pct(r["knn_top1"]) if "knn_top1" in r else "-")
+    rows.append(row)
+  widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+  lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                     for i, (cell, w) in enumerate(zip(line, widths)))
+           for line in [header] + rows]
+  best = results.get("best_layer")
+  if best:
+    lines.append(f"best layer: {best['name']} (top1 {_pct(best['top1'])})")
+  return "\n".join(lines)
+
+
+def _or_minus_inf(value: Optional[float]) -> float:
+  return -math.inf if value is None else value
+
+
+def _pct(value: Optional[float]) -> str:
+  return "nan" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+
+
+def _loss(value: Optional[float]) -> str:
+  return "nan" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+def _jsonable(value: Any) -> Any:
+  """JSON round trip: tuples become lists, so configs compare equal to ones read back."""
+  return json.loads(json.dumps(value, default=str))

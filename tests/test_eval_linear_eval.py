@@ -1,0 +1,295 @@
+"""Export loading, feature extraction and caching, and run_linear_eval on a toy export and toy data.
+
+The data layer is replaced by a small in-memory fake of the `datasets` API (monkeypatched), and the
+backbone is a tiny SavedModel with a `representation` signature written to tmp_path.
+"""
+
+import json
+import os
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from core.config import ConfigError
+import datasets
+from eval import features
+from eval import heads
+from eval import linear_eval
+from eval import representation
+
+SIZE = 8
+NUM_CLASSES = 3
+LAYERS = ["block1", "block2", "pre_logits"]
+
+
+class ToyBackbone(tf.Module):
+  """block1 [B,8,8,16], block2 [B,4,4,32], pre_logits [B,32]."""
+
+  def __init__(self, seed=0):
+    super().__init__()
+    rng = np.random.default_rng(seed)
+    self.w1 = tf.Variable(rng.normal(size=(3, 16)).astype(np.float32))
+    self.w2 = tf.Variable(rng.normal(size=(16, 32)).astype(np.float32) / 4)
+
+  def end_points(self, images):
+    a = tf.nn.relu(tf.einsum("bhwc,cd->bhwd", images, self.w1))
+    b = tf.nn.relu(tf.einsum("bhwc,cd->bhwd", tf.nn.avg_pool2d(a, 2, 2, "VALID"), self.w2))
+    return {"block1": a, "block2": b, "pre_logits": tf.reduce_mean(b, axis=[1, 2])}
+
+
+def save_export(path, with_representation=True, spatial=SIZE):
+  module = ToyBackbone()
+  spec = tf.TensorSpec([None, spatial, spatial, 3], tf.float32, name="images")
+  module.representation = tf.function(module.end_points, input_signature=[spec])
+  module.serve = tf.function(
+      lambda images: {"logits": module.end_points(images)["pre_logits"][:, :NUM_CLASSES]},
+      input_signature=[spec])
+  signatures = {"serving_default": module.serve}
+  if with_representation:
+    signatures["representation"] = module.representation
+  tf.saved_model.save(module, str(path), signatures=signatures)
+  info = dict(task="toy", architecture="toy", filters_factor=1, mode="v2",
+              input_shape=[SIZE, SIZE, 3], end_points=LAYERS, eval_preprocessing="toy_eval",
+              preprocess_config={})
+  with open(os.path.join(path, "export_info.json"), "w") as f:
+    json.dump(info, f)
+  return str(path)
+
+
+def toy_split(num, seed, size=SIZE):
+  """Images: a per-class pattern plus noise; the class is recoverable from every layer."""
+  rng = np.random.default_rng(seed)
+  labels = (np.arange(num) % NUM_CLASSES).astype(np.int32)
+  rng.shuffle(labels)
+  patterns = np.random.default_rng(99).normal(size=(NUM_CLASSES, size, size, 3))
+  images = patterns[labels] + 2.0 * rng.normal(size=(num, size, size, 3))
+  return images.astype(np.float32), labels
+
+
+class FakeData:
+  """The `datasets` calls of run_linear_eval, on in-memory arrays.
+
+  Training batches follow heads.epoch_orders, the order the cached path uses, so the two
+  protocols see the same batches when no augmentation is applied.
+  """
+
+  def __init__(self, size=SIZE, num_train=240, num_test=120):
+    self.splits = {"train": toy_split(num_train, 1, size), "test": toy_split(num_test, 2, size)}
+    self.calls = []
+
+  def install(self, monkeypatch):
+    monkeypatch.setattr(datasets, "get_data", self.get_data, raising=False)
+    monkeypatch.setattr(datasets, "get_preprocess_fn", self.get_preprocess_fn, raising=False)
+    monkeypatch.setattr(datasets, "get_num_examples",
+                        lambda dataset, split, data_dir=None: len(self.splits[split][1]),
+                        raising=False)
+    monkeypatch.setattr(datasets, "get_dataset_info", lambda dataset, data_dir=None:
+                        types.SimpleNamespace(num_classes=NUM_CLASSES), raising=False)
+    monkeypatch.setattr(datasets, "validate_spec", lambda spec, config: [], raising=False)
+    return self
+
+  def get_preprocess_fn(self, spec, is_training, config):
+    self.calls.append(("preprocess", spec, is_training))
+    return lambda example: example
+
+  def get_data(self, dataset, split, *, is_training, preprocess_fn, batch_size, data_dir=None,
+               shuffle_buffer=None, seed=0):
+    self.calls.append(("data", split, is_training))
+    images, labels = self.splits[split]
+    if is_training:  # Endless, shuffled, full batches.
+      return ({"image": images[idx], "label": labels[idx]}
+              for order in heads.epoch_orders(len(labels), batch_size, seed) for idx in order)
+    return ({"image": images[s:s + batch_size], "label": labels[s:s + batch_size]}
+            for s in range(0, len(labels), batch_size))
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+  return save_export(tmp_path_factory.mktemp("export") / "export")
+
+
+def make_config(tmp_path, export, **overrides):
+  kwargs = dict(workdir=str(tmp_path / "eval"), dataset="toy", hub_module=export,
+                max_features=200, batch_size=32, eval_batch_size=64, lr=0.1,
+                lr_scale_batch_size=32, epochs=4, decay_epochs=(3,), weight_decay=1e-4)
+  kwargs.update(overrides)
+  return linear_eval.LinearEvalConfig(**kwargs)
+
+
+def test_bad_export_paths(tmp_path):
+  missing = str(tmp_path / "nowhere")
+  with pytest.raises(FileNotFoundError, match=f"no backbone export at '{missing}'"):
+    representation.load_export(missing)
+  os.makedirs(tmp_path / "empty")
+  with pytest.raises(FileNotFoundError, match="not a SavedModel export"):
+    representation.load_export(str(tmp_path / "empty"))
+  path = save_export(tmp_path / "no_rep", with_representation=False)
+  with pytest.raises(ValueError, match=r"no 'representation' signature; its signatures are: "
+                     r"\['serving_default'\]"):
+    representation.load_export(path)
+
+
+def test_export_features_match_module(tmp_path, export_dir):
+  rep = representation.load_export(export_dir)
+  assert rep.layers == LAYERS and rep.info["source"] == os.path.abspath(export_dir)
+  assert rep.info["eval_preprocessing"] == "toy_eval"
+  # An export traced with unknown spatial sizes pools the same (shapes probed on first call).
+  dynamic = representation.load_export(save_export(tmp_path / "dyn", spatial=None))
+  images, _ = toy_split(5, 0)
+  want = ToyBackbone().end_points(tf.constant(images))
+  for rep_ in (rep, dynamic):
+    extractor = features.FeatureExtractor(rep_, "adaptive_avg", max_features=200)
+    got = extractor(images)
+    assert extractor.feature_dims == {"block1": 144, "block2": 128, "pre_logits": 32}
+    np.testing.assert_allclose(got["pre_logits"], want["pre_logits"], rtol=1e-5)
+    np.testing.assert_allclose(got["block2"], tf.reshape(
+        tf.nn.avg_pool2d(want["block2"], 2, 2, "VALID"), [5, -1]), rtol=1e-5, atol=1e-6)
+  # Patches [B, P, H, W, C]: each patch gets max_features // P with concat.
+  patches = np.stack([images, images[::-1]], axis=1)
+  extractor = features.FeatureExtractor(rep, "adaptive_avg", "concat", max_features=200)
+  got = extractor(patches)
+  assert extractor.feature_dims == {"block1": 2 * 2 * 2 * 16, "block2": 2 * 32,
+                                    "pre_logits": 2 * 32}
+  np.testing.assert_allclose(got["pre_logits"], np.concatenate(
+      [want["pre_logits"], want["pre_logits"][::-1]], axis=1), rtol=1e-5)
+  with pytest.raises(ValueError, match=r"unknown layers \['block9'\]"):
+    rep.select(["block9"])
+
+
+def test_feature_cache(tmp_path, export_dir):
+  extractor = features.FeatureExtractor(representation.load_export(export_dir), max_features=200)
+  images, labels = toy_split(50, 0)
+  batches = lambda: ({"image": images[s:s + 16], "label": labels[s:s + 16]}
+                     for s in range(0, 50, 16))
+  parts = dict(representation="toy", split="train")
+  cache = str(tmp_path / "cache")
+  first = features.extract_or_load(extractor, batches, cache, parts, dtype="float16")
+  assert first.num_examples == 50 and first.features["block1"].dtype == np.float16
+  (key,) = os.listdir(cache)
+  assert sorted(os.listdir(os.path.join(cache, key))) == [
+      "block1.npy", "block2.npy", "labels.npy", "meta.json", "pre_logits.npy"]
+
+  def fail():
+    raise AssertionError("the cache should have been used")
+  second = features.extract_or_load(extractor, fail, cache, parts, dtype="float16")
+  np.testing.assert_array_equal(second.labels, labels)
+  for name in LAYERS:
+    np.testing.assert_array_equal(second.features[name], first.features[name])
+  other = features.extract_or_load(extractor, batches, cache, dict(parts, split="test"))
+  assert other.features["block1"].dtype == np.float32 and len(os.listdir(cache)) == 2
+
+
+def test_cached_and_on_the_fly_agree(tmp_path, monkeypatch, export_dir):
+  FakeData().install(monkeypatch)
+  cached = linear_eval.run_linear_eval(make_config(tmp_path / "a", export_dir))
+  fly = linear_eval.run_linear_eval(make_config(tmp_path / "b", export_dir, on_the_fly=True))
+  for name in LAYERS:
+    a, b = cached["layers"][name], fly["layers"][name]
+    assert a["dim"] == b["dim"]
+    assert a["top1"] == b["top1"] and a["top5"] == b["top5"]
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+  assert 0.6 < cached["layers"]["block1"]["top1"] < 0.95  # Not a trivial agreement.
+  assert fly["dataset"]["num_val_examples"] == cached["dataset"]["num_val_examples"] == 120
+
+
+def test_run_linear_eval(tmp_path, monkeypatch, export_dir):
+  data = FakeData().install(monkeypatch)
+  config = make_config(tmp_path, export_dir, knn_k=5, examples_per_class=20, eval_model="mlp",
+                       channels_hidden=16, feature_cache_dir=str(tmp_path / "cache"))
+  r = linear_eval.run_linear_eval(config)
+  with open(os.path.join(config.workdir, "results.json")) as f:
+    assert json.load(f) == r
+  assert os.listdir(config.workdir) == ["results.json"]
+  assert ("preprocess", "toy_eval", False) in data.calls  # The export's eval preprocessing.
+  assert r["source"] == dict(hub_module=os.path.abspath(export_dir), task="toy",
+                             architecture="toy", filters_factor=1, mode="v2")
+  assert r["layer_order"] == LAYERS
+  assert r["low_label"] == dict(train_fraction=None, examples_per_class=20, seed=0,
+                                num_train_examples=60)
+  assert r["dataset"]["num_train_examples"] == 60 and r["dataset"]["num_classes"] == 3
+  assert r["config"]["examples_per_class"] == 20 and r["config"]["decay_epochs"] == [3]
+  for name in LAYERS:
+    entry = r["layers"][name]
+    assert set(entry) == {"dim", "top1", "top5", "loss", "knn_top1"}
+    assert 0 <= entry["top1"] <= entry["top5"] == 1.0  # 3 classes: top-3 always hits.
+  assert r["layers"]["block2"]["knn_top1"] > 0.5  # Chance: 1/3.
+  assert r["best_layer"]["top1"] == max(e["top1"] for e in r["layers"].values())
+  assert set(r["times"]) == {"feature_extraction_s", "head_training_s", "knn_s", "total_s"}
+
+  # Same config again: skipped without touching the data; force re-runs (from the feature cache).
+  data.calls.clear()
+  assert linear_eval.run_linear_eval(config) == r and not data.calls
+  again = linear_eval.run_linear_eval(linear_eval.LinearEvalConfig(
+      **dict(config.to_dict(), force=True)))
+  assert not [c for c in data.calls if c[0] == "data"]
+  assert again["layers"] == r["layers"]  # Deterministic given the seed.
+
+
+def test_random_init_baseline(tmp_path, monkeypatch):
+  """The random-init baseline goes through the same path as an export."""
+  import models  # pylint: disable=g-import-not-at-top
+  FakeData(size=32, num_train=48, num_test=24).install(monkeypatch)
+  config = make_config(tmp_path, None, architecture="resnet50", filters_factor=1,
+                       eval_preprocessing="resize,-1_to_1", preprocess_params={}, epochs=1,
+                       decay_epochs=(), max_features=9000)
+  r = linear_eval.run_linear_eval(config)
+  assert r["source"] == dict(hub_module="random_init", task="random_init",
+                             architecture="resnet50", filters_factor=1, mode="v2")
+  assert r["layer_order"] == models.end_point_names("resnet50")
+  assert r["layers"]["block4"]["dim"] == 512 and r["layers"]["block1"]["dim"] == 4096
+  assert all(0 <= e["top1"] <= 1 for e in r["layers"].values())
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(pool_mode="median"), "pool_mode='median' is not valid; choices: adaptive_max"),
+    (dict(eval_model="svm"), "eval_model='svm' is not valid; choices: linear, mlp"),
+    (dict(combine_patches="sum"), "combine_patches='sum' is not valid; choices: avg_pool"),
+    (dict(on_the_fly=True, train_fraction=0.1), "need the cached protocol"),
+    (dict(train_fraction=0.1, examples_per_class=3), "at most one of train_fraction"),
+    (dict(train_fraction=0.0), r"train_fraction must be in \(0, 1\]"),
+    (dict(knn_k=0), "knn_k must be a positive integer or None"),
+    (dict(hub_module=None), "give hub_module"),
+    (dict(hub_module=None, architecture="resnet50"), "set eval_preprocessing"),
+    (dict(batch_size=0), "batch_size must be a positive integer, got 0"),
+    (dict(decay_epochs=(3, 1)), "decay_epochs must be increasing"),
+    (dict(workdir=None), "workdir is required"),
+])
+def test_config_validation(tmp_path, overrides, message):
+  with pytest.raises(ConfigError, match=message):
+    linear_eval.validate_config(make_config(tmp_path, "/some/export", **overrides))
+
+
+def test_run_with_missing_export(tmp_path, monkeypatch):
+  FakeData().install(monkeypatch)
+  with pytest.raises(FileNotFoundError, match="no backbone export"):
+    linear_eval.run_linear_eval(make_config(tmp_path, str(tmp_path / "missing")))
+
+
+def test_real_data_pipeline(tmp_path, export_dir):
+  """The real `datasets` API on an image folder: both protocols, the export's layers, kNN."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  root = tmp_path / "images"
+  for split, per_class in (("train", 8), ("test", 4)):
+    for c in range(NUM_CLASSES):
+      os.makedirs(root / split / f"class{c}")
+      for i in range(per_class):
+        pixels = 70 * c + rng.integers(0, 60, size=(12, 12, 3))
+        Image.fromarray(pixels.astype(np.uint8)).save(root / split / f"class{c}" / f"{i}.png")
+  runs = {}
+  for on_the_fly in (False, True):
+    config = linear_eval.LinearEvalConfig(
+        workdir=str(tmp_path / f"eval_{on_the_fly}"), dataset=f"folder:{root}",
+        hub_module=export_dir, eval_preprocessing="resize,-1_to_1",
+        preprocessing="resize,flip_lr,-1_to_1", preprocess_params=dict(resize_size=SIZE),
+        batch_size=8, eval_batch_size=16, epochs=3, decay_epochs=(), knn_k=3,
+        on_the_fly=on_the_fly, max_features=200)
+    runs[on_the_fly] = linear_eval.run_linear_eval(config)
+  for r in runs.values():
+    assert r["layer_order"] == LAYERS
+    assert r["dataset"]["num_train_examples"] == 24 and r["dataset"]["num_val_examples"] == 12
+    assert r["layers"]["block1"]["knn_top1"] > 0.6  # Classes differ in brightness.
+  assert [runs[True]["layers"][n]["knn_top1"] for n in LAYERS] == [
+      runs[False]["layers"][n]["knn_top1"] for n in LAYERS]

@@ -1,0 +1,93 @@
+"""results.json: schema, atomic writing, skipping cells already evaluated, the text table."""
+
+import json
+import os
+
+import pytest
+
+from eval import results
+
+
+def make_results(config=None, knn=False):
+  config = config or {"dataset": "shapes", "lr": 0.1, "decay_epochs": (10.0, 20.0),
+                      "workdir": "/tmp/x", "force": False}
+  layers = {"block1": dict(dim=8192, top1=0.41, top5=0.8, loss=1.7),
+            "block2": dict(dim=9000, top1=0.63, top5=0.9, loss=1.2),
+            "pre_logits": dict(dim=2048, top1=0.63, top5=0.95, loss=1.1)}
+  if knn:
+    for i, entry in enumerate(layers.values()):
+      entry["knn_top1"] = 0.3 + 0.1 * i
+  return results.build_results(
+      config, dict(hub_module="/w/export", task="rotation", architecture="resnet50",
+                   filters_factor=4, mode="v2", extra="dropped"),
+      dict(name="shapes", train_split="train", val_split="test", num_classes=10,
+           num_train_examples=100, num_val_examples=50),
+      ["block1", "block2", "pre_logits"], layers,
+      dict(feature_extraction_s=1.0, head_training_s=2.0, knn_s=0.0, total_s=3.5))
+
+
+def test_schema():
+  r = make_results(knn=True)
+  assert set(r) == {"format_version", "config", "source", "dataset", "low_label", "layer_order",
+                    "layers", "best_layer", "times"}
+  assert r["source"] == dict(hub_module="/w/export", task="rotation", architecture="resnet50",
+                             filters_factor=4, mode="v2")
+  assert r["config"]["decay_epochs"] == [10.0, 20.0]
+  assert r["layer_order"] == ["block1", "block2", "pre_logits"]
+  assert set(r["layers"]["block1"]) == {"dim", "top1", "top5", "loss", "knn_top1"}
+  assert r["best_layer"] == {"name": "block2", "top1": 0.63}  # Tie: the shallower layer.
+  assert r["low_label"] is None
+  assert json.loads(json.dumps(r)) == r  # Plain JSON data.
+  diverged = results.build_results({}, {}, {}, ["a", "b"], {
+      "a": dict(dim=1, top1=float("nan"), top5=0.5, loss=float("inf")),
+      "b": dict(dim=1, top1=0.2, top5=0.5, loss=2.0)}, {})
+  assert diverged["layers"]["a"]["top1"] is None and diverged["layers"]["a"]["loss"] is None
+  assert diverged["best_layer"]["name"] == "b"
+  assert results.format_table(diverged).splitlines()[1].split() == ["a", "1", "nan", "50.00", "nan"]
+  with pytest.raises(ValueError, match="lack 'top5'"):
+    results.build_results({}, {}, {}, ["a"], {"a": dict(dim=1, top1=0.1, loss=0.2)}, {})
+
+
+def test_atomic_write_and_replace(tmp_path):
+  workdir = str(tmp_path / "cell")
+  first = make_results()
+  path = results.write_results(workdir, first)
+  assert path == os.path.join(workdir, "results.json")
+  assert results.read_results(workdir) == first
+  assert os.listdir(workdir) == ["results.json"]  # No temporary files left.
+
+  broken = dict(first, times={"total_s": object()})  # Not JSON-serialisable: fails mid-write.
+  with pytest.raises(TypeError):
+    results.write_results(workdir, broken)
+  assert os.listdir(workdir) == ["results.json"]
+  assert results.read_results(workdir) == first  # The old file is intact.
+
+  second = make_results(knn=True)
+  results.write_results(workdir, second)
+  assert results.read_results(workdir) == second
+  assert os.listdir(workdir) == ["results.json"]
+
+
+def test_results_exist(tmp_path):
+  workdir = str(tmp_path)
+  config = {"dataset": "shapes", "lr": 0.1, "decay_epochs": (10.0, 20.0), "workdir": workdir,
+            "force": False, "feature_cache_dir": None}
+  assert not results.results_exist(workdir, config)
+  results.write_results(workdir, make_results(config))
+  assert results.results_exist(workdir, config)
+  # Fields that do not change the results do not count.
+  assert results.results_exist(workdir, dict(config, workdir="/elsewhere", force=True,
+                                             feature_cache_dir="/cache"))
+  assert not results.results_exist(workdir, dict(config, lr=0.2))
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    f.write("{truncated")
+  assert not results.results_exist(workdir, config)
+
+
+def test_format_table():
+  table = results.format_table(make_results(knn=True))
+  lines = table.splitlines()
+  assert lines[0].split() == ["layer", "dim", "top1", "top5", "loss", "knn"]
+  assert lines[1].split() == ["block1", "8192", "41.00", "80.00", "1.7000", "30.00"]
+  assert lines[-1] == "best layer: block2 (top1 63.00)"
+  assert "knn" not in results.format_table(make_results()).splitlines()[0]
