@@ -116,6 +116,46 @@ class Backbone(keras.Model):
     return end_points
 
 
+class StagedBackbone(Backbone):
+  """Root, then residual units grouped in blocks, then an optional final BN(-ReLU).
+
+  End points: `after_root`, `block1`.. (the output of each block's last unit), `pre_logits`.
+  Subclasses create `self.root`, then call `_set_units(units, block_of_unit)` and
+  `_set_final_bn(bn or None, last_relu)`.
+  """
+
+  def _set_units(self, units, block_of_unit):
+    self._unit_names = self._add_sequence(units)
+    self._block_ends = tuple(i for i, b in enumerate(block_of_unit)
+                             if i == len(block_of_unit) - 1 or block_of_unit[i + 1] != b)
+
+  def _set_final_bn(self, final_bn, last_relu: bool):
+    self.final_bn = final_bn
+    self.last_relu = last_relu
+
+  def _units(self):
+    """The residual units, in order."""
+    return [getattr(self, n) for n in self._unit_names]
+
+  def build(self, input_shape):
+    shape = build_sequence(input_shape, self.root, *self._units(), self.final_bn)
+    self._build_head(shape)
+
+  def call(self, images, training=None):
+    end_points = {}
+    x = self.root(images, training=training)
+    end_points["after_root"] = x
+    for i, unit in enumerate(self._units()):
+      x = unit(x, training=training)
+      if i in self._block_ends:
+        end_points[f"block{self._block_ends.index(i) + 1}"] = x
+    if self.final_bn is not None:
+      x = self.final_bn(x, training=training)
+      if self.last_relu:
+        x = ops.relu(x)
+    return self._finish(end_points, x)
+
+
 def check_args(*, num_classes, filters_factor, mode, root_conv_stride, strides,
                bn_momentum) -> Tuple[int, ...]:
   """Validates the common `get_model` arguments; returns `strides` as a tuple."""

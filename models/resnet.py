@@ -128,7 +128,7 @@ def block_plan(filters_factor: int, strides: Tuple[int, int, int]):
       yield b + 1, u, filters, block_stride if u == 0 else 1
 
 
-class ResNet(common.Backbone):
+class ResNet(common.StagedBackbone):
   """ResNet-50 backbone returning {after_root, block1..4, pre_logits[, logits]}."""
 
   def __init__(self, *, num_classes: Optional[int], filters_factor: int, mode: str,
@@ -140,7 +140,6 @@ class ResNet(common.Backbone):
     self.root = Root(16 * filters_factor, root_conv_stride, v1, bn_momentum, sync_bn,
                      name="root")
     units = []
-    block_ends = []  # index of the last unit of each block
     plan = list(block_plan(filters_factor, strides))
     for i, (b, u, filters, stride) in enumerate(plan):
       kwargs = dict(filters=filters, strides=stride, project=u == 0, bn_momentum=bn_momentum,
@@ -151,34 +150,10 @@ class ResNet(common.Backbone):
       else:
         unit = BottleneckV2(**kwargs)
       units.append(unit)
-      if i == len(plan) - 1 or plan[i + 1][0] != b:
-        block_ends.append(i)
-    self._unit_names = self._add_sequence(units)
-    self._block_ends = tuple(block_ends)
-    self.last_relu = last_relu
-    self.final_bn = None if v1 else common.batch_norm("final_bn", bn_momentum, sync_bn)
-
-  def _units(self):
-    """The residual units, in order."""
-    return [getattr(self, n) for n in self._unit_names]
-
-  def build(self, input_shape):
-    shape = common.build_sequence(input_shape, self.root, *self._units(), self.final_bn)
-    self._build_head(shape)
-
-  def call(self, images, training=None):
-    end_points = {}
-    x = self.root(images, training=training)
-    end_points["after_root"] = x
-    for i, unit in enumerate(self._units()):
-      x = unit(x, training=training)
-      if i in self._block_ends:
-        end_points[f"block{self._block_ends.index(i) + 1}"] = x
-    if self.final_bn is not None:
-      x = self.final_bn(x, training=training)
-      if self.last_relu:
-        x = ops.relu(x)
-    return self._finish(end_points, x)
+    self._set_units(units, [b for b, *_ in plan])
+    # v1 applies `last_relu` inside its last unit; v2 ends with BN-ReLU before pooling.
+    self._set_final_bn(None if v1 else common.batch_norm("final_bn", bn_momentum, sync_bn),
+                       last_relu)
 
 
 def build(*, num_classes: Optional[int], filters_factor: int, mode: str, last_relu: bool,

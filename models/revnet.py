@@ -86,7 +86,7 @@ class ReversibleUnit(keras.layers.Layer):
     return ops.concatenate([x1, x2], axis=-1)
 
 
-class RevNet(common.Backbone):
+class RevNet(common.StagedBackbone):
   """RevNet-50 backbone returning {after_root, block1..4, pre_logits[, logits]}."""
 
   def __init__(self, *, num_classes: Optional[int], filters_factor: int, last_relu: bool,
@@ -96,42 +96,16 @@ class RevNet(common.Backbone):
     self.root = resnet.Root(16 * filters_factor, root_conv_stride, False, bn_momentum,
                             sync_bn, name="root")
     units = []
-    block_ends = []
     plan = list(resnet.block_plan(filters_factor, strides))
-    for i, (b, u, filters, stride) in enumerate(plan):
+    for b, u, filters, stride in plan:
       if u == 0:
         unit = resnet.BottleneckV2(filters, stride, True, bn_momentum, sync_bn,
                                    name=f"block{b}_unit1")
       else:
         unit = ReversibleUnit(filters, bn_momentum, sync_bn, name=f"block{b}_unit{u + 1}")
       units.append(unit)
-      if i == len(plan) - 1 or plan[i + 1][0] != b:
-        block_ends.append(i)
-    self._unit_names = self._add_sequence(units)
-    self._block_ends = tuple(block_ends)
-    self.last_relu = last_relu
-    self.final_bn = common.batch_norm("final_bn", bn_momentum, sync_bn)
-
-  def _units(self):
-    """The residual units, in order."""
-    return [getattr(self, n) for n in self._unit_names]
-
-  def build(self, input_shape):
-    shape = common.build_sequence(input_shape, self.root, *self._units(), self.final_bn)
-    self._build_head(shape)
-
-  def call(self, images, training=None):
-    end_points = {}
-    x = self.root(images, training=training)
-    end_points["after_root"] = x
-    for i, unit in enumerate(self._units()):
-      x = unit(x, training=training)
-      if i in self._block_ends:
-        end_points[f"block{self._block_ends.index(i) + 1}"] = x
-    x = self.final_bn(x, training=training)
-    if self.last_relu:
-      x = ops.relu(x)
-    return self._finish(end_points, x)
+    self._set_units(units, [b for b, *_ in plan])
+    self._set_final_bn(common.batch_norm("final_bn", bn_momentum, sync_bn), last_relu)
 
 
 def build(*, num_classes: Optional[int], filters_factor: int, mode: str, last_relu: bool,
