@@ -30,11 +30,12 @@ from datasets import shapes  # pylint: disable=g-import-not-at-top
 
 
 def prepare(data_dir, config):
-  t = time.time()
+  """Prepares a config: (builder, wall seconds, CPU seconds)."""
+  t, c = time.time(), time.process_time()
   builder = shapes.Shapes(data_dir=data_dir, config=config)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  return builder, time.time() - t
+  return builder, time.time() - t, time.process_time() - c
 
 
 def load(builder, split):
@@ -94,7 +95,8 @@ def linear_probe(x_train, y_train, x_test, y_test, num_classes, l2s,
         optimizer=tf.keras.optimizers.Adam(1e-3),
         loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=['accuracy'])
-    model.fit(dataset(x_train, y_train, True), epochs=epochs, verbose=0)
+    model.fit(dataset(x_train, y_train, True), epochs=epochs, verbose=0,
+              shuffle=False)
     train_acc = model.evaluate(dataset(x_train, y_train, False), verbose=0)[1]
     test_acc = model.evaluate(dataset(x_test, y_test, False), verbose=0)[1]
     print(f'    l2={l2:g}: train {train_acc:.3f} test {test_acc:.3f}', flush=True)
@@ -124,22 +126,21 @@ def small_cnn(num_classes):
   inp = tf.keras.Input((shapes.SIZE, shapes.SIZE, 3))
   x = layers.Rescaling(1 / 127.5, offset=-1.0)(inp)
   x = block(x, 32, 2)                           # 32x32
-  x = block(x, 48)
   x = layers.MaxPool2D()(x)                     # 16x16
-  x = block(x, 96)
-  x = block(x, 96)
+  x = block(x, 64)
+  x = block(x, 64)
   x = layers.MaxPool2D()(x)                     # 8x8
-  x = block(x, 160)
+  x = block(x, 128)
   x = layers.GlobalAveragePooling2D()(x)
   return tf.keras.Model(inp, layers.Dense(num_classes)(x))
 
 
 def cnn_probe(x_train, y_train, x_test, y_test, num_classes, epochs,
-              batch_size=128, seed=0):
+              batch_size=32, lr=2e-3, seed=0):
   tf.keras.utils.set_random_seed(seed)
   model = small_cnn(num_classes)
   steps = epochs * (len(x_train) // batch_size)
-  lr = tf.keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=3e-3,
+  lr = tf.keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=lr,
                                                  warmup_steps=steps // 20)
   model.compile(
       optimizer=tf.keras.optimizers.Adam(lr),
@@ -148,7 +149,7 @@ def cnn_probe(x_train, y_train, x_test, y_test, num_classes, epochs,
   train = tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(
       len(x_train), seed=seed).batch(batch_size, drop_remainder=True)
   t = time.time()
-  model.fit(train.prefetch(2), epochs=epochs, verbose=2)
+  model.fit(train.prefetch(2), epochs=epochs, verbose=2, shuffle=False)
   test_acc = model.evaluate(x_test, y_test, batch_size=512, verbose=0)[1]
   return test_acc, time.time() - t
 
@@ -180,35 +181,9 @@ def save_grid(path, images, labels, per_class=8):
                                Image.NEAREST).save(path)
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--config', default='default')
-  p.add_argument('--data_dir', default=None,
-                 help='prepare here (default: a fresh temporary directory)')
-  p.add_argument('--cnn_epochs', type=int, default=3)
-  p.add_argument('--cnn_train', type=int, default=0,
-                 help='train the CNN on this many images (0: all)')
-  p.add_argument('--grid', default='/tmp/shapes_grid.png')
-  args = p.parse_args()
-  tf.config.threading.set_inter_op_parallelism_threads(2)
-
-  data_dir = args.data_dir or tempfile.mkdtemp(prefix='shapes_probe_')
-  builder, prep_s = prepare(data_dir, args.config)
-  x_train, y_train = load(builder, 'train')
-  x_test, y_test = load(builder, 'test')
+def linear_probes(x_train, y_train, x_test, y_test):
+  """[(name, (test acc, train acc, l2), chance)] of the linear probes."""
   k = shapes.NUM_CLASSES
-  print(f'prepared {args.config} in {prep_s:.1f} s: train {len(x_train)}, '
-        f'test {len(x_test)} images, {k} classes', flush=True)
-
-  rows, images, labels = renderer_stats()
-  print('\nper class (renderer, 300 each): object area px (mean/std), '
-        'object centre x/y, image mean RGB')
-  for name, am, asd, cx, cy, rgb in rows:
-    print(f'  {name:9s} area {am:6.1f} / {asd:5.1f}  centre {cx:5.1f} '
-          f'{cy:5.1f}  rgb {rgb[0]:6.1f} {rgb[1]:6.1f} {rgb[2]:6.1f}')
-  save_grid(args.grid, images, labels)
-  print(f'example grid: {args.grid}')
-
   results = []
   print('\nlinear, raw pixels -> class', flush=True)
   results.append(('linear, raw pixels -> class', linear_probe(
@@ -223,11 +198,65 @@ def main():
   results.append(('linear, raw pixels -> rotation', linear_probe(
       r_train, k_train, r_test, k_test, 4, (1e-3, 1e-2, 1e-1)), 1 / 4))
   del r_train, r_test
+  return results
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--config', default='default')
+  p.add_argument('--data_dir', default=None,
+                 help='prepare here (default: a fresh temporary directory)')
+  p.add_argument('--cnn_epochs', type=int, default=3)
+  p.add_argument('--cnn_batch', type=int, default=32)
+  p.add_argument('--cnn_lr', type=float, default=2e-3)
+  p.add_argument('--cnn_train', type=int, default=20000,
+                 help='train the CNN on this many images (0: all)')
+  p.add_argument('--linear', action=argparse.BooleanOptionalAction,
+                 default=True, help='run the linear probes')
+  p.add_argument('--cnn_rotation', action=argparse.BooleanOptionalAction,
+                 default=True,
+                 help='also train the CNN on rotation prediction (pretext)')
+  p.add_argument('--grid', default='/tmp/shapes_grid.png')
+  args = p.parse_args()
+  tf.config.threading.set_inter_op_parallelism_threads(2)
+
+  data_dir = args.data_dir or tempfile.mkdtemp(prefix='shapes_probe_')
+  builder, prep_s, prep_cpu = prepare(data_dir, args.config)
+  load_avg = os.getloadavg()[0]
+  x_train, y_train = load(builder, 'train')
+  x_test, y_test = load(builder, 'test')
+  k = shapes.NUM_CLASSES
+  print(f'prepared {args.config} in {prep_s:.1f} s ({prep_cpu:.1f} CPU s, '
+        f'load average {load_avg:.1f}): train {len(x_train)}, '
+        f'test {len(x_test)} images, {k} classes', flush=True)
+
+  rows, images, labels = renderer_stats()
+  print('\nper class (renderer, 300 each): object area px (mean/std), '
+        'object centre x/y, image mean RGB')
+  for name, am, asd, cx, cy, rgb in rows:
+    print(f'  {name:9s} area {am:6.1f} / {asd:5.1f}  centre {cx:5.1f} '
+          f'{cy:5.1f}  rgb {rgb[0]:6.1f} {rgb[1]:6.1f} {rgb[2]:6.1f}')
+  save_grid(args.grid, images, labels)
+  print(f'example grid: {args.grid}')
+
+  results = []
+  if args.linear:
+    results = linear_probes(x_train, y_train, x_test, y_test)
   n_cnn = args.cnn_train or len(x_train)
+  cnn = []
   print(f'small CNN, {args.cnn_epochs} epochs on {n_cnn} images -> class',
         flush=True)
-  cnn_acc, cnn_s = cnn_probe(x_train[:n_cnn], y_train[:n_cnn], x_test, y_test,
-                             k, args.cnn_epochs)
+  cnn.append(('small CNN -> class', 1 / k, *cnn_probe(
+      x_train[:n_cnn], y_train[:n_cnn], x_test, y_test, k, args.cnn_epochs,
+      args.cnn_batch, args.cnn_lr)))
+  if args.cnn_rotation:
+    print(f'small CNN, {args.cnn_epochs} epochs on {n_cnn} images -> rotation',
+          flush=True)
+    r_train, k_train = rotate_all(x_train[:n_cnn], seed=1)
+    r_test, k_test = rotate_all(x_test, seed=2)
+    cnn.append(('small CNN -> rotation', 1 / 4, *cnn_probe(
+        r_train, k_train, r_test, k_test, 4, args.cnn_epochs, args.cnn_batch,
+        args.cnn_lr)))
 
   print(f'\n| probe ({args.config}: {len(x_train)} train / {len(x_test)} test)'
         ' | test acc | train acc | chance |')
@@ -235,9 +264,11 @@ def main():
   for name, (test_acc, train_acc, l2), chance in results:
     print(f'| {name} (best L2 {l2:g}) | {test_acc:.3f} | {train_acc:.3f} '
           f'| {chance:.3f} |')
-  print(f'| small CNN, {args.cnn_epochs} epochs ({cnn_s:.0f} s) | '
-        f'{cnn_acc:.3f} | - | {1 / k:.3f} |')
-  print(f'\nprepare time ({args.config}): {prep_s:.1f} s')
+  for name, chance, acc, secs in cnn:
+    print(f'| {name}, {args.cnn_epochs} epochs on {n_cnn} images '
+          f'({secs:.0f} s) | {acc:.3f} | - | {chance:.3f} |')
+  print(f'\nprepare time ({args.config}): {prep_s:.1f} s wall, '
+        f'{prep_cpu:.1f} s CPU (load average {load_avg:.1f})')
 
 
 if __name__ == '__main__':

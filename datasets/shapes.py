@@ -265,8 +265,9 @@ def _part_distances(p, m, xs, ys):
     rows = np.concatenate([w, -(p0 * w).sum(-1, keepdims=True)], -1)
     s = np.clip(_lin(rows / ww[..., None], xs, ys), 0.0, 1.0)
     p0, w = p0.astype(np.float32), w.astype(np.float32)
-    dx = xs[:, None, None, :] - p0[..., 0, None, None] - s * w[..., 0, None, None]
-    dy = ys[:, None, :, None] - p0[..., 1, None, None] - s * w[..., 1, None, None]
+    p0, w = p0[..., None, None], w[..., None, None]
+    dx = xs[:, None, None, :] - p0[..., 0, :, :] - s * w[..., 0, :, :]
+    dy = ys[:, None, :, None] - p0[..., 1, :, :] - s * w[..., 1, :, :]
     ds.append(np.sqrt(dx * dx + dy * dy) - r[..., None, None])
   return np.concatenate(ds, axis=1) if len(ds) > 1 else ds[0]
 
@@ -509,8 +510,10 @@ def _draw_clutter(rng, canvas, counts):
       n, img, jj = len(sel), idx[sel], j[sel]
       empty = _Parts(np.zeros((n, 0, 4, 2)), np.zeros((n, 0), bool),
                      np.zeros((n, 0, 5)), np.zeros((n, 0, 5)), np.zeros(1, int))
-      if k == 0:
-        poly = bank[0][0][jj][:, None] + 0.04 * rng.uniform(-1, 1, (n, 1, 4, 2))
+      radius = bank[k][-1][jj]
+      if k == 0:  # Polygons get vertex jitter, relative to their size.
+        poly = bank[0][0][jj][:, None] + 0.1 * radius[:, None, None, None] * (
+            rng.uniform(-1, 1, (n, 1, 4, 2)))
         tri = bank[0][1][jj][:, None]
         poly[tri, 3] = poly[tri, 2]
         parts = empty._replace(poly=poly, tri=tri)
@@ -518,14 +521,13 @@ def _draw_clutter(rng, canvas, counts):
         parts = empty._replace(ell=bank[1][0][jj][:, None])
       else:
         parts = empty._replace(cap=bank[2][0][jj][:, None])
-      radius = bank[k][-1][jj]
       r = rng.random((n, 6))
       target = _CLUTTER_RADIUS[0] + r[:, 0] * np.ptp(_CLUTTER_RADIUS)
       aspect = np.exp(0.3 * (2 * r[:, 1] - 1))
       cx, cy = -4 + (SIZE + 8) * r[:, 2], -4 + (SIZE + 8) * r[:, 3]
       m = _frames(cx, cy, target / radius, 2 * np.pi * r[:, 4], r[:, 5] < 0.5,
                   aspect)
-      reach = target * np.maximum(aspect, 1 / aspect) + 1.5
+      reach = 1.25 * target * np.maximum(aspect, 1 / aspect) + 1.5
       x0, y0, h, w, xs, ys = _windows(cx, cy, reach, reach)
       d = _part_distances(parts, m, xs, ys)[:, 0]
       view = _window_view(canvas, h, w)
@@ -556,14 +558,15 @@ def _draw_objects(rng, canvas, labels, masks=None):
   ou, ov = np.where(flip, -cu, cu) * su, cv * sv
   m = _frames(bx - (c * ou - s * ov), by + (s * ou + c * ov), scale, tilt,
               flip, aspect)
-  ex = np.abs(c) * hu * su + np.abs(s) * hv * sv + 2.0  # Window half sizes.
-  ey = np.abs(s) * hu * su + np.abs(c) * hv * sv + 2.0
+  # Window half sizes, with room for jitter and outlines.
+  ex = np.abs(c) * hu * su + np.abs(s) * hv * sv + 0.1 * scale + 2.5
+  ey = np.abs(s) * hu * su + np.abs(c) * hv * sv + 0.1 * scale + 2.5
 
   colours = _colours(rng, (n, 8)).astype(np.float32)
   r = rng.random((n, 2))
   has_outline = r[:, 0] < _OUTLINE_P
   outline = (_colours(rng, (n,)).astype(np.float32),
-             np.where(has_outline, 0.6 + 0.9 * r[:, 1], -2.0).astype(np.float32))
+             (0.6 + 0.9 * r[:, 1]).astype(np.float32))
   for label in range(NUM_CLASSES):
     sel = np.nonzero(labels == label)[0]
     if not len(sel):
@@ -693,6 +696,8 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__,
+        # Raw uint8 bytes (12 KiB an image): PNG would cost about as much
+        # time as rendering to encode, and again to decode at every epoch.
         features=tfds.features.FeaturesDict({
             'image': tfds.features.Tensor(
                 shape=(SIZE, SIZE, 3), dtype=np.uint8,
