@@ -31,3 +31,15 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# A grid of experiments (benchmark.py): every cell's training and per-layer evaluation, skipping
+# finished cells, then the report in $(GRID_ROOT)/report/. `make report` only redoes the report.
+GRID      ?= configs/grids/shapes.toml
+GRID_ROOT ?= $(WORKDIR)/grid_$(basename $(notdir $(GRID)))
+.PHONY: grid report
+
+grid: $(STAMP)
+	$(BIN)/python benchmark.py --grid=$(GRID) --root=$(GRID_ROOT)
+
+report: $(STAMP)
+	$(BIN)/python benchmark.py --report_only --root=$(GRID_ROOT)

@@ -1,0 +1,134 @@
+"""Runs a grid of experiments (pretext training + per-layer evaluation per cell) and reports them.
+
+  python benchmark.py --grid=configs/grids/shapes.toml                 # run (resumes), report
+  python benchmark.py --grid=configs/grids/shapes.toml --list          # the cells and their state
+  python benchmark.py --grid=configs/grids/shapes.toml --cells='rotation-*,random_init-*'
+  python benchmark.py --report_only --root=workdirs/grid_shapes,/mnt/b/grid_shapes  # merge roots
+
+Each cell runs in <root>/<cell name>/ (default root: workdirs/grid_<grid name>); every step is a
+subprocess of train_and_eval.py whose output goes to <cell>/log.txt. Finished cells are skipped,
+interrupted ones resume. <root>/grid_status.json records every cell's state and errors; the
+report goes to <root>/report/ (report.md, report.csv, report.json, plots). Exit status: 0 when
+every selected cell succeeded, 1 when one failed, 2 for an invalid grid file or flag.
+"""
+
+import os
+import signal
+import sys
+
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("grid", None, "Grid file (TOML), e.g. configs/grids/shapes.toml.")
+flags.DEFINE_list("root", None, "Grid root: the directory of the cells (default: "
+                  "workdirs/grid_<grid name>). With --report_only, several comma-separated "
+                  "roots are merged into one report.")
+flags.DEFINE_list("cells", [], "Run only these cells: names or globs, e.g. 'rotation-*'.")
+flags.DEFINE_list("only_method", [], "Run only the cells of these methods (random_init for the "
+                  "baselines).")
+flags.DEFINE_list("only_architecture", [], "Run only the cells of these architectures.")
+flags.DEFINE_boolean("list", False, "List the selected cells and their state; run nothing.")
+flags.DEFINE_boolean("show_commands", False, "With --list: also each step's command line.")
+flags.DEFINE_boolean("report_only", False, "Only (re)make the report from the result files in "
+                     "--root (one or several roots).")
+flags.DEFINE_boolean("report", True, "Make the report after running.")
+flags.DEFINE_string("report_dir", None, "Where the report goes (default: <first root>/report).")
+flags.DEFINE_string("data_dir", None, "TFDS data directory for every step, over the grid's.")
+flags.DEFINE_boolean("stream_logs", False, "Echo every step's output (it always goes to "
+                     "<cell>/log.txt); default: progress lines only.")
+flags.DEFINE_boolean("fail_fast", False, "Stop at the first failed cell (default: go on).")
+flags.DEFINE_float("progress_every_s", 30, "Seconds between progress lines when the output is "
+                   "not a terminal.")
+flags.DEFINE_string("python", sys.executable, "Python interpreter for the steps.")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _error(message: str) -> int:
+  print(f"error: {message}", file=sys.stderr)
+  return EXIT_USAGE
+
+
+def _report(roots, title):
+  from eval import report as report_lib  # pylint: disable=g-import-not-at-top
+  try:
+    paths, summary = report_lib.make_report(roots, FLAGS.report_dir, title=title)
+  except FileNotFoundError as e:
+    return _error(str(e))
+  print(summary)
+  print(f"report: {paths['markdown']} (also {os.path.basename(paths['csv'])}, "
+        f"{os.path.basename(paths['json'])}, {len(paths['plots'])} plot(s))")
+  return EXIT_OK
+
+
+def run(argv) -> int:
+  if len(argv) > 1:
+    return _error(f"unexpected arguments: {' '.join(argv[1:])}")
+  from core import grid as grid_lib  # pylint: disable=g-import-not-at-top
+
+  if FLAGS.report_only and not FLAGS.grid:
+    if not FLAGS.root:
+      return _error("--report_only needs --root (one or several comma-separated grid roots) or "
+                    "--grid (its default root)")
+    return _report(FLAGS.root, "Per-layer evaluation")
+  if not FLAGS.grid:
+    return _error("give --grid=<grid file>, e.g. --grid=configs/grids/shapes.toml "
+                  "(or --report_only --root=<grid root>)")
+  try:
+    known = grid_lib.known_flags(FLAGS.python)
+  except (RuntimeError, OSError, ValueError) as e:
+    print(f"warning: flag names of the grid file are not checked: {e}", file=sys.stderr)
+    known = None
+  overrides = {"data_dir": os.path.abspath(FLAGS.data_dir)} if FLAGS.data_dir else {}
+  try:
+    grid = grid_lib.load_grid(FLAGS.grid, known, overrides=overrides)
+    cells = grid_lib.select_cells(grid, FLAGS.cells, FLAGS.only_method, FLAGS.only_architecture)
+  except grid_lib.GridError as e:
+    return _error(str(e))
+  roots = FLAGS.root or [os.path.join("workdirs", f"grid_{grid.name}")]
+  title = f"Grid {grid.name}" + (f": {grid.description}" if grid.description else "")
+  if FLAGS.report_only:
+    return _report(roots, title)
+  if len(roots) > 1:
+    return _error(f"--root={','.join(roots)}: running needs one root (several are for "
+                  "--report_only)")
+  root = roots[0]
+  if FLAGS.list:
+    print(f"{grid.path}: {len(cells)} of {len(grid.cells)} cell(s), root {root}")
+    print(grid_lib.describe(cells, root, FLAGS.show_commands))
+    return EXIT_OK
+  if not cells:
+    return _error("the selection matches no cell")
+  runner = grid_lib.GridRunner(
+      root, grid_name=grid.name, grid_path=os.path.abspath(grid.path),
+      command=[FLAGS.python, grid_lib.TRAIN_AND_EVAL], stream_logs=FLAGS.stream_logs,
+      fail_fast=FLAGS.fail_fast, progress_every_s=FLAGS.progress_every_s)
+  try:
+    statuses = runner.run(cells)
+  except KeyboardInterrupt:
+    print("interrupted; the same command resumes the grid", file=sys.stderr)
+    return 130
+  failed = [n for n, s in statuses.items() if s.get("status") != "done"]
+  if FLAGS.report:
+    _report([root], title)
+  if failed:
+    print(f"{len(failed)} cell(s) did not succeed: {', '.join(failed)}; see "
+          f"{os.path.join(root, grid_lib.STATUS_FILE)}", file=sys.stderr)
+    return EXIT_FAILED
+  return EXIT_OK
+
+
+def _interrupt(signum, frame):
+  del signum, frame
+  raise KeyboardInterrupt  # The runner stops the running step and records the cell.
+
+
+def main(argv):
+  signal.signal(signal.SIGTERM, _interrupt)
+  sys.exit(run(argv))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,538 @@
+"""The grid: parsing and naming, errors, the runner (skip, resume, failures), benchmark.py."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from core import grid as grid_lib
+from core.grid import GridError
+from tests.conftest import REPO_ROOT
+
+# A stand-in for train_and_eval.py: writes the files a real step writes, in no time.
+FAKE_STEP = textwrap.dedent("""
+    import json, os, sys
+    args = {}
+    for a in sys.argv[1:]:
+      name, eq, value = a[2:].partition("=")
+      if eq:
+        args[name] = value
+      elif name.startswith("no") and name != "norm":
+        args[name[2:]] = False
+      else:
+        args[name] = True
+    wd = args["workdir"]
+    os.makedirs(wd, exist_ok=True)
+    cell = wd if args["task"] != "linear_eval" else os.path.dirname(wd)
+    with open(os.path.join(cell, "calls.txt"), "a") as f:
+      f.write(json.dumps(sys.argv[1:]) + "\\n")
+    print("step 1/2 loss 1.3 | 10 img/s | ETA 0m01s", flush=True)
+    if os.environ.get("FAKE_SLEEP"):
+      open(os.path.join(cell, "pid"), "w").write(str(os.getpid()))
+      import time
+      time.sleep(float(os.environ["FAKE_SLEEP"]))
+    fail = os.environ.get("FAKE_FAIL", "")
+    if args.get("architecture") == "broken" or fail in (os.path.basename(cell),
+                                                       os.path.basename(cell) + ":" + args["task"]):
+      print("Traceback (most recent call last):")
+      print("error: cell broken on purpose", file=sys.stderr)
+      sys.exit(3)
+    if args["task"] != "linear_eval":
+      os.makedirs(os.path.join(wd, "export"), exist_ok=True)
+      open(os.path.join(wd, "export", "saved_model.pb"), "w").write("fake")
+      with open(os.path.join(wd, "export", "export_info.json"), "w") as f:
+        json.dump({"architecture": args.get("architecture", "resnet50"), "task": args["task"]}, f)
+      if args.get("run_eval"):
+        with open(os.path.join(wd, "pretext_results.json"), "w") as f:
+          json.dump({"config": args, "metrics": {"accuracy": 0.75}}, f)
+      sys.exit(0)
+    if args["hub_module"] == "random_init":
+      arch = args["architecture"]
+    else:
+      arch = json.load(open(os.path.join(args["hub_module"], "export_info.json")))["architecture"]
+    order = (["block1", "block2", "block3", "block4", "block5", "fc6", "pre_logits"]
+             if arch == "vgg19" else
+             ["after_root", "block1", "block2", "block3", "block4", "pre_logits"])
+    peak = 2 if args["hub_module"] == "random_init" else 3
+    layers = {n: {"dim": 8, "top1": 0.5 - 0.05 * abs(i - peak), "top5": 0.9, "loss": 1.0}
+              for i, n in enumerate(order)}
+    config = {k: v for k, v in args.items() if k not in ("task", "force")}
+    results = {"format_version": 1, "config": config,
+               "source": {"hub_module": args["hub_module"], "architecture": arch},
+               "dataset": {"name": args.get("dataset"), "train_split": args.get("train_split"),
+                           "val_split": args.get("val_split")},
+               "layer_order": order, "layers": layers,
+               "best_layer": {"name": order[peak], "top1": 0.5}, "times": {"total_s": 1.0}}
+    with open(os.path.join(wd, "results.json"), "w") as f:
+      json.dump(results, f)
+    """)
+
+
+@pytest.fixture(scope="module")
+def known():
+  """The real flags of train_and_eval.py (from its --helpxml)."""
+  return grid_lib.known_flags()
+
+
+@pytest.fixture
+def configs(tmp_path):
+  """Method and evaluation flagfiles in tmp_path/configs/<method>/toy.flags."""
+  files = {
+      "rotation": "--task=rotation\n--dataset=toy\n--architecture=resnet50\n--filters_factor=4\n"
+                  "--preprocessing=resize,-1_to_1,rotate\n--epochs=3\n--lr=0.1\n--run_eval\n",
+      "supervised": "# The reference.\n--task=supervised\n--dataset=toy\n--epochs=3\n"
+                    "--preprocessing=resize,-1_to_1\n--run_eval\n",
+      "evaluation": "--task=linear_eval\n--dataset=toy\n--epochs=10\n--decay_epochs=6,8\n",
+  }
+  for name, text in files.items():
+    os.makedirs(tmp_path / "configs" / name, exist_ok=True)
+    (tmp_path / "configs" / name / "toy.flags").write_text(text)
+  return tmp_path
+
+
+def write_grid(directory, text, name="grid.toml"):
+  path = os.path.join(directory, name)
+  with open(path, "w") as f:
+    f.write(textwrap.dedent(text))
+  return path
+
+
+GRID = """
+    [grid]
+    name = "toy"
+    [defaults]
+    dataset = "toy"
+    [pretext]
+    epochs = 1
+    [evaluation]
+    flagfile = "configs/evaluation/toy.flags"
+    train_split = "train[:100]"
+    [baselines]
+    random_init = true
+    random_init_flags = { eval_preprocessing = "resize,-1_to_1", resize_size = 32 }
+    supervised = true
+    [[cells]]
+    method = "rotation"
+    axes = { architecture = ["resnet50", "revnet50"], filters_factor = [1, 2] }
+    exclude = [{ architecture = "revnet50", filters_factor = 2 }]
+    [[cells]]
+    method = "rotation"
+    flags = { architecture = "vgg19", filters_factor = 1, lr = 0.05 }
+    eval_flags = { epochs = 5 }
+    """
+
+
+def test_expansion_names_and_precedence(configs, known):
+  grid = grid_lib.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
+  assert grid.name == "toy"
+  assert grid.names() == [
+      "rotation-resnet50_v2-w1", "rotation-resnet50_v2-w2", "rotation-revnet50-w1",
+      "rotation-vgg19-w1",
+      "supervised-resnet50_v2-w1", "supervised-resnet50_v2-w2", "supervised-revnet50-w1",
+      "supervised-vgg19-w1",
+      "random_init-resnet50_v2-w1", "random_init-resnet50_v2-w2", "random_init-revnet50-w1",
+      "random_init-vgg19-w1"]
+  rot = grid.cell("rotation-vgg19-w1")
+  assert rot.kind == "pretext" and not rot.reference
+  # flagfile < [defaults] < [pretext] < the cell's flags.
+  assert rot.pretext_flags["epochs"] == "1" and rot.pretext_flags["lr"] == "0.05"
+  assert rot.pretext_flags["filters_factor"] == "1" and rot.pretext_flags["run_eval"] is True
+  assert rot.eval_flags == {"task": "linear_eval", "dataset": "toy", "epochs": "5",
+                            "decay_epochs": "6,8", "train_split": "train[:100]"}
+  steps = rot.steps("/r/rotation-vgg19-w1")
+  assert [s for s, _ in steps] == ["pretext", "eval:linear_eval"]
+  assert steps[1][1]["hub_module"] == "/r/rotation-vgg19-w1/export"
+  assert steps[1][1]["workdir"] == "/r/rotation-vgg19-w1/linear_eval"
+  # Axis values win over the flagfile (filters_factor=4 there).
+  assert grid.cell("rotation-resnet50_v2-w2").pretext_flags["filters_factor"] == "2"
+  sup = grid.cell("supervised-revnet50-w1")
+  assert sup.kind == "supervised" and sup.pretext_flags["task"] == "supervised"
+  assert sup.pretext_flags["architecture"] == "revnet50" and sup.mode is None
+  base = grid.cell("random_init-resnet50_v2-w2")
+  assert base.pretext_flags is None and base.kind == "random_init"
+  assert base.steps("/r/x") == [("eval:linear_eval", dict(
+      base.eval_flags, hub_module="random_init", workdir="/r/x/linear_eval"))]
+  assert base.eval_flags["architecture"] == "resnet50" and base.eval_flags["mode"] == "v2"
+  assert base.eval_flags["filters_factor"] == "2"
+  assert base.eval_flags["eval_preprocessing"] == "resize,-1_to_1"
+  args = grid_lib.flags_to_args({"run_eval": True, "last_relu": False, "epochs": "1"})
+  assert args == ["--run_eval", "--nolast_relu", "--epochs=1"]
+
+
+def test_other_axes_and_tags_make_names(configs, known):
+  path = write_grid(configs, """
+      [defaults]
+      dataset = "toy"
+      [[cells]]
+      method = ["rotation", "supervised"]
+      axes = { lr = [0.1, 0.03], last_relu = [true, false] }
+      [[cells]]
+      method = "rotation"
+      tag = "long"
+      flags = { epochs = 30 }
+      [[cells]]
+      method = "random_init"
+      axes = { architecture = ["vgg19"] }
+      flags = { eval_preprocessing = "resize,-1_to_1" }
+      """)
+  grid = grid_lib.load_grid(path, known, base_dir=str(configs))
+  assert "rotation-resnet50_v2-w4-lr0.03-nolast_relu" in grid.names()
+  assert "supervised-resnet50_v2-w4-lr0.1-last_relu" in grid.names()
+  assert "rotation-resnet50_v2-w4-long" in grid.names()
+  assert "random_init-vgg19-w8" in grid.names()  # The standard width of VGG19.
+  assert len(grid.names()) == len(set(grid.names())) == 10
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[defualts]\ndataset = 'toy'\n", r"grid.toml: top level: unknown key 'defualts' \(did you "
+     r"mean 'defaults'\?\); valid keys: grid, defaults"),
+    ("[[cells]]\nmethod = 'rotation'\nflag = { lr = 1 }\n",
+     r"grid.toml: \[\[cells\]\] #1 \(method 'rotation'\): unknown key 'flag' \(did you mean "
+     r"'flags'\?\)"),
+    ("[[cells]]\nmethod = 'rotation'\n[[cells]]\nmethod = 'rotation'\nflags = { epoch = 1 }\n",
+     r"grid.toml: \[\[cells\]\] #2 \(method 'rotation'\), flags: unknown flag 'epoch' \(did you "
+     r"mean 'epochs'\?\)"),
+    ("[[cells]]\nmethod = 'rotation'\naxes = { mode = ['v1', 'v3'] }\n",
+     r"#1 \(method 'rotation'\), axes: mode = 'v3' is not valid; choices: v1, v2"),
+    ("[[cells]]\nmethod = 'rotation'\naxes = { filters_factor = 2 }\n",
+     r"axes: filters_factor = 2: an axis is a non-empty list"),
+    ("[[cells]]\nmethod = 'jigsaw'\n",
+     r"#1 \(method 'jigsaw'\): flagfile configs/jigsaw/toy.flags not found .*methods with a "
+     r"flagfile configs/<method>/toy.flags: rotation, supervised"),
+    ("[[cells]]\nmethod = 'rotation'\nflags = { epochs = 'many' }\n",
+     r"epochs = 'many' is not a float"),
+    ("[[cells]]\nmethod = 'rotation'\nflags = { workdir = '/tmp/x' }\n",
+     r"flag 'workdir' is set by the grid runner"),
+    ("[[cells]]\nmethod = 'rotation'\n[[cells]]\nmethod = 'rotation'\n",
+     r"#2 \(method 'rotation'\): this entry and \[\[cells\]\] #1 \(method 'rotation'\) give the "
+     r"same cell name 'rotation-resnet50_v2-w4'.*tag"),
+    ("[[cells]]\nmethod = 'random_init'\n",
+     r"#1 \(method 'random_init'\): the random-init baseline .* set eval_preprocessing"),
+    ("[baselines]\nrandom_init = 'yes'\n[[cells]]\nmethod = 'rotation'\n",
+     r"\[baselines\]: random_init = 'yes': use true or false"),
+    ("[[cells]]\nmethod = 'rotation'\nexclude = [{ width = 2 }]\n",
+     r"exclude: 'width' is neither an axis nor a flag of this entry"),
+    ("[defaults]\ndataset = 'toy'\n", r"no \[\[cells\]\]"),
+    ("[[cells]\nmethod = 'rotation'\n", r"grid.toml: not valid TOML"),
+])
+def test_grid_file_errors_name_file_cell_and_key(configs, known, text, message):
+  if not text.startswith("[defaults]") and not text.startswith("[defualts]"):
+    text = "[defaults]\ndataset = 'toy'\n" + text
+  path = write_grid(configs, text)
+  with pytest.raises(GridError, match=message):
+    grid_lib.load_grid(path, known, base_dir=str(configs))
+
+
+def test_flagfile_errors(configs, known):
+  (configs / "configs" / "rotation" / "toy.flags").write_text("--task=rotation\n--mode=v7\n")
+  path = write_grid(configs, "[defaults]\ndataset = 'toy'\n[[cells]]\nmethod = 'rotation'\n")
+  with pytest.raises(GridError, match=r"#1 \(method 'rotation'\), flagfile "
+                                      r"configs/rotation/toy.flags: mode = 'v7' is not valid"):
+    grid_lib.load_grid(path, known, base_dir=str(configs))
+  (configs / "configs" / "rotation" / "toy.flags").write_text("--task=rotation\nepochs 3\n")
+  with pytest.raises(GridError, match=r"toy.flags:2: 'epochs 3' is not a flag"):
+    grid_lib.load_grid(path, known, base_dir=str(configs))
+
+
+def test_several_evaluations(configs, known, fake_runner, tmp_path):
+  text = GRID.replace("""[evaluation]
+    flagfile = "configs/evaluation/toy.flags"
+    train_split = "train[:100]"
+    """, """[[evaluations]]
+    name = "toy_linear"
+    flagfile = "configs/evaluation/toy.flags"
+    [[evaluations]]
+    name = "other_mlp"
+    flagfile = "configs/evaluation/toy.flags"
+    dataset = "other"
+    eval_model = "mlp"
+    """)
+  grid = grid_lib.load_grid(write_grid(configs, text), known, base_dir=str(configs))
+  cell = grid.cell("rotation-vgg19-w1")
+  assert list(cell.evaluations) == ["toy_linear", "other_mlp"]
+  assert cell.evaluations["other_mlp"]["dataset"] == "other"
+  assert cell.evaluations["other_mlp"]["epochs"] == "5"  # The cell's eval_flags: every one.
+  assert cell.evaluations["toy_linear"]["dataset"] == "toy"
+  assert [s for s, _ in grid.cell("random_init-vgg19-w1").steps("/r")] == [
+      "eval:toy_linear", "eval:other_mlp"]
+  root = tmp_path / "root"
+  runner, _ = fake_runner(root)
+  statuses = runner.run([cell, grid.cell("random_init-vgg19-w1")])
+  assert all(s["status"] == "done" for s in statuses.values())
+  for name in ("toy_linear", "other_mlp"):
+    assert (root / "rotation-vgg19-w1" / name / "results.json").exists()
+    assert (root / "random_init-vgg19-w1" / name / "results.json").exists()
+  with pytest.raises(GridError, match=r"\[\[evaluations\]\] #2: name 'toy_linear' is used twice"):
+    grid_lib.load_grid(write_grid(configs, text.replace('"other_mlp"', '"toy_linear"')), known,
+                       base_dir=str(configs))
+  with pytest.raises(GridError, match=r"\[\[evaluations\]\] #1: no name"):
+    grid_lib.load_grid(write_grid(configs, text.replace('name = "toy_linear"', '')), known,
+                       base_dir=str(configs))
+
+
+def test_select_cells(configs, known):
+  grid = grid_lib.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
+  names = lambda cells: [c.name for c in cells]
+  assert names(grid_lib.select_cells(grid, ["rotation-resnet50*", "random_init-vgg19-w1"])) == [
+      "rotation-resnet50_v2-w1", "rotation-resnet50_v2-w2", "random_init-vgg19-w1"]
+  assert names(grid_lib.select_cells(grid, methods=["supervised"],
+                                     architectures=["vgg19"])) == ["supervised-vgg19-w1"]
+  with pytest.raises(GridError, match=r"--cells: 'rotaton-\*' matches no cell.*cells: rotation-"):
+    grid_lib.select_cells(grid, ["rotaton-*"])
+  with pytest.raises(GridError, match=r"--only_method: 'jigsaw' is not in .*choices: "
+                                      r"random_init, rotation, supervised"):
+    grid_lib.select_cells(grid, methods=["jigsaw"])
+
+
+# ------------------------------------------------------------------------------------- runner
+@pytest.fixture
+def fake_runner(tmp_path):
+  script = tmp_path / "fake_step.py"
+  script.write_text(FAKE_STEP)
+
+  def make(root, **kwargs):
+    lines = []
+    runner = grid_lib.GridRunner(str(root), grid_name="toy", command=[sys.executable,
+                                                                      str(script)],
+                                 print_fn=lines.append, tty=False, **kwargs)
+    return runner, lines
+  return make
+
+
+def _calls(root, name):
+  with open(os.path.join(root, name, "calls.txt")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _task(argv):
+  return next(a.split("=", 1)[1] for a in argv if a.startswith("--task="))
+
+
+def test_runner_runs_skips_and_resumes(configs, known, fake_runner, tmp_path):
+  grid = grid_lib.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
+  cells = grid_lib.select_cells(grid, ["rotation-vgg19-w1", "random_init-vgg19-w1"])
+  root = tmp_path / "root"
+  runner, lines = fake_runner(root)
+  statuses = runner.run(cells)
+  assert {n: s["status"] for n, s in statuses.items()} == {
+      "rotation-vgg19-w1": "done", "random_init-vgg19-w1": "done"}
+  assert [_task(a) for a in _calls(root, "rotation-vgg19-w1")] == ["rotation", "linear_eval"]
+  assert [_task(a) for a in _calls(root, "random_init-vgg19-w1")] == ["linear_eval"]
+  log = (root / "rotation-vgg19-w1" / "log.txt").read_text()
+  assert "step pretext: " in log and "step 1/2 loss" in log and "exit 0 after" in log
+  status = json.loads((root / "grid_status.json").read_text())
+  assert status["summary"]["total"] == 2 and status["summary"]["done"] == 2
+  assert any(l.startswith("[1/2] rotation-vgg19-w1: starting") for l in lines)
+  assert any("[2/2] random_init-vgg19-w1: starting" in l and "ETA" in l for l in lines)
+  assert any("best layer block4: top-1 50.0%" in l for l in lines)
+  assert "1 to run" not in lines[0] and "2 to run" in lines[0]
+
+  # The same grid again: nothing runs.
+  runner, lines = fake_runner(root)
+  statuses = runner.run(cells)
+  assert all(s["status"] == "done" and s["reused"] for s in statuses.values())
+  assert len(_calls(root, "rotation-vgg19-w1")) == 2
+  assert "2 already done, 0 to run" in lines[0]
+  # Also with the data elsewhere (another machine): data_dir does not change results.
+  moved = grid_lib.load_grid(write_grid(configs, GRID), known, base_dir=str(configs),
+                             overrides={"data_dir": "/elsewhere"})
+  assert moved.cell("rotation-vgg19-w1").eval_flags["data_dir"] == "/elsewhere"
+  runner, lines = fake_runner(root)
+  runner.run(grid_lib.select_cells(moved, ["rotation-vgg19-w1", "random_init-vgg19-w1"]))
+  assert "2 already done, 0 to run" in lines[0]
+
+  # Results deleted: only the evaluation runs again (the export is still there).
+  os.remove(root / "rotation-vgg19-w1" / "linear_eval" / "results.json")
+  runner, _ = fake_runner(root)
+  runner.run(cells)
+  calls = _calls(root, "rotation-vgg19-w1")
+  assert [_task(a) for a in calls] == ["rotation", "linear_eval", "linear_eval"]
+  assert "--force" not in calls[-1]
+
+  # Changed pretext settings: training runs again and the evaluation is forced to recompute.
+  grid2 = grid_lib.load_grid(write_grid(configs, GRID.replace("epochs = 1", "epochs = 2")),
+                             known, base_dir=str(configs))
+  runner, _ = fake_runner(root)
+  runner.run(grid_lib.select_cells(grid2, ["rotation-vgg19-w1"]))
+  calls = _calls(root, "rotation-vgg19-w1")
+  assert [_task(a) for a in calls[3:]] == ["rotation", "linear_eval"]
+  assert "--epochs=2" in calls[3] and "--force" in calls[4]
+
+
+def test_failing_cell_is_recorded_and_the_rest_go_on(configs, known, fake_runner, tmp_path,
+                                                     monkeypatch):
+  grid = grid_lib.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
+  cells = grid_lib.select_cells(grid, ["rotation-resnet50_v2-w1", "rotation-vgg19-w1",
+                                       "random_init-vgg19-w1"])
+  root = tmp_path / "root"
+  # The evaluation of one cell fails: its pretext step is done, and resumed from there.
+  monkeypatch.setenv("FAKE_FAIL", "rotation-resnet50_v2-w1:linear_eval")
+  runner, lines = fake_runner(root)
+  statuses = runner.run(cells)
+  failed = statuses["rotation-resnet50_v2-w1"]
+  assert failed["status"] == "failed" and failed["failed_step"] == "eval:linear_eval"
+  assert failed["exit_code"] == 3 and failed["error"] == "error: cell broken on purpose"
+  assert any("Traceback" in l for l in failed["log_tail"])
+  assert statuses["rotation-vgg19-w1"]["status"] == "done"
+  assert statuses["random_init-vgg19-w1"]["status"] == "done"
+  status = json.loads((root / "grid_status.json").read_text())
+  assert status["cells"]["rotation-resnet50_v2-w1"]["status"] == "failed"
+  assert status["summary"] == {"total": 3, "done": 2, "failed": 1}
+  assert any("rotation-resnet50_v2-w1: FAILED in step eval:linear_eval (exit 3): error: cell "
+             "broken" in l for l in lines)
+  assert lines[-1].endswith("2/3 done, 1 failed")
+  assert "failed (error: cell broken on purpose)" in grid_lib.describe(cells, str(root))
+
+  monkeypatch.delenv("FAKE_FAIL")
+  runner, _ = fake_runner(root)
+  statuses = runner.run(cells)
+  assert all(s["status"] == "done" for s in statuses.values())
+  calls = _calls(root, "rotation-resnet50_v2-w1")
+  assert [_task(a) for a in calls] == ["rotation", "linear_eval", "linear_eval"]
+  assert "--force" in calls[-1]  # The failed evaluation followed a new export.
+  status = json.loads((root / "grid_status.json").read_text())
+  assert "error" not in status["cells"]["rotation-resnet50_v2-w1"]
+
+
+def test_two_runners_on_one_root_keep_each_others_status(configs, known, fake_runner, tmp_path):
+  grid = grid_lib.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
+  root = tmp_path / "root"
+  first, _ = fake_runner(root)   # Both start before either has written anything.
+  second, _ = fake_runner(root)
+  second.run(grid_lib.select_cells(grid, ["random_init-vgg19-w1"]))
+  first.run(grid_lib.select_cells(grid, ["random_init-revnet50-w1"]))
+  status = json.loads((root / "grid_status.json").read_text())
+  assert sorted(status["cells"]) == ["random_init-revnet50-w1", "random_init-vgg19-w1"]
+  assert status["summary"] == {"total": 2, "done": 2}
+
+
+def test_interrupt_stops_the_step_and_is_recorded(configs, known, fake_runner, tmp_path,
+                                                  monkeypatch):
+  import signal  # pylint: disable=g-import-not-at-top
+  grid = grid_lib.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
+  cells = grid_lib.select_cells(grid, ["rotation-vgg19-w1"])
+  root = tmp_path / "root"
+  monkeypatch.setenv("FAKE_SLEEP", "60")
+  runner, lines = fake_runner(root)
+  pid_file = root / "rotation-vgg19-w1" / "pid"
+
+  def interrupt(signum, frame):
+    if not pid_file.exists():  # Not started yet: try again a little later.
+      signal.setitimer(signal.ITIMER_REAL, 0.2)
+      return
+    raise KeyboardInterrupt
+
+  previous = signal.signal(signal.SIGALRM, interrupt)
+  try:
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    start = time.time()
+    with pytest.raises(KeyboardInterrupt):
+      runner.run(cells)
+  finally:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
+  assert time.time() - start < 30
+  pid = int(pid_file.read_text())
+  with pytest.raises(ProcessLookupError):
+    os.kill(pid, 0)  # The step's process is gone.
+  status = json.loads((root / "grid_status.json").read_text())
+  assert status["cells"]["rotation-vgg19-w1"]["status"] == "interrupted"
+  assert "interrupted" in (root / "rotation-vgg19-w1" / "log.txt").read_text()
+  assert any("interrupted; run the same command again" in l for l in lines)
+  # The next run resumes: the step runs again and the cell completes.
+  monkeypatch.delenv("FAKE_SLEEP")
+  runner, _ = fake_runner(root)
+  assert runner.run(cells)["rotation-vgg19-w1"]["status"] == "done"
+
+
+def _benchmark(*args, env=None):
+  return subprocess.run([sys.executable, "benchmark.py", *args], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_benchmark_cli_list_errors_and_exit_status(configs, tmp_path):
+  flagfile = str(configs / "configs" / "{method}" / "toy.flags")
+  text = GRID.replace('flagfile = "configs/evaluation/toy.flags"',
+                      f'flagfile = "{configs}/configs/evaluation/toy.flags"')
+  text = text.replace('method = "rotation"\n', f'method = "rotation"\nflagfile = "{flagfile}"\n')
+  text = text.replace("supervised = true", f'supervised = true\nsupervised_flagfile = "{flagfile}"')
+  path = write_grid(tmp_path, text)
+  root = str(tmp_path / "root")
+  proc = _benchmark(f"--grid={path}", f"--root={root}", "--list", "--show_commands",
+                    "--cells=rotation-vgg19*,random_init-*")
+  assert proc.returncode == 0, proc.stderr
+  assert "5 of 12 cell(s)" in proc.stdout
+  assert re.search(r"\nrotation-vgg19-w1 +pretext +pending\n", proc.stdout), proc.stdout
+  assert "--hub_module=random_init" in proc.stdout and "--architecture=vgg19" in proc.stdout
+  # A typo: exit status 2, one line naming the file, the cell and the key.
+  bad = write_grid(tmp_path, text.replace("eval_flags = { epochs = 5 }",
+                                          "eval_flags = { epoks = 5 }"), "bad.toml")
+  proc = _benchmark(f"--grid={bad}", f"--root={root}", "--list")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().startswith(f"error: {bad}: [[cells]] #2 (method 'rotation'), "
+                                        "eval_flags: unknown flag 'epoks' (did you mean "
+                                        "'epochs'?)"), proc.stderr
+  proc = _benchmark(f"--grid={path}", f"--root={root}", "--cells=nope")
+  assert proc.returncode == 2 and "--cells: 'nope' matches no cell" in proc.stderr
+
+
+def test_real_cells_end_to_end(tmp_path, shapes_data_dir):
+  """A rotation cell and its random-init baseline through train_and_eval.py, then the report."""
+  small = ("architecture = 'vgg19'\nfilters_factor = 1\nresize_size = 32\n")
+  path = write_grid(tmp_path, f"""
+      [grid]
+      name = "tiny"
+      [defaults]
+      dataset = "shapes_small"
+      data_dir = "{shapes_data_dir}"
+      [pretext]
+      train_split = "train[:16]"
+      val_split = "test[:16]"
+      epochs = 1
+      batch_size = 8
+      eval_batch_size = 16
+      warmup_epochs = 0
+      decay_epochs = []
+      save_checkpoints_secs = 600
+      [evaluation]
+      flagfile = "configs/evaluation/shapes.flags"
+      train_split = "train[:64]"
+      val_split = "test[:32]"
+      epochs = 1
+      decay_epochs = []
+      batch_size = 32
+      [baselines]
+      random_init = true
+      random_init_flags = {{ eval_preprocessing = "resize,-1_to_1", resize_size = 32 }}
+      [[cells]]
+      method = "rotation"
+      flagfile = "configs/rotation/shapes.flags"
+      flags = {{ {small.strip().replace(chr(10), ', ')} }}
+      """)
+  root = str(tmp_path / "root")
+  proc = _benchmark(f"--grid={path}", f"--root={root}")
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert "grid finished" in proc.stdout and "2/2 done, 0 failed" in proc.stdout
+  cell = os.path.join(root, "rotation-vgg19-w1")
+  for name in ("linear_eval/results.json", "pretext_results.json", "cell.json", "log.txt",
+               "export/saved_model.pb"):
+    assert os.path.exists(os.path.join(cell, name)), name
+  results = json.load(open(os.path.join(cell, "linear_eval", "results.json")))
+  assert results["layer_order"][:2] == ["block1", "block2"]
+  assert results["source"]["task"] == "rotation"
+  base = json.load(open(os.path.join(root, "random_init-vgg19-w1", "linear_eval",
+                                    "results.json")))
+  assert base["source"]["hub_module"] == "random_init"
+  report = open(os.path.join(root, "report", "report.md")).read()
+  assert "| rotation-vgg19-w1 | rotation | vgg19 | 1 |" in report
+  assert "*random_init-vgg19-w1* (baseline)" in report
+  # Again: both cells are skipped without starting train_and_eval.py.
+  log_size = os.path.getsize(os.path.join(cell, "log.txt"))
+  proc = _benchmark(f"--grid={path}", f"--root={root}")
+  assert proc.returncode == 0 and "2 already done, 0 to run" in proc.stdout
+  assert os.path.getsize(os.path.join(cell, "log.txt")) == log_size

@@ -1,0 +1,209 @@
+"""The report: tables in depth order, best layer, CSV/JSON, plots, several roots merged."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from eval import report as report_lib
+from tests.conftest import REPO_ROOT
+
+RESNET = ["after_root", "block1", "block2", "block3", "block4", "pre_logits"]
+VGG = ["block1", "block2", "block3", "block4", "block5", "fc6", "pre_logits"]
+
+
+def write_cell(root, name, kind, method, arch, width, top1, order=None, pretext_acc=None,
+               mode="v2", wall_s=100.0, with_state=True, dataset="shapes",
+               evaluation="linear_eval"):
+  """A cell directory as the runner leaves it: cell.json, pretext_results.json and
+  <evaluation>/results.json (without cell.json: results.json in the directory itself)."""
+  directory = os.path.join(root, name)
+  results_dir = os.path.join(directory, evaluation) if with_state else directory
+  os.makedirs(results_dir, exist_ok=True)
+  order = order or list(top1)
+  best = max(order, key=lambda n: (top1[n], -order.index(n)))
+  results = {
+      "format_version": 1,
+      "config": {"dataset": dataset, "epochs": 10.0, "eval_model": "linear",
+                 "on_the_fly": False, "hub_module": None if kind == "random_init" else "x"},
+      "source": {"hub_module": "random_init" if kind == "random_init" else f"{directory}/export",
+                 "task": "random_init" if kind == "random_init" else method,
+                 "architecture": arch, "filters_factor": width, "mode": mode},
+      "dataset": {"name": dataset, "train_split": "train", "val_split": "test",
+                  "num_classes": 10},
+      "low_label": None,
+      "layer_order": order,
+      "layers": {n: {"dim": 64, "top1": v, "top5": min(1.0, v + 0.3), "loss": 1.5}
+                 for n, v in top1.items()},
+      "best_layer": {"name": best, "top1": top1[best]},
+      "times": {"total_s": 12.0},
+  }
+  with open(os.path.join(results_dir, "results.json"), "w") as f:
+    json.dump(results, f)
+  if pretext_acc is not None:
+    with open(os.path.join(directory, "pretext_results.json"), "w") as f:
+      json.dump({"config": {"task": method, "epochs": 3.0}, "metrics": {"accuracy": pretext_acc}},
+                f)
+  if with_state:
+    state = {"name": name, "kind": kind, "method": method, "architecture": arch,
+             "mode": mode if arch == "resnet50" else None, "width": width, "wall_s": wall_s,
+             "evaluations": {evaluation: {"task": "linear_eval", "dataset": dataset,
+                                          "epochs": "10"}}}
+    if kind != "random_init":
+      state["pretext_flags"] = {"task": method, "architecture": arch,
+                                "filters_factor": str(width), "epochs": "3", "run_eval": True}
+    with open(os.path.join(directory, "cell.json"), "w") as f:
+      json.dump(state, f)
+  return directory
+
+
+def resnet_values(peak, base=0.3):
+  return {n: round(base + (0.2 if i == peak else 0.02 * i), 4) for i, n in enumerate(RESNET)}
+
+
+@pytest.fixture
+def root(tmp_path):
+  root = str(tmp_path / "root_a")
+  # Layer order deliberately scrambled in results.json: the report orders by depth.
+  write_cell(root, "rotation-resnet50_v2-w1", "pretext", "rotation", "resnet50", 1,
+             resnet_values(3), order=list(reversed(RESNET)), pretext_acc=0.9, wall_s=754)
+  write_cell(root, "supervised-resnet50_v2-w1", "supervised", "supervised", "resnet50", 1,
+             resnet_values(5, 0.5), pretext_acc=0.95)
+  write_cell(root, "random_init-resnet50_v2-w1", "random_init", "random_init", "resnet50", 1,
+             resnet_values(1, 0.1))
+  write_cell(root, "rotation-vgg19-w1", "pretext", "rotation", "vgg19", 1,
+             {n: 0.2 + 0.01 * i + (0.3 if n == "block4" else 0) for i, n in enumerate(VGG)},
+             pretext_acc=0.8, mode=None)
+  os.makedirs(os.path.join(root, "jigsaw-resnet50_v2-w1"))  # Failed: no results.
+  with open(os.path.join(root, "grid_status.json"), "w") as f:
+    json.dump({"cells": {
+        "jigsaw-resnet50_v2-w1": {"status": "failed", "failed_step": "pretext", "exit_code": 1,
+                                  "error": "error: unknown task 'jigsaw'", "log": "x/log.txt"},
+        "rotation-vgg19-w1": {"status": "done"}}}, f)
+  return root
+
+
+def test_report_tables_best_layer_csv_json_and_plots(root, tmp_path):
+  paths, summary = report_lib.make_report([root])
+  assert paths["markdown"] == os.path.join(root, "report", "report.md")
+  md = open(paths["markdown"]).read()
+  # One table per family, columns in depth order.
+  resnet_header = ("| cell | method | architecture | width | pretext acc. | after_root | block1 | "
+                   "block2 | block3 | block4 | pre_logits | best layer | wall time |")
+  vgg_header = ("| cell | method | architecture | width | pretext acc. | block1 | block2 | "
+                "block3 | block4 | block5 | fc6 | pre_logits | best layer | wall time |")
+  assert resnet_header in md and vgg_header in md
+  assert md.index("ResNet / RevNet") < md.index("- VGG")
+  # Rows: the method first, then the references; best layer bold; pretext accuracy; wall time.
+  rows = [l for l in md.splitlines() if l.startswith("| ") and "resnet50" in l]
+  assert rows[0].startswith("| rotation-resnet50_v2-w1 | rotation | resnet50 v2 | 1 | 90.0 | "
+                            "30.0 | 32.0 | 34.0 | **50.0** | 38.0 | 40.0 | block3 | 12m34s |")
+  assert rows[1].startswith("| *supervised-resnet50_v2-w1* (reference) |")
+  assert "**70.0** | pre_logits |" in rows[1]
+  assert rows[2].startswith("| *random_init-resnet50_v2-w1* (baseline) | random_init | "
+                            "resnet50 v2 | 1 | - | 10.0 | **30.0** |")
+  assert "| rotation-vgg19-w1 | rotation | vgg19 | 1 | 80.0 | 20.0 | 21.0 | 22.0 | **53.0** |" in md
+  assert "## Failed cells" in md and "unknown task 'jigsaw'" in md
+  assert "## Configs" in md and "--run_eval" in md
+  assert "- `rotation-vgg19-w1`: `--task=rotation --architecture=vgg19`" in md
+  assert "shared by every cell:\n\n    --filters_factor=1 --epochs=3" in md
+
+  with open(paths["csv"]) as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 3 * 6 + 7
+  rot = [r for r in rows if r["cell"] == "rotation-resnet50_v2-w1"]
+  assert [r["layer"] for r in rot] == RESNET
+  assert [r["depth"] for r in rot] == [str(i) for i in range(6)]
+  assert [r["layer"] for r in rot if r["best"] == "1"] == ["block3"]
+  assert float(rot[3]["top1"]) == pytest.approx(0.5)
+  assert float(rot[0]["pretext_accuracy"]) == pytest.approx(0.9)
+  assert rot[0]["kind"] == "pretext" and rot[0]["family"] == "resnet"
+
+  data = json.load(open(paths["json"]))
+  assert [t["family"] for t in data["tables"]] == ["resnet", "vgg"]
+  resnet = data["tables"][0]
+  assert resnet["layers"] == RESNET
+  assert [c["name"] for c in resnet["cells"]] == [
+      "rotation-resnet50_v2-w1", "supervised-resnet50_v2-w1", "random_init-resnet50_v2-w1"]
+  assert resnet["cells"][0]["best_layer"] == "block3"
+  assert resnet["cells"][0]["layers"]["block3"]["top1"] == pytest.approx(0.5)
+  assert data["failed"][0]["name"] == "jigsaw-resnet50_v2-w1"
+
+  assert len(paths["plots"]) == 2
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import image as mpimg  # pylint: disable=g-import-not-at-top
+  for plot in paths["plots"]:
+    with open(plot, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    pixels = mpimg.imread(plot)
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+    assert f"]({os.path.basename(plot)})" in md
+
+  assert "rotation-resnet50_v2-w1" in summary and "block3" in summary
+  assert "50.0%" in summary and "failed: 1" in summary
+
+
+def test_results_outside_the_runner_and_unknown_layers(tmp_path):
+  """Cells without cell.json (a manual run) are named from results.json; odd layers kept."""
+  root = str(tmp_path / "r")
+  order = ["after_root", "block1", "extra", "block2", "pre_logits"]
+  write_cell(root, "manual/linear_eval", "pretext", "rotation", "revnet50", 4,
+             {n: 0.1 * (i + 1) for i, n in enumerate(order)}, with_state=False)
+  cells, _ = report_lib.load_cells([root])
+  assert len(cells) == 1
+  cell = cells[0]
+  assert (cell.name, cell.kind, cell.method, cell.family) == (
+      "manual/linear_eval", "pretext", "rotation", "resnet")
+  assert report_lib.layer_columns(cells) == order
+  assert cell.wall_s == 12.0  # results.json's total time.
+
+
+def test_merging_two_roots(root, tmp_path):
+  other = str(tmp_path / "root_b")
+  write_cell(other, "rotation-resnet50_v2-w2", "pretext", "rotation", "resnet50", 2,
+             resnet_values(4, 0.35), pretext_acc=0.92)
+  # The same cell in both roots: the newer results win, and the report says so.
+  time.sleep(0.05)
+  write_cell(other, "rotation-vgg19-w1", "pretext", "rotation", "vgg19", 1,
+             {n: 0.6 for n in VGG}, pretext_acc=0.85, mode=None)
+  out = str(tmp_path / "merged")
+  proc = subprocess.run([sys.executable, "benchmark.py", "--report_only",
+                         f"--root={root},{other}", f"--report_dir={out}"], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert f"report: {out}/report.md" in proc.stdout
+  md = open(os.path.join(out, "report.md")).read()
+  assert "| rotation-resnet50_v2-w1 |" in md and "| rotation-resnet50_v2-w2 |" in md
+  assert "| rotation-vgg19-w1 | rotation | vgg19 | 1 | 85.0 | **60.0** | 60.0 |" in md
+  assert (f"rotation-vgg19-w1 (linear_eval): results in {other} (newer) used, {root} ignored"
+          in md)
+  data = json.load(open(os.path.join(out, "report.json")))
+  assert data["roots"] == [root, other]
+  names = [c["name"] for t in data["tables"] for c in t["cells"]]
+  assert len(names) == len(set(names)) == 5
+  roots = {c["name"]: c["root"] for t in data["tables"] for c in t["cells"]}
+  assert roots["rotation-resnet50_v2-w2"] == other and roots["rotation-resnet50_v2-w1"] == root
+  proc = subprocess.run([sys.executable, "benchmark.py", "--report_only",
+                         f"--root={tmp_path}/missing"], cwd=REPO_ROOT, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 2 and "missing does not exist" in proc.stderr
+
+
+def test_two_evaluations_of_a_cell_make_two_tables(tmp_path):
+  root = str(tmp_path / "r")
+  write_cell(root, "rotation-resnet50_v2-w1", "pretext", "rotation", "resnet50", 1,
+             resnet_values(2), pretext_acc=0.9)
+  write_cell(root, "rotation-resnet50_v2-w1", "pretext", "rotation", "resnet50", 1,
+             resnet_values(4), pretext_acc=0.9, dataset="places", evaluation="places_linear")
+  cells, notes = report_lib.load_cells([root])
+  assert not notes and len(cells) == 2
+  tables = report_lib.group_tables(cells)
+  titles = [report_lib.evaluation_title(key) for key, _, _ in tables]
+  assert titles == ["shapes: linear probes, trained on train, tested on test",
+                    "places_linear (places: linear probes, trained on train, tested on test)"]
+  assert [group[0].best_layer for _, _, group in tables] == ["block2", "block4"]
