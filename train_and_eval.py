@@ -24,7 +24,8 @@ from absl import flags
 FLAGS = flags.FLAGS
 
 # Experiment.
-flags.DEFINE_string("task", None, "Pretext task (rotation, supervised), or linear_eval.")
+flags.DEFINE_string("task", None, "Pretext task (rotation, jigsaw, relative_patch_location, "
+                    "exemplar, supervised), or linear_eval.")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries, export and results.")
 flags.DEFINE_boolean("run_eval", False, "After training, evaluate the pretext task on --val_split "
                      "(loss, accuracy) into <workdir>/pretext_results.json.")
@@ -46,6 +47,12 @@ flags.DEFINE_list("resize_size", None, "Size for 'resize': H or H,W.")
 flags.DEFINE_list("crop_size", None, "Size for the crop ops: H or H,W.")
 flags.DEFINE_integer("smaller_size", None, "Shorter side for 'resize_small'.")
 flags.DEFINE_float("grayscale_probability", 0.0, "Probability of 'to_gray' in training.")
+flags.DEFINE_integer("splits_per_side", 3, "'crop_patches': the image is split into a "
+                     "splits_per_side x splits_per_side grid of patches.")
+flags.DEFINE_integer("patch_jitter", 0, "'crop_patches': patches are their grid cell less this "
+                     "many pixels per side, randomly placed in the cell in training.")
+flags.DEFINE_integer("num_of_inception_patches", 8, "'exemplar_copies': augmented copies per "
+                     "image.")
 # Model.
 flags.DEFINE_string("architecture", "resnet50", "Backbone: resnet50, revnet50, vgg19.")
 flags.DEFINE_integer("filters_factor", None, "Width factor (standard width: 4 for ResNet and "
@@ -53,6 +60,14 @@ flags.DEFINE_integer("filters_factor", None, "Width factor (standard width: 4 fo
 flags.DEFINE_enum("mode", "v2", ["v1", "v2"], "ResNet version: v1 post-activation, v2 "
                   "pre-activation.")
 flags.DEFINE_boolean("last_relu", True, "Apply the network's final ReLU (ResNet).")
+# Pretext heads.
+flags.DEFINE_integer("embed_dim", 1000, "jigsaw, relative_patch_location, exemplar: size of the "
+                     "per-patch (per-copy) embedding, the backbone's logits layer.")
+flags.DEFINE_integer("num_permutations", 100, "jigsaw: permutations in the generated set (the "
+                     "classes).")
+flags.DEFINE_integer("perm_subset_size", 8, "jigsaw: permutations drawn per training batch; "
+                     "each image is shown in all of them (evaluation uses all).")
+flags.DEFINE_float("margin", 0.5, "exemplar: margin of the triplet semi-hard loss.")
 # Optimisation.
 flags.DEFINE_integer("batch_size", 256, "Global training batch size (source images).")
 flags.DEFINE_integer("eval_batch_size", None, "Global evaluation batch size (default: "
@@ -151,7 +166,11 @@ def config_from_flags():
       last_relu=FLAGS.last_relu, preprocessing=FLAGS.preprocessing or "",
       resize_size=_size(FLAGS.resize_size, "resize_size"), smaller_size=FLAGS.smaller_size,
       crop_size=_size(FLAGS.crop_size, "crop_size"),
-      grayscale_probability=FLAGS.grayscale_probability, batch_size=FLAGS.batch_size,
+      grayscale_probability=FLAGS.grayscale_probability,
+      splits_per_side=FLAGS.splits_per_side, patch_jitter=FLAGS.patch_jitter,
+      num_of_inception_patches=FLAGS.num_of_inception_patches, embed_dim=FLAGS.embed_dim,
+      num_permutations=FLAGS.num_permutations, perm_subset_size=FLAGS.perm_subset_size,
+      margin=FLAGS.margin, batch_size=FLAGS.batch_size,
       eval_batch_size=FLAGS.eval_batch_size, optimizer=FLAGS.optimizer, lr=FLAGS.lr,
       lr_scale_batch_size=FLAGS.lr_scale_batch_size, epochs=FLAGS.epochs,
       warmup_epochs=FLAGS.warmup_epochs, decay_epochs=decay_epochs,
@@ -172,7 +191,8 @@ def linear_eval_config_from_flags():
                     smaller_size=FLAGS.smaller_size)
   params = None
   if random_init or any(v is not None for v in size_flags.values()):
-    params = dict(size_flags, grayscale_probability=FLAGS.grayscale_probability)
+    params = dict(size_flags, grayscale_probability=FLAGS.grayscale_probability,
+                  splits_per_side=FLAGS.splits_per_side, patch_jitter=FLAGS.patch_jitter)
   try:
     decay_epochs = tuple(float(e) for e in FLAGS.decay_epochs)
   except ValueError:
@@ -199,7 +219,7 @@ def linear_eval_config_from_flags():
 def _check_workdir(config):
   """Creates the workdir, or checks that the run already in it has the same identity."""
   from core.config import ConfigError  # pylint: disable=g-import-not-at-top
-  from core.trainer import write_json_atomic  # pylint: disable=g-import-not-at-top
+  from core.files import write_json_atomic  # pylint: disable=g-import-not-at-top
   import json  # pylint: disable=g-import-not-at-top
   path = os.path.join(config.workdir, "config.json")
   if os.path.exists(path):
@@ -221,6 +241,7 @@ def run(config, print_fn=print):
   """One pretext experiment: train (resuming), optionally evaluate, export. Returns its results."""
   from core import config as config_lib  # pylint: disable=g-import-not-at-top
   from core import export as export_lib  # pylint: disable=g-import-not-at-top
+  from core import files  # pylint: disable=g-import-not-at-top
   from core import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   import methods  # pylint: disable=g-import-not-at-top
 
@@ -234,7 +255,7 @@ def run(config, print_fn=print):
   results = {"step": state.step, "train_metrics": state.metrics}
   if config.run_eval:
     results["eval_metrics"] = trainer.evaluate()
-    trainer_lib.write_json_atomic(
+    files.write_json_atomic(
         os.path.join(config.workdir, "pretext_results.json"),
         {"config": config.to_dict(), "step": state.step, "split": config.val_split,
          "metrics": results["eval_metrics"]})

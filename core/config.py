@@ -30,6 +30,14 @@ class Config:
   smaller_size: Optional[int] = None
   crop_size: Optional[Tuple[int, int]] = None
   grayscale_probability: float = 0.0
+  splits_per_side: int = 3                # crop_patches grid (jigsaw, relative_patch_location)
+  patch_jitter: int = 0
+  num_of_inception_patches: int = 8       # exemplar copies per image
+  # Pretext heads.
+  embed_dim: int = 1000                   # per-patch / per-copy embedding size
+  num_permutations: int = 100             # jigsaw: size of the generated permutation set
+  perm_subset_size: int = 8               # jigsaw: permutations per training batch
+  margin: float = 0.5                     # exemplar: triplet loss margin
   # Optimisation.
   batch_size: int = 256
   eval_batch_size: Optional[int] = None   # None: batch_size
@@ -78,7 +86,8 @@ class Config:
     import datasets  # pylint: disable=g-import-not-at-top
     return datasets.PreprocessConfig(
         resize_size=self.resize_size, smaller_size=self.smaller_size, crop_size=self.crop_size,
-        grayscale_probability=self.grayscale_probability)
+        grayscale_probability=self.grayscale_probability, splits_per_side=self.splits_per_side,
+        patch_jitter=self.patch_jitter, num_of_inception_patches=self.num_of_inception_patches)
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -138,6 +147,13 @@ def validate(config: Config, check_data: bool = True) -> None:
          f"--weight_decay must be >= 0, got {config.weight_decay}")
   _check(0.0 <= config.grayscale_probability <= 1.0,
          f"--grayscale_probability must be in [0, 1], got {config.grayscale_probability}")
+  for flag in ("splits_per_side", "num_of_inception_patches", "embed_dim", "num_permutations",
+               "perm_subset_size"):
+    _check(getattr(config, flag) > 0, f"--{flag} must be a positive integer, got "
+           f"{getattr(config, flag)}")
+  _check(config.patch_jitter >= 0, f"--patch_jitter must be >= 0, got {config.patch_jitter}")
+  _check(config.margin >= 0 and math.isfinite(config.margin),
+         f"--margin must be a number >= 0, got {config.margin}")
   _check(config.log_every_steps > 0,
          f"--log_every_steps must be positive, got {config.log_every_steps}")
   _check(bool(config.preprocessing), "--preprocessing is required, e.g. "

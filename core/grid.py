@@ -37,11 +37,12 @@ import re
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 import tomllib
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import xml.etree.ElementTree as ET
+
+from core import files
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_AND_EVAL = os.path.join(REPO_ROOT, "train_and_eval.py")
@@ -695,19 +696,8 @@ def select_cells(grid: Grid, patterns: Sequence[str] = (), methods: Sequence[str
 
 # ---------------------------------------------------------------------------------- cell state
 def write_json_atomic(path: str, data: Any) -> None:
-  """Writes JSON to a temporary file beside `path`, then renames it over `path`."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(data, f, indent=2, default=str)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """Writes JSON atomically; values JSON does not know are written as strings."""
+  files.write_json_atomic(path, data, default=str)
 
 
 def read_json(path: str) -> Optional[Any]:

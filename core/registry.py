@@ -1,6 +1,6 @@
 """A small registry mapping short names to objects, with errors that list the valid choices."""
 
-from typing import Callable, Dict, Generic, Iterable, TypeVar
+from typing import Dict, Generic, Iterable, TypeVar
 
 T = TypeVar("T")
 

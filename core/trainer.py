@@ -4,7 +4,6 @@ It knows nothing of the method it runs beyond the contract of methods/base.py.
 """
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -294,12 +293,3 @@ class Trainer:
                   f"{time.time() - t0:.1f}s: " + " ".join(f"{k} {v:.4f}" for k, v in
                                                           sorted(metrics.items())))
     return metrics
-
-
-def write_json_atomic(path: str, data) -> None:
-  """Writes JSON through a temporary file in the same directory and a rename."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(data, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)

@@ -46,6 +46,9 @@ class PreprocessConfig:
   crop_size: Optional[Size] = None
   grayscale_probability: float = 0.0
   central_crop_fraction: float = 0.875
+  splits_per_side: int = 3                # crop_patches: a splits_per_side^2 grid
+  patch_jitter: int = 0                   # crop_patches: pixels of jitter per patch
+  num_of_inception_patches: int = 8       # exemplar_copies: copies per image
 
   def __post_init__(self):
     for name in ("resize_size", "crop_size"):
@@ -60,6 +63,12 @@ class PreprocessConfig:
     if not 0.0 < self.central_crop_fraction <= 1.0:
       raise ValueError(
           f"central_crop_fraction must be in (0, 1], got {self.central_crop_fraction!r}")
+    for name in ("splits_per_side", "num_of_inception_patches"):
+      if not _is_positive_int(getattr(self, name)):
+        raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+    if (isinstance(self.patch_jitter, bool) or not isinstance(self.patch_jitter, int)
+        or self.patch_jitter < 0):
+      raise ValueError(f"patch_jitter must be an int >= 0, got {self.patch_jitter!r}")
 
 
 def _is_positive_int(value) -> bool:
@@ -351,3 +360,103 @@ def _rotate_op(config: PreprocessConfig, is_training: bool) -> OpFn:
     return out
 
   return fn
+
+
+# ------------------------------------------------- patches and copies (patch methods, exemplar)
+def patch_geometry(height: int, width: int, splits_per_side: int,
+                   patch_jitter: int) -> Tuple[int, int, int, int]:
+  """(cell_h, cell_w, patch_h, patch_w) of `crop_patches` on a height x width image.
+
+  The grid cells are floor(height / splits_per_side) x floor(width / splits_per_side), from the
+  top-left corner (the last height % splits_per_side rows and width % splits_per_side columns
+  are dropped); each patch is its cell less `patch_jitter` pixels per side.
+  """
+  cell_h, cell_w = height // splits_per_side, width // splits_per_side
+  patch_h, patch_w = cell_h - patch_jitter, cell_w - patch_jitter
+  if patch_h < 1 or patch_w < 1:
+    raise ValueError(
+        f"crop_patches: a {height}x{width} image in a {splits_per_side}x{splits_per_side} grid "
+        f"has {cell_h}x{cell_w} cells, too small for patch_jitter={patch_jitter}; use a larger "
+        f"crop_size, fewer splits_per_side or a patch_jitter below {min(cell_h, cell_w)}")
+  return cell_h, cell_w, patch_h, patch_w
+
+
+@register_op("crop_patches", geometric=True, stacks=True)
+def _crop_patches_op(config: PreprocessConfig, is_training: bool) -> OpFn:
+  """The image (of static size) as splits_per_side^2 patches [P,h,w,C] in row-major order.
+
+  Cell and patch sizes as `patch_geometry`: h = H // splits_per_side - patch_jitter. In training
+  each patch sits at a random offset in [0, patch_jitter] (rows and columns drawn independently,
+  per patch) inside its cell; otherwise at offset patch_jitter // 2 (the centre, rounded up-left).
+  """
+  splits, jitter = config.splits_per_side, config.patch_jitter
+
+  def fn(image):
+    image = _single_image(image, "crop_patches")
+    height, width = image.shape[0], image.shape[1]
+    if height is None or width is None:
+      raise ValueError(f"preprocessing op 'crop_patches' needs an image of static size, got "
+                       f"shape {image.shape}; put 'crop' or 'resize' before it")
+    cell_h, cell_w, patch_h, patch_w = patch_geometry(height, width, splits, jitter)
+    num = splits * splits
+    if is_training and jitter > 0:
+      offsets = tf.random.uniform([num, 2], 0, jitter + 1, dtype=tf.int32)
+    else:
+      offsets = tf.fill([num, 2], jitter // 2)
+    patches = []
+    for row in range(splits):
+      for col in range(splits):
+        k = row * splits + col
+        patches.append(_crop_at(image, row * cell_h + offsets[k, 0],
+                                col * cell_w + offsets[k, 1], (patch_h, patch_w)))
+    return tf.stack(patches)
+
+  return _map_image(fn)
+
+
+# Colour jitter of `exemplar_copies` (the strengths of the Inception colour distortion).
+MAX_BRIGHTNESS_DELTA = 32.0 / 255.0
+SATURATION_RANGE = (0.5, 1.5)
+MAX_HUE_DELTA = 0.2
+CONTRAST_RANGE = (0.5, 1.5)
+
+
+def _color_jitter(image: tf.Tensor) -> tf.Tensor:
+  """Random brightness, saturation, hue and contrast (in this order), clipped to [0, 1]."""
+  image = tf.image.random_brightness(image, MAX_BRIGHTNESS_DELTA)
+  image = tf.image.random_saturation(image, *SATURATION_RANGE)
+  image = tf.image.random_hue(image, MAX_HUE_DELTA)
+  image = tf.image.random_contrast(image, *CONTRAST_RANGE)
+  return tf.clip_by_value(image, 0.0, 1.0)
+
+
+@register_op("exemplar_copies", requires=("crop_size",), geometric=True, stacks=True)
+def _exemplar_copies_op(config: PreprocessConfig, is_training: bool) -> OpFn:
+  """`num_of_inception_patches` independently augmented copies [N,h,w,3] of `crop_size`.
+
+  Each copy: random-resized crop (area 8%-100%, aspect 3/4-4/3), random left-right flip,
+  colour jitter (`_color_jitter`), and grayscale with probability `grayscale_probability`;
+  values stay in [0, 1]. Augmented in evaluation too: the copies are the pretext task.
+  The class label is kept (exemplar builds its labels from the position in the batch).
+  """
+  del is_training
+  hw = _as_hw(config.crop_size, "crop_size")
+  num, p = config.num_of_inception_patches, config.grayscale_probability
+
+  def one_copy(image):
+    copy = _inception_crop(image, hw, True, 1.0)
+    copy = _color_jitter(tf.image.random_flip_left_right(copy))
+    if p >= 1.0:
+      return _gray3(copy)
+    if p > 0.0:
+      copy = tf.cond(tf.random.uniform([]) < p, lambda: _gray3(copy), lambda: copy)
+    return copy
+
+  def fn(image):
+    image = _single_image(image, "exemplar_copies")
+    if image.shape[-1] != 3:
+      raise ValueError(f"preprocessing op 'exemplar_copies' needs RGB images [H,W,3], got "
+                       f"shape {image.shape}")
+    return tf.stack([one_copy(image) for _ in range(num)])
+
+  return _map_image(fn)

@@ -26,6 +26,8 @@ import os
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from core import files
+
 STATUS_FILE = "grid_status.json"
 CELL_FILE = "cell.json"
 RESULTS_FILE = "results.json"
@@ -187,13 +189,13 @@ def find_cell_dirs(root: str, max_depth: int = 4) -> List[str]:
   """Directories under `root` holding a results.json, sorted (the report's own folder skipped)."""
   found = []
   root = os.path.abspath(root)
-  for directory, subdirs, files in os.walk(root):
+  for directory, subdirs, names in os.walk(root):
     depth = os.path.relpath(directory, root).count(os.sep) + (directory != root)
     subdirs[:] = sorted(d for d in subdirs if d not in ("report", "export", "checkpoints",
                                                           "train") and not d.startswith("."))
     if depth >= max_depth:
       subdirs[:] = []
-    if RESULTS_FILE in files:
+    if RESULTS_FILE in names:
       found.append(directory)
   return sorted(found)
 
@@ -520,24 +522,18 @@ def write_report(cells: Sequence[CellResult], out_dir: str, roots: Sequence[str]
   if cells:
     lines.append(configs_section(cells))
   md_path = os.path.join(out_dir, "report.md")
-  _write_text(md_path, "\n".join(lines).rstrip() + "\n")
+  files.write_text_atomic(md_path, "\n".join(lines).rstrip() + "\n")
   buffer = io.StringIO()
   writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
   writer.writeheader()
   for row in csv_rows(cells):
     writer.writerow({k: "" if v is None else v for k, v in row.items()})
   csv_path = os.path.join(out_dir, "report.csv")
-  _write_text(csv_path, buffer.getvalue())
+  files.write_text_atomic(csv_path, buffer.getvalue())
   json_path = os.path.join(out_dir, "report.json")
-  _write_text(json_path, json.dumps(report_data(cells, failures, roots), indent=2) + "\n")
+  files.write_text_atomic(json_path, json.dumps(report_data(cells, failures, roots), indent=2) + "\n")
   return dict(markdown=md_path, csv=csv_path, json=json_path, plots=plots)
 
-
-def _write_text(path: str, text: str):
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def summary_text(cells: Sequence[CellResult], failures: Sequence[Mapping[str, Any]] = ()) -> str:

@@ -24,10 +24,11 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from absl import logging
+
+from core import files
 
 RESULTS_FILE = "results.json"
 FORMAT_VERSION = 1
@@ -73,25 +74,8 @@ def build_results(config: Mapping[str, Any], source: Mapping[str, Any],
 
 
 def write_results(workdir: str, results: Mapping[str, Any]) -> str:
-  """Writes `workdir/results.json` atomically: a temporary file in workdir, then os.replace.
-
-  A previous results.json is replaced only once the new one is completely written.
-  """
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, RESULTS_FILE)
-  fd, tmp = tempfile.mkstemp(prefix=f".{RESULTS_FILE}.", suffix=".tmp", dir=workdir)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(results, f, indent=2, allow_nan=False)
-      f.write("\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return path
+  """Writes `workdir/results.json` atomically (a previous one is replaced only when complete)."""
+  return files.write_json_atomic(os.path.join(workdir, RESULTS_FILE), results, allow_nan=False)
 
 
 def read_results(workdir: str) -> Optional[Dict[str, Any]]:

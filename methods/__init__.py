@@ -4,12 +4,18 @@
 """
 
 from core.registry import Registry
+from methods import exemplar
+from methods import jigsaw
+from methods import relative_patch_location
 from methods import rotation
 from methods import supervised
 
 TASKS = Registry("task")
 TASKS.register("rotation", rotation)
 TASKS.register("supervised", supervised)
+TASKS.register("jigsaw", jigsaw)
+TASKS.register("relative_patch_location", relative_patch_location)
+TASKS.register("exemplar", exemplar)
 
 
 def get_method(task: str):

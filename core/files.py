@@ -1,0 +1,32 @@
+"""Writing result files so that a crash never leaves a half-written one."""
+
+import json
+import os
+import tempfile
+from typing import Any
+
+
+def write_text_atomic(path: str, text: str) -> str:
+  """Writes `text` to a temporary file beside `path`, syncs it, then renames it over `path`.
+
+  An existing file at `path` is replaced only once the new content is completely on disk.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
+def write_json_atomic(path: str, data: Any, **json_kwargs) -> str:
+  """`data` as indented JSON, written with `write_text_atomic`; `json_kwargs` go to json.dumps."""
+  return write_text_atomic(path, json.dumps(data, indent=2, **json_kwargs) + "\n")
