@@ -27,6 +27,7 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from core import files
+from core import grid as grid_lib
 
 STATUS_FILE = "grid_status.json"
 CELL_FILE = "cell.json"
@@ -337,19 +338,10 @@ def _config_of(cell: CellResult) -> Dict[str, Dict[str, Any]]:
 
 
 def _flag_text(flags: Mapping[str, Any]) -> str:
-  parts = []
-  for name, value in flags.items():
-    if value is True:
-      parts.append(f"--{name}")
-    elif value is False:
-      parts.append(f"--no{name}")
-    elif value is None:
-      continue
-    else:
-      if isinstance(value, (list, tuple)):
-        value = ",".join(str(v) for v in value)
-      parts.append(f"--{name}={value}")
-  return " ".join(parts)
+  """The flags as a command line, the grid's way (lists comma-joined, None left out)."""
+  shown = {k: ",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else v
+           for k, v in flags.items() if v is not None}
+  return " ".join(grid_lib.flags_to_args(shown))
 
 
 STEP_TITLES = {"pretext": "Pretext training (train_and_eval.py)",

@@ -34,6 +34,11 @@ class ModelSpec:
   end_points: Dict[str, tf.Tensor]
 
 
+def stacked_serving_input_shape(image_shape):
+  """For inputs stacked per example ([P,H,W,C]: rotations, patches, copies): one of them."""
+  return tuple(image_shape[1:])
+
+
 def check_mode(mode: str) -> None:
   if mode not in MODES:
     raise ValueError(f"unknown mode {mode!r}; valid choices: {', '.join(MODES)}")

@@ -44,8 +44,7 @@ def build_model(config, image_shape, num_classes):
   return model
 
 
-def serving_input_shape(image_shape):
-  return tuple(image_shape[1:])
+serving_input_shape = base.stacked_serving_input_shape
 
 
 def retrieval_hits(labels: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:

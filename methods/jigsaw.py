@@ -146,8 +146,7 @@ def build_model(config, image_shape, num_classes):
                                        num_classes=config.num_permutations)
 
 
-def serving_input_shape(image_shape):
-  return tuple(image_shape[1:])
+serving_input_shape = base.stacked_serving_input_shape
 
 
 def model_fn(model, batch, mode, config):

@@ -59,8 +59,7 @@ def build_model(config, image_shape, num_classes):
                                        group_size=2, num_classes=NUM_CLASSES)
 
 
-def serving_input_shape(image_shape):
-  return tuple(image_shape[1:])
+serving_input_shape = base.stacked_serving_input_shape
 
 
 def model_fn(model, batch, mode, config):
