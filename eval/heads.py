@@ -167,16 +167,21 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return max(1, num_examples // batch_size)
 
 
-def array_batches(features: Mapping[str, np.ndarray], labels: np.ndarray, batch_size: int,
-                  seed: int):
-  """Endless shuffled training batches ({layer: [b, D]}, labels [b]) from in-memory arrays.
+def train_probes_on_arrays(probes: Probes, optimizer: keras.optimizers.Optimizer,
+                           features: Mapping[str, np.ndarray], labels: np.ndarray,
+                           batch_size: int, seed: int, num_steps: int) -> Dict[str, float]:
+  """`train_probes` over in-memory features (the cached protocol).
 
-  Each epoch is a fresh permutation from `np.random.default_rng(seed)`, cut into
-  `steps_per_epoch` batches; the last partial batch of an epoch is dropped (`epoch_orders`).
+  The features are copied once into tensors and each step gathers its batch inside the
+  compiled step, so a step costs the heads' arithmetic, not a host copy of [batch, sum of
+  dims] floats. Batches follow `epoch_orders` (a fresh seeded permutation per epoch, the
+  last partial batch dropped).
   """
-  for order in epoch_orders(len(labels), batch_size, seed):
-    for idx in order:
-      yield {name: array[idx] for name, array in features.items()}, labels[idx]
+  table = {name: tf.convert_to_tensor(array) for name, array in features.items()}
+  batches = ((idx, labels[idx]) for order in epoch_orders(len(labels), batch_size, seed)
+             for idx in order)
+  return train_probes(probes, optimizer, batches, num_steps,
+                      feature_fn=lambda idx: {name: tf.gather(t, idx) for name, t in table.items()})
 
 
 def epoch_orders(num_examples: int, batch_size: int, seed: int):
@@ -204,8 +209,9 @@ def train_probes(probes: Probes, optimizer: keras.optimizers.Optimizer, batches:
                  log_every_s: float = 30.0) -> Dict[str, float]:
   """Trains all heads at once for `num_steps` steps over `batches` of (inputs, labels).
 
-  Inputs are feature dicts, or images when `feature_fn` is given: then the frozen features are
-  computed inside the step (the on-the-fly protocol). Returns the last step's loss per layer.
+  Inputs are feature dicts, or whatever `feature_fn` turns into them inside the step: images
+  through the frozen backbone (the on-the-fly protocol), or batch indices into cached features
+  (`train_probes_on_arrays`). Returns the last step's loss per layer.
   """
   variables = probes.trainable_variables
   optimizer.build(variables)

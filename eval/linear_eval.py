@@ -310,10 +310,8 @@ def _train_cached(config: LinearEvalConfig, train: features_lib.FeatureSet,
                             config.weight_decay, config.random_seed, stats)
   steps_in_epoch = heads_lib.steps_per_epoch(train.num_examples, config.batch_size)
   optimizer = _optimizer(config, steps_in_epoch)
-  heads_lib.train_probes(
-      probes, optimizer,
-      heads_lib.array_batches(train.features, train.labels, config.batch_size,
-                              config.random_seed),
+  heads_lib.train_probes_on_arrays(
+      probes, optimizer, train.features, train.labels, config.batch_size, config.random_seed,
       heads_lib.num_train_steps(config.epochs, steps_in_epoch))
   return heads_lib.evaluate_probes(
       probes, heads_lib.array_eval_batches(test.features, test.labels,

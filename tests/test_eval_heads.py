@@ -32,8 +32,8 @@ def train_and_eval(eval_model, standardize=True, epochs=6, weight_decay=1e-4):
   steps_in_epoch = heads.steps_per_epoch(800, 64)
   optimizer = heads.make_optimizer(0.1, 64, 256, steps_in_epoch, warmup_epochs=1,
                                    decay_epochs=[4], lr_decay_factor=0.1)
-  heads.train_probes(probes, optimizer, heads.array_batches(train, train_labels, 64, seed=0),
-                     heads.num_train_steps(epochs, steps_in_epoch))
+  heads.train_probes_on_arrays(probes, optimizer, train, train_labels, 64, 0,
+                               heads.num_train_steps(epochs, steps_in_epoch))
   return heads.evaluate_probes(probes, heads.array_eval_batches(test, test_labels, 128))
 
 
