@@ -14,6 +14,7 @@ by --hub_module (an export, or `random_init` for a fresh --architecture) and wri
 
 import dataclasses
 import os
+import shutil
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -83,9 +84,17 @@ flags.DEFINE_list("decay_epochs", [], "Epochs at which the rate is multiplied by
 flags.DEFINE_float("lr_decay_factor", 0.1, "Factor applied at each of --decay_epochs.")
 flags.DEFINE_float("weight_decay", None, "L2 weight decay (default: 1e-4, VGG 5e-4).")
 # Running.
-flags.DEFINE_string("strategy", "default", "tf.distribute strategy: default (one device) or "
-                    "mirrored (all local GPUs, or logical CPU devices).")
+flags.DEFINE_string("strategy", "default", "tf.distribute strategy: default (one device), "
+                    "mirrored (all local GPUs, or logical CPU devices), multi_worker (the hosts "
+                    "of TF_CONFIG; run the same command on each, with a --workdir they all see) "
+                    "or tpu (TPU_NAME, default the local TPU). With more than one replica, batch "
+                    "norm statistics are synchronised across replicas.")
 flags.DEFINE_boolean("jit_compile", False, "XLA-compile the training step (slower on CPU).")
+flags.DEFINE_string("precision", "float32",
+                    "float32, mixed_float16 or mixed_bfloat16. Compute dtype of the backbone: mixed_* keep float32 variables and compute in "
+                    "16 bits (GPU: mixed_float16, with dynamic loss scaling; TPU and recent "
+                    "GPUs: mixed_bfloat16). Slower on CPU. A workdir keeps the precision it "
+                    "was started with.")
 flags.DEFINE_integer("save_checkpoints_steps", None, "Save a checkpoint every N steps.")
 flags.DEFINE_float("save_checkpoints_secs", 600, "Save a checkpoint every N seconds.")
 flags.DEFINE_integer("keep_checkpoint_max", 3, "Checkpoints to keep.")
@@ -122,7 +131,11 @@ flags.DEFINE_boolean("force", False, "linear_eval: re-run even if results for th
 RANDOM_INIT = "random_init"
 
 # Settings that must match an earlier run in the same workdir for its checkpoints to be resumed.
-_IDENTITY_FIELDS = ("task", "architecture", "filters_factor", "mode", "last_relu", "dataset")
+# A workdir's run is refused by a command that differs in one of these (precision: the checkpoint
+# of a mixed_float16 run holds a loss-scale optimizer). Older config.json files without a field
+# are read with its default.
+_IDENTITY_FIELDS = ("task", "architecture", "filters_factor", "mode", "last_relu", "dataset",
+                    "precision")
 
 
 def _size(values, flag):
@@ -176,6 +189,7 @@ def config_from_flags():
       warmup_epochs=FLAGS.warmup_epochs, decay_epochs=decay_epochs,
       lr_decay_factor=FLAGS.lr_decay_factor, weight_decay=FLAGS.weight_decay,
       random_seed=FLAGS.random_seed, strategy=FLAGS.strategy, jit_compile=FLAGS.jit_compile,
+      precision=FLAGS.precision,
       shuffle_buffer=FLAGS.shuffle_buffer, save_checkpoints_steps=FLAGS.save_checkpoints_steps,
       save_checkpoints_secs=FLAGS.save_checkpoints_secs,
       keep_checkpoint_max=FLAGS.keep_checkpoint_max, log_every_steps=FLAGS.log_every_steps,
@@ -225,10 +239,12 @@ def _check_workdir(config):
   if os.path.exists(path):
     with open(path) as f:
       previous = json.load(f)
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
     for field in _IDENTITY_FIELDS:
-      if previous.get(field) != getattr(config, field):
+      before = previous.get(field, defaults[field])
+      if before != getattr(config, field):
         raise ConfigError(
-            f"--workdir={config.workdir} holds a run with {field}={previous.get(field)!r}, not "
+            f"--workdir={config.workdir} holds a run with {field}={before!r}, not "
             f"{getattr(config, field)!r}; use another --workdir to start a new run")
   try:
     os.makedirs(config.workdir, exist_ok=True)
@@ -253,12 +269,16 @@ def run(config, print_fn=print):
   trainer = trainer_lib.Trainer(config, method, strategy, print_fn=print_fn)
   state = trainer.train()
   results = {"step": state.step, "train_metrics": state.metrics}
+  # Under multi_worker every worker evaluates and exports (both collective); only the chief keeps
+  # what it writes.
+  scratch = trainer_lib.worker_scratch_dir(config, trainer_lib.worker_id(strategy))
   if config.run_eval:
     results["eval_metrics"] = trainer.evaluate()
-    files.write_json_atomic(
-        os.path.join(config.workdir, "pretext_results.json"),
-        {"config": config.to_dict(), "step": state.step, "split": config.val_split,
-         "metrics": results["eval_metrics"]})
+    if not scratch:
+      files.write_json_atomic(
+          os.path.join(config.workdir, "pretext_results.json"),
+          {"config": config.to_dict(), "step": state.step, "split": config.val_split,
+           "metrics": results["eval_metrics"]})
   image_shape = config.serving_input_shape or method.serving_input_shape(state.image_shape)
   info = {
       "task": config.task, "architecture": config.architecture,
@@ -268,7 +288,11 @@ def run(config, print_fn=print):
                                                                     method.PRETEXT_OPS),
       "preprocess_config": dataclasses.asdict(config.preprocess_config()),
   }
-  results["export_dir"] = export_lib.export(state.model, config.export_dir, image_shape, info)
+  export_dir = os.path.join(scratch, "export") if scratch else config.export_dir
+  results["export_dir"] = export_lib.export(state.model, export_dir, image_shape, info)
+  if scratch:
+    shutil.rmtree(scratch, ignore_errors=True)
+    results["export_dir"] = config.export_dir
   print_fn(f"exported to {results['export_dir']}")
   return results
 

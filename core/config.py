@@ -53,6 +53,7 @@ class Config:
   # Running.
   strategy: str = "default"
   jit_compile: bool = False
+  precision: str = "float32"              # or mixed_float16 / mixed_bfloat16 (accelerators)
   shuffle_buffer: int = 10_000
   save_checkpoints_steps: Optional[int] = None
   save_checkpoints_secs: Optional[float] = 600.0
@@ -94,7 +95,8 @@ class Config:
 
 
 OPTIMIZERS = ("sgd", "adam")
-STRATEGIES = ("default", "mirrored")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MODES = ("v1", "v2")
 
 
@@ -129,6 +131,8 @@ def validate(config: Config, check_data: bool = True) -> None:
          f"--optimizer={config.optimizer!r} is not valid; choices: {', '.join(OPTIMIZERS)}")
   _check(config.strategy in STRATEGIES,
          f"--strategy={config.strategy!r} is not valid; choices: {', '.join(STRATEGIES)}")
+  _check(config.precision in PRECISIONS,
+         f"--precision={config.precision!r} is not valid; choices: {', '.join(PRECISIONS)}")
   _check(config.filters_factor is None or config.filters_factor > 0,
          f"--filters_factor must be a positive integer, got {config.filters_factor}")
   _check(config.batch_size > 0, f"--batch_size must be positive, got {config.batch_size}")

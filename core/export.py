@@ -25,11 +25,12 @@ class _ExportModule(tf.Module):
     self.serve = tf.function(self._serve, input_signature=[spec])
     self.representation = tf.function(self._representation, input_signature=[spec])
 
+  # Outputs are float32 whatever the model computes in (mixed precision).
   def _serve(self, images):
-    return {"logits": self.model(images, training=False)["logits"]}
+    return {"logits": tf.cast(self.model(images, training=False)["logits"], tf.float32)}
 
   def _representation(self, images):
-    return dict(self.model(images, training=False))
+    return {k: tf.cast(v, tf.float32) for k, v in self.model(images, training=False).items()}
 
 
 def representation_preprocessing(spec: str, pretext_ops: Sequence[str]) -> str:

@@ -3,9 +3,11 @@
 It knows nothing of the method it runs beyond the contract of methods/base.py.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
+import shutil
 import time
 from typing import Callable, Dict, Optional
 
@@ -24,14 +26,68 @@ class NonFiniteLossError(RuntimeError):
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
-  """`default` (one device) or `mirrored` (every local GPU, or every logical CPU device)."""
+  """The tf.distribute strategy called `name`.
+
+  default: one device. mirrored: every local GPU, or every logical CPU device. multi_worker:
+  MultiWorkerMirroredStrategy over the hosts of TF_CONFIG (every host runs the same command
+  with its own TF_CONFIG; the workdir must be on storage that all of them see). tpu: the TPU
+  named by TPU_NAME (default: the local one).
+  """
   if name == "default":
     return tf.distribute.get_strategy()
   if name == "mirrored":
     gpus = tf.config.list_logical_devices("GPU")
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
     return tf.distribute.MirroredStrategy(devices)
-  raise ValueError(f"unknown strategy {name!r}; valid choices: default, mirrored")
+  if name == "multi_worker":
+    if not os.environ.get("TF_CONFIG"):
+      raise ValueError("--strategy=multi_worker needs TF_CONFIG in the environment of every "
+                       "worker, e.g. {\"cluster\": {\"worker\": [\"host1:2222\", "
+                       "\"host2:2222\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if name == "tpu":
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+        tpu=os.environ.get("TPU_NAME", "local"))
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+  raise ValueError(f"unknown strategy {name!r}; valid choices: default, mirrored, multi_worker, "
+                   "tpu")
+
+
+def worker_id(strategy: tf.distribute.Strategy) -> Optional[int]:
+  """None on the worker that writes the run's files (the chief), else this worker's index.
+
+  Only a multi-worker strategy has non-chief workers: they take part in every collective
+  (checkpoint saves and exports included) but write to temporary places that they remove.
+  """
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+    return None
+  task_type, task_id = resolver.task_type, resolver.task_id
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  if task_type in (None, "chief") or (task_type == "worker" and task_id == 0 and not has_chief):
+    return None
+  return int(task_id) + (1 if has_chief else 0)
+
+
+def worker_scratch_dir(config: Config, worker: Optional[int]) -> Optional[str]:
+  """Where a non-chief worker writes what only the chief keeps; None for the chief."""
+  return None if worker is None else os.path.join(config.workdir, f"worker{worker}.tmp")
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str):
+  """Layers created inside compute in `precision` (float32, mixed_float16, mixed_bfloat16).
+
+  Variables stay float32; the methods cast logits to float32 before their losses.
+  """
+  previous = keras.config.dtype_policy()
+  keras.config.set_dtype_policy(precision)
+  try:
+    yield
+  finally:
+    keras.config.set_dtype_policy(previous)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,19 +203,27 @@ class Trainer:
     self.image_shape = _per_example_image_shape(self.train_data)
     with self.strategy.scope():
       keras.utils.set_random_seed(config.random_seed)
-      self.model = method.build_model(config, self.image_shape, self.info.num_classes)
+      with dtype_policy(config.precision):
+        self.model = method.build_model(config, self.image_shape, self.info.num_classes)
       self.optimizer = make_optimizer(config, self.plan)
+      if config.precision == "mixed_float16":
+        # Dynamic loss scaling: float16 gradients underflow without it.
+        self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
       self.optimizer.build(self.model.trainable_variables)
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                           step=self.step)
+    # Every worker saves (saving is collective); only the chief's checkpoints are kept.
+    self.scratch_dir = worker_scratch_dir(config, worker_id(self.strategy))
     self.manager = tf.train.CheckpointManager(
-        self.checkpoint, config.checkpoint_dir, max_to_keep=config.keep_checkpoint_max,
-        step_counter=self.step)
+        self.checkpoint,
+        os.path.join(self.scratch_dir, "checkpoints") if self.scratch_dir else
+        config.checkpoint_dir,
+        max_to_keep=config.keep_checkpoint_max, step_counter=self.step)
 
   def restore(self) -> int:
     """Restores the latest checkpoint, if any; returns the step it holds."""
-    latest = self.manager.latest_checkpoint
+    latest = tf.train.latest_checkpoint(self.config.checkpoint_dir)  # The chief's, on every worker.
     if latest:
       self.checkpoint.restore(latest).assert_existing_objects_matched()
       self.print_fn(f"restored {latest} at step {int(self.step.numpy())}")
@@ -169,12 +233,15 @@ class Trainer:
     config, method, model, optimizer = self.config, self.method, self.model, self.optimizer
     strategy = self.strategy
     weight_decay = config.resolved_weight_decay()
+    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
     def step_fn(batch):
       with tf.GradientTape() as tape:
         spec = method.model_fn(model, batch, base.TRAIN, config)
         total = spec.loss + weight_decay_loss(model, weight_decay)
         scaled = total / strategy.num_replicas_in_sync
+        if loss_scaled:
+          scaled = optimizer.scale_loss(scaled)  # apply_gradients unscales and skips inf/NaN.
       variables = model.trainable_variables
       grads = tape.gradient(scaled, variables)
       optimizer.apply_gradients(zip(grads, variables))
@@ -203,6 +270,13 @@ class Trainer:
 
     return train_steps
 
+  def _all_agree(self, flag: bool) -> bool:
+    """`flag` if any worker has it: saving is collective, so every worker must decide alike."""
+    if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+      return flag
+    votes = self.strategy.run(lambda: tf.constant(int(flag)))
+    return bool(self.strategy.reduce("SUM", votes, axis=None) > 0)
+
   def _steps_to_next_stop(self, step: int) -> int:
     """Steps until the next log line, step-based checkpoint or the end, whichever comes first."""
     config = self.config
@@ -225,7 +299,8 @@ class Trainer:
         f"from step {start} to {plan.total_steps}, {self.strategy.num_replicas_in_sync} replica(s)")
     train_steps = self._train_step_fn()
     iterator = iter(self.train_data)
-    writer = tf.summary.create_file_writer(os.path.join(config.workdir, "train"))
+    writer = (tf.summary.create_noop_writer() if self.scratch_dir else
+              tf.summary.create_file_writer(os.path.join(config.workdir, "train")))
     step, metrics = start, {}
     last_save_step, last_save_time = start, time.time()
     timed_steps, timed_secs = 0, 0.0  # Excludes the first call, which traces the graph.
@@ -258,12 +333,14 @@ class Trainer:
                     f"{shown} lr {lr:.4g} | {rate:.0f} img/s | ETA {_format_duration(eta)}")
       steps_due = (config.save_checkpoints_steps and
                    step - last_save_step >= config.save_checkpoints_steps)
-      secs_due = (config.save_checkpoints_secs is not None and
-                  time.time() - last_save_time >= config.save_checkpoints_secs)
+      secs_due = self._all_agree(config.save_checkpoints_secs is not None and
+                                 time.time() - last_save_time >= config.save_checkpoints_secs)
       if steps_due or secs_due or step >= plan.total_steps:
         self.manager.save(checkpoint_number=step)
         last_save_step, last_save_time = step, time.time()
     writer.flush()
+    if self.scratch_dir:
+      shutil.rmtree(self.scratch_dir, ignore_errors=True)
     return TrainState(self.model, step, plan, self.image_shape, metrics)
 
   def evaluate(self, split: Optional[str] = None) -> Dict[str, float]:

@@ -45,7 +45,7 @@ def test_rotation_loss_drops_when_fitting_a_small_split(tmp_path, shapes_data_di
                         epochs=30, log_every_steps=1, optimizer="adam", lr=0.01,
                         lr_scale_batch_size=16, architecture="resnet50")
   results = train_and_eval.run(config, print_fn=lines.append)
-  losses = [float(l.split(" loss ")[1].split()[0]) for l in lines if l.startswith("step ")]
+  losses = _step_losses(lines)
   assert results["step"] == 60
   assert len(losses) == 60
   assert losses[0] == pytest.approx(np.log(4), abs=0.1)  # Starts at chance.
@@ -248,28 +248,121 @@ def test_sigkill_mid_training_then_resume(tmp_path, shapes_data_dir):
   assert export_lib.load_export_info(str(workdir / "export"))["step"] == 25
 
 
-_MIRRORED = textwrap.dedent("""
-    import json, sys
+_RUN = textwrap.dedent("""
+    import json, os, sys
     import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import dataclasses
+    if os.environ.get("LOGICAL_CPUS"):
+      cpu = tf.config.list_physical_devices("CPU")[0]
+      tf.config.set_logical_device_configuration(
+          cpu, [tf.config.LogicalDeviceConfiguration()] * int(os.environ["LOGICAL_CPUS"]))
+    from core import trainer as trainer_lib
     from core.config import Config
     import train_and_eval
+    made = []
+    class Recording(trainer_lib.Trainer):
+      def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        made.append(self)
+    trainer_lib.Trainer = Recording
     config = Config(**json.loads(sys.argv[1]))
     lines = []
     results = train_and_eval.run(config, print_fn=lines.append)
-    print(json.dumps({"lines": lines, "step": results["step"]}))
+    weights = [float(tf.reduce_sum(tf.cast(v, tf.float64))) for v in made[0].model.variables]
+    print(json.dumps({"lines": lines, "step": results["step"], "weights": weights}))
     """)
 
 
+def _run_in_subprocess(config, env=None, **kwargs):
+  return subprocess.Popen([sys.executable, "-c", _RUN, json.dumps(config.to_dict())],
+                          cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=dict(os.environ, **(env or {})), **kwargs)
+
+
+def _result(proc, timeout=300):
+  out, err = proc.communicate(timeout=timeout)
+  assert proc.returncode == 0, err[-3000:]
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def _step_losses(lines):
+  return [float(l.split(" loss ")[1].split()[0]) for l in lines if l.startswith("step ")]
+
+
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path, shapes_data_dir):
-  config = small_config(tmp_path / "wd", shapes_data_dir, strategy="mirrored", run_eval=True)
-  proc = subprocess.run([sys.executable, "-c", _MIRRORED, json.dumps(config.to_dict())],
-                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  result = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert result["step"] == 2
-  assert any("2 replica(s)" in l for l in result["lines"])
-  eval_line = next(l for l in result["lines"] if l.startswith("evaluated"))
+  """Two replicas at the same global batch follow the one-device run: the union of the replicas'
+  batches is the one-device batch, batch norm is synchronised and the gradients are summed."""
+  # lr 0.01: at the default 0.1, SGD on 8 images amplifies rounding differences within steps.
+  config = small_config(tmp_path / "one", shapes_data_dir, epochs=2, run_eval=True, lr=0.01)
+  mirrored = dataclasses.replace(config, workdir=str(tmp_path / "two"), strategy="mirrored")
+  one = _result(_run_in_subprocess(config))
+  two = _result(_run_in_subprocess(mirrored, env={"LOGICAL_CPUS": "2"}))
+  assert one["step"] == two["step"] == 4
+  assert any("2 replica(s)" in l for l in two["lines"])
+  eval_line = next(l for l in two["lines"] if l.startswith("evaluated"))
   assert "num_examples 128" in eval_line
+  # Within 0.01: summation order differs across replicas, and the drift grows step by step
+  # (0.003 at step 4 when measured; the first two steps agree to 1e-4).
+  losses_one, losses_two = _step_losses(one["lines"]), _step_losses(two["lines"])
+  np.testing.assert_allclose(losses_two[:2], losses_one[:2], atol=1e-3)
+  np.testing.assert_allclose(losses_two, losses_one, atol=1e-2)
+
+
+def _free_ports(n):
+  import socket  # pylint: disable=g-import-not-at-top
+  socks = [socket.socket() for _ in range(n)]
+  for s in socks:
+    s.bind(("localhost", 0))
+  ports = [s.getsockname()[1] for s in socks]
+  for s in socks:
+    s.close()
+  return ports
+
+
+def test_multi_worker_strategy_with_two_local_workers(tmp_path, shapes_data_dir):
+  """Two worker processes on localhost train together and end with the same weights; only the
+  chief (worker 0) leaves files, and the shared workdir holds one run."""
+  config = small_config(tmp_path / "wd", shapes_data_dir, epochs=2, strategy="multi_worker",
+                        run_eval=True, save_checkpoints_steps=2)
+  cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
+  procs = [_run_in_subprocess(config, env={"TF_CONFIG": json.dumps(
+      {"cluster": cluster, "task": {"type": "worker", "index": i}})}) for i in range(2)]
+  chief, other = [_result(p) for p in procs]
+  assert chief["step"] == other["step"] == 4
+  assert any("2 replica(s)" in l for l in chief["lines"])
+  np.testing.assert_allclose(other["weights"], chief["weights"], rtol=1e-6, atol=1e-6)
+  assert _step_losses(other["lines"]) == _step_losses(chief["lines"])
+  assert sorted(os.listdir(config.workdir)) == ["checkpoints", "config.json", "export",
+                                               "pretext_results.json", "train"]
+  assert tf.train.latest_checkpoint(config.checkpoint_dir).endswith("-4")
+  assert export_lib.load_export_info(config.export_dir)["step"] == 4
+
+
+@pytest.mark.parametrize("overrides", [dict(precision="mixed_float16"),
+                                       dict(precision="mixed_bfloat16"),
+                                       dict(jit_compile=True)],
+                         ids=["mixed_float16", "mixed_bfloat16", "jit_compile"])
+def test_accelerator_options_train_like_float32(tmp_path, shapes_data_dir, overrides):
+  """A few steps with each accelerator option: finite losses close to the float32 run's."""
+
+  def losses(config):
+    lines = []
+    train_and_eval.run(config, print_fn=lines.append)
+    return _step_losses(lines)
+
+  base = small_config(tmp_path / "f32", shapes_data_dir, epochs=2, run_eval=False, lr=0.01)
+  reference = losses(base)
+  config = dataclasses.replace(base, workdir=str(tmp_path / "opt"), **overrides)
+  got = losses(config)
+  assert len(got) == len(reference) == 4
+  assert np.all(np.isfinite(got))
+  # The same trajectory: 16-bit compute rounds, XLA fuses (float32 throughout). Rounding
+  # differences grow step by step on 8 images (XLA: 1e-4 at step 2, 0.008 at step 4 measured).
+  tolerance = 0.05 if "precision" in overrides else 2e-3
+  np.testing.assert_allclose(got[:2], reference[:2], atol=tolerance)
+  np.testing.assert_allclose(got, reference, atol=max(tolerance, 0.02))
+  assert tf.keras.mixed_precision.global_policy().name == "float32"  # Restored after the build.
+  reloaded = tf.saved_model.load(config.export_dir)
+  out = reloaded.signatures["representation"](images=tf.zeros([2, 32, 32, 3]))
+  assert all(v.dtype == tf.float32 for v in out.values())
+  info = json.load(open(os.path.join(config.workdir, "config.json")))
+  assert info.get("precision", "float32") == config.precision
