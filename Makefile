@@ -15,16 +15,12 @@ $(STAMP): requirements.txt requirements-lock.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -c requirements-lock.txt
 	touch $(STAMP)
 
-# The main job on the embedded dataset: rotation pretraining (with pretext evaluation and export),
-# then per-layer linear evaluation of the export and of the random-init baseline.
+# The main job on the embedded dataset: the demo grid (configs/grids/shapes.toml), i.e. every
+# pretext method and four architectures, pretraining, export and per-layer evaluation of each, the
+# random-init baselines, then the report in $(WORKDIR)/grid_shapes/report/. Finished cells are
+# skipped and interrupted ones resume, so run it again after an interruption.
 demo: $(STAMP)
-	$(BIN)/python train_and_eval.py --flagfile=configs/rotation/shapes.flags \
-	    --workdir=$(WORKDIR)/rotation_shapes
-	$(BIN)/python train_and_eval.py --flagfile=configs/evaluation/shapes.flags \
-	    --hub_module=$(WORKDIR)/rotation_shapes/export --workdir=$(WORKDIR)/rotation_shapes/linear_eval
-	$(BIN)/python train_and_eval.py --flagfile=configs/evaluation/shapes.flags \
-	    --hub_module=random_init --architecture=resnet50 --filters_factor=1 \
-	    --eval_preprocessing=resize,-1_to_1 --resize_size=32 --workdir=$(WORKDIR)/random_init_shapes
+	$(BIN)/python benchmark.py --grid=configs/grids/shapes.toml --root=$(WORKDIR)/grid_shapes
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

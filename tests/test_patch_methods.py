@@ -134,7 +134,11 @@ def _task_config(task, **overrides):
 def test_a_few_steps_on_a_fixed_batch_lower_the_loss(task, shapes_data_dir, tmp_path,
                                                       monkeypatch):
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # The jigsaw permutation cache.
-  config = _task_config(task)
+  # VGG19 at width 1 traces fastest; its input must be 32x32 or larger.
+  config = _task_config(task, architecture="vgg19", preprocessing="resize,crop_patches",
+                        resize_size=(96, 96), crop_size=None)
+  if task == "exemplar":
+    config = _task_config(task, architecture="vgg19")
   method = methods.get_method(task)
   method.validate(config)
   fn = get_preprocess_fn(config.preprocessing, True, config.preprocess_config())
@@ -155,7 +159,7 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss(task, shapes_data_dir, tmp_
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     return spec.loss
 
-  losses = [float(step()) for _ in range(10)]
+  losses = [float(step()) for _ in range(15)]
   assert np.all(np.isfinite(losses))
   assert np.mean(losses[-3:]) < 0.5 * losses[0], losses
   spec = method.model_fn(model, batch, base.EVAL, config)
