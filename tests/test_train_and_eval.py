@@ -366,3 +366,50 @@ def test_accelerator_options_train_like_float32(tmp_path, shapes_data_dir, overr
   assert all(v.dtype == tf.float32 for v in out.values())
   info = json.load(open(os.path.join(config.workdir, "config.json")))
   assert info.get("precision", "float32") == config.precision
+
+
+def test_sigkill_at_random_moments_then_finish(tmp_path, shapes_data_dir):
+  """Killed three times at seeded random moments (start-up, training, saving or export), the same
+  command still finishes the planned steps with a readable checkpoint and export."""
+  workdir = tmp_path / "wd"
+  args = ["--task=rotation", "--preprocessing=resize,-1_to_1,rotate", "--resize_size=32",
+          "--architecture=vgg19", "--filters_factor=1", "--batch_size=8", "--lr_scale_batch_size=8",
+          "--train_split=train[:320]", "--epochs=1", "--log_every_steps=1",
+          "--save_checkpoints_steps=2", f"--workdir={workdir}"]
+  rng = np.random.default_rng(7)
+  for delay in rng.uniform(4.0, 14.0, size=3):
+    proc = _driver(args, shapes_data_dir, start_new_session=True)
+    try:
+      proc.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+      os.killpg(proc.pid, signal.SIGKILL)
+      proc.wait()
+    latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+    if latest:  # Whatever the moment, the checkpoint it names is complete.
+      assert tf.train.load_checkpoint(latest).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") > 0
+  proc = _driver(args, shapes_data_dir)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("-40")
+  assert export_lib.load_export_info(str(workdir / "export"))["step"] == 40
+  reloaded = tf.saved_model.load(str(workdir / "export"))
+  assert reloaded.signatures["serving_default"](images=tf.zeros([1, 32, 32, 3]))["logits"].shape \
+      == (1, 4)
+  assert not [p for p in os.listdir(workdir) if p.startswith("export.")]  # No half exports left.
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, shapes_data_dir):
+  from core.trainer import NonFiniteLossError  # pylint: disable=g-import-not-at-top
+  config = small_config(tmp_path / "wd", shapes_data_dir, save_checkpoints_steps=1)
+  assert train_and_eval.run(config, print_fn=_quiet)["step"] == 2
+  # A learning rate that overflows the weights at the first step of the longer run.
+  exploding = dataclasses.replace(config, epochs=3, lr=1e38, warmup_epochs=0)
+  with pytest.raises(NonFiniteLossError, match=r"non-finite loss between steps (\d+) and \1 .*"
+                                               r"the last checkpoint .*ckpt-(\d+)\) is intact"):
+    train_and_eval.run(exploding, print_fn=_quiet)
+  latest = tf.train.latest_checkpoint(config.checkpoint_dir)
+  step = int(latest.rsplit("-", 1)[1])
+  assert 2 <= step < 6
+  reader = tf.train.load_checkpoint(latest)
+  assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == step
+  assert export_lib.load_export_info(config.export_dir)["step"] == 2  # The old export stays.

@@ -1,0 +1,198 @@
+"""Throughput of training steps and input pipelines, against references measured in the same run.
+
+  .venv/bin/python bench/throughput.py                       # everything, CPU-sized defaults
+  .venv/bin/python bench/throughput.py --sections=backbones --image_size=224 --batch_size=128
+
+Sections (each prints one table):
+  matmul     dense float32 tf.matmul of --matmul_size square matrices: this machine's peak FLOP/s.
+  backbones  one training step (forward, backward, SGD with momentum) of every backbone at
+             --image_size, --batch_size and --filters_factor on random images, and of
+             tf.keras.applications.ResNet50V2 at the same input and batch; the Keras model has
+             the standard width, so our ResNet-50 v2 is also measured at filters_factor 4 and the
+             ratio is taken between those two. The FLOP/s achieved by our ResNet-50 v2 step
+             (3x the profiled forward FLOPs per image) is given as a fraction of the matmul peak.
+  methods    every method's training step as configs/<method>/shapes.flags sets it up, on one
+             fixed batch (source images/s: a rotation image is 4 backbone images, a jigsaw
+             image 9 patches), next to its input pipeline alone on the embedded dataset (source
+             images/s, preprocessing included): the pipeline must outrun the step.
+Timings skip --warmup_steps calls (tracing) and average the next --steps.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+BACKBONES = (("resnet50", "v1"), ("resnet50", "v2"), ("revnet50", "v2"), ("vgg19", "v2"))
+METHODS = ("rotation", "supervised", "jigsaw", "relative_patch_location", "exemplar")
+
+
+def _timed(fn, steps: int, warmup: int) -> float:
+  """Seconds per call of `fn` (which must block until its work is done)."""
+  for _ in range(warmup):
+    fn()
+  start = time.perf_counter()
+  for _ in range(steps):
+    fn()
+  return (time.perf_counter() - start) / steps
+
+
+def matmul_peak(size: int, steps: int, warmup: int) -> float:
+  a = tf.random.normal([size, size])
+  b = tf.random.normal([size, size])
+  matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+  secs = _timed(lambda: matmul().numpy(), steps, warmup)
+  return 2.0 * size ** 3 / secs
+
+
+def _classifier_step(model, logits_of, batch_size: int, image_size: int):
+  """A jit-free training step of `model` on fixed random images; returns a blocking callable."""
+  images = tf.random.uniform([batch_size, image_size, image_size, 3], -1, 1)
+  labels = tf.random.uniform([batch_size], 0, 1000, tf.int32)
+  optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+
+  @tf.function
+  def step():
+    with tf.GradientTape() as tape:
+      logits = logits_of(model(images, training=True))
+      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    return loss
+
+  return lambda: step().numpy()
+
+
+def forward_flops(model, logits_of, image_size: int) -> float:
+  """Float operations of one image's forward pass, from TF's graph profiler."""
+  from tensorflow.python.profiler import model_analyzer  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.profiler import option_builder  # pylint: disable=g-import-not-at-top
+  fn = tf.function(lambda x: logits_of(model(x, training=False)))
+  graph = fn.get_concrete_function(tf.TensorSpec([1, image_size, image_size, 3])).graph
+  options = option_builder.ProfileOptionBuilder(
+      option_builder.ProfileOptionBuilder.float_operation()).with_empty_output().build()
+  return float(model_analyzer.profile(graph, options=options).total_float_ops)
+
+
+def backbones(args, peak: float):
+  import models  # pylint: disable=g-import-not-at-top
+  size, batch = args.image_size, args.batch_size
+  rows = []
+  ours = lambda out: out["logits"]
+  widths = sorted({args.filters_factor, 4})
+  for arch, mode in BACKBONES:
+    for width in widths:
+      if width != args.filters_factor and (arch, mode) != ("resnet50", "v2"):
+        continue
+      model = models.get_model(arch, num_classes=1000, filters_factor=width, mode=mode)
+      secs = _timed(_classifier_step(model, ours, batch, size), args.steps, args.warmup_steps)
+      name = f"{arch}_{mode}" if arch == "resnet50" else arch
+      flops = ""
+      if (arch, mode) == ("resnet50", "v2"):
+        achieved = 3 * forward_flops(model, ours, size) * batch / secs
+        flops = f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.0%} of peak" if peak else ""
+      rows.append((f"{name} w{width}", batch / secs, flops))
+  reference = keras.applications.ResNet50V2(weights=None, input_shape=(size, size, 3),
+                                            classes=1000, classifier_activation=None)
+  ref_secs = _timed(_classifier_step(reference, lambda out: out, batch, size), args.steps,
+                    args.warmup_steps)
+  ref_rate = batch / ref_secs
+  rows.append(("keras ResNet50V2 (= w4)", ref_rate, ""))
+  print(f"\nTraining step, {size}x{size}, batch {batch} (images/s):")
+  print(f"{'model':28s} {'images/s':>9s} {'vs keras':>9s}  FLOP/s")
+  ours_w4 = dict((r[0], r[1]) for r in rows).get("resnet50_v2 w4")
+  for name, rate, flops in rows:
+    ratio = f"{rate / ref_rate:.2f}x" if name in ("resnet50_v2 w4",) else ""
+    print(f"{name:28s} {rate:9.1f} {ratio:>9s}  {flops}")
+  if ours_w4:
+    print(f"ResNet-50 v2 at standard width vs tf.keras.applications.ResNet50V2: "
+          f"{ours_w4 / ref_rate:.2f}x")
+
+
+def _method_config(method: str, overrides: dict):
+  import train_and_eval  # pylint: disable=g-import-not-at-top
+  flags = train_and_eval.FLAGS
+  flags.unparse_flags()
+  argv = ["bench", f"--flagfile=configs/{method}/shapes.flags",
+          f"--workdir={tempfile.gettempdir()}/bench_throughput"]
+  argv += [f"--{k}={v}" for k, v in overrides.items()]
+  flags(argv)
+  return train_and_eval.config_from_flags()
+
+
+def methods_section(args):
+  import datasets  # pylint: disable=g-import-not-at-top
+  import methods  # pylint: disable=g-import-not-at-top
+  from core import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from methods import base  # pylint: disable=g-import-not-at-top
+  print(f"\nMethods (configs/<method>/shapes.flags), source images/s:")
+  print(f"{'method':26s} {'batch':>5s} {'step':>9s} {'pipeline':>9s}  pipeline/step")
+  for name in args.methods.split(","):
+    config = _method_config(name, {})
+    method = methods.get_method(name)
+    preprocess = datasets.get_preprocess_fn(config.preprocessing, True,
+                                            config.preprocess_config())
+    data = datasets.get_data(config.dataset, config.train_split, is_training=True,
+                             preprocess_fn=preprocess, batch_size=config.batch_size,
+                             data_dir=config.data_dir)
+    iterator = iter(data)
+    pipe_secs = _timed(lambda: next(iterator)["image"].numpy(), args.steps, args.warmup_steps)
+    batch = next(iterator)
+    info = datasets.get_dataset_info(config.dataset, config.data_dir)
+    model = method.build_model(config, tuple(batch["image"].shape[1:]), info.num_classes)
+    optimizer = keras.optimizers.SGD(0.001, momentum=0.9)
+    decay = config.resolved_weight_decay()
+
+    @tf.function
+    def step(batch=batch, model=model, optimizer=optimizer, config=config, method=method,
+             decay=decay):
+      with tf.GradientTape() as tape:
+        spec = method.model_fn(model, batch, base.TRAIN, config)
+        total = spec.loss + trainer_lib.weight_decay_loss(model, decay)
+      grads = tape.gradient(total, model.trainable_variables)
+      optimizer.apply_gradients(zip(grads, model.trainable_variables))
+      return total
+
+    step_secs = _timed(lambda: step().numpy(), args.steps, args.warmup_steps)
+    b = config.batch_size
+    print(f"{name:26s} {b:5d} {b / step_secs:9.1f} {b / pipe_secs:9.1f}  "
+          f"{step_secs / pipe_secs:.1f}x")
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--sections", default="matmul,backbones,methods")
+  p.add_argument("--image_size", type=int, default=32)
+  p.add_argument("--batch_size", type=int, default=64)
+  p.add_argument("--filters_factor", type=int, default=1)
+  p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("--matmul_size", type=int, default=2048)
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--warmup_steps", type=int, default=2)
+  args = p.parse_args()
+  sections = args.sections.split(",")
+  unknown = set(sections) - {"matmul", "backbones", "methods"}
+  if unknown:
+    p.error(f"unknown sections {sorted(unknown)}; valid: matmul, backbones, methods")
+  print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, devices: "
+        f"{[d.name for d in tf.config.list_logical_devices()]}")
+  peak = 0.0
+  if "matmul" in sections or "backbones" in sections:
+    peak = matmul_peak(args.matmul_size, args.steps, args.warmup_steps)
+    print(f"\nDense float32 matmul {args.matmul_size}^2: {peak / 1e9:.1f} GFLOP/s")
+  if "backbones" in sections:
+    backbones(args, peak)
+  if "methods" in sections:
+    methods_section(args)
+
+
+if __name__ == "__main__":
+  main()
