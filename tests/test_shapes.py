@@ -89,7 +89,11 @@ def test_object_placement_is_isotropic(many):
 
   cy, cx = centre(rows), centre(cols)
   assert abs(cx.mean() - S / 2) < 1.0 and abs(cy.mean() - S / 2) < 1.0
-  assert 0.9 < cx.std() / cy.std() < 1.1
+  # Box centres are drawn isotropically, but objects larger than the frame are clipped, tall ones
+  # at top and bottom more often, so visible boxes spread a little less vertically (1.10 for
+  # 1.1.0). The raw-pixel rotation probe of bench/shapes_pixel_probe.py checks that this does
+  # not give the rotation away.
+  assert 0.87 < cx.std() / cy.std() < 1.15
 
 
 def _halves_balanced(images):
@@ -138,7 +142,7 @@ def _load(builder, split):
 def test_small_config_prepares_deterministically(tmp_path):
   a = _prepare(tmp_path / 'a')
   info = a.info
-  assert info.name == 'shapes' and str(info.version) == '1.0.0'
+  assert info.name == 'shapes' and str(info.version) == '1.1.0'
   assert info.features['label'].names == list(shapes.CLASS_NAMES)
   assert tuple(info.features['image'].shape) == (S, S, 3)
   assert info.splits['train'].num_examples == 1000

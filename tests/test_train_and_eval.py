@@ -77,8 +77,11 @@ def test_train_step_matches_a_hand_written_sgd_step(tmp_path, shapes_data_dir):
   import keras  # pylint: disable=g-import-not-at-top
   from core import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   import methods  # pylint: disable=g-import-not-at-top
+  # Batch 32: with 8 images, batch norm over VGG's 1x1 last blocks amplifies the rounding
+  # differences between the compiled and the eager step beyond 1e-4 in two steps.
   config = small_config(tmp_path / "wd", shapes_data_dir, task="supervised",
-                        preprocessing="resize,-1_to_1", weight_decay=0.01, lr=0.05)
+                        preprocessing="resize,-1_to_1", weight_decay=0.01, lr=0.05,
+                        batch_size=32, lr_scale_batch_size=32, train_split="train[:64]")
   trainer = trainer_lib.Trainer(config, methods.get_method("supervised"), print_fn=_quiet)
   model = trainer.model
   batch = next(iter(trainer.train_data))
@@ -88,7 +91,7 @@ def test_train_step_matches_a_hand_written_sgd_step(tmp_path, shapes_data_dir):
   trained_values = [v.numpy() for v in model.trainable_variables]
   for v, value in zip(model.variables, initial):
     v.assign(value)
-  opt = keras.optimizers.SGD(learning_rate=0.05, momentum=0.9)  # lr scaled by 8/8.
+  opt = keras.optimizers.SGD(learning_rate=0.05, momentum=0.9)  # lr scaled by 32/32.
   for _ in range(2):
     with tf.GradientTape() as tape:
       logits = model(batch["image"], training=True)["logits"]
