@@ -6,6 +6,12 @@ import tempfile
 from typing import Any
 
 
+def _umask() -> int:
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 def write_text_atomic(path: str, text: str) -> str:
   """Writes `text` to a temporary file beside `path`, syncs it, then renames it over `path`.
 
@@ -15,6 +21,7 @@ def write_text_atomic(path: str, text: str) -> str:
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
   try:
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are for everyone to read.
     with os.fdopen(fd, "w") as f:
       f.write(text)
       f.flush()

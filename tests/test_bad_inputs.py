@@ -1,5 +1,6 @@
-"""Bad inputs not covered next to their parts: an empty split, a workdir that cannot be written,
-a full disk while writing a result file. Each gets a clear error and loses nothing written."""
+"""Bad inputs not covered next to their parts (an empty split, a workdir that cannot be written,
+a full disk while writing a result file) get a clear error and lose nothing written; result
+files are readable like any other new file."""
 
 import errno
 import json
@@ -49,3 +50,13 @@ def test_a_full_disk_keeps_the_previous_results_file(tmp_path, monkeypatch):
     files.write_json_atomic(str(path), {"top1": 0.9})
   assert json.loads(path.read_text()) == {"top1": 0.5}
   assert os.listdir(tmp_path) == ["results.json"]  # No temporary file left behind.
+
+
+def test_result_files_are_readable_like_any_new_file(tmp_path):
+  path = tmp_path / "report.md"
+  old = os.umask(0o022)
+  try:
+    files.write_text_atomic(str(path), "table")
+  finally:
+    os.umask(old)
+  assert path.stat().st_mode & 0o777 == 0o644  # Not mkstemp's 0600.
