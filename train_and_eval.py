@@ -262,7 +262,10 @@ def run(config, print_fn=print):
   import methods  # pylint: disable=g-import-not-at-top
 
   config_lib.validate(config)
-  strategy = trainer_lib.make_strategy(config.strategy)
+  try:
+    strategy = trainer_lib.make_strategy(config.strategy)
+  except ValueError as e:  # e.g. multi_worker without TF_CONFIG.
+    raise config_lib.ConfigError(str(e)) from None
   config_lib.check_replicas(config, strategy.num_replicas_in_sync)
   _check_workdir(config)
   method = methods.get_method(config.task)

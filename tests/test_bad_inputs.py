@@ -60,3 +60,11 @@ def test_result_files_are_readable_like_any_new_file(tmp_path):
   finally:
     os.umask(old)
   assert path.stat().st_mode & 0o777 == 0o644  # Not mkstemp's 0600.
+
+
+def test_multi_worker_without_tf_config_is_one_clear_error(tmp_path, shapes_data_dir, monkeypatch):
+  monkeypatch.delenv("TF_CONFIG", raising=False)
+  config = small_config(tmp_path / "wd", shapes_data_dir, strategy="multi_worker")
+  with pytest.raises(ConfigError, match="--strategy=multi_worker needs TF_CONFIG"):
+    train_and_eval.run(config, print_fn=lambda _: None)
+  assert not os.path.exists(tmp_path / "wd")
