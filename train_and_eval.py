@@ -91,10 +91,10 @@ flags.DEFINE_string("strategy", "default", "tf.distribute strategy: default (one
                     "norm statistics are synchronised across replicas.")
 flags.DEFINE_boolean("jit_compile", False, "XLA-compile the training step (slower on CPU).")
 flags.DEFINE_string("precision", "float32",
-                    "float32, mixed_float16 or mixed_bfloat16. Compute dtype of the backbone: mixed_* keep float32 variables and compute in "
-                    "16 bits (GPU: mixed_float16, with dynamic loss scaling; TPU and recent "
-                    "GPUs: mixed_bfloat16). Slower on CPU. A workdir keeps the precision it "
-                    "was started with.")
+                    "float32, mixed_float16 or mixed_bfloat16: the compute dtype. mixed_* keep "
+                    "float32 variables and compute in 16 bits (GPU: mixed_float16, with dynamic "
+                    "loss scaling; TPU and recent GPUs: mixed_bfloat16). Slower on CPU. A "
+                    "workdir keeps the precision it was started with.")
 flags.DEFINE_integer("save_checkpoints_steps", None, "Save a checkpoint every N steps.")
 flags.DEFINE_float("save_checkpoints_secs", 600, "Save a checkpoint every N seconds.")
 flags.DEFINE_integer("keep_checkpoint_max", 3, "Checkpoints to keep.")
@@ -130,10 +130,9 @@ flags.DEFINE_boolean("force", False, "linear_eval: re-run even if results for th
 
 RANDOM_INIT = "random_init"
 
-# Settings that must match an earlier run in the same workdir for its checkpoints to be resumed.
-# A workdir's run is refused by a command that differs in one of these (precision: the checkpoint
-# of a mixed_float16 run holds a loss-scale optimizer). Older config.json files without a field
-# are read with its default.
+# Settings that must match an earlier run in the same workdir for its checkpoints to be resumed
+# (precision: the checkpoint of a mixed_float16 run holds a loss-scale optimizer). A config.json
+# written before a field existed is read with the field's default.
 _IDENTITY_FIELDS = ("task", "architecture", "filters_factor", "mode", "last_relu", "dataset",
                     "precision")
 
