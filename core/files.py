@@ -1,9 +1,9 @@
-"""Writing result files so that a crash never leaves a half-written one."""
+"""Writing result files so that a crash never leaves a half-written one, and reading them back."""
 
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, Optional
 
 
 def _umask() -> int:
@@ -37,3 +37,12 @@ def write_text_atomic(path: str, text: str) -> str:
 def write_json_atomic(path: str, data: Any, **json_kwargs) -> str:
   """`data` as indented JSON, written with `write_text_atomic`; `json_kwargs` go to json.dumps."""
   return write_text_atomic(path, json.dumps(data, indent=2, **json_kwargs) + "\n")
+
+
+def read_json(path: str) -> Optional[Any]:
+  """The JSON in `path`, or None where it is missing or unreadable (e.g. from an older crash)."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None

@@ -700,14 +700,6 @@ def write_json_atomic(path: str, data: Any) -> None:
   files.write_json_atomic(path, data, default=str)
 
 
-def read_json(path: str) -> Optional[Any]:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
 def _results_match(results: Mapping[str, Any], eval_flags: Mapping[str, Any]) -> bool:
   """Whether a results.json's config agrees with the evaluation flags it shares fields with."""
   config = results.get("config") or {}
@@ -741,13 +733,13 @@ def step_done(cell: Cell, workdir: str, step: str, state: Mapping[str, Any]) -> 
     return not cell.pretext_flags.get("run_eval") or os.path.exists(
         os.path.join(workdir, PRETEXT_RESULTS_FILE))
   name = step.split(":", 1)[1]
-  results = read_json(os.path.join(workdir, name, RESULTS_FILE))
+  results = files.read_json(os.path.join(workdir, name, RESULTS_FILE))
   return bool(results) and "layers" in results and _results_match(results,
                                                                   cell.evaluations[name])
 
 
 def cell_done(cell: Cell, workdir: str) -> bool:
-  state = read_json(os.path.join(workdir, CELL_FILE)) or {}
+  state = files.read_json(os.path.join(workdir, CELL_FILE)) or {}
   return all(step_done(cell, workdir, step, state) for step, _ in cell.steps(workdir))
 
 
@@ -796,7 +788,7 @@ class GridRunner:
     self.tty = sys.stdout.isatty() if tty is None else tty
     self.env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
     self.tail_lines = tail_lines
-    self.status = read_json(os.path.join(self.root, STATUS_FILE)) or {}
+    self.status = files.read_json(os.path.join(self.root, STATUS_FILE)) or {}
     self.status.setdefault("cells", {})
     self._durations: Dict[str, List[float]] = {}
     self._touched = set()  # Cells whose status this runner writes.
@@ -812,7 +804,7 @@ class GridRunner:
     os.makedirs(self.root, exist_ok=True)
     with open(os.path.join(self.root, f".{STATUS_FILE}.lock"), "w") as lock:
       fcntl.flock(lock, fcntl.LOCK_EX)
-      on_disk = (read_json(path) or {}).get("cells") or {}
+      on_disk = (files.read_json(path) or {}).get("cells") or {}
       cells = dict(on_disk, **{n: self.status["cells"][n] for n in self._touched})
       self.status["cells"] = cells
       counts: Dict[str, int] = {}
@@ -857,7 +849,7 @@ class GridRunner:
     for cell in cells:
       if cell_done(cell, self.workdir(cell)):
         previous = self.status["cells"].get(cell.name, {})
-        state = read_json(os.path.join(self.workdir(cell), CELL_FILE)) or {}
+        state = files.read_json(os.path.join(self.workdir(cell), CELL_FILE)) or {}
         wall = previous.get("wall_s", state.get("wall_s"))
         self._set(cell, status="done", reused=True, wall_s=wall)
         if isinstance(state.get("wall_s"), (int, float)) and state["wall_s"] > 0:
@@ -908,8 +900,8 @@ class GridRunner:
     return {c.name: self.status["cells"][c.name] for c in cells}
 
   def _best(self, cell: Cell) -> str:
-    results = read_json(os.path.join(self.workdir(cell), next(iter(cell.evaluations)),
-                                     RESULTS_FILE)) or {}
+    results = files.read_json(os.path.join(self.workdir(cell), next(iter(cell.evaluations)),
+                                           RESULTS_FILE)) or {}
     best = results.get("best_layer") or {}
     if best.get("name") and best.get("top1") is not None:
       return f" (best layer {best['name']}: top-1 {100 * best['top1']:.1f}%)"
@@ -921,7 +913,7 @@ class GridRunner:
     workdir = self.workdir(cell)
     os.makedirs(workdir, exist_ok=True)
     state_path = os.path.join(workdir, CELL_FILE)
-    state = read_json(state_path) or {}
+    state = files.read_json(state_path) or {}
     fingerprints = cell.fingerprints()
     state.update(cell.to_dict(), grid=dict(name=self.grid_name, file=self.grid_path))
     steps_state = state.setdefault("steps", {})
@@ -1070,7 +1062,7 @@ def _quote(arg: str) -> str:
 def describe(cells: Sequence[Cell], root: str, show_commands: bool = False,
              command: Optional[Sequence[str]] = None) -> str:
   """The --list text: one line per cell (name, kind, state), optionally with its commands."""
-  status = (read_json(os.path.join(root, STATUS_FILE)) or {}).get("cells", {})
+  status = (files.read_json(os.path.join(root, STATUS_FILE)) or {}).get("cells", {})
   width = max([len(c.name) for c in cells] + [4])
   lines = [f"{'cell'.ljust(width)}  {'kind'.ljust(11)}  state"]
   for c in cells:

@@ -20,7 +20,6 @@ import csv
 import dataclasses
 import datetime
 import io
-import json
 import math
 import os
 import re
@@ -127,17 +126,9 @@ def _slug(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()[:80]
 
 
-def _read_json(path: str) -> Optional[Any]:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
 def _cell_from_dir(root: str, directory: str) -> Optional[CellResult]:
   """The cell whose results.json is in `directory` (<cell>/<evaluation>, or a directory alone)."""
-  results = _read_json(os.path.join(directory, RESULTS_FILE))
+  results = files.read_json(os.path.join(directory, RESULTS_FILE))
   if not isinstance(results, dict) or not isinstance(results.get("layers"), dict):
     return None
   cell_dir, evaluation_name = directory, ""
@@ -145,9 +136,9 @@ def _cell_from_dir(root: str, directory: str) -> Optional[CellResult]:
   if not os.path.exists(os.path.join(directory, CELL_FILE)) and os.path.exists(
       os.path.join(parent, CELL_FILE)):
     cell_dir, evaluation_name = parent, os.path.basename(directory)
-  state = _read_json(os.path.join(cell_dir, CELL_FILE))
+  state = files.read_json(os.path.join(cell_dir, CELL_FILE))
   state = state if isinstance(state, dict) else None
-  pretext = _read_json(os.path.join(cell_dir, PRETEXT_RESULTS_FILE))
+  pretext = files.read_json(os.path.join(cell_dir, PRETEXT_RESULTS_FILE))
   source = results.get("source") or {}
   config = results.get("config") or {}
   if state and state.get("name"):
@@ -227,7 +218,7 @@ def load_failures(roots: Sequence[str], evaluated: Sequence[str] = ()) -> List[D
   """Failed (or interrupted) cells of the roots' grid_status.json, except those evaluated."""
   failures = {}
   for root in roots:
-    status = _read_json(os.path.join(root, STATUS_FILE)) or {}
+    status = files.read_json(os.path.join(root, STATUS_FILE)) or {}
     for name, entry in (status.get("cells") or {}).items():
       if entry.get("status") in ("failed", "interrupted") and name not in evaluated:
         failures[name] = dict(entry, name=name, root=os.path.abspath(root))
@@ -523,7 +514,7 @@ def write_report(cells: Sequence[CellResult], out_dir: str, roots: Sequence[str]
   csv_path = os.path.join(out_dir, "report.csv")
   files.write_text_atomic(csv_path, buffer.getvalue())
   json_path = os.path.join(out_dir, "report.json")
-  files.write_text_atomic(json_path, json.dumps(report_data(cells, failures, roots), indent=2) + "\n")
+  files.write_json_atomic(json_path, report_data(cells, failures, roots))
   return dict(markdown=md_path, csv=csv_path, json=json_path, plots=plots)
 
 
