@@ -30,6 +30,7 @@ from eval import low_label as low_label_lib
 from eval import pooling
 from eval import representation as representation_lib
 from eval import results as results_lib
+import models
 
 
 @dataclasses.dataclass
@@ -162,9 +163,13 @@ def load_representation(config: LinearEvalConfig) -> representation_lib.Represen
   if config.hub_module is not None:
     rep = representation_lib.load_export(config.hub_module)
   else:
+    # On patches, the backbone gets the strides the patch methods train with, so that the
+    # baseline and the trained patch backbones differ in their weights only.
+    patches = "crop_patches" in datasets.preprocess.parse_spec(config.eval_preprocessing or "")
     rep = representation_lib.random_init(
         config.architecture, filters_factor=config.filters_factor, mode=config.mode,
-        seed=config.random_seed, last_relu=config.last_relu)
+        seed=config.random_seed, last_relu=config.last_relu,
+        **(models.PATCH_STRIDES if patches else {}))
   return rep.select(config.layers)
 
 

@@ -8,8 +8,8 @@ code (AlexNet's fc7-fc8), classifies a concatenation of patch embeddings (P of t
 for relative patch location): a fully connected layer (`head_units`), batch norm, ReLU, dropout
 0.5, then the pretext logits.
 
-Backbone strides follow the 2019 code for patch methods: `root_conv_stride=1, strides=(2,2,1)`
-(ResNet and RevNet; VGG has no strides to set), as patches are small.
+Backbone strides follow the 2019 code for patch methods: `models.PATCH_STRIDES` (ResNet and
+RevNet; VGG has no strides to set), as patches are small.
 """
 
 from typing import Dict, Tuple
@@ -24,7 +24,6 @@ import models
 from models import common
 from methods import base
 
-PATCH_BACKBONE_STRIDES = dict(root_conv_stride=1, strides=(2, 2, 1))
 HEAD_UNITS = 4096
 HEAD_DROPOUT = 0.5
 
@@ -103,7 +102,7 @@ def build_patch_model(config, image_shape, task: str, group_size: int,
   check_patch_input(config, image_shape, task)
   kwargs = base.backbone_kwargs(config)
   backbone = models.get_model(config.architecture, num_classes=config.embed_dim,
-                              **PATCH_BACKBONE_STRIDES, **kwargs)
+                              **models.PATCH_STRIDES, **kwargs)
   head = PatchHead(head_units(config.architecture, config.filters_factor), num_classes,
                    sync_bn=kwargs["sync_bn"])
   model = PatchModel(backbone, head, group_size, config.embed_dim, name=f"{task}_model")

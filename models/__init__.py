@@ -22,6 +22,11 @@ ARCHITECTURES.register("revnet50", common.Architecture(
 ARCHITECTURES.register("vgg19", common.Architecture(
     build=vgg.build, end_points=vgg.END_POINTS, filters_factor=8, weight_decay=5e-4))
 
+# Strides for patch inputs (the 2019 code's jigsaw and relative patch location): a stride-1 root
+# and no stride in block4, so that a small patch keeps some spatial extent to the end. Patch
+# methods train with them; the random-init baseline on patches is built with them too.
+PATCH_STRIDES = dict(root_conv_stride=1, strides=(2, 2, 1))
+
 
 def get_model(architecture: str, *, num_classes: Optional[int] = None,
               filters_factor: Optional[int] = None, mode: str = "v2", last_relu: bool = True,

@@ -242,6 +242,22 @@ def test_random_init_baseline(tmp_path, monkeypatch):
   assert all(0 <= e["top1"] <= 1 for e in r["layers"].values())
 
 
+def test_random_init_on_patches_has_the_patch_methods_strides(tmp_path):
+  """On patches, the baseline backbone is built as jigsaw / relative patch location build theirs."""
+  import models  # pylint: disable=g-import-not-at-top
+  shapes = {}
+  for spec in ("resize,-1_to_1", "crop,crop_patches,standardization"):
+    config = make_config(tmp_path, None, architecture="resnet50", filters_factor=1,
+                         eval_preprocessing=spec)
+    rep = linear_eval.load_representation(config)
+    shapes[spec] = {k: tuple(v.shape) for k, v in rep.fn(tf.zeros([2, 16, 16, 3])).items()}
+  patch_model = models.get_model("resnet50", filters_factor=1, **models.PATCH_STRIDES)
+  expected = {k: tuple(v.shape) for k, v in patch_model(tf.zeros([2, 16, 16, 3])).items()}
+  assert shapes["crop,crop_patches,standardization"] == expected
+  assert expected["block4"] == (2, 2, 2, 512)  # Stride-1 root and block4 on a 16x16 patch.
+  assert shapes["resize,-1_to_1"]["block4"] == (2, 1, 1, 512)
+
+
 @pytest.mark.parametrize("overrides,message", [
     (dict(pool_mode="median"), "pool_mode='median' is not valid; choices: adaptive_max"),
     (dict(eval_model="svm"), "eval_model='svm' is not valid; choices: linear, mlp"),
