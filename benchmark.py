@@ -3,6 +3,7 @@
   python benchmark.py --grid=configs/grids/shapes.toml                 # run (resumes), report
   python benchmark.py --grid=configs/grids/shapes.toml --list          # the cells and their state
   python benchmark.py --grid=configs/grids/shapes.toml --cells='rotation-*,random_init-*'
+  python benchmark.py --grid=configs/grids/shapes.toml --jobs=2          # two cells at a time
   python benchmark.py --report_only --root=workdirs/grid_shapes,/mnt/b/grid_shapes  # merge roots
 
 Each cell runs in <root>/<cell name>/ (default root: workdirs/grid_<grid name>); every step is a
@@ -41,6 +42,9 @@ flags.DEFINE_boolean("stream_logs", False, "Echo every step's output (it always 
 flags.DEFINE_boolean("fail_fast", False, "Stop at the first failed cell (default: go on).")
 flags.DEFINE_float("progress_every_s", 30, "Seconds between progress lines when the output is "
                    "not a terminal.")
+flags.DEFINE_integer("jobs", 1, "Cells run at once. Above 1, each step's TensorFlow gets "
+                     "cpu_count // jobs threads: on a small CPU machine 2 is faster than 1. On "
+                     "an accelerator keep 1 (the cells would share the device).", lower_bound=1)
 flags.DEFINE_string("python", sys.executable, "Python interpreter for the steps.")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -104,7 +108,7 @@ def run(argv) -> int:
   runner = grid_lib.GridRunner(
       root, grid_name=grid.name, grid_path=os.path.abspath(grid.path),
       command=[FLAGS.python, grid_lib.TRAIN_AND_EVAL], stream_logs=FLAGS.stream_logs,
-      fail_fast=FLAGS.fail_fast, progress_every_s=FLAGS.progress_every_s)
+      fail_fast=FLAGS.fail_fast, progress_every_s=FLAGS.progress_every_s, jobs=FLAGS.jobs)
   try:
     statuses = runner.run(cells)
   except KeyboardInterrupt:

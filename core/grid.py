@@ -37,6 +37,7 @@ import re
 import resource
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -76,6 +77,9 @@ GRID_KEYS = ("name", "description")
 DEFAULT_EVALUATION = "linear_eval"
 BASELINE_KEYS = ("random_init", "random_init_flags", "supervised", "supervised_flagfile",
                  "supervised_flags")
+# The flags that shape a patch input (for the random-init baseline on patches).
+PATCH_INPUT_FLAGS = ("eval_preprocessing", "resize_size", "crop_size", "smaller_size",
+                     "splits_per_side", "patch_jitter", "grayscale_probability")
 CELL_KEYS = ("method", "flagfile", "flags", "axes", "exclude", "eval_flags", "tag")
 
 
@@ -457,10 +461,14 @@ class _Parser:
     explicit = {c.name for c in cells}
     trained = [c for c in cells if c.pretext_flags is not None]
     identities = []
+    patch_inputs: List[Tuple[Tuple[str, Optional[str], Optional[int]], Dict[str, Any]]] = []
     for c in trained:
       ident = (c.architecture, c.mode, c.width)
       if ident not in identities:
         identities.append(ident)
+      patch_flags = _patch_input_flags(c.pretext_flags)
+      if patch_flags is not None and (ident, patch_flags) not in patch_inputs:
+        patch_inputs.append((ident, patch_flags))
     if baselines.get("supervised"):
       where = "[baselines] supervised"
       flagfile = str(baselines.get("supervised_flagfile", default_flagfile))
@@ -477,6 +485,18 @@ class _Parser:
       for arch, mode, width in identities:
         overrides = dict(extra, **_identity_flags(arch, mode, width))
         cell = self.make_cell(RANDOM_INIT, None, {}, {}, overrides, None, where, ctx)
+        if cell.name not in explicit:
+          cells.append(cell)
+          explicit.add(cell.name)
+      # Patch methods are probed on patches: their baseline is a random backbone on the same
+      # patches (tag "patches"; "patches2"... where an architecture has several patch settings).
+      shared = {k: v for k, v in extra.items() if k not in PATCH_INPUT_FLAGS}
+      tags: Dict[Tuple[str, Optional[str], Optional[int]], int] = {}
+      for ident, patch_flags in patch_inputs:
+        tags[ident] = tags.get(ident, 0) + 1
+        tag = "patches" if tags[ident] == 1 else f"patches{tags[ident]}"
+        overrides = dict(shared, **patch_flags, **_identity_flags(*ident))
+        cell = self.make_cell(RANDOM_INIT, None, {}, {}, overrides, tag, where, ctx)
         if cell.name not in explicit:
           cells.append(cell)
           explicit.add(cell.name)
@@ -642,6 +662,19 @@ class _Parser:
       seen[c.name] = c
 
 
+def _patch_input_flags(pretext_flags: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+  """The evaluation flags that give a random-init backbone the patches a patch method's export
+  is probed on, or None where the method does not train on patches (no `crop_patches`). The
+  export's evaluation preprocessing is its training spec without label-making ops, and patch
+  methods make their labels in model_fn, so the spec is taken as it is."""
+  spec = str(pretext_flags.get("preprocessing", ""))
+  if "crop_patches" not in (op.strip() for op in spec.split(",")):
+    return None
+  flags = {k: pretext_flags[k] for k in PATCH_INPUT_FLAGS if k in pretext_flags}
+  flags["eval_preprocessing"] = spec
+  return flags
+
+
 def _identity_flags(arch: str, mode: Optional[str], width: Optional[int]) -> Dict[str, str]:
   flags = dict(architecture=arch)
   if width is not None:
@@ -769,40 +802,57 @@ def _error_line(lines: Sequence[str]) -> str:
 
 # ---------------------------------------------------------------------------------------- runner
 class GridRunner:
-  """Runs cells one after another, each step a subprocess; records state in the grid root.
+  """Runs cells, each step a subprocess; records state in the grid root.
 
   `command`: the program prefix of each step (default: this Python and train_and_eval.py).
+  `jobs`: how many cells run at once. With more than one, each step's TensorFlow gets
+  cpu_count // jobs threads (TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS, unless `env`
+  sets them): on a small CPU machine two single-threaded cells do more work per second than one
+  cell on two threads, and their start-up, tracing and export overlap.
   """
 
   def __init__(self, root: str, grid_name: str = "", grid_path: str = "",
                command: Optional[Sequence[str]] = None, print_fn: Callable[[str], None] = print,
                stream_logs: bool = False, fail_fast: bool = False, progress_every_s: float = 30,
                tty: Optional[bool] = None, env: Optional[Mapping[str, str]] = None,
-               tail_lines: int = 30):
+               tail_lines: int = 30, jobs: int = 1):
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+      raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     self.root = os.path.abspath(root)
     self.grid_name, self.grid_path = grid_name, grid_path
     self.command = list(command or [sys.executable, TRAIN_AND_EVAL])
     self.print_fn = print_fn
     self.stream_logs, self.fail_fast = stream_logs, fail_fast
     self.progress_every_s = progress_every_s
-    self.tty = sys.stdout.isatty() if tty is None else tty
+    self.jobs = jobs
+    # A status line rewritten in place only makes sense for one cell at a time.
+    self.tty = (sys.stdout.isatty() if tty is None else tty) and jobs == 1
     self.env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
+    if jobs > 1:
+      threads = str(max(1, (os.cpu_count() or 1) // jobs))
+      for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        self.env.setdefault(name, threads)
     self.tail_lines = tail_lines
     self.status = files.read_json(os.path.join(self.root, STATUS_FILE)) or {}
     self.status.setdefault("cells", {})
     self._durations: Dict[str, List[float]] = {}
     self._touched = set()  # Cells whose status this runner writes.
+    self._lock = threading.RLock()  # Guards the status, durations and ETA state across jobs.
+    self._unfinished: List[Cell] = []
+    self._started: Dict[str, float] = {}
+    self._procs: set = set()  # Running steps, stopped together on an interrupt.
+    self._stopping = False
 
   def workdir(self, cell: Cell) -> str:
     return os.path.join(self.root, cell.name)
 
   # Status file.
-  def _write_status(self, running: Optional[str] = None):
+  def _write_status(self):
     """Writes grid_status.json atomically, merged with the entries of other runners of the
     same root (another --cells subset running beside this one)."""
     path = os.path.join(self.root, STATUS_FILE)
     os.makedirs(self.root, exist_ok=True)
-    with open(os.path.join(self.root, f".{STATUS_FILE}.lock"), "w") as lock:
+    with self._lock, open(os.path.join(self.root, f".{STATUS_FILE}.lock"), "w") as lock:
       fcntl.flock(lock, fcntl.LOCK_EX)
       on_disk = (files.read_json(path) or {}).get("cells") or {}
       cells = dict(on_disk, **{n: self.status["cells"][n] for n in self._touched})
@@ -810,12 +860,17 @@ class GridRunner:
       counts: Dict[str, int] = {}
       for entry in cells.values():
         counts[entry["status"]] = counts.get(entry["status"], 0) + 1
+      running = sorted(n for n in self._touched if cells[n]["status"] == "running")
       self.status.update(format_version=1, grid=dict(name=self.grid_name, file=self.grid_path),
                          root=self.root, updated=_now(), running=running,
                          summary=dict(total=len(cells), **counts))
       write_json_atomic(path, self.status)
 
   def _set(self, cell: Cell, **fields):
+    with self._lock:
+      self._set_locked(cell, **fields)
+
+  def _set_locked(self, cell: Cell, **fields):
     self._touched.add(cell.name)
     entry = self.status["cells"].setdefault(cell.name, {})
     for key in ("exit_code", "failed_step", "error", "log_tail"):
@@ -833,13 +888,20 @@ class GridRunner:
     every = [d for ds in self._durations.values() for d in ds]
     return sum(every) / len(every) if every else None
 
-  def _eta(self, remaining: Sequence[Cell], current_elapsed: float = 0.0) -> Optional[float]:
-    estimates = [self._estimate(c) for c in remaining]
-    if not remaining:
-      return 0.0
-    if any(e is None for e in estimates):
-      return None
-    return max(sum(estimates) - current_elapsed, 0.0)
+  def _eta(self) -> Optional[float]:
+    """Seconds until the unfinished cells are done: their estimates less the time the running
+    ones have had, spread over the jobs; None before any cell has a duration to go by."""
+    with self._lock:
+      remaining = list(self._unfinished)
+      if not remaining:
+        return 0.0
+      estimates = [self._estimate(c) for c in remaining]
+      if any(e is None for e in estimates):
+        return None
+      now = time.time()
+      left = [max(e - (now - self._started.get(c.name, now)), 0.0)
+              for c, e in zip(remaining, estimates)]
+    return sum(left) / min(self.jobs, len(remaining))
 
   def run(self, cells: Sequence[Cell]) -> Dict[str, Dict[str, Any]]:
     """Runs (or skips) every cell; returns {name: status entry}. Failures do not stop the rest."""
@@ -861,43 +923,97 @@ class GridRunner:
     self._write_status()
     total = len(cells)
     done_before = total - len(todo)
+    jobs = min(self.jobs, len(todo)) or 1
     self.print_fn(f"grid {self.grid_name or ''}: {total} cell(s) in {self.root}: "
-                  f"{done_before} already done, {len(todo)} to run")
-    finished = failed = 0
-    for i, cell in enumerate(todo):
+                  f"{done_before} already done, {len(todo)} to run"
+                  + (f", {jobs} at a time" if jobs > 1 else ""))
+    self._unfinished = list(todo)
+    counts = dict(finished=0, failed=0)
+    queue = list(enumerate(todo))
+
+    def next_cell():
+      with self._lock:
+        return queue.pop(0) if queue and not self._stopping else None
+
+    def run_next() -> bool:
+      """Runs the next cell of the queue; False when there is none or the grid must stop."""
+      item = next_cell()
+      if item is None:
+        return False
+      i, cell = item
       position = f"[{done_before + i + 1}/{total}]"
-      eta = self._eta(todo[i:])
-      self.print_fn(f"{position} {cell.name}: starting | done {done_before + finished}/{total}, "
-                    f"failed {failed} | elapsed {_fmt_duration(time.time() - start)}, "
-                    f"ETA {_fmt_duration(eta)}")
+      eta = self._eta()
+      with self._lock:
+        self._started[cell.name] = time.time()
+        self.print_fn(f"{position} {cell.name}: starting | done {done_before + counts['finished']}"
+                      f"/{total}, failed {counts['failed']} | elapsed "
+                      f"{_fmt_duration(time.time() - start)}, ETA {_fmt_duration(eta)}")
       try:
-        entry = self.run_cell(cell, position, start, todo[i:])
+        entry = self.run_cell(cell, position, start)
       except KeyboardInterrupt:
         self._set(cell, status="interrupted", error="interrupted by the user")
         self._write_status()
         self.print_fn(f"{position} {cell.name}: interrupted; run the same command again to "
                       "resume")
         raise
-      if entry["status"] == "done":
-        finished += 1
-        self._durations.setdefault(_duration_key(cell), []).append(entry["wall_s"])
-        best = self._best(cell)
-        self.print_fn(f"{position} {cell.name}: done in {_fmt_duration(entry['wall_s'])}"
-                      f"{best}")
-      else:
-        failed += 1
+      with self._lock:
+        self._unfinished.remove(cell)
+        if entry["status"] == "done":
+          counts["finished"] += 1
+          self._durations.setdefault(_duration_key(cell), []).append(entry["wall_s"])
+          self.print_fn(f"{position} {cell.name}: done in {_fmt_duration(entry['wall_s'])}"
+                        f"{self._best(cell)}")
+          return True
+        counts["failed"] += 1
         self.print_fn(f"{position} {cell.name}: FAILED in step {entry['failed_step']} "
                       f"(exit {entry['exit_code']}): {entry['error']}\n"
                       f"    log: {entry['log']}")
         if self.fail_fast:
           self.print_fn("stopping at the first failure (--fail_fast)")
-          break
+          queue.clear()
+          return False
+        return True
+
+    if jobs == 1:
+      while run_next():
+        pass
+    else:
+      self._run_parallel(run_next, jobs)
     self._write_status()
+    finished, failed = counts["finished"], counts["failed"]
     self.print_fn(f"grid finished in {_fmt_duration(time.time() - start)}: "
                   f"{done_before + finished}/{total} done, {failed} failed"
                   + (f", {len(todo) - finished - failed} not run" if
                      len(todo) - finished - failed else ""))
     return {c.name: self.status["cells"][c.name] for c in cells}
+
+  def _run_parallel(self, run_next: Callable[[], bool], jobs: int):
+    """`jobs` threads take cells from the queue. An interrupt (in the main thread) stops every
+    running step; each thread then records its cell as interrupted."""
+    def worker():
+      try:
+        while run_next():
+          pass
+      except KeyboardInterrupt:
+        pass  # Recorded by run_next; the main thread re-raises.
+
+    threads = [threading.Thread(target=worker, name=f"grid-job-{i}", daemon=True)
+               for i in range(jobs)]
+    for t in threads:
+      t.start()
+    try:
+      for t in threads:
+        while t.is_alive():
+          t.join(0.2)
+    except KeyboardInterrupt:
+      with self._lock:
+        self._stopping = True
+        procs = list(self._procs)
+      for proc in procs:
+        _stop(proc)
+      for t in threads:
+        t.join()
+      raise
 
   def _best(self, cell: Cell) -> str:
     results = files.read_json(os.path.join(self.workdir(cell), next(iter(cell.evaluations)),
@@ -907,8 +1023,8 @@ class GridRunner:
       return f" (best layer {best['name']}: top-1 {100 * best['top1']:.1f}%)"
     return ""
 
-  def run_cell(self, cell: Cell, position: str = "", grid_start: Optional[float] = None,
-               remaining: Sequence[Cell] = ()) -> Dict[str, Any]:
+  def run_cell(self, cell: Cell, position: str = "", grid_start: Optional[float] = None
+               ) -> Dict[str, Any]:
     """Runs the steps of one cell that are not done yet; returns its status entry."""
     workdir = self.workdir(cell)
     os.makedirs(workdir, exist_ok=True)
@@ -919,7 +1035,7 @@ class GridRunner:
     steps_state = state.setdefault("steps", {})
     cell_start = time.time()
     self._set(cell, status="running", started=_now(), reused=False)
-    self._write_status(running=cell.name)
+    self._write_status()
     ran_pretext = False
     for step, flags in cell.steps(workdir):
       if step_done(cell, workdir, step, state):
@@ -940,10 +1056,11 @@ class GridRunner:
       write_json_atomic(state_path, state)
       argv = self.command + flags_to_args(flags)
       cpu_before = _children_cpu_s()
-      code, tail, seconds = self._run_step(cell, step, argv, workdir, position, grid_start,
-                                           cell_start, remaining)
+      code, tail, seconds = self._run_step(cell, step, argv, workdir, position, grid_start)
       steps_state[step].update(done=code == 0, seconds=round(seconds, 1), exit_code=code,
-                               cpu_s=round(_children_cpu_s() - cpu_before, 1), finished=_now())
+                               finished=_now())
+      if self.jobs == 1:  # The children's CPU time is this step's only when steps run alone.
+        steps_state[step]["cpu_s"] = round(_children_cpu_s() - cpu_before, 1)
       write_json_atomic(state_path, state)
       if code != 0:
         error = _error_line(tail)
@@ -974,7 +1091,7 @@ class GridRunner:
       f.write(line + "\n")
 
   def _run_step(self, cell: Cell, step: str, argv: List[str], workdir: str, position: str,
-                grid_start: Optional[float], cell_start: float, remaining: Sequence[Cell]):
+                grid_start: Optional[float]):
     """Runs one step, its output appended to log.txt; returns (exit code, last lines, seconds)."""
     label = ("pretext training + export" if step == "pretext" else
              f"per-layer evaluation {step.split(':', 1)[1]}")
@@ -985,8 +1102,13 @@ class GridRunner:
     with open(os.path.join(workdir, LOG_FILE), "a") as log:
       log.write(f"=== {_now()} step {step}: {' '.join(_quote(a) for a in argv)}\n")
       log.flush()
-      proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              bufsize=1, cwd=REPO_ROOT, env=self.env, errors="replace")
+      with self._lock:
+        if self._stopping:
+          raise KeyboardInterrupt
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1, cwd=REPO_ROOT, env=self.env,
+                                errors="replace")
+        self._procs.add(proc)
       try:
         for line in proc.stdout:
           log.write(line)
@@ -1000,7 +1122,7 @@ class GridRunner:
           elif _is_progress(line) and (self.tty or
                                        time.time() - last_progress >= self.progress_every_s):
             last_progress = time.time()
-            eta = self._eta(remaining, time.time() - cell_start)
+            eta = self._eta()
             shown = _ABSL_PREFIX.sub("", line).strip()[:120]
             text = (f"  {cell.name} {step} | {shown} | grid elapsed "
                     f"{_fmt_duration(time.time() - (grid_start or start))}, ETA "
@@ -1011,11 +1133,15 @@ class GridRunner:
             else:
               self.print_fn(text)
         code = proc.wait()
+        if self._stopping:  # Another job was interrupted and stopped this step.
+          raise KeyboardInterrupt
       except BaseException:
         _stop(proc)
         log.write(f"=== {_now()} interrupted ===\n")
         raise
       finally:
+        with self._lock:
+          self._procs.discard(proc)
         if self.tty and not self.stream_logs:
           sys.stdout.write("\r\033[K")
           sys.stdout.flush()

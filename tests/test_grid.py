@@ -31,6 +31,13 @@ FAKE_STEP = textwrap.dedent("""
     cell = wd if args["task"] != "linear_eval" else os.path.dirname(wd)
     with open(os.path.join(cell, "calls.txt"), "a") as f:
       f.write(json.dumps(sys.argv[1:]) + "\\n")
+    import atexit, time
+    begun = time.time()
+    def _times():  # When the step ran and with how many TF threads (the runner's --jobs).
+      with open(os.path.join(cell, "times.txt"), "a") as f:
+        threads = os.environ.get("TF_NUM_INTRAOP_THREADS", "-")
+        f.write(json.dumps([begun, time.time(), threads]) + "\\n")
+    atexit.register(_times)
     print("step 1/2 loss 1.3 | 10 img/s | ETA 0m01s", flush=True)
     if os.environ.get("FAKE_SLEEP"):
       open(os.path.join(cell, "pid"), "w").write(str(os.getpid()))
@@ -162,6 +169,44 @@ def test_expansion_names_and_precedence(configs, known):
   assert base.eval_flags["eval_preprocessing"] == "resize,-1_to_1"
   args = grid_lib.flags_to_args({"run_eval": True, "last_relu": False, "epochs": "1"})
   assert args == ["--run_eval", "--nolast_relu", "--epochs=1"]
+
+
+def test_patch_methods_get_a_random_init_baseline_on_their_patches(configs, known):
+  jigsaw = ("--task=jigsaw\n--dataset=toy\n--preprocessing=to_gray,crop,crop_patches,"
+            "standardization\n--crop_size=60\n--splits_per_side=3\n--patch_jitter=4\n")
+  for method, crop in (("jigsaw", 60), ("relative_patch_location", 60), ("other_patches", 48)):
+    os.makedirs(configs / "configs" / method, exist_ok=True)
+    (configs / "configs" / method / "toy.flags").write_text(
+        jigsaw.replace("jigsaw", method).replace("60", str(crop)))
+  base = GRID.split("[[cells]]")[0]
+  grid = grid_lib.load_grid(write_grid(configs, base + """
+      [[cells]]
+      method = ["rotation", "jigsaw", "relative_patch_location"]
+      flags = { filters_factor = 1 }
+      """), known, base_dir=str(configs))
+  names = grid.names()
+  # One whole-image baseline per architecture, and one on patches: jigsaw and relative patch
+  # location share their patch settings, rotation has none.
+  assert [n for n in names if n.startswith("random_init")] == [
+      "random_init-resnet50_v2-w1", "random_init-resnet50_v2-w1-patches"]
+  patches = grid.cell("random_init-resnet50_v2-w1-patches").eval_flags
+  assert patches["eval_preprocessing"] == "to_gray,crop,crop_patches,standardization"
+  assert (patches["crop_size"], patches["splits_per_side"], patches["patch_jitter"]) == (
+      "60", "3", "4")
+  assert "resize_size" not in patches  # [baselines]' whole-image size does not leak in.
+  assert patches["architecture"] == "resnet50" and patches["filters_factor"] == "1"
+  whole = grid.cell("random_init-resnet50_v2-w1").eval_flags
+  assert whole["eval_preprocessing"] == "resize,-1_to_1" and "crop_size" not in whole
+  # A second patch setting on the same architecture gets a baseline of its own.
+  grid = grid_lib.load_grid(write_grid(configs, base + """
+      [[cells]]
+      method = ["jigsaw", "other_patches"]
+      flags = { filters_factor = 1 }
+      """), known, base_dir=str(configs))
+  assert [n for n in grid.names() if n.startswith("random_init")] == [
+      "random_init-resnet50_v2-w1", "random_init-resnet50_v2-w1-patches",
+      "random_init-resnet50_v2-w1-patches2"]
+  assert grid.cell("random_init-resnet50_v2-w1-patches2").eval_flags["crop_size"] == "48"
 
 
 def test_other_axes_and_tags_make_names(configs, known):
@@ -448,6 +493,61 @@ def test_interrupt_stops_the_step_and_is_recorded(configs, known, fake_runner, t
   monkeypatch.delenv("FAKE_SLEEP")
   runner, _ = fake_runner(root)
   assert runner.run(cells)["rotation-vgg19-w1"]["status"] == "done"
+
+
+def test_jobs_run_cells_side_by_side_and_stop_together(configs, known, fake_runner, tmp_path,
+                                                       monkeypatch):
+  import signal  # pylint: disable=g-import-not-at-top
+  grid = grid_lib.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
+  names = ["random_init-vgg19-w1", "random_init-revnet50-w1", "random_init-resnet50_v2-w1"]
+  cells = grid_lib.select_cells(grid, names)
+  root = tmp_path / "root"
+  monkeypatch.setenv("FAKE_SLEEP", "1")
+  runner, lines = fake_runner(root, jobs=2)
+  statuses = runner.run(cells)
+  assert all(statuses[n]["status"] == "done" for n in names)
+  assert "3 to run, 2 at a time" in lines[0] and lines[-1].endswith("3/3 done, 0 failed")
+  times = {n: json.loads((root / n / "times.txt").read_text()) for n in names}
+  threads = str(max(1, (os.cpu_count() or 1) // 2))
+  assert all(t[2] == threads for t in times.values())
+  # Two ran at once; the third started when one of them had finished.
+  (s1, e1, _), (s2, e2, _), (s3, _, _) = sorted(times.values())
+  assert s2 < e1 and s1 < e2
+  assert s3 >= min(e1, e2) - 0.1
+  status = json.loads((root / "grid_status.json").read_text())
+  assert status["summary"] == {"total": 3, "done": 3} and status["running"] == []
+
+  # An interrupt stops both running steps; both cells are recorded as interrupted.
+  for n in names[:2]:
+    os.remove(root / n / "linear_eval" / "results.json")
+    os.remove(root / n / "pid")
+  monkeypatch.setenv("FAKE_SLEEP", "60")
+  runner, lines = fake_runner(root, jobs=2)
+
+  def interrupt(signum, frame):
+    if not all((root / n / "pid").exists() for n in names[:2]):
+      signal.setitimer(signal.ITIMER_REAL, 0.2)
+      return
+    raise KeyboardInterrupt
+
+  previous = signal.signal(signal.SIGALRM, interrupt)
+  try:
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    start = time.time()
+    with pytest.raises(KeyboardInterrupt):
+      runner.run(cells)
+  finally:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
+  assert time.time() - start < 30
+  status = json.loads((root / "grid_status.json").read_text())
+  for n in names[:2]:
+    with pytest.raises(ProcessLookupError):
+      os.kill(int((root / n / "pid").read_text()), 0)
+    assert status["cells"][n]["status"] == "interrupted"
+  assert status["cells"][names[2]]["status"] == "done"
+  with pytest.raises(ValueError, match="jobs must be a positive integer, got 0"):
+    grid_lib.GridRunner(str(root), jobs=0)
 
 
 def _benchmark(*args, env=None):
