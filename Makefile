@@ -18,9 +18,11 @@ $(STAMP): requirements.txt requirements-lock.txt
 # The main job on the embedded dataset: the demo grid (configs/grids/shapes.toml), i.e. every
 # pretext method and four architectures, pretraining, export and per-layer evaluation of each, the
 # random-init baselines, then the report in $(WORKDIR)/grid_shapes/report/. Finished cells are
-# skipped and interrupted ones resume, so run it again after an interruption.
+# skipped and interrupted ones resume, so run it again after an interruption. Two cells run at a
+# time, one TF thread each (JOBS=1 for one at a time).
+JOBS ?= 2
 demo: $(STAMP)
-	$(BIN)/python benchmark.py --grid=configs/grids/shapes.toml --root=$(WORKDIR)/grid_shapes
+	$(BIN)/python benchmark.py --grid=configs/grids/shapes.toml --root=$(WORKDIR)/grid_shapes --jobs=$(JOBS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
