@@ -296,7 +296,7 @@ def run_linear_eval(config: LinearEvalConfig) -> Dict[str, Any]:
   info = rep.info
   source = dict(hub_module=info.get("source"), task=info.get("task"),
                 architecture=info.get("architecture"), filters_factor=info.get("filters_factor"),
-                mode=info.get("mode"))
+                mode=info.get("mode"), eval_preprocessing=eval_spec)
   dataset = dict(name=config.dataset, train_split=config.train_split,
                  val_split=config.val_split, num_classes=num_classes,
                  num_train_examples=num_train, num_val_examples=num_val)

@@ -93,6 +93,15 @@ class CellResult:
   def top1(self, layer: str) -> Optional[float]:
     return ((self.results.get("layers") or {}).get(layer) or {}).get("top1")
 
+  @property
+  def on_patches(self) -> bool:
+    """Whether the features came from patches (`crop_patches` in the evaluation spec; results
+    written before the spec was recorded: in the pretext training spec of cell.json)."""
+    spec = ((self.results.get("source") or {}).get("eval_preprocessing")
+            or (self.results.get("config") or {}).get("eval_preprocessing")
+            or ((self.state or {}).get("pretext_flags") or {}).get("preprocessing") or "")
+    return "crop_patches" in (op.strip() for op in str(spec).split(","))
+
   def arch_label(self) -> str:
     return f"{self.architecture} {self.mode}" if self.mode else self.architecture
 
@@ -293,11 +302,33 @@ def _label(cell: CellResult) -> str:
   return f"*{_md(cell.name)}* ({label})" if label else _md(cell.name)
 
 
+def baseline_of(cell: CellResult, group: Sequence[CellResult]) -> Optional[CellResult]:
+  """The random-init cell of `group` (one table) that `cell` is compared with: the same
+  architecture, version and width, on the same input (whole images or patches)."""
+  if cell.kind == RANDOM_INIT:
+    return None
+  for other in group:
+    if (other.kind == RANDOM_INIT and other.architecture == cell.architecture
+        and other.mode == cell.mode and other.width == cell.width
+        and other.on_patches == cell.on_patches and other.best_layer):
+      return other
+  return None
+
+
+def best_over_baseline(cell: CellResult, group: Sequence[CellResult]) -> Optional[float]:
+  """Best-layer top-1 of `cell` less that of its random-init baseline (fractions)."""
+  base = baseline_of(cell, group)
+  if base is None or not cell.best_layer or cell.top1(cell.best_layer) is None:
+    return None
+  return cell.top1(cell.best_layer) - base.top1(base.best_layer)
+
+
 def markdown_table(cells: Sequence[CellResult], layers: Sequence[str]) -> str:
   header = (["cell", "method", "architecture", "width", "pretext acc."] + list(layers) +
-            ["best layer", "wall time"])
+            ["best layer", "vs random init", "wall time"])
   lines = ["| " + " | ".join(header) + " |",
-           "|" + "|".join([":--"] * 3 + ["--:"] * (len(header) - 5) + [":--", "--:"]) + "|"]
+           "|" + "|".join([":--"] * 3 + ["--:"] * (len(header) - 6) + [":--", "--:", "--:"])
+           + "|"]
   for cell in cells:
     best = cell.best_layer
     values = []
@@ -305,10 +336,12 @@ def markdown_table(cells: Sequence[CellResult], layers: Sequence[str]) -> str:
       text = _pct(cell.top1(layer))
       values.append(f"**{text}**" if layer == best and text != "-" else text)
     pretext = _pct(cell.pretext_accuracy) if cell.kind != RANDOM_INIT else "-"
+    gain = best_over_baseline(cell, cells)
     lines.append("| " + " | ".join(
         [_label(cell), _md(cell.method), _md(cell.arch_label()),
          str(cell.width if cell.width is not None else "-"), pretext] + values +
-        [_md(best or "-"), _duration(cell.wall_s)]) + " |")
+        [_md(best or "-"), "-" if gain is None else f"{100 * gain:+.1f}",
+         _duration(cell.wall_s)]) + " |")
   return "\n".join(lines)
 
 
@@ -421,13 +454,13 @@ def csv_rows(cells: Sequence[CellResult]) -> List[Dict[str, Any]]:
             layer=layer, depth=depth, dim=entry.get("dim"), top1=entry.get("top1"),
             top5=entry.get("top5"), loss=entry.get("loss"), knn_top1=entry.get("knn_top1"),
             best=int(layer == cell.best_layer), pretext_accuracy=cell.pretext_accuracy,
-            wall_s=cell.wall_s))
+            best_over_random_init=best_over_baseline(cell, group), wall_s=cell.wall_s))
   return rows
 
 
 CSV_FIELDS = ("evaluation", "family", "cell", "root", "kind", "method", "architecture", "mode",
               "width", "layer", "depth", "dim", "top1", "top5", "loss", "knn_top1", "best",
-              "pretext_accuracy", "wall_s")
+              "pretext_accuracy", "best_over_random_init", "wall_s")
 
 
 def report_data(cells: Sequence[CellResult], failures: Sequence[Mapping[str, Any]] = (),
@@ -442,7 +475,8 @@ def report_data(cells: Sequence[CellResult], failures: Sequence[Mapping[str, Any
         cells=[dict(name=c.name, root=c.root, kind=c.kind, method=c.method,
                     architecture=c.architecture, mode=c.mode, width=c.width,
                     pretext_accuracy=c.pretext_accuracy, best_layer=c.best_layer,
-                    best_top1=c.top1(c.best_layer) if c.best_layer else None, wall_s=c.wall_s,
+                    best_top1=c.top1(c.best_layer) if c.best_layer else None,
+                    best_over_random_init=best_over_baseline(c, group), wall_s=c.wall_s,
                     layers={n: (c.results.get("layers") or {}).get(n) for n in layers
                             if n in (c.results.get("layers") or {})})
                for c in group]))
@@ -470,6 +504,9 @@ def write_report(cells: Sequence[CellResult], out_dir: str, roots: Sequence[str]
                "the row's best layer. *pretext acc.*: accuracy of the pretext task on its "
                "validation split (for the supervised reference, the class labels). Reference "
                "rows: the supervised network and the randomly initialised one (baseline). "
+               "*vs random init*: the row's best-layer top-1 less that of the random-init "
+               "baseline of the same architecture and width on the same input (whole images, "
+               "or patches for the patch methods), in points. "
                "*wall time*: training + export + evaluation of the cell, including start-up.")
   lines.append("")
   plots = []

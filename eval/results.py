@@ -5,7 +5,7 @@ Schema (format_version 1):
     "format_version": 1,
     "config": {...},                   every LinearEvalConfig field
     "source": {"hub_module": <export path> | "random_init", "task", "architecture",
-               "filters_factor", "mode"},
+               "filters_factor", "mode", "eval_preprocessing": the spec the features came from},
     "dataset": {"name", "train_split", "val_split", "num_classes",
                 "num_train_examples",  examples the heads were trained on
                 "num_val_examples"},
@@ -63,7 +63,8 @@ def build_results(config: Mapping[str, Any], source: Mapping[str, Any],
       "format_version": FORMAT_VERSION,
       "config": _jsonable(dict(config)),
       "source": {key: source.get(key) for key in
-                 ("hub_module", "task", "architecture", "filters_factor", "mode")},
+                 ("hub_module", "task", "architecture", "filters_factor", "mode",
+                  "eval_preprocessing")},
       "dataset": dict(dataset),
       "low_label": dict(low_label) if low_label else None,
       "layer_order": list(layer_order),

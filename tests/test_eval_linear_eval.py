@@ -204,7 +204,8 @@ def test_run_linear_eval(tmp_path, monkeypatch, export_dir):
   assert os.listdir(config.workdir) == ["results.json"]
   assert ("preprocess", "toy_eval", False) in data.calls  # The export's eval preprocessing.
   assert r["source"] == dict(hub_module=os.path.abspath(export_dir), task="toy",
-                             architecture="toy", filters_factor=1, mode="v2")
+                             architecture="toy", filters_factor=1, mode="v2",
+                             eval_preprocessing="toy_eval")
   assert r["layer_order"] == LAYERS
   assert r["low_label"] == dict(train_fraction=None, examples_per_class=20, seed=0,
                                 num_train_examples=60)
@@ -236,7 +237,8 @@ def test_random_init_baseline(tmp_path, monkeypatch):
                        decay_epochs=(), max_features=9000)
   r = linear_eval.run_linear_eval(config)
   assert r["source"] == dict(hub_module="random_init", task="random_init",
-                             architecture="resnet50", filters_factor=1, mode="v2")
+                             architecture="resnet50", filters_factor=1, mode="v2",
+                             eval_preprocessing="resize,-1_to_1")
   assert r["layer_order"] == models.end_point_names("resnet50")
   assert r["layers"]["block4"]["dim"] == 512 and r["layers"]["block1"]["dim"] == 4096
   assert all(0 <= e["top1"] <= 1 for e in r["layers"].values())

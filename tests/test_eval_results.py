@@ -19,7 +19,8 @@ def make_results(config=None, knn=False):
       entry["knn_top1"] = 0.3 + 0.1 * i
   return results.build_results(
       config, dict(hub_module="/w/export", task="rotation", architecture="resnet50",
-                   filters_factor=4, mode="v2", extra="dropped"),
+                   filters_factor=4, mode="v2", eval_preprocessing="resize,-1_to_1",
+                   extra="dropped"),
       dict(name="shapes", train_split="train", val_split="test", num_classes=10,
            num_train_examples=100, num_val_examples=50),
       ["block1", "block2", "pre_logits"], layers,
@@ -31,7 +32,7 @@ def test_schema():
   assert set(r) == {"format_version", "config", "source", "dataset", "low_label", "layer_order",
                     "layers", "best_layer", "times"}
   assert r["source"] == dict(hub_module="/w/export", task="rotation", architecture="resnet50",
-                             filters_factor=4, mode="v2")
+                             filters_factor=4, mode="v2", eval_preprocessing="resize,-1_to_1")
   assert r["config"]["decay_epochs"] == [10.0, 20.0]
   assert r["layer_order"] == ["block1", "block2", "pre_logits"]
   assert set(r["layers"]["block1"]) == {"dim", "top1", "top5", "loss", "knn_top1"}

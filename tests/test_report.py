@@ -18,7 +18,7 @@ VGG = ["block1", "block2", "block3", "block4", "block5", "fc6", "pre_logits"]
 
 def write_cell(root, name, kind, method, arch, width, top1, order=None, pretext_acc=None,
                mode="v2", wall_s=100.0, with_state=True, dataset="shapes",
-               evaluation="linear_eval"):
+               evaluation="linear_eval", eval_spec="resize,-1_to_1"):
   """A cell directory as the runner leaves it: cell.json, pretext_results.json and
   <evaluation>/results.json (without cell.json: results.json in the directory itself)."""
   directory = os.path.join(root, name)
@@ -32,7 +32,8 @@ def write_cell(root, name, kind, method, arch, width, top1, order=None, pretext_
                  "on_the_fly": False, "hub_module": None if kind == "random_init" else "x"},
       "source": {"hub_module": "random_init" if kind == "random_init" else f"{directory}/export",
                  "task": "random_init" if kind == "random_init" else method,
-                 "architecture": arch, "filters_factor": width, "mode": mode},
+                 "architecture": arch, "filters_factor": width, "mode": mode,
+                 "eval_preprocessing": eval_spec},
       "dataset": {"name": dataset, "train_split": "train", "val_split": "test",
                   "num_classes": 10},
       "low_label": None,
@@ -87,26 +88,55 @@ def root(tmp_path):
   return root
 
 
+def test_patch_methods_are_compared_with_the_baseline_on_patches(tmp_path):
+  root = str(tmp_path / "root")
+  patches = "to_gray,crop,crop_patches,standardization"
+  write_cell(root, "rotation-resnet50_v2-w1", "pretext", "rotation", "resnet50", 1,
+             resnet_values(3, 0.3), pretext_acc=0.9)
+  write_cell(root, "jigsaw-resnet50_v2-w1", "pretext", "jigsaw", "resnet50", 1,
+             resnet_values(2, 0.1), pretext_acc=0.1, eval_spec=patches)
+  write_cell(root, "random_init-resnet50_v2-w1", "random_init", "random_init", "resnet50", 1,
+             resnet_values(1, 0.1))
+  write_cell(root, "random_init-resnet50_v2-w1-patches", "random_init", "random_init",
+             "resnet50", 1, resnet_values(1, 0.05), eval_spec=patches)
+  write_cell(root, "rotation-resnet50_v2-w2", "pretext", "rotation", "resnet50", 2,
+             resnet_values(3, 0.3), pretext_acc=0.9)
+  cells, _ = report_lib.load_cells([root])
+  by_name = {c.name: c for c in cells}
+  assert by_name["jigsaw-resnet50_v2-w1"].on_patches
+  assert not by_name["rotation-resnet50_v2-w1"].on_patches
+  gains = {c.name: report_lib.best_over_baseline(c, cells) for c in cells}
+  assert gains["rotation-resnet50_v2-w1"] == pytest.approx(0.5 - 0.3)   # Whole-image baseline.
+  assert gains["jigsaw-resnet50_v2-w1"] == pytest.approx(0.3 - 0.25)    # The one on patches.
+  assert gains["rotation-resnet50_v2-w2"] is None                       # No width-2 baseline.
+  assert gains["random_init-resnet50_v2-w1-patches"] is None
+
+
 def test_report_tables_best_layer_csv_json_and_plots(root, tmp_path):
   paths, summary = report_lib.make_report([root])
   assert paths["markdown"] == os.path.join(root, "report", "report.md")
   md = open(paths["markdown"]).read()
   # One table per family, columns in depth order.
   resnet_header = ("| cell | method | architecture | width | pretext acc. | after_root | block1 | "
-                   "block2 | block3 | block4 | pre_logits | best layer | wall time |")
+                   "block2 | block3 | block4 | pre_logits | best layer | vs random init | "
+                   "wall time |")
   vgg_header = ("| cell | method | architecture | width | pretext acc. | block1 | block2 | "
-                "block3 | block4 | block5 | fc6 | pre_logits | best layer | wall time |")
+                "block3 | block4 | block5 | fc6 | pre_logits | best layer | vs random init | "
+                "wall time |")
   assert resnet_header in md and vgg_header in md
   assert md.index("ResNet / RevNet") < md.index("- VGG")
   # Rows: the method first, then the references; best layer bold; pretext accuracy; wall time.
   rows = [l for l in md.splitlines() if l.startswith("| ") and "resnet50" in l]
   assert rows[0].startswith("| rotation-resnet50_v2-w1 | rotation | resnet50 v2 | 1 | 90.0 | "
-                            "30.0 | 32.0 | 34.0 | **50.0** | 38.0 | 40.0 | block3 | 12m34s |")
+                            "30.0 | 32.0 | 34.0 | **50.0** | 38.0 | 40.0 | block3 | +20.0 | "
+                            "12m34s |")
   assert rows[1].startswith("| *supervised-resnet50_v2-w1* (reference) |")
-  assert "**70.0** | pre_logits |" in rows[1]
+  assert "**70.0** | pre_logits | +40.0 |" in rows[1]
+  assert "| block1 | - |" in rows[2]  # The baseline itself.
   assert rows[2].startswith("| *random_init-resnet50_v2-w1* (baseline) | random_init | "
                             "resnet50 v2 | 1 | - | 10.0 | **30.0** |")
   assert "| rotation-vgg19-w1 | rotation | vgg19 | 1 | 80.0 | 20.0 | 21.0 | 22.0 | **53.0** |" in md
+  assert "| block4 | - |" in md  # No VGG baseline to compare with.
   assert "## Failed cells" in md and "unknown task 'jigsaw'" in md
   assert "## Configs" in md and "--run_eval" in md
   assert "- `rotation-vgg19-w1`: `--task=rotation --architecture=vgg19`" in md
@@ -121,6 +151,7 @@ def test_report_tables_best_layer_csv_json_and_plots(root, tmp_path):
   assert [r["layer"] for r in rot if r["best"] == "1"] == ["block3"]
   assert float(rot[3]["top1"]) == pytest.approx(0.5)
   assert float(rot[0]["pretext_accuracy"]) == pytest.approx(0.9)
+  assert float(rot[0]["best_over_random_init"]) == pytest.approx(0.2)
   assert rot[0]["kind"] == "pretext" and rot[0]["family"] == "resnet"
 
   data = json.load(open(paths["json"]))
@@ -131,6 +162,7 @@ def test_report_tables_best_layer_csv_json_and_plots(root, tmp_path):
       "rotation-resnet50_v2-w1", "supervised-resnet50_v2-w1", "random_init-resnet50_v2-w1"]
   assert resnet["cells"][0]["best_layer"] == "block3"
   assert resnet["cells"][0]["layers"]["block3"]["top1"] == pytest.approx(0.5)
+  assert resnet["cells"][0]["best_over_random_init"] == pytest.approx(0.2)
   assert data["failed"][0]["name"] == "jigsaw-resnet50_v2-w1"
 
   assert len(paths["plots"]) == 2
