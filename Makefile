@@ -19,7 +19,7 @@ $(STAMP): requirements.txt requirements-lock.txt
 # pretext method and four architectures, pretraining, export and per-layer evaluation of each, the
 # random-init baselines, then the report in $(WORKDIR)/grid_shapes/report/. Finished cells are
 # skipped and interrupted ones resume, so run it again after an interruption. Two cells run at a
-# time, one TF thread each (JOBS=1 for one at a time).
+# time, each on half of the CPU cores (JOBS=1: one at a time, as on an accelerator).
 JOBS ?= 2
 demo: $(STAMP)
 	$(BIN)/python benchmark.py --grid=configs/grids/shapes.toml --root=$(WORKDIR)/grid_shapes --jobs=$(JOBS)
@@ -37,7 +37,7 @@ GRID_ROOT ?= $(WORKDIR)/grid_$(basename $(notdir $(GRID)))
 .PHONY: grid report
 
 grid: $(STAMP)
-	$(BIN)/python benchmark.py --grid=$(GRID) --root=$(GRID_ROOT)
+	$(BIN)/python benchmark.py --grid=$(GRID) --root=$(GRID_ROOT) --jobs=$(JOBS)
 
 report: $(STAMP)
 	$(BIN)/python benchmark.py --report_only --root=$(GRID_ROOT)
