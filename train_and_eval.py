@@ -61,6 +61,10 @@ flags.DEFINE_integer("filters_factor", None, "Width factor (standard width: 4 fo
 flags.DEFINE_enum("mode", "v2", ["v1", "v2"], "ResNet version: v1 post-activation, v2 "
                   "pre-activation.")
 flags.DEFINE_boolean("last_relu", True, "Apply the network's final ReLU (ResNet).")
+flags.DEFINE_boolean("zero_init_residual", False, "Pretext training: start every residual "
+                     "branch of ResNet / RevNet at zero (last BN scale in v1, last conv in v2), "
+                     "so that short runs leave chance level sooner. Off in the 2019 code; the "
+                     "random-init baseline keeps the standard initialisation.")
 # Pretext heads.
 flags.DEFINE_integer("embed_dim", 1000, "jigsaw, relative_patch_location, exemplar: size of the "
                      "per-patch (per-copy) embedding, the backbone's logits layer.")
@@ -175,7 +179,8 @@ def config_from_flags():
       task=FLAGS.task, workdir=FLAGS.workdir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
       train_split=FLAGS.train_split, val_split=FLAGS.val_split,
       architecture=FLAGS.architecture, filters_factor=FLAGS.filters_factor, mode=FLAGS.mode,
-      last_relu=FLAGS.last_relu, preprocessing=FLAGS.preprocessing or "",
+      last_relu=FLAGS.last_relu, zero_init_residual=FLAGS.zero_init_residual,
+      preprocessing=FLAGS.preprocessing or "",
       resize_size=_size(FLAGS.resize_size, "resize_size"), smaller_size=FLAGS.smaller_size,
       crop_size=_size(FLAGS.crop_size, "crop_size"),
       grayscale_probability=FLAGS.grayscale_probability,

@@ -24,6 +24,7 @@ class Config:
   filters_factor: Optional[int] = None    # None: the architecture's standard width
   mode: str = "v2"
   last_relu: bool = True
+  zero_init_residual: bool = False        # ResNet/RevNet residual branches start at zero
   # Preprocessing.
   preprocessing: str = ""
   resize_size: Optional[Tuple[int, int]] = None

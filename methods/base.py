@@ -69,4 +69,5 @@ def classification_spec(logits: tf.Tensor, labels: tf.Tensor, mode: str,
 def backbone_kwargs(config) -> dict:
   """The backbone settings that come from the config."""
   return dict(filters_factor=config.filters_factor, mode=config.mode, last_relu=config.last_relu,
+              zero_init_residual=config.zero_init_residual,
               sync_bn=config.strategy != "default")

@@ -31,11 +31,13 @@ PATCH_STRIDES = dict(root_conv_stride=1, strides=(2, 2, 1))
 def get_model(architecture: str, *, num_classes: Optional[int] = None,
               filters_factor: Optional[int] = None, mode: str = "v2", last_relu: bool = True,
               root_conv_stride: int = 2, strides: tuple = (2, 2, 2), bn_momentum: float = 0.9,
-              sync_bn: bool = False, name: Optional[str] = None) -> keras.Model:
+              sync_bn: bool = False, zero_init_residual: bool = False,
+              name: Optional[str] = None) -> keras.Model:
   """Builds a backbone; `model(images, training=...)` returns a dict of end points.
 
   `mode` ("v1" / "v2") only changes resnet50 but is validated for all. `last_relu`,
-  `root_conv_stride` and `strides` apply to resnet50 and revnet50; vgg19 ignores them.
+  `root_conv_stride`, `strides` and `zero_init_residual` (every residual branch starts at zero)
+  apply to resnet50 and revnet50; vgg19 ignores them.
   `filters_factor=None` means the architecture's default (standard width).
   """
   arch = ARCHITECTURES.get(architecture)
@@ -47,7 +49,8 @@ def get_model(architecture: str, *, num_classes: Optional[int] = None,
   return arch.build(
       num_classes=num_classes, filters_factor=filters_factor, mode=mode,
       last_relu=bool(last_relu), root_conv_stride=root_conv_stride, strides=strides,
-      bn_momentum=bn_momentum, sync_bn=bool(sync_bn), name=name)
+      bn_momentum=bn_momentum, sync_bn=bool(sync_bn),
+      zero_init_residual=bool(zero_init_residual), name=name)
 
 
 def end_point_names(architecture: str, with_logits: bool = False) -> List[str]:

@@ -19,23 +19,27 @@ class Architecture:
   weight_decay: float
 
 
-def batch_norm(name: str, momentum: float, synchronized: bool) -> keras.layers.Layer:
-  """BatchNorm as every backbone uses it (epsilon 1e-5, optionally cross-replica)."""
+def batch_norm(name: str, momentum: float, synchronized: bool,
+               zero_init: bool = False) -> keras.layers.Layer:
+  """BatchNorm as every backbone uses it (epsilon 1e-5, optionally cross-replica).
+  `zero_init`: zero scale, for the last BN of a residual branch (`zero_init_residual`)."""
   return keras.layers.BatchNormalization(
-      momentum=momentum, epsilon=BN_EPSILON, synchronized=synchronized, name=name)
+      momentum=momentum, epsilon=BN_EPSILON, synchronized=synchronized,
+      gamma_initializer="zeros" if zero_init else "ones", name=name)
 
 
 def conv(filters: int, kernel_size: int, name: str, strides: int = 1,
-         padding: Optional[str] = None) -> keras.layers.Layer:
+         padding: Optional[str] = None, zero_init: bool = False) -> keras.layers.Layer:
   """A bias-free convolution (a BatchNorm always follows or precedes it).
 
   Strided convolutions default to VALID padding: put `fixed_padding` in front of them.
+  `zero_init`: zero kernel, for the last conv of a residual branch (`zero_init_residual`).
   """
   if padding is None:
     padding = "same" if strides == 1 else "valid"
   return keras.layers.Conv2D(
       filters, kernel_size, strides=strides, padding=padding, use_bias=False,
-      kernel_initializer="he_normal", name=name)
+      kernel_initializer="zeros" if zero_init else "he_normal", name=name)
 
 
 def fixed_padding(kernel_size: int, name: str) -> keras.layers.Layer:

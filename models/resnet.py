@@ -3,6 +3,10 @@
 Bottleneck units as in the 2019 code: the stride sits in the 3x3 conv, and a projection
 shortcut (1x1 conv with the stride) appears where the shape changes, i.e. in the first
 unit of each block. At filters_factor=4 the widths are the standard 64 / 256..2048.
+
+`zero_init_residual` (off in the 2019 code) starts every residual branch at zero: the last BN
+scale of a v1 unit, the last conv of a v2 unit. The network then starts as its shortcut path
+and trains much faster early on (Goyal et al. 2017), which short runs on a CPU need.
 """
 
 from typing import Optional, Tuple
@@ -20,10 +24,11 @@ class BottleneckV1(keras.layers.Layer):
   """Post-activation bottleneck: conv-BN-ReLU x2, conv-BN, add shortcut, ReLU."""
 
   def __init__(self, filters: int, strides: int, project: bool, bn_momentum: float,
-               sync_bn: bool, final_relu: bool = True, name: Optional[str] = None):
+               sync_bn: bool, final_relu: bool = True, zero_init: bool = False,
+               name: Optional[str] = None):
     super().__init__(name=name)
     width = filters // 4
-    bn = lambda n: common.batch_norm(n, bn_momentum, sync_bn)
+    bn = lambda n, zero=False: common.batch_norm(n, bn_momentum, sync_bn, zero_init=zero)
     self.final_relu = final_relu
     self.proj = common.conv(filters, 1, "proj", strides=strides) if project else None
     self.proj_bn = bn("proj_bn") if project else None
@@ -33,7 +38,7 @@ class BottleneckV1(keras.layers.Layer):
     self.conv2 = common.conv(width, 3, "conv2", strides=strides)
     self.bn2 = bn("bn2")
     self.conv3 = common.conv(filters, 1, "conv3")
-    self.bn3 = bn("bn3")
+    self.bn3 = bn("bn3", zero_init)
 
   def build(self, input_shape):
     common.build_sequence(input_shape, self.proj, self.proj_bn)
@@ -60,7 +65,7 @@ class BottleneckV2(keras.layers.Layer):
   """Pre-activation bottleneck: BN-ReLU-conv x3 plus shortcut (projected from the pre-activation)."""
 
   def __init__(self, filters: int, strides: int, project: bool, bn_momentum: float,
-               sync_bn: bool, name: Optional[str] = None):
+               sync_bn: bool, zero_init: bool = False, name: Optional[str] = None):
     super().__init__(name=name)
     width = filters // 4
     bn = lambda n: common.batch_norm(n, bn_momentum, sync_bn)
@@ -71,7 +76,7 @@ class BottleneckV2(keras.layers.Layer):
     self.pad2 = common.fixed_padding(3, "pad2") if strides > 1 else None
     self.conv2 = common.conv(width, 3, "conv2", strides=strides)
     self.bn2 = bn("bn2")
-    self.conv3 = common.conv(filters, 1, "conv3")
+    self.conv3 = common.conv(filters, 1, "conv3", zero_init=zero_init)
 
   def build(self, input_shape):
     common.build_sequence(input_shape, self.preact_bn, self.proj)
@@ -133,7 +138,7 @@ class ResNet(common.StagedBackbone):
 
   def __init__(self, *, num_classes: Optional[int], filters_factor: int, mode: str,
                last_relu: bool, root_conv_stride: int, strides: Tuple[int, int, int],
-               bn_momentum: float, sync_bn: bool, name: str):
+               bn_momentum: float, sync_bn: bool, zero_init_residual: bool, name: str):
     super().__init__(num_classes, name)
     self.mode = mode
     v1 = mode == "v1"
@@ -143,7 +148,7 @@ class ResNet(common.StagedBackbone):
     plan = list(block_plan(filters_factor, strides))
     for i, (b, u, filters, stride) in enumerate(plan):
       kwargs = dict(filters=filters, strides=stride, project=u == 0, bn_momentum=bn_momentum,
-                    sync_bn=sync_bn, name=f"block{b}_unit{u + 1}")
+                    sync_bn=sync_bn, zero_init=zero_init_residual, name=f"block{b}_unit{u + 1}")
       if v1:
         # `last_relu` governs the ReLU after the addition of the very last unit.
         unit = BottleneckV1(final_relu=last_relu or i < len(plan) - 1, **kwargs)
@@ -158,8 +163,9 @@ class ResNet(common.StagedBackbone):
 
 def build(*, num_classes: Optional[int], filters_factor: int, mode: str, last_relu: bool,
           root_conv_stride: int, strides: Tuple[int, int, int], bn_momentum: float,
-          sync_bn: bool, name: Optional[str]) -> keras.Model:
+          sync_bn: bool, zero_init_residual: bool, name: Optional[str]) -> keras.Model:
   """Builds ResNet-50 in `mode` "v1" or "v2"."""
   return ResNet(num_classes=num_classes, filters_factor=filters_factor, mode=mode,
                 last_relu=last_relu, root_conv_stride=root_conv_stride, strides=strides,
-                bn_momentum=bn_momentum, sync_bn=sync_bn, name=name or "resnet50")
+                bn_momentum=bn_momentum, sync_bn=sync_bn, zero_init_residual=zero_init_residual,
+                name=name or "resnet50")

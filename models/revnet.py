@@ -9,6 +9,7 @@ reversible units: the channels split into halves x1, x2 and
 with F, G pre-activation bottleneck residual functions (no shortcut of their own) that map
 C/2 channels to C/2 channels through a C/8 bottleneck. Unit counts [3, 4, 6, 3] and widths
 are those of ResNet-50 at the same filters_factor. Backprop stores activations as usual.
+`zero_init_residual` zeroes the last conv of every F, G and transition unit (see resnet.py).
 """
 
 from typing import Optional, Tuple
@@ -25,7 +26,7 @@ END_POINTS = resnet.END_POINTS
 class ResidualFunction(keras.layers.Layer):
   """BN-ReLU-conv1x1, BN-ReLU-conv3x3, BN-ReLU-conv1x1: the F or G of a reversible unit."""
 
-  def __init__(self, filters: int, bn_momentum: float, sync_bn: bool,
+  def __init__(self, filters: int, bn_momentum: float, sync_bn: bool, zero_init: bool = False,
                name: Optional[str] = None):
     super().__init__(name=name)
     width = filters // 4
@@ -35,7 +36,7 @@ class ResidualFunction(keras.layers.Layer):
     self.bn2 = bn("bn2")
     self.conv2 = common.conv(width, 3, "conv2")
     self.bn3 = bn("bn3")
-    self.conv3 = common.conv(filters, 1, "conv3")
+    self.conv3 = common.conv(filters, 1, "conv3", zero_init=zero_init)
 
   def build(self, input_shape):
     common.build_sequence(input_shape, self.bn1, self.conv1, self.bn2, self.conv2, self.bn3,
@@ -53,13 +54,13 @@ class ResidualFunction(keras.layers.Layer):
 class ReversibleUnit(keras.layers.Layer):
   """y1 = x1 + F(x2), y2 = x2 + G(y1) on the two channel halves; output concat(y1, y2)."""
 
-  def __init__(self, filters: int, bn_momentum: float, sync_bn: bool,
+  def __init__(self, filters: int, bn_momentum: float, sync_bn: bool, zero_init: bool = False,
                name: Optional[str] = None):
     super().__init__(name=name)
     if filters % 2:
       raise ValueError(f"a reversible unit needs an even channel count, got {filters}")
-    self.f = ResidualFunction(filters // 2, bn_momentum, sync_bn, name="f")
-    self.g = ResidualFunction(filters // 2, bn_momentum, sync_bn, name="g")
+    self.f = ResidualFunction(filters // 2, bn_momentum, sync_bn, zero_init, name="f")
+    self.g = ResidualFunction(filters // 2, bn_momentum, sync_bn, zero_init, name="g")
     self.filters = filters
 
   def build(self, input_shape):
@@ -91,7 +92,7 @@ class RevNet(common.StagedBackbone):
 
   def __init__(self, *, num_classes: Optional[int], filters_factor: int, last_relu: bool,
                root_conv_stride: int, strides: Tuple[int, int, int], bn_momentum: float,
-               sync_bn: bool, name: str):
+               sync_bn: bool, zero_init_residual: bool, name: str):
     super().__init__(num_classes, name)
     self.root = resnet.Root(16 * filters_factor, root_conv_stride, False, bn_momentum,
                             sync_bn, name="root")
@@ -100,9 +101,10 @@ class RevNet(common.StagedBackbone):
     for b, u, filters, stride in plan:
       if u == 0:
         unit = resnet.BottleneckV2(filters, stride, True, bn_momentum, sync_bn,
-                                   name=f"block{b}_unit1")
+                                   zero_init=zero_init_residual, name=f"block{b}_unit1")
       else:
-        unit = ReversibleUnit(filters, bn_momentum, sync_bn, name=f"block{b}_unit{u + 1}")
+        unit = ReversibleUnit(filters, bn_momentum, sync_bn, zero_init_residual,
+                              name=f"block{b}_unit{u + 1}")
       units.append(unit)
     self._set_units(units, [b for b, *_ in plan])
     self._set_final_bn(common.batch_norm("final_bn", bn_momentum, sync_bn), last_relu)
@@ -110,9 +112,10 @@ class RevNet(common.StagedBackbone):
 
 def build(*, num_classes: Optional[int], filters_factor: int, mode: str, last_relu: bool,
           root_conv_stride: int, strides: Tuple[int, int, int], bn_momentum: float,
-          sync_bn: bool, name: Optional[str]) -> keras.Model:
+          sync_bn: bool, zero_init_residual: bool, name: Optional[str]) -> keras.Model:
   """Builds RevNet-50; `mode` is ignored (RevNet is always pre-activation)."""
   del mode
   return RevNet(num_classes=num_classes, filters_factor=filters_factor, last_relu=last_relu,
                 root_conv_stride=root_conv_stride, strides=strides, bn_momentum=bn_momentum,
-                sync_bn=sync_bn, name=name or "revnet50")
+                sync_bn=sync_bn, zero_init_residual=zero_init_residual,
+                name=name or "revnet50")

@@ -127,8 +127,9 @@ class VGG(common.Backbone):
 
 def build(*, num_classes: Optional[int], filters_factor: int, mode: str, last_relu: bool,
           root_conv_stride: int, strides, bn_momentum: float, sync_bn: bool,
-          name: Optional[str]) -> keras.Model:
-  """Builds VGG19-BN; `mode`, `last_relu`, `root_conv_stride` and `strides` are ignored."""
-  del mode, last_relu, root_conv_stride, strides
+          zero_init_residual: bool, name: Optional[str]) -> keras.Model:
+  """Builds VGG19-BN; `mode`, `last_relu`, `root_conv_stride`, `strides` and
+  `zero_init_residual` (VGG has no residual branches) are ignored."""
+  del mode, last_relu, root_conv_stride, strides, zero_init_residual
   return VGG(num_classes=num_classes, filters_factor=filters_factor, bn_momentum=bn_momentum,
              sync_bn=sync_bn, name=name or "vgg19")

@@ -270,6 +270,42 @@ def test_vgg_fc6_kernel_follows_input_size():
     model(_images(1, 32), training=False)
 
 
+def _unprojected_units(model):
+  """The residual units whose shortcut is the identity."""
+  return [u for u in model._units() if getattr(u, "proj", None) is None]  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("arch,mode", VARIANTS)
+def test_zero_init_residual_starts_units_as_their_shortcut(arch, mode):
+  """Every unit without a projection is the identity at init (v1: ReLU of it), in training and
+  inference mode; the standard init is not; VGG has no residual branches and is unchanged."""
+  keras.utils.set_random_seed(5)
+  model = models.get_model(arch, mode=mode, filters_factor=1, zero_init_residual=True)
+  images = _images(2, 32, seed=4)
+  out = model(images, training=True)
+  if arch == "vgg19":
+    keras.utils.set_random_seed(5)
+    plain = models.get_model(arch, mode=mode, filters_factor=1)(images, training=True)
+    np.testing.assert_allclose(out["pre_logits"], plain["pre_logits"], rtol=1e-5, atol=1e-5)
+    return
+  unprojected = _unprojected_units(model)
+  assert len(unprojected) == 16 - 4  # 3 + 4 + 6 + 3 units, the first of each block projects.
+  rng = np.random.default_rng(1)
+  for unit in unprojected:
+    channels = unit.filters if arch == "revnet50" else unit.conv3.filters
+    x = rng.normal(size=(2, 4, 4, channels)).astype("float32")
+    for training in (True, False):
+      expected = np.maximum(x, 0) if mode == "v1" else x
+      np.testing.assert_allclose(unit(x, training=training), expected, atol=1e-6)
+  keras.utils.set_random_seed(5)
+  standard = models.get_model(arch, mode=mode, filters_factor=1)
+  standard(images, training=False)
+  unit = _unprojected_units(standard)[0]
+  channels = unit.filters if arch == "revnet50" else unit.conv3.filters
+  x = rng.normal(size=(2, 4, 4, channels)).astype("float32")
+  assert np.max(np.abs(np.asarray(unit(x, training=False)) - x)) > 0.1
+
+
 def test_reversible_unit_is_invertible():
   keras.utils.set_random_seed(2)
   unit = revnet.ReversibleUnit(32, bn_momentum=0.9, sync_bn=False)
