@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -456,18 +457,12 @@ def test_two_runners_on_one_root_keep_each_others_status(configs, known, fake_ru
   assert status["summary"] == {"total": 2, "done": 2}
 
 
-def test_interrupt_stops_the_step_and_is_recorded(configs, known, fake_runner, tmp_path,
-                                                  monkeypatch):
-  import signal  # pylint: disable=g-import-not-at-top
-  grid = grid_lib.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
-  cells = grid_lib.select_cells(grid, ["rotation-vgg19-w1"])
-  root = tmp_path / "root"
-  monkeypatch.setenv("FAKE_SLEEP", "60")
-  runner, lines = fake_runner(root)
-  pid_file = root / "rotation-vgg19-w1" / "pid"
+def _interrupt_once_started(run, pid_files) -> float:
+  """Calls run(), sends it a KeyboardInterrupt (as Ctrl-C would) once every fake step of
+  `pid_files` has started, checks that run() raises it; returns the seconds it took."""
 
   def interrupt(signum, frame):
-    if not pid_file.exists():  # Not started yet: try again a little later.
+    if not all(p.exists() for p in pid_files):  # Not started yet: try again a little later.
       signal.setitimer(signal.ITIMER_REAL, 0.2)
       return
     raise KeyboardInterrupt
@@ -477,11 +472,22 @@ def test_interrupt_stops_the_step_and_is_recorded(configs, known, fake_runner, t
     signal.setitimer(signal.ITIMER_REAL, 0.5)
     start = time.time()
     with pytest.raises(KeyboardInterrupt):
-      runner.run(cells)
+      run()
   finally:
     signal.setitimer(signal.ITIMER_REAL, 0)
     signal.signal(signal.SIGALRM, previous)
-  assert time.time() - start < 30
+  return time.time() - start
+
+
+def test_interrupt_stops_the_step_and_is_recorded(configs, known, fake_runner, tmp_path,
+                                                  monkeypatch):
+  grid = grid_lib.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
+  cells = grid_lib.select_cells(grid, ["rotation-vgg19-w1"])
+  root = tmp_path / "root"
+  monkeypatch.setenv("FAKE_SLEEP", "60")
+  runner, lines = fake_runner(root)
+  pid_file = root / "rotation-vgg19-w1" / "pid"
+  assert _interrupt_once_started(lambda: runner.run(cells), [pid_file]) < 30
   pid = int(pid_file.read_text())
   with pytest.raises(ProcessLookupError):
     os.kill(pid, 0)  # The step's process is gone.
@@ -497,7 +503,6 @@ def test_interrupt_stops_the_step_and_is_recorded(configs, known, fake_runner, t
 
 def test_jobs_run_cells_side_by_side_and_stop_together(configs, known, fake_runner, tmp_path,
                                                        monkeypatch):
-  import signal  # pylint: disable=g-import-not-at-top
   grid = grid_lib.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
   names = ["random_init-vgg19-w1", "random_init-revnet50-w1", "random_init-resnet50_v2-w1"]
   cells = grid_lib.select_cells(grid, names)
@@ -523,23 +528,8 @@ def test_jobs_run_cells_side_by_side_and_stop_together(configs, known, fake_runn
     os.remove(root / n / "pid")
   monkeypatch.setenv("FAKE_SLEEP", "60")
   runner, lines = fake_runner(root, jobs=2)
-
-  def interrupt(signum, frame):
-    if not all((root / n / "pid").exists() for n in names[:2]):
-      signal.setitimer(signal.ITIMER_REAL, 0.2)
-      return
-    raise KeyboardInterrupt
-
-  previous = signal.signal(signal.SIGALRM, interrupt)
-  try:
-    signal.setitimer(signal.ITIMER_REAL, 0.5)
-    start = time.time()
-    with pytest.raises(KeyboardInterrupt):
-      runner.run(cells)
-  finally:
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, previous)
-  assert time.time() - start < 30
+  pid_files = [root / n / "pid" for n in names[:2]]
+  assert _interrupt_once_started(lambda: runner.run(cells), pid_files) < 30
   status = json.loads((root / "grid_status.json").read_text())
   for n in names[:2]:
     with pytest.raises(ProcessLookupError):
