@@ -44,6 +44,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import xml.etree.ElementTree as ET
 
 from core import files
+from core import specs
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_AND_EVAL = os.path.join(REPO_ROOT, "train_and_eval.py")
@@ -466,7 +467,10 @@ class _Parser:
       ident = (c.architecture, c.mode, c.width)
       if ident not in identities:
         identities.append(ident)
-      patch_flags = _patch_input_flags(c.pretext_flags)
+      try:
+        patch_flags = _patch_input_flags(c.pretext_flags)
+      except ValueError as e:  # A malformed --preprocessing.
+        self.fail(c.origin, str(e))
       if patch_flags is not None and (ident, patch_flags) not in patch_inputs:
         patch_inputs.append((ident, patch_flags))
     if baselines.get("supervised"):
@@ -668,7 +672,7 @@ def _patch_input_flags(pretext_flags: Mapping[str, Any]) -> Optional[Dict[str, A
   export's evaluation preprocessing is its training spec without label-making ops, and patch
   methods make their labels in model_fn, so the spec is taken as it is."""
   spec = str(pretext_flags.get("preprocessing", ""))
-  if "crop_patches" not in (op.strip() for op in spec.split(",")):
+  if not specs.makes_patches(spec):
     return None
   flags = {k: pretext_flags[k] for k in PATCH_INPUT_FLAGS if k in pretext_flags}
   flags["eval_preprocessing"] = spec

@@ -27,6 +27,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import tensorflow as tf
 
 from core.registry import Registry
+from core.specs import parse_spec
 
 Size = Union[int, Tuple[int, int]]
 Example = dict
@@ -95,17 +96,6 @@ def register_op(name: str, requires: Sequence[str] = (), geometric: bool = False
     PREPROCESS_OPS.register(name, builder)
     return builder
   return decorator
-
-
-def parse_spec(spec: str) -> list:
-  """The op names of a spec; '' is no ops."""
-  if not spec or not spec.strip():
-    return []
-  names = [name.strip() for name in spec.split(",")]
-  if not all(names):
-    raise ValueError(f"preprocessing spec {spec!r} has an empty op name; "
-                     "expected comma-separated op names like 'resize,crop,flip_lr'")
-  return names
 
 
 def validate_spec(spec: str, config: PreprocessConfig) -> list:

@@ -21,6 +21,7 @@ from absl import logging
 import keras
 import numpy as np
 
+from core import specs
 from core.config import ConfigError
 import datasets
 from eval import features as features_lib
@@ -165,7 +166,7 @@ def load_representation(config: LinearEvalConfig) -> representation_lib.Represen
   else:
     # On patches, the backbone gets the strides the patch methods train with, so that the
     # baseline and the trained patch backbones differ in their weights only.
-    patches = "crop_patches" in datasets.preprocess.parse_spec(config.eval_preprocessing or "")
+    patches = specs.makes_patches(config.eval_preprocessing or "")
     rep = representation_lib.random_init(
         config.architecture, filters_factor=config.filters_factor, mode=config.mode,
         seed=config.random_seed, last_relu=config.last_relu,

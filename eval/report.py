@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from core import files
 from core import grid as grid_lib
+from core import specs
 
 STATUS_FILE = "grid_status.json"
 CELL_FILE = "cell.json"
@@ -100,7 +101,7 @@ class CellResult:
     spec = ((self.results.get("source") or {}).get("eval_preprocessing")
             or (self.results.get("config") or {}).get("eval_preprocessing")
             or ((self.state or {}).get("pretext_flags") or {}).get("preprocessing") or "")
-    return "crop_patches" in (op.strip() for op in str(spec).split(","))
+    return specs.makes_patches(str(spec))
 
   def arch_label(self) -> str:
     return f"{self.architecture} {self.mode}" if self.mode else self.architecture

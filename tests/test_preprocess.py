@@ -209,3 +209,17 @@ def test_empty_spec_and_bad_config():
     PreprocessConfig(grayscale_probability=1.5)
   with pytest.raises(ValueError, match="crop_size"):
     PreprocessConfig(crop_size=(3, 0))
+
+
+def test_spec_text_ops_and_patches():
+  from core import specs  # pylint: disable=g-import-not-at-top
+  assert specs.parse_spec(" resize , crop_patches,standardization") == [
+      "resize", "crop_patches", "standardization"]
+  assert specs.parse_spec("") == [] and specs.parse_spec("  ") == []
+  assert specs.makes_patches("to_gray,crop,crop_patches,standardization")
+  assert not specs.makes_patches("resize,-1_to_1,rotate")
+  assert not specs.makes_patches("crop_patches_x")  # Whole names only.
+  with pytest.raises(ValueError, match="'resize,,crop' has an empty op name"):
+    specs.makes_patches("resize,,crop")
+  with pytest.raises(ValueError, match="empty op name"):
+    validate_spec("resize,", CONFIG)  # The same parser behind the op registry.
