@@ -62,9 +62,9 @@ flags.DEFINE_enum("mode", "v2", ["v1", "v2"], "ResNet version: v1 post-activatio
                   "pre-activation.")
 flags.DEFINE_boolean("last_relu", True, "Apply the network's final ReLU (ResNet).")
 flags.DEFINE_boolean("zero_init_residual", False, "Pretext training: start every residual "
-                     "branch of ResNet / RevNet at zero (last BN scale in v1, last conv in v2), "
-                     "so that short runs leave chance level sooner. Off in the 2019 code; the "
-                     "random-init baseline keeps the standard initialisation.")
+                     "branch of ResNet / RevNet at zero (last BN scale in v1, last conv in v2 and "
+                     "RevNet), so that short runs leave chance level sooner. Off in the 2019 "
+                     "code; the random-init baseline keeps the standard initialisation.")
 # Pretext heads.
 flags.DEFINE_integer("embed_dim", 1000, "jigsaw, relative_patch_location, exemplar: size of the "
                      "per-patch (per-copy) embedding, the backbone's logits layer.")
@@ -278,7 +278,7 @@ def run(config, print_fn=print):
   results = {"step": state.step, "train_metrics": state.metrics}
   # Under multi_worker every worker evaluates and exports (both collective); only the chief keeps
   # what it writes.
-  scratch = trainer_lib.worker_scratch_dir(config, trainer_lib.worker_id(strategy))
+  scratch = trainer.scratch_dir
   if config.run_eval:
     results["eval_metrics"] = trainer.evaluate()
     if not scratch:

@@ -872,17 +872,14 @@ class GridRunner:
 
   def _set(self, cell: Cell, **fields):
     with self._lock:
-      self._set_locked(cell, **fields)
-
-  def _set_locked(self, cell: Cell, **fields):
-    self._touched.add(cell.name)
-    entry = self.status["cells"].setdefault(cell.name, {})
-    for key in ("exit_code", "failed_step", "error", "log_tail"):
-      if fields.get("status") in ("done", "running"):
-        entry.pop(key, None)
-    entry.update(kind=cell.kind, method=cell.method, architecture=cell.architecture,
-                 mode=cell.mode, width=cell.width, workdir=self.workdir(cell),
-                 log=os.path.join(self.workdir(cell), LOG_FILE), **fields)
+      self._touched.add(cell.name)
+      entry = self.status["cells"].setdefault(cell.name, {})
+      for key in ("exit_code", "failed_step", "error", "log_tail"):
+        if fields.get("status") in ("done", "running"):
+          entry.pop(key, None)
+      entry.update(kind=cell.kind, method=cell.method, architecture=cell.architecture,
+                   mode=cell.mode, width=cell.width, workdir=self.workdir(cell),
+                   log=os.path.join(self.workdir(cell), LOG_FILE), **fields)
 
   # Progress.
   def _estimate(self, cell: Cell) -> Optional[float]:

@@ -444,6 +444,7 @@ def csv_rows(cells: Sequence[CellResult]) -> List[Dict[str, Any]]:
   for key, family, group in group_tables(cells):
     layers = layer_columns(group)
     for cell in group:
+      gain = best_over_baseline(cell, group)
       for depth, layer in enumerate(layers):
         entry = (cell.results.get("layers") or {}).get(layer)
         if entry is None:
@@ -455,7 +456,7 @@ def csv_rows(cells: Sequence[CellResult]) -> List[Dict[str, Any]]:
             layer=layer, depth=depth, dim=entry.get("dim"), top1=entry.get("top1"),
             top5=entry.get("top5"), loss=entry.get("loss"), knn_top1=entry.get("knn_top1"),
             best=int(layer == cell.best_layer), pretext_accuracy=cell.pretext_accuracy,
-            best_over_random_init=best_over_baseline(cell, group), wall_s=cell.wall_s))
+            best_over_random_init=gain, wall_s=cell.wall_s))
   return rows
 
 
