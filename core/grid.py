@@ -991,29 +991,32 @@ class GridRunner:
   def _run_parallel(self, run_next: Callable[[], bool], jobs: int):
     """`jobs` threads take cells from the queue. An interrupt (in the main thread) stops every
     running step; each thread then records its cell as interrupted."""
-    def worker():
+    # Completion is signalled with events, not Thread.join: a KeyboardInterrupt that lands
+    # inside join() can leave the thread looking finished while it still records its cell.
+    finished = [threading.Event() for _ in range(jobs)]
+
+    def worker(done: threading.Event):
       try:
         while run_next():
           pass
       except KeyboardInterrupt:
         pass  # Recorded by run_next; the main thread re-raises.
+      finally:
+        done.set()
 
-    threads = [threading.Thread(target=worker, name=f"grid-job-{i}", daemon=True)
-               for i in range(jobs)]
-    for t in threads:
-      t.start()
+    for i, done in enumerate(finished):
+      threading.Thread(target=worker, args=(done,), name=f"grid-job-{i}", daemon=True).start()
     try:
-      for t in threads:
-        while t.is_alive():
-          t.join(0.2)
+      while not all(done.is_set() for done in finished):
+        time.sleep(0.2)
     except KeyboardInterrupt:
       with self._lock:
         self._stopping = True
         procs = list(self._procs)
       for proc in procs:
         _stop(proc)
-      for t in threads:
-        t.join()
+      for done in finished:
+        done.wait()
       raise
 
   def _best(self, cell: Cell) -> str:
