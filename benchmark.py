@@ -70,7 +70,12 @@ def _report(roots, title):
 def run(argv) -> int:
   if len(argv) > 1:
     return _error(f"unexpected arguments: {' '.join(argv[1:])}")
-  from core import grid as grid_lib  # pylint: disable=g-import-not-at-top
+  from grid import common  # pylint: disable=g-import-not-at-top
+  from grid import flags as flags_lib  # pylint: disable=g-import-not-at-top
+  from grid import gridfile  # pylint: disable=g-import-not-at-top
+  from grid import local  # pylint: disable=g-import-not-at-top
+  from grid import runner as runner_lib  # pylint: disable=g-import-not-at-top
+  from grid.cells import select_cells  # pylint: disable=g-import-not-at-top
 
   if FLAGS.report_only and not FLAGS.grid:
     if not FLAGS.root:
@@ -81,15 +86,15 @@ def run(argv) -> int:
     return _error("give --grid=<grid file>, e.g. --grid=configs/grids/shapes.toml "
                   "(or --report_only --root=<grid root>)")
   try:
-    known = grid_lib.known_flags(FLAGS.python)
+    known = flags_lib.known_flags(FLAGS.python)
   except (RuntimeError, OSError, ValueError) as e:
     print(f"warning: flag names of the grid file are not checked: {e}", file=sys.stderr)
     known = None
   overrides = {"data_dir": os.path.abspath(FLAGS.data_dir)} if FLAGS.data_dir else {}
   try:
-    grid = grid_lib.load_grid(FLAGS.grid, known, overrides=overrides)
-    cells = grid_lib.select_cells(grid, FLAGS.cells, FLAGS.only_method, FLAGS.only_architecture)
-  except grid_lib.GridError as e:
+    grid = gridfile.load_grid(FLAGS.grid, known, overrides=overrides)
+    cells = select_cells(grid, FLAGS.cells, FLAGS.only_method, FLAGS.only_architecture)
+  except common.GridError as e:
     return _error(str(e))
   roots = FLAGS.root or [os.path.join("workdirs", f"grid_{grid.name}")]
   title = f"Grid {grid.name}" + (f": {grid.description}" if grid.description else "")
@@ -101,14 +106,15 @@ def run(argv) -> int:
   root = roots[0]
   if FLAGS.list:
     print(f"{grid.path}: {len(cells)} of {len(grid.cells)} cell(s), root {root}")
-    print(grid_lib.describe(cells, root, FLAGS.show_commands))
+    print(runner_lib.describe(cells, root, FLAGS.show_commands))
     return EXIT_OK
   if not cells:
     return _error("the selection matches no cell")
-  runner = grid_lib.GridRunner(
-      root, grid_name=grid.name, grid_path=os.path.abspath(grid.path),
-      command=[FLAGS.python, grid_lib.TRAIN_AND_EVAL], stream_logs=FLAGS.stream_logs,
-      fail_fast=FLAGS.fail_fast, progress_every_s=FLAGS.progress_every_s, jobs=FLAGS.jobs)
+  executor = local.LocalExecutor(
+      [FLAGS.python, common.TRAIN_AND_EVAL], jobs=FLAGS.jobs, stream_logs=FLAGS.stream_logs,
+      progress_every_s=FLAGS.progress_every_s)
+  runner = runner_lib.GridRunner(root, executor, grid_name=grid.name,
+                                 grid_path=os.path.abspath(grid.path), fail_fast=FLAGS.fail_fast)
   try:
     statuses = runner.run(cells)
   except KeyboardInterrupt:
@@ -119,7 +125,7 @@ def run(argv) -> int:
     _report([root], title)
   if failed:
     print(f"{len(failed)} cell(s) did not succeed: {', '.join(failed)}; see "
-          f"{os.path.join(root, grid_lib.STATUS_FILE)}", file=sys.stderr)
+          f"{os.path.join(root, common.STATUS_FILE)}", file=sys.stderr)
     return EXIT_FAILED
   return EXIT_OK
 

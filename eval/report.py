@@ -4,7 +4,7 @@
   paths = write_report(cells, "workdirs/grid_shapes/report")
   print(summary_text(cells))
 
-The grid runner (core/grid.py) leaves <root>/<cell>/cell.json (the cell's name, kind, settings
+The grid runner (grid/) leaves <root>/<cell>/cell.json (the cell's name, kind, settings
 and step times), pretext_results.json (the pretext accuracy) and <root>/<cell>/<evaluation>/
 results.json (eval/results.py) per evaluation; <root>/grid_status.json records the failures.
 A results.json elsewhere under a root (a run outside the grid) is a cell of its own, described by
@@ -26,7 +26,7 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from core import files
-from core import grid as grid_lib
+from grid import flags as grid_flags
 from core import specs
 
 STATUS_FILE = "grid_status.json"
@@ -366,7 +366,7 @@ def _flag_text(flags: Mapping[str, Any]) -> str:
   """The flags as a command line, the grid's way (lists comma-joined, None left out)."""
   shown = {k: ",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else v
            for k, v in flags.items() if v is not None}
-  return " ".join(grid_lib.flags_to_args(shown))
+  return " ".join(grid_flags.flags_to_args(shown))
 
 
 STEP_TITLES = {"pretext": "Pretext training (train_and_eval.py)",

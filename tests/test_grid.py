@@ -11,8 +11,12 @@ import time
 
 import pytest
 
-from core import grid as grid_lib
-from core.grid import GridError
+from grid import flags as flags_lib
+from grid import gridfile
+from grid import local
+from grid import runner as runner_lib
+from grid.cells import select_cells
+from grid.common import GridError
 from tests.conftest import REPO_ROOT
 
 # A stand-in for train_and_eval.py: writes the files a real step writes, in no time.
@@ -84,7 +88,7 @@ FAKE_STEP = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def known():
   """The real flags of train_and_eval.py (from its --helpxml)."""
-  return grid_lib.known_flags()
+  return flags_lib.known_flags()
 
 
 @pytest.fixture
@@ -136,7 +140,7 @@ GRID = """
 
 
 def test_expansion_names_and_precedence(configs, known):
-  grid = grid_lib.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
+  grid = gridfile.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
   assert grid.name == "toy"
   assert grid.names() == [
       "rotation-resnet50_v2-w1", "rotation-resnet50_v2-w2", "rotation-revnet50-w1",
@@ -168,7 +172,7 @@ def test_expansion_names_and_precedence(configs, known):
   assert base.eval_flags["architecture"] == "resnet50" and base.eval_flags["mode"] == "v2"
   assert base.eval_flags["filters_factor"] == "2"
   assert base.eval_flags["eval_preprocessing"] == "resize,-1_to_1"
-  args = grid_lib.flags_to_args({"run_eval": True, "last_relu": False, "epochs": "1"})
+  args = flags_lib.flags_to_args({"run_eval": True, "last_relu": False, "epochs": "1"})
   assert args == ["--run_eval", "--nolast_relu", "--epochs=1"]
 
 
@@ -180,7 +184,7 @@ def test_patch_methods_get_a_random_init_baseline_on_their_patches(configs, know
     (configs / "configs" / method / "toy.flags").write_text(
         jigsaw.replace("jigsaw", method).replace("60", str(crop)))
   base = GRID.split("[[cells]]")[0]
-  grid = grid_lib.load_grid(write_grid(configs, base + """
+  grid = gridfile.load_grid(write_grid(configs, base + """
       [[cells]]
       method = ["rotation", "jigsaw", "relative_patch_location"]
       flags = { filters_factor = 1 }
@@ -199,7 +203,7 @@ def test_patch_methods_get_a_random_init_baseline_on_their_patches(configs, know
   whole = grid.cell("random_init-resnet50_v2-w1").eval_flags
   assert whole["eval_preprocessing"] == "resize,-1_to_1" and "crop_size" not in whole
   # A second patch setting on the same architecture gets a baseline of its own.
-  grid = grid_lib.load_grid(write_grid(configs, base + """
+  grid = gridfile.load_grid(write_grid(configs, base + """
       [[cells]]
       method = ["jigsaw", "other_patches"]
       flags = { filters_factor = 1 }
@@ -226,7 +230,7 @@ def test_other_axes_and_tags_make_names(configs, known):
       axes = { architecture = ["vgg19"] }
       flags = { eval_preprocessing = "resize,-1_to_1" }
       """)
-  grid = grid_lib.load_grid(path, known, base_dir=str(configs))
+  grid = gridfile.load_grid(path, known, base_dir=str(configs))
   assert "rotation-resnet50_v2-w4-lr0.03-nolast_relu" in grid.names()
   assert "supervised-resnet50_v2-w4-lr0.1-last_relu" in grid.names()
   assert "rotation-resnet50_v2-w4-long" in grid.names()
@@ -271,7 +275,7 @@ def test_grid_file_errors_name_file_cell_and_key(configs, known, text, message):
     text = "[defaults]\ndataset = 'toy'\n" + text
   path = write_grid(configs, text)
   with pytest.raises(GridError, match=message):
-    grid_lib.load_grid(path, known, base_dir=str(configs))
+    gridfile.load_grid(path, known, base_dir=str(configs))
 
 
 def test_flagfile_errors(configs, known):
@@ -279,10 +283,10 @@ def test_flagfile_errors(configs, known):
   path = write_grid(configs, "[defaults]\ndataset = 'toy'\n[[cells]]\nmethod = 'rotation'\n")
   with pytest.raises(GridError, match=r"#1 \(method 'rotation'\), flagfile "
                                       r"configs/rotation/toy.flags: mode = 'v7' is not valid"):
-    grid_lib.load_grid(path, known, base_dir=str(configs))
+    gridfile.load_grid(path, known, base_dir=str(configs))
   (configs / "configs" / "rotation" / "toy.flags").write_text("--task=rotation\nepochs 3\n")
   with pytest.raises(GridError, match=r"toy.flags:2: 'epochs 3' is not a flag"):
-    grid_lib.load_grid(path, known, base_dir=str(configs))
+    gridfile.load_grid(path, known, base_dir=str(configs))
 
 
 def test_several_evaluations(configs, known, fake_runner, tmp_path):
@@ -298,7 +302,7 @@ def test_several_evaluations(configs, known, fake_runner, tmp_path):
     dataset = "other"
     eval_model = "mlp"
     """)
-  grid = grid_lib.load_grid(write_grid(configs, text), known, base_dir=str(configs))
+  grid = gridfile.load_grid(write_grid(configs, text), known, base_dir=str(configs))
   cell = grid.cell("rotation-vgg19-w1")
   assert list(cell.evaluations) == ["toy_linear", "other_mlp"]
   assert cell.evaluations["other_mlp"]["dataset"] == "other"
@@ -314,25 +318,25 @@ def test_several_evaluations(configs, known, fake_runner, tmp_path):
     assert (root / "rotation-vgg19-w1" / name / "results.json").exists()
     assert (root / "random_init-vgg19-w1" / name / "results.json").exists()
   with pytest.raises(GridError, match=r"\[\[evaluations\]\] #2: name 'toy_linear' is used twice"):
-    grid_lib.load_grid(write_grid(configs, text.replace('"other_mlp"', '"toy_linear"')), known,
+    gridfile.load_grid(write_grid(configs, text.replace('"other_mlp"', '"toy_linear"')), known,
                        base_dir=str(configs))
   with pytest.raises(GridError, match=r"\[\[evaluations\]\] #1: no name"):
-    grid_lib.load_grid(write_grid(configs, text.replace('name = "toy_linear"', '')), known,
+    gridfile.load_grid(write_grid(configs, text.replace('name = "toy_linear"', '')), known,
                        base_dir=str(configs))
 
 
 def test_select_cells(configs, known):
-  grid = grid_lib.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
+  grid = gridfile.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
   names = lambda cells: [c.name for c in cells]
-  assert names(grid_lib.select_cells(grid, ["rotation-resnet50*", "random_init-vgg19-w1"])) == [
+  assert names(select_cells(grid, ["rotation-resnet50*", "random_init-vgg19-w1"])) == [
       "rotation-resnet50_v2-w1", "rotation-resnet50_v2-w2", "random_init-vgg19-w1"]
-  assert names(grid_lib.select_cells(grid, methods=["supervised"],
+  assert names(select_cells(grid, methods=["supervised"],
                                      architectures=["vgg19"])) == ["supervised-vgg19-w1"]
   with pytest.raises(GridError, match=r"--cells: 'rotaton-\*' matches no cell.*cells: rotation-"):
-    grid_lib.select_cells(grid, ["rotaton-*"])
+    select_cells(grid, ["rotaton-*"])
   with pytest.raises(GridError, match=r"--only_method: 'jigsaw' is not in .*choices: "
                                       r"random_init, rotation, supervised"):
-    grid_lib.select_cells(grid, methods=["jigsaw"])
+    select_cells(grid, methods=["jigsaw"])
 
 
 # ------------------------------------------------------------------------------------- runner
@@ -341,11 +345,11 @@ def fake_runner(tmp_path):
   script = tmp_path / "fake_step.py"
   script.write_text(FAKE_STEP)
 
-  def make(root, **kwargs):
+  def make(root, jobs=1, fail_fast=False):
     lines = []
-    runner = grid_lib.GridRunner(str(root), grid_name="toy", command=[sys.executable,
-                                                                      str(script)],
-                                 print_fn=lines.append, tty=False, **kwargs)
+    executor = local.LocalExecutor([sys.executable, str(script)], jobs=jobs, tty=False)
+    runner = runner_lib.GridRunner(str(root), executor, grid_name="toy", print_fn=lines.append,
+                                   fail_fast=fail_fast)
     return runner, lines
   return make
 
@@ -360,8 +364,8 @@ def _task(argv):
 
 
 def test_runner_runs_skips_and_resumes(configs, known, fake_runner, tmp_path):
-  grid = grid_lib.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
-  cells = grid_lib.select_cells(grid, ["rotation-vgg19-w1", "random_init-vgg19-w1"])
+  grid = gridfile.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
+  cells = select_cells(grid, ["rotation-vgg19-w1", "random_init-vgg19-w1"])
   root = tmp_path / "root"
   runner, lines = fake_runner(root)
   statuses = runner.run(cells)
@@ -385,11 +389,11 @@ def test_runner_runs_skips_and_resumes(configs, known, fake_runner, tmp_path):
   assert len(_calls(root, "rotation-vgg19-w1")) == 2
   assert "2 already done, 0 to run" in lines[0]
   # Also with the data elsewhere (another machine): data_dir does not change results.
-  moved = grid_lib.load_grid(write_grid(configs, GRID), known, base_dir=str(configs),
+  moved = gridfile.load_grid(write_grid(configs, GRID), known, base_dir=str(configs),
                              overrides={"data_dir": "/elsewhere"})
   assert moved.cell("rotation-vgg19-w1").eval_flags["data_dir"] == "/elsewhere"
   runner, lines = fake_runner(root)
-  runner.run(grid_lib.select_cells(moved, ["rotation-vgg19-w1", "random_init-vgg19-w1"]))
+  runner.run(select_cells(moved, ["rotation-vgg19-w1", "random_init-vgg19-w1"]))
   assert "2 already done, 0 to run" in lines[0]
 
   # Results deleted: only the evaluation runs again (the export is still there).
@@ -401,10 +405,10 @@ def test_runner_runs_skips_and_resumes(configs, known, fake_runner, tmp_path):
   assert "--force" not in calls[-1]
 
   # Changed pretext settings: training runs again and the evaluation is forced to recompute.
-  grid2 = grid_lib.load_grid(write_grid(configs, GRID.replace("epochs = 1", "epochs = 2")),
+  grid2 = gridfile.load_grid(write_grid(configs, GRID.replace("epochs = 1", "epochs = 2")),
                              known, base_dir=str(configs))
   runner, _ = fake_runner(root)
-  runner.run(grid_lib.select_cells(grid2, ["rotation-vgg19-w1"]))
+  runner.run(select_cells(grid2, ["rotation-vgg19-w1"]))
   calls = _calls(root, "rotation-vgg19-w1")
   assert [_task(a) for a in calls[3:]] == ["rotation", "linear_eval"]
   assert "--epochs=2" in calls[3] and "--force" in calls[4]
@@ -412,8 +416,8 @@ def test_runner_runs_skips_and_resumes(configs, known, fake_runner, tmp_path):
 
 def test_failing_cell_is_recorded_and_the_rest_go_on(configs, known, fake_runner, tmp_path,
                                                      monkeypatch):
-  grid = grid_lib.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
-  cells = grid_lib.select_cells(grid, ["rotation-resnet50_v2-w1", "rotation-vgg19-w1",
+  grid = gridfile.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
+  cells = select_cells(grid, ["rotation-resnet50_v2-w1", "rotation-vgg19-w1",
                                        "random_init-vgg19-w1"])
   root = tmp_path / "root"
   # The evaluation of one cell fails: its pretext step is done, and resumed from there.
@@ -432,7 +436,7 @@ def test_failing_cell_is_recorded_and_the_rest_go_on(configs, known, fake_runner
   assert any("rotation-resnet50_v2-w1: FAILED in step eval:linear_eval (exit 3): error: cell "
              "broken" in l for l in lines)
   assert lines[-1].endswith("2/3 done, 1 failed")
-  assert "failed (error: cell broken on purpose)" in grid_lib.describe(cells, str(root))
+  assert "failed (error: cell broken on purpose)" in runner_lib.describe(cells, str(root))
 
   monkeypatch.delenv("FAKE_FAIL")
   runner, _ = fake_runner(root)
@@ -446,12 +450,12 @@ def test_failing_cell_is_recorded_and_the_rest_go_on(configs, known, fake_runner
 
 
 def test_two_runners_on_one_root_keep_each_others_status(configs, known, fake_runner, tmp_path):
-  grid = grid_lib.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
+  grid = gridfile.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
   root = tmp_path / "root"
   first, _ = fake_runner(root)   # Both start before either has written anything.
   second, _ = fake_runner(root)
-  second.run(grid_lib.select_cells(grid, ["random_init-vgg19-w1"]))
-  first.run(grid_lib.select_cells(grid, ["random_init-revnet50-w1"]))
+  second.run(select_cells(grid, ["random_init-vgg19-w1"]))
+  first.run(select_cells(grid, ["random_init-revnet50-w1"]))
   status = json.loads((root / "grid_status.json").read_text())
   assert sorted(status["cells"]) == ["random_init-revnet50-w1", "random_init-vgg19-w1"]
   assert status["summary"] == {"total": 2, "done": 2}
@@ -481,8 +485,8 @@ def _interrupt_once_started(run, pid_files) -> float:
 
 def test_interrupt_stops_the_step_and_is_recorded(configs, known, fake_runner, tmp_path,
                                                   monkeypatch):
-  grid = grid_lib.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
-  cells = grid_lib.select_cells(grid, ["rotation-vgg19-w1"])
+  grid = gridfile.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
+  cells = select_cells(grid, ["rotation-vgg19-w1"])
   root = tmp_path / "root"
   monkeypatch.setenv("FAKE_SLEEP", "60")
   runner, lines = fake_runner(root)
@@ -503,9 +507,9 @@ def test_interrupt_stops_the_step_and_is_recorded(configs, known, fake_runner, t
 
 def test_jobs_run_cells_side_by_side_and_stop_together(configs, known, fake_runner, tmp_path,
                                                        monkeypatch):
-  grid = grid_lib.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
+  grid = gridfile.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
   names = ["random_init-vgg19-w1", "random_init-revnet50-w1", "random_init-resnet50_v2-w1"]
-  cells = grid_lib.select_cells(grid, names)
+  cells = select_cells(grid, names)
   root = tmp_path / "root"
   monkeypatch.setenv("FAKE_SLEEP", "1")
   runner, lines = fake_runner(root, jobs=2)
@@ -537,7 +541,7 @@ def test_jobs_run_cells_side_by_side_and_stop_together(configs, known, fake_runn
     assert status["cells"][n]["status"] == "interrupted"
   assert status["cells"][names[2]]["status"] == "done"
   with pytest.raises(ValueError, match="jobs must be a positive integer, got 0"):
-    grid_lib.GridRunner(str(root), jobs=0)
+    local.LocalExecutor([sys.executable], jobs=0)
 
 
 def _benchmark(*args, env=None):

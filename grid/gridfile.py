@@ -1,0 +1,379 @@
+"""Grid files: TOML -> a Grid of Cells, with the baseline cells it asks for.
+
+A grid file (TOML, plain data; configs/grids/*.toml) names cells. Each cell is one pretext
+training + export (train_and_eval.py --run_eval) followed by the per-layer evaluation of that
+export (train_and_eval.py --task=linear_eval --hub_module=<cell>/export); a random-init baseline
+cell is the evaluation alone (--hub_module=random_init).
+
+Grid file sections (all optional but [[cells]]):
+  [grid]        name, description.
+  [defaults]    flags of every step of every cell (dataset, data_dir, ...).
+  [pretext]     flags of every pretext training, over the method's flagfile; flagfile: the
+                default flagfile of the cells (default "configs/{method}/{dataset}.flags").
+  [evaluation]  the per-layer evaluation of every cell: flagfile (an evaluation flagfile), name
+                (default "linear_eval": results go to <cell>/<name>/results.json), flags.
+  [[evaluations]] instead of [evaluation]: several evaluations of every cell, each as above with
+                its own name (e.g. one on ImageNet, one on Places).
+  [baselines]   random_init (bool), random_init_flags (table), supervised (bool),
+                supervised_flagfile, supervised_flags (table).
+  [slurm]       what every cell's SLURM job asks for (--executor=slurm): partition, account,
+                qos, time, nodes, tasks_per_node, cpus_per_task, gpus_per_node, mem, extra
+                (other sbatch options), setup (shell lines); and max_queued, max_retries
+                (grid/slurm_settings.py). [baselines] random_init_slurm / supervised_slurm and
+                a cell's slurm table override it.
+  [[cells]]     method (a name, or a list: an axis), flagfile (default: [pretext]'s), flags
+                (table), axes (table of lists, expanded as a product), exclude (list of tables),
+                eval_flags (table, over every evaluation's flags), tag (name suffix), slurm
+                (table, over [slurm]).
+Precedence, lowest first: flagfile, [defaults], [pretext] or [evaluation], the cell's flags or
+eval_flags, its axis values. method = "random_init" makes evaluation-only baseline cells.
+"""
+
+import glob
+import itertools
+import os
+import re
+import tomllib
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from core import specs
+from grid import slurm_settings
+from grid.cells import (Cell, DEFAULT_WIDTHS, FALLBACK_DEFAULTS, Grid, PRETEXT, SUPERVISED,
+                        cell_name, has_modes, sanitize)
+from grid.common import GridError, RANDOM_INIT, REPO_ROOT
+from grid.flags import FlagChecker, FlagInfo, RUNNER_FLAGS, flag_value, same_value
+
+DEFAULT_FLAGFILE = "configs/{method}/{dataset}.flags"
+
+SECTIONS = ("grid", "defaults", "pretext", "evaluation", "evaluations", "baselines", "slurm",
+            "cells")
+GRID_KEYS = ("name", "description")
+DEFAULT_EVALUATION = "linear_eval"
+BASELINE_KEYS = ("random_init", "random_init_flags", "random_init_slurm", "supervised",
+                 "supervised_flagfile", "supervised_flags", "supervised_slurm")
+# The flags that shape a patch input (for the random-init baseline on patches).
+PATCH_INPUT_FLAGS = ("eval_preprocessing", "resize_size", "crop_size", "smaller_size",
+                     "splits_per_side", "patch_jitter", "grayscale_probability")
+CELL_KEYS = ("method", "flagfile", "flags", "axes", "exclude", "eval_flags", "tag", "slurm")
+
+
+
+class _Parser(FlagChecker):
+  """Turns a parsed TOML grid into cells; every error names the file, the cell and the key."""
+
+  def __init__(self, path: str, data: Mapping[str, Any], known: Optional[Mapping[str, FlagInfo]],
+               base_dir: str, overrides: Mapping[str, Any]):
+    super().__init__(path, known, base_dir)
+    self.data = data
+    self.overrides = dict(overrides)
+
+  def default(self, flags: Mapping[str, Any], name: str) -> Any:
+    if name in flags:
+      return flags[name]
+    if self.known is not None and name in self.known and self.known[name].default is not None:
+      return self.known[name].default
+    return FALLBACK_DEFAULTS.get(name)
+
+  def identity(self, flags: Mapping[str, Any], where: str):
+    """(architecture, mode or None, width) of a cell's effective flags."""
+    arch = str(self.default(flags, "architecture"))
+    mode = str(self.default(flags, "mode")) if has_modes(arch) else None
+    width = flags.get("filters_factor")
+    try:
+      width = int(width) if width is not None else DEFAULT_WIDTHS.get(arch)
+    except ValueError:
+      self.fail(where, f"filters_factor = {width!r} is not an integer")
+    return arch, mode, width
+
+  def parse(self) -> Grid:
+    data = self.data
+    self.check_keys(data, SECTIONS, "top level")
+    info = self.table(data.get("grid", {}), "[grid]")
+    self.check_keys(info, GRID_KEYS, "[grid]")
+    name = str(info.get("name") or os.path.splitext(os.path.basename(self.path))[0])
+    defaults = self.flags(data.get("defaults", {}), "[defaults]")
+    defaults.update(self.overrides)
+    self.defaults = defaults
+    pretext = dict(self.table(data.get("pretext", {}), "[pretext]"))
+    default_flagfile = pretext.pop("flagfile", DEFAULT_FLAGFILE)
+    if not isinstance(default_flagfile, str) or not default_flagfile:
+      self.fail("[pretext]", f"flagfile = {default_flagfile!r}: a path, e.g. "
+                "\"configs/{method}/imagenet.flags\"")
+    pretext = self.flags(pretext, "[pretext]")
+    if "evaluation" in data and "evaluations" in data:
+      self.fail("top level", "give either [evaluation] or [[evaluations]], not both")
+    if "evaluations" in data:
+      entries = data["evaluations"]
+      if not isinstance(entries, list) or not entries:
+        self.fail("[[evaluations]]", "a non-empty list of tables with name and flagfile")
+      evaluations = {}
+      for index, entry in enumerate(entries, 1):
+        eval_name, flags = self.evaluation(entry, f"[[evaluations]] #{index}",
+                                           required_name=True)
+        if eval_name in evaluations:
+          self.fail(f"[[evaluations]] #{index}", f"name {eval_name!r} is used twice")
+        evaluations[eval_name] = flags
+    else:
+      eval_name, flags = self.evaluation(data.get("evaluation", {}), "[evaluation]")
+      evaluations = {eval_name: flags}
+    baselines = self.table(data.get("baselines", {}), "[baselines]")
+    self.check_keys(baselines, BASELINE_KEYS, "[baselines]")
+    for key in ("random_init", "supervised"):
+      if not isinstance(baselines.get(key, False), bool):
+        self.fail("[baselines]", f"{key} = {baselines[key]!r}: use true or false")
+    slurm = slurm_settings.parse(data.get("slurm", {}), "[slurm]", grid_wide=True)
+    entries = data.get("cells")
+    if not isinstance(entries, list) or not entries:
+      self.fail("top level", "no [[cells]]: add at least one, e.g.\n  [[cells]]\n  method = "
+                "\"rotation\"\n  axes = { architecture = [\"resnet50\", \"vgg19\"] }")
+
+    ctx = dict(defaults=defaults, pretext=pretext, evaluations=evaluations,
+               flagfile=default_flagfile, slurm=slurm)
+    cells: List[Cell] = []
+    for index, entry in enumerate(entries, 1):
+      cells.extend(self.expand(entry, index, ctx))
+    explicit = {c.name for c in cells}
+    trained = [c for c in cells if c.pretext_flags is not None]
+    identities = []
+    patch_inputs: List[Tuple[Tuple[str, Optional[str], Optional[int]], Dict[str, Any]]] = []
+    for c in trained:
+      ident = (c.architecture, c.mode, c.width)
+      if ident not in identities:
+        identities.append(ident)
+      try:
+        patch_flags = _patch_input_flags(c.pretext_flags)
+      except ValueError as e:  # A malformed --preprocessing.
+        self.fail(c.origin, str(e))
+      if patch_flags is not None and (ident, patch_flags) not in patch_inputs:
+        patch_inputs.append((ident, patch_flags))
+    added = {kind: slurm_settings.job_settings(slurm, slurm_settings.parse(
+        baselines.get(f"{kind}_slurm", {}), f"[baselines] {kind}_slurm")) for kind in
+             ("supervised", RANDOM_INIT)}
+
+    def add(cell: Cell):
+      if cell.name not in explicit:
+        cell.slurm = added[cell.kind]
+        cells.append(cell)
+        explicit.add(cell.name)
+
+    if baselines.get("supervised"):
+      where = "[baselines] supervised"
+      flagfile = str(baselines.get("supervised_flagfile", default_flagfile))
+      extra = self.flags(baselines.get("supervised_flags", {}), f"{where}_flags")
+      for arch, mode, width in identities:
+        overrides = dict(extra, **_identity_flags(arch, mode, width))
+        add(self.make_cell("supervised", flagfile, overrides, {}, {}, None, where, ctx))
+    if baselines.get("random_init"):
+      where = "[baselines] random_init"
+      extra = self.flags(baselines.get("random_init_flags", {}), f"{where}_flags")
+      for arch, mode, width in identities:
+        overrides = dict(extra, **_identity_flags(arch, mode, width))
+        add(self.make_cell(RANDOM_INIT, None, {}, {}, overrides, None, where, ctx))
+      # Patch methods are probed on patches: their baseline is a random backbone on the same
+      # patches (tag "patches"; "patches2"... where an architecture has several patch settings).
+      shared = {k: v for k, v in extra.items() if k not in PATCH_INPUT_FLAGS}
+      tags: Dict[Tuple[str, Optional[str], Optional[int]], int] = {}
+      for ident, patch_flags in patch_inputs:
+        tags[ident] = tags.get(ident, 0) + 1
+        tag = "patches" if tags[ident] == 1 else f"patches{tags[ident]}"
+        overrides = dict(shared, **patch_flags, **_identity_flags(*ident))
+        add(self.make_cell(RANDOM_INIT, None, {}, {}, overrides, tag, where, ctx))
+    self.check_unique(cells)
+    return Grid(path=self.path, name=name, description=str(info.get("description", "")),
+                cells=cells, slurm=slurm_settings.grid_settings(slurm))
+
+  def evaluation(self, entry: Any, where: str, required_name: bool = False
+                 ) -> Tuple[str, Dict[str, Any]]:
+    """(name, flags) of an evaluation table: flagfile < [defaults] < its flags."""
+    entry = dict(self.table(entry, where))
+    name = entry.pop("name", None)
+    if name is None and required_name:
+      self.fail(where, "no name: each evaluation needs one, e.g. name = \"imagenet_linear\"")
+    name = DEFAULT_EVALUATION if name is None else name
+    if not isinstance(name, str) or not name or sanitize(name) != name or name in (
+        "pretext", "export", "checkpoints", "train", "report"):
+      self.fail(where, f"name = {name!r}: a directory name of letters, digits, '.', '_', '+', "
+                "'=' (not pretext, export, checkpoints, train or report)")
+    flagfile = entry.pop("flagfile", None)
+    flags = {}
+    if flagfile is not None:
+      flags = self.read_flagfile(str(flagfile), f"{where} flagfile")
+    flags.update(self.defaults)
+    flags.update(self.flags(entry, where))
+    flags.setdefault("task", "linear_eval")
+    if flags["task"] != "linear_eval":
+      self.fail(where, f"task = {flags['task']!r}: an evaluation runs task=linear_eval")
+    return name, flags
+
+  def expand(self, entry: Any, index: int, ctx) -> List[Cell]:
+    where = f"[[cells]] #{index}"
+    entry = self.table(entry, where)
+    method = entry.get("method")
+    if method is not None:
+      where += f" (method {method!r})"
+    self.check_keys(entry, CELL_KEYS, where)
+    axes = dict(self.table(entry.get("axes", {}), f"{where}, axes"))
+    if "method" in axes and method is not None:
+      self.fail(where, "give method either as the key 'method' or in axes, not both")
+    if method is None and "method" not in axes:
+      self.fail(where, "no method: set method = \"rotation\" (or a list of methods)")
+    if method is not None:
+      axes = {"method": method, **axes}
+    for key, values in axes.items():
+      if not isinstance(values, list):
+        values = [values] if key == "method" else values
+        axes[key] = values
+      if not isinstance(values, list) or not values:
+        self.fail(f"{where}, axes", f"{key} = {values!r}: an axis is a non-empty list of values")
+      if key != "method":
+        self.check_flag(key, f"{where}, axes")
+        axes[key] = [self.check_value(key, flag_value(v, f"{self.path}: {where}, axes: {key}"),
+                                      f"{where}, axes") for v in values]
+      elif not all(isinstance(m, str) and m for m in values):
+        self.fail(where, f"method = {values!r}: methods are names like \"rotation\"")
+    flags = self.flags(entry.get("flags", {}), f"{where}, flags", RUNNER_FLAGS + ("task",))
+    eval_flags = self.flags(entry.get("eval_flags", {}), f"{where}, eval_flags",
+                            RUNNER_FLAGS + ("task",))
+    excludes = entry.get("exclude", [])
+    if not isinstance(excludes, list):
+      self.fail(where, f"exclude = {excludes!r}: a list of tables, e.g. "
+                "[{ architecture = \"vgg19\", filters_factor = 2 }]")
+    excludes = [self.table(e, f"{where}, exclude") for e in excludes]
+    for e in excludes:
+      for key in e:
+        if key not in axes and key not in flags:
+          self.fail(f"{where}, exclude", f"{key!r} is neither an axis nor a flag of this entry; "
+                    f"axes: {', '.join(axes)}")
+    tag = entry.get("tag")
+    if tag is not None and not (isinstance(tag, str) and tag):
+      self.fail(where, f"tag = {tag!r}: a non-empty string")
+    flagfile = entry.get("flagfile")
+    if flagfile is not None and not isinstance(flagfile, str):
+      self.fail(where, f"flagfile = {flagfile!r}: a path")
+    slurm = slurm_settings.job_settings(ctx["slurm"], slurm_settings.parse(
+        entry.get("slurm", {}), f"{where}, slurm"))
+    names = list(axes)
+    cells = []
+    for values in itertools.product(*(axes[k] for k in names)):
+      point = dict(zip(names, values))
+      if any(all(same_value(point.get(k, flags.get(k)), v) for k, v in e.items())
+             for e in excludes):
+        continue
+      method_name = point.pop("method")
+      cell_where = where
+      if len(axes["method"]) > 1:
+        cell_where = f"[[cells]] #{index} (method {method_name!r})"
+      cell_flags = dict(flags, **point)
+      if method_name == RANDOM_INIT:
+        cell = self.make_cell(RANDOM_INIT, None, {}, point, dict(eval_flags, **cell_flags), tag,
+                              cell_where, ctx)
+      else:
+        cell = self.make_cell(method_name, flagfile or ctx["flagfile"], cell_flags, point,
+                              eval_flags, tag, cell_where, ctx)
+      cell.slurm = dict(slurm)
+      cells.append(cell)
+    if not cells:
+      self.fail(where, "every combination of the axes is excluded")
+    return cells
+
+  def make_cell(self, method: str, flagfile: Optional[str], flags: Mapping[str, Any],
+                point: Mapping[str, Any], eval_flags: Mapping[str, Any], tag: Optional[str],
+                where: str, ctx) -> Cell:
+    """One cell: its effective flags (flagfile < defaults < [pretext] < flags), its name."""
+    if method == RANDOM_INIT:
+      first = dict(next(iter(ctx["evaluations"].values())), **eval_flags)
+      arch, mode, width = self.identity(first, where)
+      evaluations = {}
+      for eval_name, base in ctx["evaluations"].items():
+        evals = dict(base, **eval_flags)
+        evals["architecture"] = arch
+        if width is not None:
+          evals["filters_factor"] = str(width)
+        if mode:
+          evals["mode"] = mode
+        if "eval_preprocessing" not in evals:
+          self.fail(where, "the random-init baseline has no export to take the preprocessing "
+                    "from: set eval_preprocessing (and resize_size ...) in "
+                    "[baselines] random_init_flags or the cell's flags")
+        evaluations[eval_name] = evals
+      extra = [(k, v) for k, v in point.items() if k not in ("architecture", "mode",
+                                                            "filters_factor")]
+      name = cell_name(RANDOM_INIT, arch, mode, width, extra, tag)
+      return Cell(name=name, kind=RANDOM_INIT, method=RANDOM_INIT, architecture=arch, mode=mode,
+                  width=width, pretext_flags=None, evaluations=evaluations, origin=where,
+                  axes=dict(point))
+    dataset = ctx["defaults"].get("dataset")
+    try:
+      path = flagfile.format(method=method, dataset=dataset if dataset is not None else "{dataset}")
+    except (KeyError, IndexError, ValueError):
+      self.fail(where, f"flagfile = {flagfile!r}: only {{method}} and {{dataset}} may be "
+                "filled in")
+    if "{dataset}" in path:
+      self.fail(where, f"flagfile {flagfile!r} needs the dataset: set dataset in [defaults] or "
+                "give the cell a flagfile")
+    pretext = self.read_flagfile(path, where)
+    pretext.update(ctx["defaults"])
+    pretext.update(ctx["pretext"])
+    pretext.update(flags)
+    pretext.setdefault("task", method)
+    pretext.setdefault("run_eval", True)
+    if pretext["task"] == "linear_eval":
+      self.fail(where, f"flagfile {path} is an evaluation flagfile (task=linear_eval); a cell's "
+                "flagfile is a pretext method's")
+    arch, mode, width = self.identity(pretext, where)
+    extra = [(k, v) for k, v in point.items() if k not in ("architecture", "mode",
+                                                          "filters_factor")]
+    name = cell_name(method, arch, mode, width, extra, tag)
+    kind = SUPERVISED if pretext["task"] == "supervised" else PRETEXT
+    evaluations = {n: dict(base, **eval_flags) for n, base in ctx["evaluations"].items()}
+    return Cell(name=name, kind=kind, method=method, architecture=arch, mode=mode, width=width,
+                pretext_flags=pretext, evaluations=evaluations, origin=where, axes=dict(point))
+
+  def check_unique(self, cells: Sequence[Cell]):
+    seen: Dict[str, Cell] = {}
+    for c in cells:
+      if c.name in seen:
+        other = seen[c.name]
+        if other.origin == c.origin:
+          where, msg = c.origin, "two combinations of its axes"
+        else:
+          where, msg = c.origin, f"this entry and {other.origin}"
+        self.fail(where, f"{msg} give the same cell name {c.name!r}; make them differ (an axis "
+                  "value, a different method) or set tag = \"...\" on one entry")
+      seen[c.name] = c
+
+
+def _patch_input_flags(pretext_flags: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+  """The evaluation flags that give a random-init backbone the patches a patch method's export
+  is probed on, or None where the method does not train on patches (no `crop_patches`). The
+  export's evaluation preprocessing is its training spec without label-making ops, and patch
+  methods make their labels in model_fn, so the spec is taken as it is."""
+  spec = str(pretext_flags.get("preprocessing", ""))
+  if not specs.makes_patches(spec):
+    return None
+  flags = {k: pretext_flags[k] for k in PATCH_INPUT_FLAGS if k in pretext_flags}
+  flags["eval_preprocessing"] = spec
+  return flags
+
+
+def _identity_flags(arch: str, mode: Optional[str], width: Optional[int]) -> Dict[str, str]:
+  flags = dict(architecture=arch)
+  if width is not None:
+    flags["filters_factor"] = str(width)
+  if mode:
+    flags["mode"] = mode
+  return flags
+
+
+def load_grid(path: str, known: Optional[Mapping[str, FlagInfo]] = None,
+              base_dir: str = REPO_ROOT, overrides: Optional[Mapping[str, Any]] = None) -> Grid:
+  """Parses and expands a grid file. `known`: train_and_eval.py's flags (None: not checked);
+  `overrides`: flags over [defaults] (e.g. data_dir from the command line)."""
+  try:
+    with open(path, "rb") as f:
+      data = tomllib.load(f)
+  except OSError as e:
+    raise GridError(f"cannot read grid file {path}: {e.strerror}") from None
+  except tomllib.TOMLDecodeError as e:
+    raise GridError(f"{path}: not valid TOML: {e}") from None
+  return _Parser(path, data, known, base_dir, overrides or {}).parse()
