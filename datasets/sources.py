@@ -22,6 +22,7 @@ Splits may be sliced as in TFDS: 'train[:90%]', 'train[90%:]', 'train[:1000]'.
 """
 
 import dataclasses
+import fcntl
 import os
 import re
 import types
@@ -154,6 +155,7 @@ class TfdsSource(Source):
     builder = self._make_builder(data_dir)
     if not builder.is_prepared():
       self._prepare(builder, data_dir)
+      builder = self._make_builder(data_dir)  # What was prepared (maybe by another process).
     return builder
 
   def _prepare(self, builder, data_dir: Optional[str]) -> None:
@@ -274,9 +276,18 @@ class ShapesSource(TfdsSource):
     return shapes.Shapes(config=self.config, data_dir=data_dir)
 
   def _prepare(self, builder, data_dir: Optional[str]) -> None:
-    logging.info("Generating the embedded dataset %s in %s (once).", self.name, builder.data_dir)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    """Generates the data once: processes that start together (grid cells side by side, SLURM
+    jobs) take turns under a lock in the data directory, and the later ones find it done."""
+    root = data_dir or _default_data_dir()
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, f".{self.name}.prepare.lock"), "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if self._make_builder(data_dir).is_prepared():
+        return
+      logging.info("Generating the embedded dataset %s in %s (once).", self.name,
+                   builder.data_dir)
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
 
 
 _IMAGENET_MANUAL = ("ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from "

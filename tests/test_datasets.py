@@ -9,6 +9,7 @@ A tiny TFDS builder defined here, prepared in a tmp dir, checks what the mock ca
 """
 
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -22,6 +23,7 @@ from datasets import (DatasetNotPreparedError, PreprocessConfig, get_data, get_d
                       get_num_examples, get_preprocess_fn)
 from datasets import folder
 from datasets.sources import write_tfds_metadata
+from tests.conftest import REPO_ROOT
 
 MOCK_EXAMPLES = 10
 
@@ -283,6 +285,21 @@ def test_shapes_contract_with_a_stand_in(tmp_path, monkeypatch):
   assert _batches(ds, 3)[2]["image"].shape == (4, 64, 64, 3)
   assert get_num_examples("shapes", "train[:50%]", data_dir=data_dir) == 6
   assert _FakeShapes.generated == ["small", "default"]  # Each prepared once.
+
+
+def test_embedded_shapes_prepared_once_by_processes_that_start_together(tmp_path):
+  """Grid cells side by side and SLURM jobs start together on a fresh data dir: one process
+  generates the data, the others wait for it and read it (no clash over TFDS's folders)."""
+  script = ("import sys, datasets; info = datasets.get_dataset_info('shapes_small', sys.argv[1]); "
+            "print(info.splits['train'], info.splits['test'])")
+  procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(3)]
+  for proc in procs:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert out.strip().splitlines()[-1].split() == ["1000", "300"]
+  assert os.listdir(tmp_path / "shapes" / "small") == ["1.1.0"]  # No leftover incomplete.*.
 
 
 def test_embedded_shapes_prepared_on_first_use(tmp_path):
