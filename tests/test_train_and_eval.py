@@ -372,21 +372,29 @@ def test_accelerator_options_train_like_float32(tmp_path, shapes_data_dir, overr
 
 
 def test_sigkill_at_random_moments_then_finish(tmp_path, shapes_data_dir):
-  """Killed three times at seeded random moments (start-up, training, saving or export), the same
-  command still finishes the planned steps with a readable checkpoint and export."""
+  """Killed three times, each time as it reports a seeded random step (during training, just
+  before that step's checkpoint is saved, and after the last step, in the final save or the
+  export), the same command still finishes the planned steps with a readable checkpoint and
+  export."""
   workdir = tmp_path / "wd"
   args = ["--task=rotation", "--preprocessing=resize,-1_to_1,rotate", "--resize_size=32",
           "--architecture=vgg19", "--filters_factor=1", "--batch_size=8", "--lr_scale_batch_size=8",
           "--train_split=train[:320]", "--epochs=1", "--log_every_steps=1",
           "--save_checkpoints_steps=2", f"--workdir={workdir}"]
   rng = np.random.default_rng(7)
-  for delay in rng.uniform(4.0, 14.0, size=3):
+  kill_steps = sorted(int(k) for k in rng.choice(np.arange(3, 38), size=2, replace=False))
+  for kill_step in kill_steps + [40]:
     proc = _driver(args, shapes_data_dir, start_new_session=True)
-    try:
-      proc.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-      os.killpg(proc.pid, signal.SIGKILL)
-      proc.wait()
+    seen = []
+    for line in proc.stdout:
+      if line.startswith("step "):
+        seen.append(int(line.split()[1].split("/")[0]))
+        if seen[-1] >= kill_step:
+          os.killpg(proc.pid, signal.SIGKILL)
+          break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (kill_step, seen, proc.stderr.read()[-2000:])
+    assert seen[-1] == kill_step  # Killed at that step, not after the run ended by itself.
     latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
     if latest:  # Whatever the moment, the checkpoint it names is complete.
       assert tf.train.load_checkpoint(latest).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") > 0
