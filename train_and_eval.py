@@ -90,9 +90,10 @@ flags.DEFINE_float("weight_decay", None, "L2 weight decay (default: 1e-4, VGG 5e
 # Running.
 flags.DEFINE_string("strategy", "default", "tf.distribute strategy: default (one device), "
                     "mirrored (all local GPUs, or logical CPU devices), multi_worker (the hosts "
-                    "of TF_CONFIG; run the same command on each, with a --workdir they all see) "
-                    "or tpu (TPU_NAME, default the local TPU). With more than one replica, batch "
-                    "norm statistics are synchronised across replicas.")
+                    "of TF_CONFIG, or the tasks of the SLURM job step when srun started it; run "
+                    "the same command on each, with a --workdir they all see) or tpu (TPU_NAME, "
+                    "default the local TPU). With more than one replica, batch norm statistics "
+                    "are synchronised across replicas.")
 flags.DEFINE_boolean("jit_compile", False, "XLA-compile the training step (slower on CPU).")
 flags.DEFINE_string("precision", "float32",
                     "float32, mixed_float16 or mixed_bfloat16: the compute dtype. mixed_* keep "

@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 import datasets
+from core import cluster
 from core import schedules
 from core.config import Config
 from methods import base
@@ -30,8 +31,9 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
   default: one device. mirrored: every local GPU, or every logical CPU device. multi_worker:
   MultiWorkerMirroredStrategy over the hosts of TF_CONFIG (every host runs the same command
-  with its own TF_CONFIG; the workdir must be on storage that all of them see). tpu: the TPU
-  named by TPU_NAME (default: the local one).
+  with its own TF_CONFIG), or, without TF_CONFIG, over the tasks of the SLURM job step that
+  srun started (core/cluster.py); the workdir must be on storage that all of them see. tpu: the
+  TPU named by TPU_NAME (default: the local one).
   """
   if name == "default":
     return tf.distribute.get_strategy()
@@ -40,11 +42,15 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
     return tf.distribute.MirroredStrategy(devices)
   if name == "multi_worker":
-    if not os.environ.get("TF_CONFIG"):
-      raise ValueError("--strategy=multi_worker needs TF_CONFIG in the environment of every "
-                       "worker, e.g. {\"cluster\": {\"worker\": [\"host1:2222\", "
-                       "\"host2:2222\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}")
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    if os.environ.get("TF_CONFIG"):
+      return tf.distribute.MultiWorkerMirroredStrategy()
+    if cluster.in_slurm_step():
+      return tf.distribute.MultiWorkerMirroredStrategy(
+          cluster_resolver=cluster.slurm_cluster_resolver())
+    raise ValueError("--strategy=multi_worker needs TF_CONFIG in the environment of every "
+                     "worker, e.g. {\"cluster\": {\"worker\": [\"host1:2222\", "
+                     "\"host2:2222\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}, "
+                     "or to be started by SLURM's srun (one task per worker)")
   if name == "tpu":
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
         tpu=os.environ.get("TPU_NAME", "local"))

@@ -63,7 +63,8 @@ def test_result_files_are_readable_like_any_new_file(tmp_path):
 
 
 def test_multi_worker_without_tf_config_is_one_clear_error(tmp_path, shapes_data_dir, monkeypatch):
-  monkeypatch.delenv("TF_CONFIG", raising=False)
+  for name in ("TF_CONFIG", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS"):  # Nor under srun.
+    monkeypatch.delenv(name, raising=False)
   config = small_config(tmp_path / "wd", shapes_data_dir, strategy="multi_worker")
   with pytest.raises(ConfigError, match="--strategy=multi_worker needs TF_CONFIG"):
     train_and_eval.run(config, print_fn=lambda _: None)
