@@ -36,8 +36,12 @@ GRID      ?= configs/grids/shapes.toml
 GRID_ROOT ?= $(WORKDIR)/grid_$(basename $(notdir $(GRID)))
 .PHONY: grid report
 
+# EXECUTOR=slurm: every cell a SLURM job (the grid file's [slurm] section), instead of JOBS at a
+# time on this machine.
+EXECUTOR  ?= local
 grid: $(STAMP)
-	$(BIN)/python benchmark.py --grid=$(GRID) --root=$(GRID_ROOT) --jobs=$(JOBS)
+	$(BIN)/python benchmark.py --grid=$(GRID) --root=$(GRID_ROOT) \
+	  $(if $(filter slurm,$(EXECUTOR)),--executor=slurm,--jobs=$(JOBS))
 
 report: $(STAMP)
 	$(BIN)/python benchmark.py --report_only --root=$(GRID_ROOT)

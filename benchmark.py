@@ -4,11 +4,14 @@
   python benchmark.py --grid=configs/grids/shapes.toml --list          # the cells and their state
   python benchmark.py --grid=configs/grids/shapes.toml --cells='rotation-*,random_init-*'
   python benchmark.py --grid=configs/grids/shapes.toml --jobs=2          # two cells at a time
+  python benchmark.py --grid=configs/grids/shapes.toml --executor=slurm  # every cell a SLURM job
   python benchmark.py --report_only --root=workdirs/grid_shapes,/mnt/b/grid_shapes  # merge roots
 
 Each cell runs in <root>/<cell name>/ (default root: workdirs/grid_<grid name>); every step is a
 subprocess of train_and_eval.py whose output goes to <cell>/log.txt. Finished cells are skipped,
-interrupted ones resume. <root>/grid_status.json records every cell's state and errors; the
+interrupted ones resume. With --executor=slurm every cell is a SLURM job (the grid file's [slurm]
+section says what it asks for); --detach submits and exits, the same command again attaches,
+--cancel cancels the jobs. <root>/grid_status.json records every cell's state and errors; the
 report goes to <root>/report/ (report.md, report.csv, report.json, plots). Exit status: 0 when
 every selected cell succeeded, 1 when one failed, 2 for an invalid grid file or flag.
 """
@@ -46,6 +49,16 @@ flags.DEFINE_integer("jobs", 1, "Cells run at once. Above 1, each step's TensorF
                      "cpu_count // jobs threads: on a small CPU machine 2 is faster than 1. On "
                      "an accelerator keep 1 (the cells would share the device).", lower_bound=1)
 flags.DEFINE_string("python", sys.executable, "Python interpreter for the steps.")
+flags.DEFINE_enum("executor", "local", ["local", "slurm"], "Where the cells run: local "
+                  "(subprocesses of this machine, --jobs at a time) or slurm (every cell a SLURM "
+                  "job, as the grid file's [slurm] section asks; resubmitted when it ends "
+                  "without its results, up to max_retries).")
+flags.DEFINE_boolean("detach", False, "--executor=slurm: submit the jobs and exit; the same "
+                     "command without --detach attaches to them and writes the report.")
+flags.DEFINE_boolean("cancel", False, "--executor=slurm: cancel the queued and running jobs of "
+                     "the selected cells.")
+flags.DEFINE_float("slurm_poll_s", 15, "--executor=slurm: seconds between squeue calls while "
+                   "attached.")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -74,6 +87,7 @@ def run(argv) -> int:
   from grid import flags as flags_lib  # pylint: disable=g-import-not-at-top
   from grid import gridfile  # pylint: disable=g-import-not-at-top
   from grid import local  # pylint: disable=g-import-not-at-top
+  from grid import slurm  # pylint: disable=g-import-not-at-top
   from grid import runner as runner_lib  # pylint: disable=g-import-not-at-top
   from grid.cells import select_cells  # pylint: disable=g-import-not-at-top
 
@@ -106,20 +120,47 @@ def run(argv) -> int:
   root = roots[0]
   if FLAGS.list:
     print(f"{grid.path}: {len(cells)} of {len(grid.cells)} cell(s), root {root}")
-    print(runner_lib.describe(cells, root, FLAGS.show_commands))
+    jobs = None
+    if FLAGS.executor == "slurm":
+      try:
+        jobs = slurm.queue()
+      except (OSError, RuntimeError) as e:
+        print(f"warning: the jobs' states are as last recorded: {e}", file=sys.stderr)
+    print(runner_lib.describe(cells, root, FLAGS.show_commands, jobs=jobs))
     return EXIT_OK
   if not cells:
     return _error("the selection matches no cell")
-  executor = local.LocalExecutor(
-      [FLAGS.python, common.TRAIN_AND_EVAL], jobs=FLAGS.jobs, stream_logs=FLAGS.stream_logs,
-      progress_every_s=FLAGS.progress_every_s)
+  command = [FLAGS.python, common.TRAIN_AND_EVAL]
+  if FLAGS.executor == "slurm":
+    if FLAGS.jobs != 1:
+      return _error(f"--jobs={FLAGS.jobs} is for --executor=local; under SLURM every cell is a "
+                    "job of its own ([slurm] max_queued bounds how many are queued)")
+    executor = slurm.SlurmExecutor(command, grid.slurm, poll_s=FLAGS.slurm_poll_s,
+                                   detach=FLAGS.detach, progress_every_s=FLAGS.progress_every_s)
+  else:
+    for flag in ("detach", "cancel"):
+      if FLAGS[flag].value:
+        return _error(f"--{flag} is for --executor=slurm")
+    executor = local.LocalExecutor(command, jobs=FLAGS.jobs, stream_logs=FLAGS.stream_logs,
+                                   progress_every_s=FLAGS.progress_every_s)
   runner = runner_lib.GridRunner(root, executor, grid_name=grid.name,
                                  grid_path=os.path.abspath(grid.path), fail_fast=FLAGS.fail_fast)
   try:
+    if FLAGS.cancel:
+      cancelled = executor.cancel(cells, runner)
+      print(f"cancelled {len(cancelled)} SLURM job(s)" +
+            (f": {', '.join(cancelled)}" if cancelled else ""))
+      return EXIT_OK
+    if FLAGS.executor == "slurm":
+      executor.check(cells)  # Before anything is submitted.
     statuses = runner.run(cells)
+  except common.GridError as e:
+    return _error(str(e))
   except KeyboardInterrupt:
     print("interrupted; the same command resumes the grid", file=sys.stderr)
     return 130
+  if FLAGS.detach:
+    return EXIT_OK
   failed = [n for n, s in statuses.items() if s.get("status") != "done"]
   if FLAGS.report:
     _report([root], title)

@@ -1,5 +1,6 @@
 """The local executor: every cell's steps as subprocesses of this machine, `jobs` cells at once."""
 
+import contextlib
 import os
 import sys
 import threading
@@ -49,6 +50,11 @@ class LocalExecutor:
   def slots(self) -> int:
     return self.jobs
 
+  def attach(self, root: str):
+    """Nothing to hold: runners of disjoint --cells subsets may share a root."""
+    del root
+    return contextlib.nullcontext()
+
   def header(self, todo: Sequence[Cell]) -> str:
     jobs = min(self.jobs, len(todo))
     return f", {jobs} at a time" if jobs > 1 else ""
@@ -80,7 +86,7 @@ class LocalExecutor:
       else:
         runner.print_fn(text)
 
-  def run(self, cells: Sequence[Cell], runner) -> None:
+  def run(self, cells: Sequence[Cell], runner) -> bool:
     """Runs every cell, `jobs` at a time. An interrupt stops the running steps, records their
     cells as interrupted and is raised again."""
     self._runner = runner
@@ -114,7 +120,7 @@ class LocalExecutor:
     if jobs == 1:
       while run_next():
         pass
-      return
+      return True
     # `jobs` threads take cells from the queue. An interrupt (in the main thread) stops every
     # running step; each thread then records its cell as interrupted. Completion is signalled
     # with events, not Thread.join: a KeyboardInterrupt that lands inside join() can leave the
@@ -140,3 +146,4 @@ class LocalExecutor:
       for done in finished:
         done.wait()
       raise
+    return True

@@ -5,14 +5,16 @@ An executor (grid/local.py, grid/slurm.py) is any object with
   name: str                       the value of benchmark.py --executor
   slots: int                      cells it runs at once (for the ETA)
   header(todo) -> str             what the first line adds, e.g. ", 2 at a time"
-  run(todo, runner) -> None       runs the cells, telling the runner of each one's start
-                                  (runner.cell_started) and end (runner.cell_ended)
+  attach(root) -> context         held for the whole run (SLURM: one runner per root)
+  run(todo, runner) -> bool       runs the cells, telling the runner of each one's start
+                                  (runner.cell_started) and end (runner.cell_ended); False
+                                  when it returns before they end (a detached SLURM run)
 """
 
 import os
 import shlex
 import time
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from core import files
 from grid import state as state_lib
@@ -40,6 +42,7 @@ class GridRunner:
     self.progress = Progress()
     self.counts = dict(finished=0, failed=0)
     self.start = time.time()
+    self.cells: List[Cell] = []  # Those of the run, done ones too.
     self._positions: Dict[str, str] = {}
     self._total = self._done_before = 0
 
@@ -70,7 +73,12 @@ class GridRunner:
   def run(self, cells: Sequence[Cell]) -> Dict[str, Dict[str, Any]]:
     """Runs (or skips) every cell; returns {name: status entry}. Failures do not stop the rest."""
     os.makedirs(self.root, exist_ok=True)
+    with self.executor.attach(self.root):
+      return self._run(cells)
+
+  def _run(self, cells: Sequence[Cell]) -> Dict[str, Dict[str, Any]]:
     self.start = time.time()
+    self.cells = list(cells)
     todo = []
     for cell in cells:
       state = files.read_json(os.path.join(self.workdir(cell), CELL_FILE)) or {}
@@ -89,8 +97,9 @@ class GridRunner:
                   f"{self._done_before} already done, {len(todo)} to run"
                   + self.executor.header(todo))
     self.progress.expect(todo)
-    if todo:
-      self.executor.run(todo, self)
+    if todo and not self.executor.run(todo, self):
+      self.status.write()
+      return {c.name: self.status.entry(c.name) for c in cells}
     self.status.write()
     finished, failed = self.counts["finished"], self.counts["failed"]
     left = len(todo) - finished - failed
@@ -107,7 +116,8 @@ class GridRunner:
     self.status.write()
 
   def cell_ended(self, cell: Cell, outcome: Dict[str, Any], **fields) -> Dict[str, Any]:
-    """`cell` ended with `outcome` (steps.StepRunner.run_cell's); records and prints it."""
+    """`cell` ended with `outcome` (steps.StepRunner.run_cell's, or status cancelled with an
+    error); records and prints it."""
     with self.status.lock:
       entry = self.status.set(cell, finished=now(), **outcome, **fields)
       self.status.write()
@@ -118,6 +128,8 @@ class GridRunner:
       if done:
         self.print_fn(f"{position} {cell.name}: done in {fmt_duration(outcome.get('wall_s'))}"
                       f"{self._best(cell)}")
+      elif outcome["status"] == "cancelled":
+        self.print_fn(f"{position} {cell.name}: {outcome['error']}")
       else:
         self.print_fn(f"{position} {cell.name}: FAILED in step {outcome['failed_step']} "
                       f"(exit {outcome['exit_code']}): {outcome['error']}\n"
@@ -136,9 +148,10 @@ class GridRunner:
 
 
 def describe(cells: Sequence[Cell], root: str, show_commands: bool = False,
-             command: Optional[Sequence[str]] = None) -> str:
-  """The --list text: one line per cell (name, kind, state and job), optionally with its
-  commands."""
+             command: Optional[Sequence[str]] = None,
+             jobs: Optional[Mapping[str, Mapping[str, str]]] = None) -> str:
+  """The --list text: one line per cell (name, kind, state and SLURM job: its state now where
+  `jobs`, squeue's, is given), optionally with its commands."""
   status = status_lib.read(root).get("cells", {})
   width = max([len(c.name) for c in cells] + [4])
   lines = [f"{'cell'.ljust(width)}  {'kind'.ljust(11)}  state"]
@@ -154,7 +167,8 @@ def describe(cells: Sequence[Cell], root: str, show_commands: bool = False,
       if state == "failed":
         state += f" ({entry.get('error', '')[:80]})"
     if entry.get("job_id") and state != "done":
-      state += f" (SLURM job {entry['job_id']}, {entry.get('job_state', '?')})"
+      job_state = (jobs or {}).get(entry["job_id"], {}).get("state", entry.get("job_state"))
+      state += f" (SLURM job {entry['job_id']}, {job_state or '?'})"
     lines.append(f"{c.name.ljust(width)}  {c.kind.ljust(11)}  {state}")
     if show_commands:
       prefix = list(command or ["python", "train_and_eval.py"])

@@ -1,0 +1,206 @@
+"""Real cells through benchmark.py (train_and_eval.py at tiny sizes), with the local executor and,
+on a SLURM cluster, with the SLURM executor: the same cells and the same numbers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from grid import slurm
+from tests.conftest import REPO_ROOT
+
+POLL = ["--executor=slurm", "--slurm_poll_s=1", "--progress_every_s=5"]
+
+
+def _benchmark(*args, timeout=600, env=None):
+  return subprocess.run([sys.executable, "benchmark.py", *args], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _status(root):
+  with open(os.path.join(root, "grid_status.json")) as f:
+    return json.load(f)["cells"]
+
+
+def _write(path, text):
+  with open(path, "w") as f:
+    f.write(textwrap.dedent(text))
+  return str(path)
+
+
+def _grid(tmp_path, data_dir, cells, slurm_table="cpus_per_task = 1\ntime = 20",
+          pretext="", baselines=True):
+  """A tiny grid on shapes_small: VGG19 at width 1, 32x32, a few steps, no random ops in the
+  preprocessing (so that two runs give the same numbers)."""
+  return _write(tmp_path / "grid.toml", f"""
+[grid]
+name = "tiny"
+[defaults]
+dataset = "shapes_small"
+data_dir = "{data_dir}"
+[pretext]
+train_split = "train[:32]"
+val_split = "test[:16]"
+epochs = 1
+batch_size = 8
+eval_batch_size = 16
+warmup_epochs = 0
+decay_epochs = []
+architecture = "vgg19"
+filters_factor = 1
+resize_size = 32
+{pretext}
+[evaluation]
+flagfile = "configs/evaluation/shapes.flags"
+train_split = "train[:64]"
+val_split = "test[:32]"
+epochs = 1
+decay_epochs = []
+batch_size = 32
+[baselines]
+random_init = {str(baselines).lower()}
+random_init_flags = {{ eval_preprocessing = "resize,-1_to_1", resize_size = 32 }}
+[slurm]
+{slurm_table}
+{cells}
+""")
+
+
+CELLS = """
+[[cells]]
+method = "rotation"
+flagfile = "configs/rotation/shapes.flags"
+flags = { preprocessing = "resize,-1_to_1,rotate" }
+[[cells]]
+method = "supervised"
+flagfile = "configs/supervised/shapes.flags"
+flags = { preprocessing = "resize,-1_to_1" }
+[[cells]]
+method = "rotation"
+tag = "broken"
+flagfile = "configs/rotation/shapes.flags"
+flags = { preprocessing = "resize,-1_to_1,rotate", val_split = "nosuchsplit" }
+"""
+NAMES = ["rotation-vgg19-w1", "supervised-vgg19-w1", "rotation-vgg19-w1-broken",
+         "random_init-vgg19-w1"]
+
+
+def _numbers(root, name):
+  """What the report shows of a cell: per-layer top-1 and loss, pretext metrics."""
+  out = {}
+  results = os.path.join(root, name, "linear_eval", "results.json")
+  if os.path.exists(results):
+    with open(results) as f:
+      out["layers"] = json.load(f)["layers"]
+  pretext = os.path.join(root, name, "pretext_results.json")
+  if os.path.exists(pretext):
+    with open(pretext) as f:
+      out["pretext"] = json.load(f)["metrics"]
+  return out
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, shapes_data_dir):
+  """The tiny grid of CELLS and its baseline, run by the local executor, two cells at a time."""
+  directory = tmp_path_factory.mktemp("tiny")
+  grid = _grid(directory, shapes_data_dir, CELLS)
+  root = str(directory / "local")
+  start = time.time()
+  proc = _benchmark(f"--grid={grid}", f"--root={root}", "--jobs=2")
+  return dict(grid=grid, root=root, proc=proc, seconds=time.time() - start)
+
+
+def test_real_cells_end_to_end(local_run):
+  """Pretext training, export, per-layer evaluation and the report; a failing cell is recorded
+  and the others finish; run again, the finished cells are skipped."""
+  proc, root = local_run["proc"], local_run["root"]
+  assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # The broken cell.
+  assert "grid finished" in proc.stdout and "3/4 done, 1 failed" in proc.stdout
+  cell = os.path.join(root, "rotation-vgg19-w1")
+  for name in ("linear_eval/results.json", "pretext_results.json", "cell.json", "log.txt",
+               "export/saved_model.pb"):
+    assert os.path.exists(os.path.join(cell, name)), name
+  results = json.load(open(os.path.join(cell, "linear_eval", "results.json")))
+  assert results["layer_order"][:2] == ["block1", "block2"]
+  assert results["source"]["task"] == "rotation"
+  base = json.load(open(os.path.join(root, "random_init-vgg19-w1", "linear_eval",
+                                    "results.json")))
+  assert base["source"]["hub_module"] == "random_init"
+  broken = _status(root)["rotation-vgg19-w1-broken"]
+  assert broken["status"] == "failed" and broken["exit_code"] == 1
+  assert "--val_split='nosuchsplit'" in broken["error"]
+  report = open(os.path.join(root, "report", "report.md")).read()
+  assert "| rotation-vgg19-w1 | rotation | vgg19 | 1 |" in report
+  assert "*random_init-vgg19-w1* (baseline)" in report
+  # Again: the finished cells are skipped without starting train_and_eval.py.
+  sizes = {n: os.path.getsize(os.path.join(root, n, "log.txt")) for n in NAMES}
+  again = _benchmark(f"--grid={local_run['grid']}", f"--root={root}")
+  assert again.returncode == 1 and "3 already done, 1 to run" in again.stdout
+  for name in NAMES:
+    grew = os.path.getsize(os.path.join(root, name, "log.txt")) > sizes[name]
+    assert grew == (name == "rotation-vgg19-w1-broken"), name
+
+
+def test_grid_on_slurm_gives_the_local_numbers_detached_then_attached(local_run, slurm_root):
+  """Two trained cells, a baseline and a cell that fails (an unknown split): --detach submits
+  one job per cell and exits; the same command attaches to those jobs (no second job for any
+  cell) and writes the report when the last ends. Every cell has the numbers of the local
+  executor (one CPU per cell in both), the failing cell fails once, without retries."""
+  grid, local_root = local_run["grid"], local_run["root"]
+  assert local_run["proc"].returncode == 1, local_run["proc"].stderr[-3000:]
+  start = time.time()
+  detached = _benchmark(f"--grid={grid}", f"--root={slurm_root}", "--detach", *POLL)
+  assert detached.returncode == 0, detached.stderr[-3000:]
+  assert "detached: 4 SLURM job(s) queued or running" in detached.stdout
+  jobs = {n: _status(slurm_root)[n]["job_id"] for n in NAMES}
+  assert len(set(jobs.values())) == 4
+  listed = _benchmark(f"--grid={grid}", f"--root={slurm_root}", "--list", "--executor=slurm")
+  assert all(f"SLURM job {jobs[n]}, " in listed.stdout for n in NAMES), listed.stdout
+  # Ctrl-C while attached stops the watching, not the jobs.
+  proc = subprocess.Popen([sys.executable, "benchmark.py", f"--grid={grid}",
+                           f"--root={slurm_root}", *POLL], cwd=REPO_ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  for line in proc.stdout:
+    if "watching its SLURM job" in line:
+      break
+  proc.send_signal(signal.SIGINT)
+  out, _ = proc.communicate(timeout=60)
+  assert proc.returncode == 130, out
+  assert "interrupted: the SLURM jobs keep running" in out and "--cancel cancels them" in out
+  queued = slurm.queue()
+  assert not [n for n in NAMES if queued[jobs[n]]["state"] == "CANCELLED"], queued
+
+  attached = _benchmark(f"--grid={grid}", f"--root={slurm_root}", *POLL)
+  slurm_s = time.time() - start
+  assert attached.returncode == 1, attached.stdout[-3000:] + attached.stderr[-3000:]
+  assert "3/4 done, 1 failed" in attached.stdout
+  assert "submitted as SLURM job" not in attached.stdout  # Attached, nothing resubmitted.
+  status = _status(slurm_root)
+  for name in NAMES:
+    assert [a["job_id"] for a in status[name]["attempts"]] == [jobs[name]], name
+    assert _numbers(slurm_root, name) == _numbers(local_root, name), name
+  broken = status["rotation-vgg19-w1-broken"]
+  assert broken["status"] == "failed" and broken["failed_step"] == "pretext"
+  assert broken["exit_code"] == 1 and "nosuchsplit" in broken["error"]
+  assert broken["attempts"][0]["outcome"] == "failed"
+  assert _status(local_root)["rotation-vgg19-w1-broken"]["error"] == broken["error"]
+  assert all(status[n]["status"] == "done" and status[n]["attempts"][0]["state"] == "COMPLETED"
+             for n in NAMES if n != "rotation-vgg19-w1-broken")
+  # Every attempt's logs stay in the cell folder.
+  assert os.path.getsize(os.path.join(slurm_root, "rotation-vgg19-w1", "slurm",
+                                      f"{jobs['rotation-vgg19-w1']}_0_log.out")) > 0
+  with open(os.path.join(slurm_root, "report", "report.md")) as f:
+    report = f.read()
+  with open(os.path.join(local_root, "report", "report.md")) as f:
+    local_report = f.read()
+  # The report's rows, up to the wall time column.
+  rows = lambda text: [l.rsplit("|", 2)[0] for l in text.splitlines()
+                       if l.startswith(("| rotation-vgg19-w1 ", "| *supervised-vgg19-w1* "))]
+  assert len(rows(report)) == 2 and rows(report) == rows(local_report)
+  print(f"\nsmall grid: submit to report {slurm_s:.0f} s on SLURM, {local_run['seconds']:.0f} s "
+        "locally (--jobs=2)")
