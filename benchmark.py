@@ -88,6 +88,7 @@ def run(argv) -> int:
   from grid import gridfile  # pylint: disable=g-import-not-at-top
   from grid import local  # pylint: disable=g-import-not-at-top
   from grid import slurm  # pylint: disable=g-import-not-at-top
+  from grid import slurm_cluster  # pylint: disable=g-import-not-at-top
   from grid import runner as runner_lib  # pylint: disable=g-import-not-at-top
   from grid.cells import select_cells  # pylint: disable=g-import-not-at-top
 
@@ -123,8 +124,8 @@ def run(argv) -> int:
     jobs = None
     if FLAGS.executor == "slurm":
       try:
-        jobs = slurm.queue()
-      except (OSError, RuntimeError) as e:
+        jobs = slurm_cluster.queue()
+      except (OSError, slurm_cluster.ClusterError) as e:
         print(f"warning: the jobs' states are as last recorded: {e}", file=sys.stderr)
     print(runner_lib.describe(cells, root, FLAGS.show_commands, jobs=jobs))
     return EXIT_OK

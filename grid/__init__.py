@@ -11,6 +11,7 @@
   local.py      the local executor: cells as subprocesses of this machine, --jobs at a time
   slurm.py      the SLURM executor: every cell a SLURM job (submitit), resubmitted on faults
   slurm_settings.py  the [slurm] settings of a grid file, checked without a cluster
+  slurm_cluster.py   what the SLURM executor asks the cluster (partitions, jobs, test-only)
   slurm_job.py  what runs inside a cell's SLURM job
 
 The grid root's files (each cell's cell.json, export and results.json) are the only truth about

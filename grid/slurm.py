@@ -16,8 +16,6 @@ records the jobs write, so no accounting database (sacct) is needed.
 import fcntl
 import os
 import shlex
-import shutil
-import subprocess
 import sys
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -25,66 +23,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from core import files
 from grid import slurm_job
 from grid import slurm_settings
+from grid import slurm_cluster
+from grid.slurm_cluster import ACTIVE_STATES, RUNNING_STATES, ClusterError
 from grid.cells import Cell
 from grid.common import CELL_FILE, GridError, REPO_ROOT, SLURM_DIR, now
 from grid.state import cell_done, step_done
 
-COMMANDS = ("sbatch", "squeue", "scancel", "scontrol")
-# squeue's states of a job that has not ended yet; of those, the ones where it runs.
-ACTIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED",
-                 "REQUEUE_HOLD", "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING",
-                 "RESV_DEL_HOLD", "SPECIAL_EXIT")
-RUNNING_STATES = ("RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING")
 COMMENT = "ssl_bench grid cell {cell} of {root}"
-# submitit parameter -> [slurm] key, for naming the setting an sbatch check rejects.
-_SETTING = {"partition": "partition", "account": "account", "qos": "qos", "time": "time",
-            "nodes": "nodes", "ntasks_per_node": "tasks_per_node",
-            "cpus_per_task": "cpus_per_task", "gpus_per_node": "gpus_per_node", "mem": "mem"}
-
-
-def _run(argv: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess:
-  return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
-
-
-def _message(proc: subprocess.CompletedProcess) -> str:
-  text = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-  return text[-1].strip() if text else f"exit {proc.returncode}"
-
-
-def partitions() -> Dict[str, Dict[str, Any]]:
-  """The cluster's partitions: name -> {default: bool, max_time, default_time: minutes or
-  None (no limit)}."""
-  proc = _run(["scontrol", "show", "partition", "--oneliner"])
-  if proc.returncode != 0:
-    raise GridError(f"--executor=slurm: the cluster does not answer (scontrol show partition: "
-                    f"{_message(proc)})")
-  out = {}
-  for line in proc.stdout.splitlines():
-    fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-    if "PartitionName" not in fields:
-      continue
-    limits = {}
-    for key, field in (("max_time", "MaxTime"), ("default_time", "DefaultTime")):
-      value = fields.get(field, "UNLIMITED")
-      limits[key] = None if value in ("UNLIMITED", "NONE", "INFINITE") else \
-          slurm_settings.parse_time(value)
-    out[fields["PartitionName"]] = dict(default=fields.get("Default") == "YES", **limits)
-  return out
-
-
-def queue() -> Dict[str, Dict[str, str]]:
-  """This user's jobs that squeue knows (ended ones too, for a while): id -> {state, reason,
-  nodes, start, comment}."""
-  proc = _run(["squeue", "--me", "--noheader", "--states=all", "--format=%i|%T|%R|%S|%k"])
-  if proc.returncode != 0:
-    raise RuntimeError(f"squeue failed: {_message(proc)}")
-  jobs = {}
-  for line in proc.stdout.splitlines():
-    parts = line.split("|", 4)
-    if len(parts) == 5:
-      jobs[parts[0]] = dict(state=parts[1].split()[0], reason=parts[2], start=parts[3],
-                            comment=parts[4])
-  return jobs
 
 
 class SlurmExecutor:
@@ -130,14 +75,14 @@ class SlurmExecutor:
     limit in minutes (without one, its partition's default or maximum)."""
     s = cell.slurm
     _, limits = self._partition(cell)
+    params = dict(job_name=cell.name, nodes=1, ntasks_per_node=1)
+    params.update({option: s[key] for key, option in slurm_settings.SBATCH_OPTIONS.items()
+                   if key in s})
     minutes = (slurm_settings.parse_time(s["time"]) if "time" in s else
                limits.get("default_time") or limits.get("max_time"))
-    params = dict(job_name=cell.name, time=minutes, nodes=s.get("nodes", 1),
-                  ntasks_per_node=s.get("tasks_per_node", 1),
-                  cpus_per_task=s.get("cpus_per_task"), gpus_per_node=s.get("gpus_per_node"),
-                  mem=s.get("mem"), partition=s.get("partition"), account=s.get("account"),
-                  qos=s.get("qos"))
-    params = {k: v for k, v in params.items() if v is not None}
+    params.pop("time", None)
+    if minutes is not None:
+      params["time"] = minutes
     if s.get("extra"):
       params["additional_parameters"] = dict(s["extra"])
     return params
@@ -146,12 +91,15 @@ class SlurmExecutor:
     """Fails with one line naming the setting when the cluster cannot run the cells' jobs as
     asked: no SLURM commands, an unknown partition, a time limit over the partition's, or a
     request that sbatch --test-only rejects. Submits nothing."""
-    missing = [c for c in COMMANDS if shutil.which(c) is None]
+    missing = slurm_cluster.missing_commands()
     if missing:
       raise GridError(f"--executor=slurm: {', '.join(missing)} not found on PATH; run on a "
                       "SLURM login node, or start a one-node cluster on this machine with "
                       "scripts/slurm_cluster_start.sh")
-    self._partitions = partitions()
+    try:
+      self._partitions = slurm_cluster.partitions()
+    except ClusterError as e:
+      raise GridError(f"--executor=slurm: the cluster does not answer ({e})") from None
     checked = set()
     for cell in cells:
       where = f"[slurm] of cell {cell.name}"
@@ -170,24 +118,14 @@ class SlurmExecutor:
                         f"limit of partition {name}, "
                         f"{slurm_settings.format_time(limits['max_time'])}")
       key = repr(sorted((k, v) for k, v in params.items() if k != "job_name"))
-      if key not in checked:
-        checked.add(key)
-        self._test_only(params, where)
-
-  def _test_only(self, params: Mapping[str, Any], where: str) -> None:
-    """sbatch --test-only with the job's options: the scheduler's own check of the request."""
-    options = [f"--{k.replace('_', '-')}={v}" for k, v in params.items()
-               if k != "additional_parameters"]
-    for k, v in (params.get("additional_parameters") or {}).items():
-      options.append(f"--{k}" if v is True else f"--{k}={v}")
-    proc = _run(["sbatch", "--test-only", *options, "--wrap=true"])
-    if proc.returncode != 0:
-      asked = ", ".join(f"{_SETTING.get(k, k)} = {v!r}" for k, v in params.items()
-                        if k not in ("job_name", "additional_parameters"))
-      raise GridError(f"{where}: sbatch rejects the request ({asked}"
-                      + (f", extra = {params['additional_parameters']}"
-                         if params.get("additional_parameters") else "")
-                      + f"): {_message(proc)}")
+      if key in checked:
+        continue
+      checked.add(key)
+      why = slurm_cluster.test_only(params)  # The scheduler's own check of the request.
+      if why:
+        asked = ", ".join(f"{k} = {v!r}" for k, v in cell.slurm.items() if k != "setup")
+        raise GridError(f"{where}: sbatch rejects the request ({asked or 'the defaults'}): "
+                        f"{why}")
 
   # Running.
   def run(self, cells: Sequence[Cell], runner) -> bool:
@@ -196,7 +134,7 @@ class SlurmExecutor:
     False when detached. Ctrl-C stops the watching, not the jobs."""
     if self._partitions is None:
       self.check(cells)
-    jobs = queue()
+    jobs = slurm_cluster.queue()
     self._close_reused([c for c in runner.cells if c not in cells], runner, jobs)
     waiting: List[Tuple[Cell, bool]] = []  # (cell, whether a resubmission)
     tracked: Dict[str, Cell] = {}  # job id -> cell
@@ -223,7 +161,7 @@ class SlurmExecutor:
         if not tracked:
           return True
         time.sleep(self.poll_s)
-        jobs = queue()
+        jobs = slurm_cluster.queue()
         self._running = sum(jobs.get(j, {}).get("state") in RUNNING_STATES for j in tracked)
         for job_id, cell in list(tracked.items()):
           info = jobs.get(job_id)
@@ -318,7 +256,7 @@ class SlurmExecutor:
       current.setdefault("started", now())
       runner.cell_started(cell, job_state=info["state"], attempts=attempts)
       runner.print_fn(f"{runner.position(cell)} {cell.name}: running (SLURM job {job_id} on "
-                      f"{info['reason']}) | {runner.summary()}")
+                      f"{info['where']}) | {runner.summary()}")
     else:
       runner.status.set(cell, job_state=info["state"], attempts=attempts,
                         status="running" if running else "pending")
@@ -403,7 +341,7 @@ class SlurmExecutor:
   def cancel(self, cells: Sequence[Cell], runner) -> List[str]:
     """Cancels the queued and running jobs of `cells`; returns their ids. An attached runner
     does not resubmit them: each is marked cancelled in its cell folder first."""
-    jobs = queue()
+    jobs = slurm_cluster.queue()
     cancelled = []
     for cell in cells:
       comment = COMMENT.format(cell=cell.name, root=runner.root)
@@ -418,10 +356,7 @@ class SlurmExecutor:
       if ids:
         runner.status.set(cell, status="cancelled", error="cancelled with --cancel",
                           job_id=None, job_state="CANCELLED")
-    if cancelled:
-      proc = _run(["scancel", *cancelled])
-      if proc.returncode != 0:
-        raise RuntimeError(f"scancel {' '.join(cancelled)} failed: {_message(proc)}")
+    slurm_cluster.cancel(cancelled)
     runner.status.write()
     return cancelled
 

@@ -23,10 +23,14 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 from grid.common import GridError
 
-# Option names of sbatch that the SLURM executor sets itself.
-RESERVED_SBATCH = ("job-name", "output", "error", "open-mode", "signal", "comment", "wrap",
-                   "array", "ntasks", "ntasks-per-node", "nodes", "cpus-per-task", "partition",
-                   "account", "qos", "time", "mem", "gpus-per-node")
+# [slurm] key -> the sbatch option it sets (as submitit names it: '_' for '-').
+SBATCH_OPTIONS = {"partition": "partition", "account": "account", "qos": "qos", "time": "time",
+                  "nodes": "nodes", "tasks_per_node": "ntasks_per_node",
+                  "cpus_per_task": "cpus_per_task", "gpus_per_node": "gpus_per_node",
+                  "mem": "mem"}
+# sbatch options that `extra` may not set: those of the keys above, and the executor's own.
+RESERVED_SBATCH = tuple(o.replace("_", "-") for o in SBATCH_OPTIONS.values()) + (
+    "job-name", "output", "error", "open-mode", "signal", "comment", "wrap", "array", "ntasks")
 _MEM = re.compile(r"^[1-9][0-9]*[KMGT]?$")
 _OPTION = re.compile(r"^[a-z][a-z0-9-]*$")
 

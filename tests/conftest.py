@@ -24,9 +24,9 @@ def shapes_data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster():
-  """A SLURM cluster that answers (scripts/slurm_cluster_start.sh starts one on this machine);
-  its slurm.conf is in SLURM_CONF for every SLURM command. Without one, a test that needs it is
+def slurm_conf():
+  """The slurm.conf of a SLURM cluster that answers (scripts/slurm_cluster_start.sh starts one
+  on this machine), in SLURM_CONF for every SLURM command. Without one, a test that needs it is
   skipped with the way to start one, except where SSL_BENCH_REQUIRE_SLURM=1 (CI): there it
   fails."""
   if not os.environ.get("SLURM_CONF") and os.path.exists(DEFAULT_SLURM_CONF):
@@ -51,14 +51,14 @@ def slurm_cluster():
 
 
 @pytest.fixture
-def slurm_root(tmp_path, slurm_cluster):
+def slurm_root(tmp_path, slurm_conf):
   """A grid root for the cluster; the jobs of it that are still queued or running are
   cancelled at the end of the test (a failed test leaves none behind)."""
-  del slurm_cluster
-  from grid import slurm  # pylint: disable=g-import-not-at-top
+  del slurm_conf
+  from grid import slurm_cluster  # pylint: disable=g-import-not-at-top
   root = str(tmp_path / "root")
   yield root
-  ids = [j for j, info in slurm.queue().items()
-         if root in info["comment"] and info["state"] in slurm.ACTIVE_STATES]
+  ids = [j for j, info in slurm_cluster.queue().items()
+         if root in info["comment"] and info["state"] in slurm_cluster.ACTIVE_STATES]
   if ids:
     subprocess.run(["scancel", *ids], check=False)

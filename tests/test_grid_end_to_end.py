@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from grid import slurm
+from grid import slurm_cluster
 from tests.conftest import REPO_ROOT
 
 POLL = ["--executor=slurm", "--slurm_poll_s=1", "--progress_every_s=5"]
@@ -172,7 +172,7 @@ def test_grid_on_slurm_gives_the_local_numbers_detached_then_attached(local_run,
   out, _ = proc.communicate(timeout=60)
   assert proc.returncode == 130, out
   assert "interrupted: the SLURM jobs keep running" in out and "--cancel cancels them" in out
-  queued = slurm.queue()
+  queued = slurm_cluster.queue()
   assert not [n for n in NAMES if queued[jobs[n]]["state"] == "CANCELLED"], queued
 
   attached = _benchmark(f"--grid={grid}", f"--root={slurm_root}", *POLL)

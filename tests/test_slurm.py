@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from grid import slurm
+from grid import slurm_cluster
 from grid import slurm_settings
 from grid.cells import Cell
 from grid.common import GridError
@@ -77,11 +78,11 @@ slurm = { tasks_per_node = 2 }
 
 
 def test_srun_multi_worker_training_ends_with_the_same_weights(tmp_path, shapes_data_dir,
-                                                               slurm_cluster):
+                                                               slurm_conf):
   """`srun -n 2` of a --strategy=multi_worker training (one CPU per task, no TF_CONFIG): the
   two workers find each other from SLURM's environment, end with identical weights, and the
   workdir holds one run (the chief's checkpoint and export)."""
-  del slurm_cluster
+  del slurm_conf
   config = small_config(tmp_path / "wd", shapes_data_dir, epochs=2, strategy="multi_worker",
                         run_eval=True, save_checkpoints_steps=2)
   proc = subprocess.run(
@@ -113,13 +114,13 @@ def test_srun_multi_worker_training_ends_with_the_same_weights(tmp_path, shapes_
 ])
 def test_bad_settings_fail_before_anything_is_submitted(tmp_path, slurm_root, table, message):
   grid = _grid(tmp_path, "/nowhere", CELLS, slurm_table=table)
-  before = set(slurm.queue())
+  before = set(slurm_cluster.queue())
   proc = _benchmark(f"--grid={grid}", f"--root={slurm_root}", *POLL)
   assert proc.returncode == 2, proc.stdout + proc.stderr
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: [slurm] of cell rotation-vgg19-w1: ")
   assert re.search(message, lines[0]), lines[0]
-  assert not set(slurm.queue()) - before and not os.path.exists(slurm_root)
+  assert not set(slurm_cluster.queue()) - before and not os.path.exists(slurm_root)
 
 
 # ----------------------------------------------------------------------------- without a cluster
