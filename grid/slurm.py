@@ -13,20 +13,22 @@ max_retries times, and resumes from the cell's checkpoints. Ended jobs are read 
 records the jobs write, so no accounting database (sacct) is needed.
 """
 
+import contextlib
 import fcntl
 import os
 import shlex
+import subprocess
 import sys
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from core import files
+from grid import slurm_cluster
 from grid import slurm_job
 from grid import slurm_settings
-from grid import slurm_cluster
-from grid.slurm_cluster import ACTIVE_STATES, RUNNING_STATES, ClusterError
 from grid.cells import Cell
 from grid.common import CELL_FILE, GridError, REPO_ROOT, SLURM_DIR, now
+from grid.slurm_cluster import ACTIVE_STATES, RUNNING_STATES, ClusterError
 from grid.state import cell_done, step_done
 
 COMMENT = "ssl_bench grid cell {cell} of {root}"
@@ -161,7 +163,12 @@ class SlurmExecutor:
         if not tracked:
           return True
         time.sleep(self.poll_s)
-        jobs = slurm_cluster.queue()
+        try:
+          jobs = slurm_cluster.queue()
+        except (ClusterError, subprocess.TimeoutExpired) as e:  # A busy controller: next time.
+          runner.print_fn(f"  slurm: squeue did not answer ({e}); asking again in "
+                          f"{self.poll_s:g} s")
+          continue
         self._running = sum(jobs.get(j, {}).get("state") in RUNNING_STATES for j in tracked)
         for job_id, cell in list(tracked.items()):
           info = jobs.get(job_id)
@@ -229,11 +236,12 @@ class SlurmExecutor:
                *cell.slurm.get("setup", [])])
     try:
       job = executor.submit(slurm_job.run, cell, runner.root, self.command, runner.grid_info)
-    except (submitit.core.utils.FailedJobError, OSError) as e:
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError,
+            OSError) as e:
       lines = str(e).strip().splitlines() or ["(no message)"]
       runner.cell_ended(cell, dict(status="failed", failed_step="submit", exit_code=None,
                                    error=f"sbatch failed: {lines[-1]}", log_tail=lines[-30:],
-                                   wall_s=0.0), job_id=None, job_state=None)
+                                   wall_s=0.0), job_id=None, job_state=None, attempts=attempts)
       return None
     attempts.append(self._attempt(cell, runner, job.job_id))
     runner.status.set(cell, status="pending", executor=self.name, job_id=job.job_id,
@@ -345,17 +353,14 @@ class SlurmExecutor:
     cancelled = []
     for cell in cells:
       comment = COMMENT.format(cell=cell.name, root=runner.root)
-      ids = {j for j, info in jobs.items() if info["comment"] == comment and
-             info["state"] in ACTIVE_STATES}
-      job_id = runner.status.entry(cell.name).get("job_id")
-      if job_id and jobs.get(job_id, {}).get("state") in ACTIVE_STATES:
-        ids.add(job_id)
-      for job in sorted(ids, key=int):
+      ids = sorted((j for j, info in jobs.items() if info["comment"] == comment and
+                    info["state"] in ACTIVE_STATES), key=int)
+      for job in ids:
         files.write_text_atomic(_cancel_marker(runner.workdir(cell), job), now() + "\n")
         cancelled.append(job)
       if ids:
-        runner.status.set(cell, status="cancelled", error="cancelled with --cancel",
-                          job_id=None, job_state="CANCELLED")
+        fields, _ = self._close(cell, ids[-1], dict(state="CANCELLED"), runner)
+        runner.status.set(cell, status="cancelled", error="cancelled with --cancel", **fields)
     slurm_cluster.cancel(cancelled)
     runner.status.write()
     return cancelled
@@ -380,31 +385,21 @@ def _tail(path: str, lines: int = 30) -> List[str]:
     return []
 
 
-class _attached:
+@contextlib.contextmanager
+def _attached(root: str):
   """Holds <root>/.slurm_runner.lock while a runner submits and watches a root's jobs: a second
   runner on the same root is refused instead of submitting the same cells again."""
-
-  def __init__(self, root: str):
-    self.path = os.path.join(root, ".slurm_runner.lock")
-
-  def __enter__(self):
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    self.file = open(self.path, "a+")
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, ".slurm_runner.lock"), "a+") as lock:
     try:
-      fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      self.file.seek(0)
-      holder = self.file.read().strip() or "another process"
-      self.file.close()
-      raise GridError(f"another runner ({holder}) is attached to the SLURM jobs of "
-                      f"{os.path.dirname(self.path)}; it submits and watches them. --list shows "
-                      "their state") from None
-    self.file.seek(0)
-    self.file.truncate()
-    self.file.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-    self.file.flush()
-    return self
-
-  def __exit__(self, *exc):
-    fcntl.flock(self.file, fcntl.LOCK_UN)
-    self.file.close()
+      lock.seek(0)
+      holder = lock.read().strip() or "another process"
+      raise GridError(f"another runner ({holder}) is attached to the SLURM jobs of {root}; it "
+                      "submits and watches them. --list shows their state") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+    lock.flush()
+    yield

@@ -104,6 +104,35 @@ def test_srun_multi_worker_training_ends_with_the_same_weights(tmp_path, shapes_
     assert json.load(f)["step"] == 4
 
 
+def test_cancel_while_attached_cancels_the_jobs_for_good(tmp_path, shapes_data_dir, slurm_root):
+  """--cancel cancels the grid's queued and running jobs; the runner attached to them records
+  the cells as cancelled and does not resubmit them."""
+  grid = _grid(tmp_path, shapes_data_dir, CELLS)
+  detached = _benchmark(f"--grid={grid}", f"--root={slurm_root}", "--detach", *POLL)
+  assert detached.returncode == 0, detached.stderr[-3000:]
+  jobs = {n: e["job_id"] for n, e in _status(slurm_root).items()}
+  proc = subprocess.Popen([sys.executable, "benchmark.py", f"--grid={grid}",
+                           f"--root={slurm_root}", *POLL], cwd=REPO_ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  for line in proc.stdout:
+    if "watching its SLURM job" in line:
+      break
+  cancel = _benchmark(f"--grid={grid}", f"--root={slurm_root}", "--cancel", *POLL)
+  assert cancel.returncode == 0, cancel.stderr
+  assert cancel.stdout.strip() == (f"cancelled 4 SLURM job(s): "
+                                   f"{', '.join(sorted(jobs.values(), key=int))}")
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 1, out
+  assert "submitted as SLURM job" not in out and "0/4 done" in out
+  status = _status(slurm_root)
+  for name, job_id in jobs.items():
+    assert status[name]["status"] == "cancelled", status[name]
+    assert [(a["job_id"], a["state"]) for a in status[name]["attempts"]] == [
+        (job_id, "CANCELLED")]
+  assert not [j for j in jobs.values()
+              if slurm_cluster.queue()[j]["state"] in slurm_cluster.ACTIVE_STATES]
+
+
 @pytest.mark.parametrize("table, message", [
     ("partition = \"gpu\"", r"partition = 'gpu' is not a partition of this cluster; "
                             r"partitions: debug, short"),
