@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -412,6 +413,31 @@ def test_runner_runs_skips_and_resumes(configs, known, fake_runner, tmp_path):
   calls = _calls(root, "rotation-vgg19-w1")
   assert [_task(a) for a in calls[3:]] == ["rotation", "linear_eval"]
   assert "--epochs=2" in calls[3] and "--force" in calls[4]
+
+
+def test_a_root_written_before_the_grid_package_is_skipped_and_resumed(configs, known,
+                                                                     fake_runner, tmp_path):
+  """tests/data/root_18fe8a7 holds two cells of GRID written by the grid runner of commit
+  18fe8a7 (core/grid.py, before grid/) with FAKE_STEP. Both are done as they are; with the
+  evaluation's settings changed, only the evaluation runs again."""
+  root = tmp_path / "root"
+  shutil.copytree(os.path.join(REPO_ROOT, "tests", "data", "root_18fe8a7"), root)
+  names = ["rotation-vgg19-w1", "random_init-vgg19-w1"]
+  grid = gridfile.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
+  runner, lines = fake_runner(root)
+  statuses = runner.run(select_cells(grid, names))
+  assert "2 already done, 0 to run" in lines[0]
+  assert all(statuses[n]["status"] == "done" and statuses[n]["reused"] for n in names)
+  assert [_task(a) for a in _calls(root, "rotation-vgg19-w1")] == ["rotation", "linear_eval"]
+  changed = gridfile.load_grid(write_grid(configs, GRID.replace("eval_flags = { epochs = 5 }",
+                                                                "eval_flags = { epochs = 6 }")),
+                               known, base_dir=str(configs))
+  runner, lines = fake_runner(root)
+  runner.run(select_cells(changed, names))
+  calls = _calls(root, "rotation-vgg19-w1")
+  assert [_task(a) for a in calls] == ["rotation", "linear_eval", "linear_eval"]
+  assert "--epochs=6" in calls[-1]
+  assert len(_calls(root, "random_init-vgg19-w1")) == 1  # Its evaluation did not change.
 
 
 def test_failing_cell_is_recorded_and_the_rest_go_on(configs, known, fake_runner, tmp_path,
