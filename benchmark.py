@@ -155,7 +155,7 @@ def run(argv) -> int:
     if FLAGS.executor == "slurm":
       executor.check(cells)  # Before anything is submitted.
     statuses = runner.run(cells)
-  except common.GridError as e:
+  except (common.GridError, slurm_cluster.ClusterError) as e:
     return _error(str(e))
   except KeyboardInterrupt:
     print("interrupted; the same command resumes the grid", file=sys.stderr)

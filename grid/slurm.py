@@ -93,11 +93,7 @@ class SlurmExecutor:
     """Fails with one line naming the setting when the cluster cannot run the cells' jobs as
     asked: no SLURM commands, an unknown partition, a time limit over the partition's, or a
     request that sbatch --test-only rejects. Submits nothing."""
-    missing = slurm_cluster.missing_commands()
-    if missing:
-      raise GridError(f"--executor=slurm: {', '.join(missing)} not found on PATH; run on a "
-                      "SLURM login node, or start a one-node cluster on this machine with "
-                      "scripts/slurm_cluster_start.sh")
+    _require_commands()
     try:
       self._partitions = slurm_cluster.partitions()
     except ClusterError as e:
@@ -144,8 +140,6 @@ class SlurmExecutor:
       job_id = self._open_job(cell, runner, jobs)
       if job_id:
         tracked[job_id] = cell
-        runner.print_fn(f"{runner.position(cell)} {cell.name}: watching its SLURM job "
-                        f"{job_id} ({runner.status.entry(cell.name).get('job_state')})")
       else:
         waiting.append((cell, False))
     last_summary = time.time()
@@ -201,17 +195,21 @@ class SlurmExecutor:
     """The job of the cell's current attempt, if it has one: the status file's, or, where the
     status file lost it, a queued or running job of this cell and root (its comment)."""
     job_id = runner.status.entry(cell.name).get("job_id")
-    if job_id:
-      return job_id
-    comment = COMMENT.format(cell=cell.name, root=runner.root)
-    active = [j for j, info in jobs.items() if info["comment"] == comment and
-              info["state"] in ACTIVE_STATES]
-    if not active:
-      return None
-    job_id = max(active, key=int)
-    attempts = self._attempts(cell, runner) + [self._attempt(cell, runner, job_id)]
-    runner.status.set(cell, status="pending", executor=self.name, job_id=job_id,
-                      job_state=jobs[job_id]["state"], attempts=attempts)
+    if not job_id:
+      comment = COMMENT.format(cell=cell.name, root=runner.root)
+      active = [j for j, info in jobs.items() if info["comment"] == comment and
+                info["state"] in ACTIVE_STATES]
+      if not active:
+        return None
+      job_id = max(active, key=int)
+      attempts = self._attempts(cell, runner) + [self._attempt(cell, runner, job_id)]
+      runner.status.set(cell, executor=self.name, job_id=job_id, job_state="PENDING",
+                        attempts=attempts)
+    info = jobs.get(job_id)
+    runner.print_fn(f"{runner.position(cell)} {cell.name}: watching its SLURM job {job_id} "
+                    f"({info['state'] if info else 'no longer in the queue'})")
+    if info and info["state"] in ACTIVE_STATES:
+      self._update(cell, job_id, info, runner)  # Its state now.
     return job_id
 
   def _attempt(self, cell: Cell, runner, job_id: str) -> Dict[str, Any]:
@@ -349,6 +347,7 @@ class SlurmExecutor:
   def cancel(self, cells: Sequence[Cell], runner) -> List[str]:
     """Cancels the queued and running jobs of `cells`; returns their ids. An attached runner
     does not resubmit them: each is marked cancelled in its cell folder first."""
+    _require_commands()
     jobs = slurm_cluster.queue()
     cancelled = []
     for cell in cells:
@@ -364,6 +363,14 @@ class SlurmExecutor:
     slurm_cluster.cancel(cancelled)
     runner.status.write()
     return cancelled
+
+
+def _require_commands() -> None:
+  missing = slurm_cluster.missing_commands()
+  if missing:
+    raise GridError(f"--executor=slurm: {', '.join(missing)} not found on PATH; run on a SLURM "
+                    "login node, or start a one-node cluster on this machine with "
+                    "scripts/slurm_cluster_start.sh")
 
 
 def _cancel_marker(workdir: str, job_id: str) -> str:

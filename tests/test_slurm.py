@@ -164,6 +164,9 @@ def test_no_sbatch_on_path_is_one_line_before_anything_runs(tmp_path):
       "SLURM login node, or start a one-node cluster on this machine with "
       "scripts/slurm_cluster_start.sh"]
   assert not root.exists()
+  proc = _benchmark(f"--grid={grid}", f"--root={root}", "--cancel", *POLL,
+                    env=dict(os.environ, PATH=str(tmp_path)))
+  assert proc.returncode == 2 and "sbatch, squeue, scancel, scontrol not found" in proc.stderr
   proc = _benchmark(f"--grid={grid}", f"--root={root}", "--detach")
   assert proc.returncode == 2 and "--detach is for --executor=slurm" in proc.stderr
   proc = _benchmark(f"--grid={grid}", f"--root={root}", "--jobs=2", *POLL)
