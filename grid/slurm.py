@@ -136,14 +136,14 @@ class SlurmExecutor:
     self._close_reused([c for c in runner.cells if c not in cells], runner, jobs)
     waiting: List[Tuple[Cell, bool]] = []  # (cell, whether a resubmission)
     tracked: Dict[str, Cell] = {}  # job id -> cell
-    for cell in cells:
-      job_id = self._open_job(cell, runner, jobs)
-      if job_id:
-        tracked[job_id] = cell
-      else:
-        waiting.append((cell, False))
     last_summary = time.time()
     try:
+      for cell in cells:
+        job_id = self._open_job(cell, runner, jobs)
+        if job_id:
+          tracked[job_id] = cell
+        else:
+          waiting.append((cell, False))
       while True:
         while waiting and len(tracked) < self.max_queued and not runner.should_stop():
           cell, retry = waiting.pop(0)
