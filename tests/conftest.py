@@ -62,3 +62,38 @@ def slurm_root(tmp_path, slurm_conf):
          if root in info["comment"] and info["state"] in slurm_cluster.ACTIVE_STATES]
   if ids:
     subprocess.run(["scancel", *ids], check=False)
+
+
+# The SLURM tests' outcomes, listed at the end of the run (CI's log shows that they ran).
+_SLURM_TESTS: dict = {}
+
+
+def pytest_collection_modifyitems(items):
+  """Tests that need the cluster are marked `slurm` (`-m "not slurm"` leaves them out)."""
+  for item in items:
+    if "slurm_conf" in getattr(item, "fixturenames", ()):
+      item.add_marker(pytest.mark.slurm)
+
+
+def pytest_runtest_setup(item):
+  if "slurm_conf" in getattr(item, "fixturenames", ()):
+    _SLURM_TESTS[item.nodeid] = "started"
+
+
+def pytest_runtest_logreport(report):
+  if report.nodeid in _SLURM_TESTS and (report.when == "call" or report.outcome != "passed"):
+    _SLURM_TESTS[report.nodeid] = report.outcome
+
+
+def pytest_terminal_summary(terminalreporter):
+  if not _SLURM_TESTS:
+    return
+  counts = {}
+  for outcome in _SLURM_TESTS.values():
+    counts[outcome] = counts.get(outcome, 0) + 1
+  terminalreporter.section("tests on the SLURM cluster")
+  for nodeid, outcome in _SLURM_TESTS.items():
+    terminalreporter.write_line(f"{outcome.upper():8} {nodeid}")
+  terminalreporter.write_line(
+      f"SLURM tests: {', '.join(f'{n} {o}' for o, n in sorted(counts.items()))} "
+      f"(SLURM_CONF={os.environ.get('SLURM_CONF', 'unset')})")

@@ -140,7 +140,7 @@ def test_cancel_while_attached_cancels_the_jobs_for_good(tmp_path, shapes_data_d
      r"time = '1:00:00' \(01:00:00\) is over the time limit of partition short, 00:10:00"),
     ("cpus_per_task = 64\ntime = 5", r"sbatch rejects the request \(.*cpus_per_task = 64.*\): "
                                      r".*not available"),
-])
+], ids=["unknown_partition", "time_over_the_partitions", "more_cpus_than_a_node"])
 def test_bad_settings_fail_before_anything_is_submitted(tmp_path, slurm_root, table, message):
   grid = _grid(tmp_path, "/nowhere", CELLS, slurm_table=table)
   before = set(slurm_cluster.queue())
