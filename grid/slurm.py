@@ -275,8 +275,11 @@ class SlurmExecutor:
     record = files.read_json(slurm_job.record_path(runner.workdir(cell), job_id)) or {}
     attempts = self._attempts(cell, runner)
     if attempts and attempts[-1]["job_id"] == job_id:
+      # The job's own word on how it ended: done, failed, interrupted; "killed" where it was
+      # stopped before it could say, "none" where it left no record (it never started).
+      outcome = {"running": "killed"}.get(record.get("status"), record.get("status", "none"))
       attempts[-1].update(state=state, ended=attempts[-1].get("ended") or now(),
-                          outcome=record.get("status", "none"))
+                          outcome=outcome)
     return dict(job_id=None, job_state=state, attempts=attempts), record
 
   def _close_reused(self, cells: Sequence[Cell], runner, jobs) -> None:

@@ -29,14 +29,14 @@ from tests.test_train_and_eval import _RUN, small_config
 
 def test_cancelled_multi_worker_job_is_resubmitted_and_resumes(tmp_path, shapes_data_dir,
                                                                slurm_root):
-  """scancel of a 2-task (multi-worker) cell's job once it has saved a checkpoint: the
-  runner resubmits it, the cell resumes from that checkpoint and ends at the planned step, and
-  the status file holds both attempts."""
+  """scancel of a 2-task (multi-worker) cell's job in the middle of its training, once it has
+  saved a checkpoint (at step 10 of 50): the runner resubmits it, the cell resumes from that
+  checkpoint and ends at the planned step, and the status file holds both attempts."""
   grid = _grid(tmp_path, shapes_data_dir, """
 [[cells]]
 method = "rotation"
 flagfile = "configs/rotation/shapes.flags"
-flags = { preprocessing = "resize,-1_to_1,rotate", train_split = "train[:200]" }
+flags = { preprocessing = "resize,-1_to_1,rotate", train_split = "train[:400]" }
 slurm = { tasks_per_node = 2 }
 """, pretext="save_checkpoints_steps = 5\nlog_every_steps = 5", baselines=False)
   cell = os.path.join(slurm_root, "rotation-vgg19-w1")
@@ -45,10 +45,17 @@ slurm = { tasks_per_node = 2 }
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   try:
     checkpoint = os.path.join(cell, "checkpoints", "checkpoint")
+
+    def reached_step_10() -> bool:
+      if not os.path.exists(checkpoint):
+        return False
+      with open(os.path.join(cell, "log.txt")) as f:
+        return "\nstep 10/50 " in f.read()
+
     deadline = time.time() + 300
-    while not os.path.exists(checkpoint) and time.time() < deadline and proc.poll() is None:
-      time.sleep(0.2)
-    assert os.path.exists(checkpoint), "no checkpoint was saved"
+    while not reached_step_10() and time.time() < deadline and proc.poll() is None:
+      time.sleep(0.1)
+    assert reached_step_10(), "no checkpoint by step 10"
     first = _status(slurm_root)["rotation-vgg19-w1"]["job_id"]
     subprocess.run(["scancel", first], check=True)
     second = _benchmark(f"--grid={grid}", f"--root={slurm_root}", *POLL)
@@ -62,18 +69,21 @@ slurm = { tasks_per_node = 2 }
   attempts = _status(slurm_root)["rotation-vgg19-w1"]["attempts"]
   assert [a["state"] for a in attempts] == ["CANCELLED", "COMPLETED"], attempts
   assert attempts[0]["job_id"] == first and attempts[1]["outcome"] == "done"
-  assert attempts[0]["outcome"] in ("interrupted", "running")  # Killed: no outcome of its own.
+  assert attempts[0]["outcome"] in ("interrupted", "killed")  # Stopped from outside.
   for attempt in attempts:
     assert os.path.exists(attempt["log"]), attempt
   with open(os.path.join(cell, "log.txt")) as f:
     log = f.read()
-  restored = [l for l in log.splitlines() if l.startswith("restored ")]
-  assert len(restored) == 1 and int(restored[0].rsplit(" ", 1)[1]) >= 5, restored
-  assert "2 replica(s)" in log and "step 25/25" in log
+  first_attempt, second_attempt = log.split("\nrestored ", 1)
+  assert "step 10/50 " in first_attempt and "step 50/50" not in first_attempt  # Mid-training.
+  restored = int(second_attempt.split("\n", 1)[0].rsplit(" ", 1)[1])
+  assert 10 <= restored < 50 and restored % 5 == 0, restored
+  assert "2 replica(s)" in first_attempt and "2 replica(s)" in second_attempt
+  assert f"step {restored + 5}/50 " in second_attempt and "step 50/50" in second_attempt
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  assert tf.train.latest_checkpoint(os.path.join(cell, "checkpoints")).endswith("-25")
+  assert tf.train.latest_checkpoint(os.path.join(cell, "checkpoints")).endswith("-50")
   with open(os.path.join(cell, "export", "export_info.json")) as f:
-    assert json.load(f)["step"] == 25
+    assert json.load(f)["step"] == 50
   assert not [p for p in os.listdir(cell) if p.startswith("worker")]  # Only the chief's files.
 
 
