@@ -5,6 +5,9 @@ import math
 import os
 from typing import Optional, Tuple
 
+from core import architectures
+from core.architectures import MODES
+
 
 class ConfigError(ValueError):
   """A config value is invalid; the message names the flag, the value and what is valid."""
@@ -72,16 +75,14 @@ class Config:
     return os.path.join(self.workdir, "export")
 
   def resolved_weight_decay(self) -> float:
-    import models  # pylint: disable=g-import-not-at-top
     if self.weight_decay is not None:
       return self.weight_decay
-    return models.default_weight_decay(self.architecture)
+    return architectures.facts(self.architecture).weight_decay
 
   def resolved_filters_factor(self) -> int:
-    import models  # pylint: disable=g-import-not-at-top
     if self.filters_factor is not None:
       return self.filters_factor
-    return models.default_filters_factor(self.architecture)
+    return architectures.facts(self.architecture).filters_factor
 
   def preprocess_config(self):
     """The preprocessing parameters, as the data pipeline takes them."""
@@ -98,7 +99,6 @@ class Config:
 OPTIMIZERS = ("sgd", "adam")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-MODES = ("v1", "v2")
 
 
 def _check(condition: bool, message: str):

@@ -25,9 +25,10 @@ import os
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from core import architectures
 from core import files
-from grid import flags as grid_flags
 from core import specs
+from grid import flags as grid_flags
 
 STATUS_FILE = "grid_status.json"
 CELL_FILE = "cell.json"
@@ -35,14 +36,6 @@ RESULTS_FILE = "results.json"
 PRETEXT_RESULTS_FILE = "pretext_results.json"
 RANDOM_INIT = "random_init"
 
-# Layer names by depth, per family (DESIGN.md "End point names"); other names keep the order of
-# their results.json.
-FAMILIES = {"resnet50": "resnet", "revnet50": "resnet", "vgg19": "vgg"}
-FAMILY_TITLES = {"resnet": "ResNet / RevNet", "vgg": "VGG"}
-DEPTH_ORDER = {
-    "resnet": ["after_root", "block1", "block2", "block3", "block4", "pre_logits", "logits"],
-    "vgg": ["block1", "block2", "block3", "block4", "block5", "fc6", "pre_logits", "logits"],
-}
 KIND_ORDER = {"pretext": 0, "supervised": 1, RANDOM_INIT: 2}
 KIND_LABELS = {"pretext": "", "supervised": "reference", RANDOM_INIT: "baseline"}
 
@@ -66,7 +59,7 @@ class CellResult:
 
   @property
   def family(self) -> str:
-    return FAMILIES.get(self.architecture, self.architecture)
+    return architectures.family(self.architecture)
 
   @property
   def evaluation(self) -> Tuple[str, ...]:
@@ -161,7 +154,7 @@ def _cell_from_dir(root: str, directory: str) -> Optional[CellResult]:
     kind = RANDOM_INIT if random_init else ("supervised" if task == "supervised" else "pretext")
     method = RANDOM_INIT if random_init else task
     arch = source.get("architecture") or config.get("architecture") or "unknown"
-    mode = source.get("mode") if str(arch).startswith("resnet") else None
+    mode = source.get("mode") if architectures.has_modes(arch) else None
     width = source.get("filters_factor")
     name = os.path.relpath(cell_dir, root)
   return CellResult(name=name, root=root, evaluation_name=evaluation_name,
@@ -251,7 +244,9 @@ def layer_columns(cells: Sequence[CellResult]) -> List[str]:
         order = cell.results.get("layer_order") or []
         before = [n for n in order[:order.index(name)] if n in names] if name in order else []
         names.insert(names.index(before[-1]) + 1 if before else len(names), name)
-  known = DEPTH_ORDER.get(cells[0].family if cells else "", [])
+  # Layer names by depth, per family (core/architectures.py); other names keep the order of
+  # their results.json.
+  known = architectures.depth_order(cells[0].family) if cells else ()
   ranked = [n for n in known if n in names]
   if len(ranked) == len(names):
     return ranked
@@ -275,7 +270,7 @@ def group_tables(cells: Sequence[CellResult]) -> List[Tuple[Tuple[str, ...], str
   groups: Dict[Tuple[Tuple[str, ...], str], List[CellResult]] = {}
   for cell in cells:
     groups.setdefault((cell.evaluation, cell.family), []).append(cell)
-  family_rank = {f: i for i, f in enumerate(DEPTH_ORDER)}
+  family_rank = {f: i for i, f in enumerate(architectures.FAMILIES)}
   keys = sorted(groups, key=lambda k: (k[0], family_rank.get(k[1], 99), k[1]))
   return [(k[0], k[1], sort_cells(groups[k])) for k in keys]
 
@@ -514,7 +509,7 @@ def write_report(cells: Sequence[CellResult], out_dir: str, roots: Sequence[str]
   plots = []
   for key, family, group in group_tables(cells):
     layers = layer_columns(group)
-    title_text = f"{evaluation_title(key)} - {FAMILY_TITLES.get(family, family)}"
+    title_text = f"{evaluation_title(key)} - {architectures.FAMILY_TITLES.get(family, family)}"
     lines.append(f"## {title_text}")
     lines.append("")
     lines.append(markdown_table(group, layers))
@@ -562,7 +557,7 @@ def summary_text(cells: Sequence[CellResult], failures: Sequence[Mapping[str, An
   """A short plain-text summary: per table, each cell's best layer and accuracy."""
   lines = []
   for key, family, group in group_tables(cells):
-    lines.append(f"{evaluation_title(key)} - {FAMILY_TITLES.get(family, family)}:")
+    lines.append(f"{evaluation_title(key)} - {architectures.FAMILY_TITLES.get(family, family)}:")
     width = max(len(c.name) for c in group)
     for c in group:
       best = c.best_layer

@@ -16,9 +16,7 @@ from grid.common import GridError, RANDOM_INIT
 PRETEXT, SUPERVISED = "pretext", "supervised"
 KINDS = (PRETEXT, SUPERVISED, RANDOM_INIT)
 
-# Standard widths (train_and_eval.py --filters_factor default) and flag defaults, used for cell
-# names when the flag help of train_and_eval.py is not at hand.
-DEFAULT_WIDTHS = {"resnet50": 4, "revnet50": 4, "vgg19": 8}
+# Flag defaults, used for cell names when the flag help of train_and_eval.py is not at hand.
 FALLBACK_DEFAULTS = {"architecture": "resnet50", "mode": "v2"}
 # Flags that do not change a step's results: a cell differing only in these is the same cell
 # (e.g. the same root moved to a machine with its data elsewhere).
@@ -126,11 +124,6 @@ def cell_name(method: str, architecture: str, mode: Optional[str], width: Option
   if tag:
     parts.append(sanitize(tag))
   return "-".join(parts)
-
-
-def has_modes(architecture: str) -> bool:
-  """Whether --mode (v1/v2) changes the architecture: ResNets; RevNet and VGG ignore it."""
-  return architecture.startswith("resnet")
 
 
 def select_cells(grid: Grid, patterns: Sequence[str] = (), methods: Sequence[str] = (),

@@ -36,10 +36,11 @@ import re
 import tomllib
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from core import architectures
 from core import specs
 from grid import slurm_settings
-from grid.cells import (Cell, DEFAULT_WIDTHS, FALLBACK_DEFAULTS, Grid, PRETEXT, SUPERVISED,
-                        cell_name, has_modes, sanitize)
+from grid.cells import (Cell, FALLBACK_DEFAULTS, Grid, PRETEXT, SUPERVISED, cell_name,
+                        sanitize)
 from grid.common import GridError, RANDOM_INIT, REPO_ROOT
 from grid.flags import FlagChecker, FlagInfo, RUNNER_FLAGS, flag_value, same_value
 
@@ -77,10 +78,10 @@ class _Parser(FlagChecker):
   def identity(self, flags: Mapping[str, Any], where: str):
     """(architecture, mode or None, width) of a cell's effective flags."""
     arch = str(self.default(flags, "architecture"))
-    mode = str(self.default(flags, "mode")) if has_modes(arch) else None
+    mode = str(self.default(flags, "mode")) if architectures.has_modes(arch) else None
     width = flags.get("filters_factor")
     try:
-      width = int(width) if width is not None else DEFAULT_WIDTHS.get(arch)
+      width = int(width) if width is not None else architectures.standard_width(arch)
     except ValueError:
       self.fail(where, f"filters_factor = {width!r} is not an integer")
     return arch, mode, width

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import keras
 
+from core import architectures
 from core.registry import Registry
 from models import common
 from models import resnet
@@ -15,12 +16,10 @@ from models import revnet
 from models import vgg
 
 ARCHITECTURES: Registry[common.Architecture] = Registry("architecture")
-ARCHITECTURES.register("resnet50", common.Architecture(
-    build=resnet.build, end_points=resnet.END_POINTS, filters_factor=4, weight_decay=1e-4))
-ARCHITECTURES.register("revnet50", common.Architecture(
-    build=revnet.build, end_points=revnet.END_POINTS, filters_factor=4, weight_decay=1e-4))
-ARCHITECTURES.register("vgg19", common.Architecture(
-    build=vgg.build, end_points=vgg.END_POINTS, filters_factor=8, weight_decay=5e-4))
+for _name, _build in (("resnet50", resnet.build), ("revnet50", revnet.build),
+                      ("vgg19", vgg.build)):
+  ARCHITECTURES.register(_name, common.Architecture(build=_build,
+                                                    facts=architectures.facts(_name)))
 
 # Strides for patch inputs (the 2019 code's jigsaw and relative patch location): a stride-1 root
 # and no stride in block4, so that a small patch keeps some spatial extent to the end. Patch
@@ -42,7 +41,7 @@ def get_model(architecture: str, *, num_classes: Optional[int] = None,
   """
   arch = ARCHITECTURES.get(architecture)
   if filters_factor is None:
-    filters_factor = arch.filters_factor
+    filters_factor = arch.facts.filters_factor
   strides = common.check_args(
       num_classes=num_classes, filters_factor=filters_factor, mode=mode,
       root_conv_stride=root_conv_stride, strides=strides, bn_momentum=bn_momentum)
@@ -55,15 +54,15 @@ def get_model(architecture: str, *, num_classes: Optional[int] = None,
 
 def end_point_names(architecture: str, with_logits: bool = False) -> List[str]:
   """The keys of the model's output dict, ordered by depth."""
-  names = list(ARCHITECTURES.get(architecture).end_points)
-  return names + ["logits"] if with_logits else names
+  names = list(ARCHITECTURES.get(architecture).facts.end_points)
+  return names + [architectures.LOGITS] if with_logits else names
 
 
 def default_filters_factor(architecture: str) -> int:
   """The standard-width filters_factor (4 for resnet50/revnet50, 8 for vgg19)."""
-  return ARCHITECTURES.get(architecture).filters_factor
+  return ARCHITECTURES.get(architecture).facts.filters_factor
 
 
 def default_weight_decay(architecture: str) -> float:
   """The L2 weight decay of the 2019 code (1e-4 for resnet50/revnet50, 5e-4 for vgg19)."""
-  return ARCHITECTURES.get(architecture).weight_decay
+  return ARCHITECTURES.get(architecture).facts.weight_decay

@@ -6,17 +6,17 @@ from typing import Callable, Optional, Tuple
 import keras
 from keras import ops
 
+from core.architectures import ArchitectureFacts, MODES
+
 BN_EPSILON = 1e-5
-MODES = ("v1", "v2")
 
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-  """What the registry holds for one architecture: its builder and its defaults."""
+  """What the registry holds for one architecture: its builder and its facts (end points in
+  depth order, standard width, weight decay: core/architectures.py)."""
   build: Callable[..., keras.Model]
-  end_points: Tuple[str, ...]  # without "logits", ordered by depth
-  filters_factor: int
-  weight_decay: float
+  facts: ArchitectureFacts
 
 
 def batch_norm(name: str, momentum: float, synchronized: bool,

@@ -14,9 +14,10 @@ from typing import Optional, Tuple
 import keras
 from keras import ops
 
+from core import architectures
 from models import common
 
-END_POINTS = ("after_root", "block1", "block2", "block3", "block4", "pre_logits")
+END_POINTS = architectures.facts("resnet50").end_points
 UNITS_PER_BLOCK = (3, 4, 6, 3)
 
 

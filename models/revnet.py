@@ -17,10 +17,11 @@ from typing import Optional, Tuple
 import keras
 from keras import ops
 
+from core import architectures
 from models import common
 from models import resnet
 
-END_POINTS = resnet.END_POINTS
+END_POINTS = architectures.facts("revnet50").end_points
 
 
 class ResidualFunction(keras.layers.Layer):

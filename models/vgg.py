@@ -16,9 +16,10 @@ import keras
 from keras import ops
 import tensorflow as tf
 
+from core import architectures
 from models import common
 
-END_POINTS = ("block1", "block2", "block3", "block4", "block5", "fc6", "pre_logits")
+END_POINTS = architectures.facts("vgg19").end_points
 CONVS_PER_BLOCK = (2, 2, 4, 4, 4)
 WIDTH_MULTIPLIERS = (1, 2, 4, 8, 8)
 FC6_MAX_KERNEL = 7
