@@ -69,7 +69,7 @@ def _error(message: str) -> int:
 
 
 def _report(roots, title):
-  from eval import report as report_lib  # pylint: disable=g-import-not-at-top
+  import report as report_lib  # pylint: disable=g-import-not-at-top
   try:
     paths, summary = report_lib.make_report(roots, FLAGS.report_dir, title=title)
   except FileNotFoundError as e:
@@ -83,6 +83,7 @@ def _report(roots, title):
 def run(argv) -> int:
   if len(argv) > 1:
     return _error(f"unexpected arguments: {' '.join(argv[1:])}")
+  from core import files  # pylint: disable=g-import-not-at-top
   from grid import common  # pylint: disable=g-import-not-at-top
   from grid import flags as flags_lib  # pylint: disable=g-import-not-at-top
   from grid import gridfile  # pylint: disable=g-import-not-at-top
@@ -100,11 +101,7 @@ def run(argv) -> int:
   if not FLAGS.grid:
     return _error("give --grid=<grid file>, e.g. --grid=configs/grids/shapes.toml "
                   "(or --report_only --root=<grid root>)")
-  try:
-    known = flags_lib.known_flags(FLAGS.python)
-  except (RuntimeError, OSError, ValueError) as e:
-    print(f"warning: flag names of the grid file are not checked: {e}", file=sys.stderr)
-    known = None
+  known = flags_lib.known_flags()
   overrides = {"data_dir": os.path.abspath(FLAGS.data_dir)} if FLAGS.data_dir else {}
   try:
     grid = gridfile.load_grid(FLAGS.grid, known, overrides=overrides)
@@ -167,7 +164,7 @@ def run(argv) -> int:
     _report([root], title)
   if failed:
     print(f"{len(failed)} cell(s) did not succeed: {', '.join(failed)}; see "
-          f"{os.path.join(root, common.STATUS_FILE)}", file=sys.stderr)
+          f"{os.path.join(root, files.STATUS_FILE)}", file=sys.stderr)
     return EXIT_FAILED
   return EXIT_OK
 

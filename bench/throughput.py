@@ -28,7 +28,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 BACKBONES = (("resnet50", "v1"), ("resnet50", "v2"), ("revnet50", "v2"), ("vgg19", "v2"))
@@ -131,15 +130,15 @@ def _method_config(method: str, overrides: dict):
 def methods_section(args):
   import datasets  # pylint: disable=g-import-not-at-top
   import methods  # pylint: disable=g-import-not-at-top
-  from core import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from training import schedules  # pylint: disable=g-import-not-at-top
   from methods import base  # pylint: disable=g-import-not-at-top
-  print(f"\nMethods (configs/<method>/shapes.flags), source images/s:")
+  print("\nMethods (configs/<method>/shapes.flags), source images/s:")
   print(f"{'method':26s} {'batch':>5s} {'step':>9s} {'pipeline':>9s}  pipeline/step")
   for name in args.methods.split(","):
     config = _method_config(name, {})
     method = methods.get_method(name)
     preprocess = datasets.get_preprocess_fn(config.preprocessing, True,
-                                            config.preprocess_config())
+                                            datasets.PreprocessConfig.of(config))
     data = datasets.get_data(config.dataset, config.train_split, is_training=True,
                              preprocess_fn=preprocess, batch_size=config.batch_size,
                              data_dir=config.data_dir)
@@ -156,7 +155,7 @@ def methods_section(args):
              decay=decay):
       with tf.GradientTape() as tape:
         spec = method.model_fn(model, batch, base.TRAIN, config)
-        total = spec.loss + trainer_lib.weight_decay_loss(model, decay)
+        total = spec.loss + schedules.l2_decay(model.trainable_variables, decay)
       grads = tape.gradient(total, model.trainable_variables)
       optimizer.apply_gradients(zip(grads, model.trainable_variables))
       return total

@@ -1,9 +1,22 @@
-"""Writing result files so that a crash never leaves a half-written one, and reading them back."""
+"""The files that runs and grids leave, by name; writing them so that a crash never leaves a
+half-written one, and reading them back."""
 
 import json
 import os
 import tempfile
-from typing import Any, Optional
+from typing import Any, Dict, Optional
+
+# A pretext workdir: its config, its pretext evaluation, its export (with the export's info).
+CONFIG_FILE = "config.json"
+PRETEXT_RESULTS_FILE = "pretext_results.json"
+EXPORT_DIR = "export"
+EXPORT_INFO_FILE = "export_info.json"
+# An evaluation's workdir.
+RESULTS_FILE = "results.json"
+# A grid root: its status file; in each cell's folder, the cell's record and its steps' output.
+STATUS_FILE = "grid_status.json"
+CELL_FILE = "cell.json"
+LOG_FILE = "log.txt"
 
 
 def _umask() -> int:
@@ -46,3 +59,19 @@ def read_json(path: str) -> Optional[Any]:
       return json.load(f)
   except (OSError, ValueError):
     return None
+
+
+def read_export_info(export_dir: str, missing_ok: bool = False) -> Dict[str, Any]:
+  """An export's export_info.json: FileNotFoundError where it has none (`missing_ok`: {}),
+  ValueError where it is not JSON."""
+  path = os.path.join(export_dir, EXPORT_INFO_FILE)
+  if not os.path.exists(path):
+    if missing_ok:
+      return {}
+    raise FileNotFoundError(f"{export_dir} has no {EXPORT_INFO_FILE}; is it an export of this "
+                            "suite?")
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path!r} is not valid JSON: {e}") from None

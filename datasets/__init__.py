@@ -13,12 +13,14 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
+from datasets.base import DatasetInfo, DatasetNotPreparedError
 from datasets.preprocess import (PREPROCESS_OPS, PreprocessConfig, get_preprocess_fn,
                                  register_op, validate_spec)
-from datasets.sources import DATASETS, DatasetInfo, DatasetNotPreparedError, get_source
+from datasets.sources import DATASETS, get_source
 
 __all__ = [
     "get_data", "get_dataset_info", "get_num_examples", "get_preprocess_fn", "validate_spec",
+    "image_labels",
     "register_op", "PreprocessConfig", "DatasetInfo", "DatasetNotPreparedError", "DATASETS",
     "PREPROCESS_OPS",
 ]
@@ -32,6 +34,16 @@ def get_dataset_info(dataset: str, data_dir: Optional[str] = None) -> DatasetInf
 def get_num_examples(dataset: str, split: str, data_dir: Optional[str] = None) -> int:
   """Examples in `split`: a split name or a TFDS slice like 'train[:90%]' or 'train[:1000]'."""
   return get_source(dataset).num_examples(split, data_dir)
+
+
+def image_labels(labels):
+  """The per-image labels `[B]` of a batch's labels: labels repeated per patch or copy
+  `[B, P]` give their first column. NumPy arrays or tensors."""
+  if len(labels.shape) == 2:
+    return labels[:, 0]
+  if len(labels.shape) != 1:
+    raise ValueError(f"labels must be [B] or [B, P], got shape {labels.shape}")
+  return labels
 
 
 def _to_float_rgb(image: tf.Tensor) -> tf.Tensor:

@@ -21,8 +21,8 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
-from datasets.sources import (DatasetInfo, RawSplit, Shard, Source, split_instructions,
-                              split_names, split_size)
+from datasets.base import (DatasetInfo, RawSplit, Shard, Source, split_instructions, split_names,
+                           split_size)
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 _LAYOUT = "<root>/<split>/<class>/*.png|jpg|jpeg"

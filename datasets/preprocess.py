@@ -71,6 +71,12 @@ class PreprocessConfig:
         or self.patch_jitter < 0):
       raise ValueError(f"patch_jitter must be an int >= 0, got {self.patch_jitter!r}")
 
+  @classmethod
+  def of(cls, config) -> "PreprocessConfig":
+    """The preprocessing parameters of a config (its fields of the same names)."""
+    return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)
+                  if getattr(config, f.name, None) is not None})
+
 
 def _is_positive_int(value) -> bool:
   return isinstance(value, int) and not isinstance(value, bool) and value > 0

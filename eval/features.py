@@ -27,6 +27,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+import datasets
 from eval import pooling
 from eval.representation import Representation
 
@@ -124,7 +125,7 @@ def extract_features(extractor: FeatureExtractor, batches: Iterable[Mapping[str,
     features = extractor(batch["image"])
     for name in extractor.layers:
       chunks[name].append(features[name].numpy().astype(dtype, copy=False))
-    labels.append(image_labels(np.asarray(batch["label"])).astype(np.int32))
+    labels.append(datasets.image_labels(np.asarray(batch["label"])).astype(np.int32))
     if count == 0 and num_examples:
       logging.info("features %s: %d examples will take %.2f GB in memory", description,
                    num_examples, estimated_bytes(num_examples, extractor.feature_dims, dtype) / 1e9)
@@ -144,15 +145,6 @@ def extract_features(extractor: FeatureExtractor, batches: Iterable[Mapping[str,
   logging.info("features %s: %d examples in %.1fs (%.1f examples/s), dims %s", description, count,
                elapsed, count / max(elapsed, 1e-9), {k: v.shape[1] for k, v in features.items()})
   return FeatureSet(features, np.concatenate(labels))
-
-
-def image_labels(labels):
-  """Per-image labels `[B]`; labels repeated per patch `[B, P]` give their first column."""
-  if len(labels.shape) == 2:
-    return labels[:, 0]
-  if len(labels.shape) != 1:
-    raise ValueError(f"labels must be [B] or [B, P], got shape {labels.shape}")
-  return labels
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:

@@ -15,18 +15,18 @@ are constant on the training set are zeroed (they carry no information there).
 import dataclasses
 import math
 import time
-from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
 
-from core import schedules
 from core.registry import Registry
+import datasets
+from training import schedules
 
 EVAL_MODELS = Registry("eval_model")
-MOMENTUM = 0.9
 MLP_DROPOUT = 0.5
 
 
@@ -144,22 +144,8 @@ class Probes:
         name: tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits[name]))
         for name in self.layers}
     total = tf.add_n(list(cross_entropy.values()))
-    if self.weight_decay:
-      kernels = [v for name in self.layers for v in self.heads[name].trainable_variables
-                 if "kernel" in v.path]
-      # weight_decay * sum(w**2) / 2, the L2 of the original code (tf.nn.l2_loss).
-      total += self.weight_decay * tf.add_n([tf.nn.l2_loss(k) for k in kernels])
+    total += schedules.l2_decay(self.trainable_variables, self.weight_decay)
     return total, cross_entropy
-
-
-def make_optimizer(lr: float, batch_size: int, lr_scale_batch_size: int, steps_per_epoch: float,
-                   warmup_epochs: float = 0.0, decay_epochs: Sequence[float] = (),
-                   lr_decay_factor: float = 0.1) -> keras.optimizers.Optimizer:
-  """SGD, momentum 0.9, on the original schedule (lr scaled by batch_size / lr_scale_batch_size)."""
-  schedule = schedules.WarmupPiecewiseDecay(
-      schedules.scaled_lr(lr, batch_size, lr_scale_batch_size), steps_per_epoch,
-      warmup_epochs=warmup_epochs, decay_epochs=decay_epochs, decay_factor=lr_decay_factor)
-  return keras.optimizers.SGD(learning_rate=schedule, momentum=MOMENTUM)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -198,12 +184,6 @@ def num_train_steps(epochs: float, steps_in_epoch: int) -> int:
   return max(1, int(math.ceil(epochs * steps_in_epoch)))
 
 
-def image_labels(labels):
-  """Per-image labels `[B]`; labels repeated per patch `[B, P]` give their first column."""
-  labels = tf.convert_to_tensor(labels)
-  return labels[:, 0] if labels.shape.rank == 2 else labels
-
-
 def train_probes(probes: Probes, optimizer: keras.optimizers.Optimizer, batches: Iterable,
                  num_steps: int, feature_fn: Optional[Callable] = None,
                  log_every_s: float = 30.0) -> Dict[str, float]:
@@ -236,7 +216,7 @@ def train_probes(probes: Probes, optimizer: keras.optimizers.Optimizer, batches:
     except StopIteration:
       raise ValueError(
           f"the training batches ran out after {done} of {num_steps} steps") from None
-    losses = step(inputs, tf.cast(image_labels(labels), tf.int32))
+    losses = step(inputs, tf.cast(datasets.image_labels(labels), tf.int32))
     done += 1
     now = time.time()
     if now - last_log >= log_every_s or done == num_steps:
@@ -269,7 +249,7 @@ def evaluate_probes(probes: Probes, batches: Iterable,
   sums = {name: np.zeros(3, np.float64) for name in probes.layers}
   count = 0
   for inputs, labels in batches:
-    labels = tf.cast(image_labels(labels), tf.int32)
+    labels = tf.cast(datasets.image_labels(labels), tf.int32)
     for name, value in step(inputs, labels).items():
       sums[name] += value.numpy()
     count += int(labels.shape[0])

@@ -12,17 +12,17 @@ Writes `<workdir>/results.json` (schema: eval/results.py) and returns the same d
 """
 
 import dataclasses
-import math
 import os
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from absl import logging
 import keras
 import numpy as np
 
+from core import options
 from core import specs
-from core.config import ConfigError
+from core.errors import ConfigError
 import datasets
 from eval import features as features_lib
 from eval import heads as heads_lib
@@ -32,61 +32,84 @@ from eval import pooling
 from eval import representation as representation_lib
 from eval import results as results_lib
 import models
+from training import schedules
 
 
-@dataclasses.dataclass
-class LinearEvalConfig:
-  """Everything one evaluation needs; field names follow the original flags where they exist."""
-  workdir: Optional[str] = None              # Where results.json goes (required).
-  # Data.
-  dataset: str = "shapes"
-  data_dir: Optional[str] = None
-  train_split: str = "train"
-  val_split: str = "test"
-  # Backbone: an export, or (hub_module None) a random-init architecture.
-  hub_module: Optional[str] = None           # Export directory (<pretext workdir>/export).
-  architecture: Optional[str] = None         # Random init only (ignored with hub_module).
-  filters_factor: Optional[int] = None       # Random init only; None: standard width.
-  mode: str = "v2"                           # Random init only.
-  last_relu: bool = True                     # Random init only.
-  layers: Optional[Tuple[str, ...]] = None   # End points to evaluate; None: all.
-  # Features.
-  pool_mode: str = "adaptive_max"
-  combine_patches: str = "avg_pool"
-  max_features: int = pooling.DEFAULT_MAX_FEATURES
-  standardize_features: bool = True          # Per-feature mean/std of the training features.
-  # Heads and optimisation.
-  eval_model: str = "linear"
-  channels_hidden: int = 1000
-  lr: float = 0.1
-  lr_scale_batch_size: int = 256
-  batch_size: int = 256
-  eval_batch_size: Optional[int] = None      # Feature extraction and evaluation; None: batch_size.
-  epochs: float = 30.0
-  warmup_epochs: float = 0.0
-  decay_epochs: Tuple[float, ...] = (10.0, 20.0)
-  lr_decay_factor: float = 0.1
-  weight_decay: float = 0.0
-  # Preprocessing specs; None: the export's eval_preprocessing (training: the evaluation spec).
-  preprocessing: Optional[str] = None        # Training spec, used by on_the_fly only.
-  eval_preprocessing: Optional[str] = None
-  preprocess_params: Optional[Dict[str, Any]] = None  # datasets.PreprocessConfig fields;
-                                                      # None: the export's preprocess_config.
-  # Protocol.
-  on_the_fly: bool = False
-  shuffle_buffer: int = 10_000               # on_the_fly only.
-  knn_k: Optional[int] = None                # kNN accuracy with this k; None: no kNN.
-  knn_temperature: float = knn_lib.DEFAULT_TEMPERATURE
-  train_fraction: Optional[float] = None     # Low-label: this fraction of each class ...
-  examples_per_class: Optional[int] = None   # ... or this many examples of each class.
-  # Running.
-  feature_cache_dir: Optional[str] = None    # None: no disk cache.
-  feature_dtype: str = "float32"             # or float16 (half the memory).
-  random_seed: int = 0
-  force: bool = False                        # Re-run even if results for this config exist.
+class _EvalConfigMethods:
 
   def to_dict(self) -> Dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+# Everything one evaluation needs: a field per option of core/options.py's evaluation config
+# (named and defaulted as the flag; architecture, filters_factor, mode, last_relu are those of a
+# random-init backbone, hub_module None), then settings that have no flag.
+LinearEvalConfig = options.make_config("LinearEvalConfig", options.EVAL, _EvalConfigMethods,
+                                       __name__, extra=[
+    ("layers", Optional[Tuple[str, ...]], None),        # End points to evaluate; None: all.
+    ("max_features", int, pooling.DEFAULT_MAX_FEATURES),
+    ("standardize_features", bool, True),                # Per-feature mean/std of the training
+                                                          # features.
+    ("preprocess_params", Optional[Dict[str, Any]], None),  # datasets.PreprocessConfig fields;
+                                                          # None: the export's preprocess_config.
+    ("knn_temperature", float, knn_lib.DEFAULT_TEMPERATURE),
+    ("feature_dtype", str, "float32"),                   # or float16 (half the memory).
+])
+# The flags that make preprocess_params (the preprocessing of a random-init baseline, or sizes
+# given over an export's).
+_PREPROCESS_FLAGS = ("resize_size", "crop_size", "smaller_size", "grayscale_probability",
+                     "splits_per_side", "patch_jitter")
+
+
+def config_from_values(values: Mapping[str, Any]) -> "LinearEvalConfig":
+  """The config of the option values (core/options.py: every option's value, as train_and_eval.py
+  reads them from the flags): hub_module 'random_init' is the random-init baseline of
+  --architecture; its preprocessing parameters come from the size and patch flags."""
+  kwargs = options.config_kwargs(values, options.EVAL)
+  random_init = values["hub_module"] == options.RANDOM_INIT
+  kwargs["hub_module"] = None if random_init else values["hub_module"]
+  kwargs["architecture"] = values["architecture"] if random_init else None
+  if values["weight_decay"] is None:
+    kwargs["weight_decay"] = options.OPTIONS["weight_decay"].default_for(options.EVAL)
+  sizes = ("resize_size", "crop_size", "smaller_size")
+  if random_init or any(values[k] is not None for k in sizes):
+    kwargs["preprocess_params"] = {k: values[k] for k in _PREPROCESS_FLAGS}
+  return LinearEvalConfig(**kwargs)
+
+
+def validate_config(config: LinearEvalConfig) -> None:
+  """Raises ConfigError naming the field, the value and the valid choices."""
+  if not config.workdir:
+    raise ConfigError("--workdir is required: the directory for results.json")
+  if not config.dataset:
+    raise ConfigError("--dataset is required, e.g. 'shapes' or 'imagenet2012'")
+  if config.hub_module is None:
+    _check(bool(config.architecture), "give hub_module (an export directory) or, for the "
+           "random-init baseline, architecture (e.g. resnet50)")
+    _check(bool(config.eval_preprocessing), "the random-init baseline has no export to take "
+           "the preprocessing from: set eval_preprocessing, e.g. 'resize,-1_to_1'")
+  else:
+    _check(isinstance(config.hub_module, str) and bool(config.hub_module),
+           f"hub_module must be an export directory, got {config.hub_module!r}")
+  options.check_values(config, options.EVAL)
+  _check(config.feature_dtype in features_lib.FEATURE_DTYPES,
+         f"feature_dtype={config.feature_dtype!r} is not valid; choices: "
+         f"{', '.join(features_lib.FEATURE_DTYPES)}")
+  _check(_positive_int(config.max_features),
+         f"max_features must be a positive integer, got {config.max_features!r}")
+  _check(config.knn_temperature > 0,
+         f"knn_temperature must be positive, got {config.knn_temperature}")
+  _check(config.train_fraction is None or config.examples_per_class is None,
+         f"give at most one of train_fraction ({config.train_fraction}) and "
+         f"examples_per_class ({config.examples_per_class})")
+  _check(not (config.on_the_fly and _low_label(config)),
+         "train_fraction / examples_per_class need the cached protocol (on_the_fly=False): the "
+         "labelled subset is drawn from the extracted training features")
+  _check(config.layers is None or (len(config.layers) > 0 and
+                                   all(isinstance(n, str) for n in config.layers)),
+         f"layers must be None (all) or a non-empty list of end point names, got {config.layers!r}")
+  _check(config.preprocess_params is None or isinstance(config.preprocess_params, dict),
+         f"preprocess_params must be a dict or None, got {config.preprocess_params!r}")
 
 
 def _check(condition: bool, message: str):
@@ -96,63 +119,6 @@ def _check(condition: bool, message: str):
 
 def _positive_int(value) -> bool:
   return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
-
-
-def validate_config(config: LinearEvalConfig) -> None:
-  """Raises ConfigError naming the field, the value and the valid choices."""
-  _check(bool(config.workdir), "workdir is required: the directory for results.json")
-  _check(bool(config.dataset), "dataset is required, e.g. 'shapes' or 'imagenet2012'")
-  if config.hub_module is None:
-    _check(bool(config.architecture), "give hub_module (an export directory) or, for the "
-           "random-init baseline, architecture (e.g. resnet50)")
-    _check(bool(config.eval_preprocessing), "the random-init baseline has no export to take "
-           "the preprocessing from: set eval_preprocessing, e.g. 'resize,-1_to_1'")
-  else:
-    _check(isinstance(config.hub_module, str) and bool(config.hub_module),
-           f"hub_module must be an export directory, got {config.hub_module!r}")
-  for name, choices in (("eval_model", heads_lib.EVAL_MODELS.names()),
-                        ("pool_mode", pooling.POOL_MODES),
-                        ("combine_patches", pooling.COMBINE_MODES.names()),
-                        ("feature_dtype", features_lib.FEATURE_DTYPES)):
-    value = getattr(config, name)
-    _check(value in choices, f"{name}={value!r} is not valid; choices: {', '.join(choices)}")
-  for name in ("channels_hidden", "lr_scale_batch_size", "batch_size", "max_features",
-               "shuffle_buffer"):
-    value = getattr(config, name)
-    _check(_positive_int(value), f"{name} must be a positive integer, got {value!r}")
-  _check(config.eval_batch_size is None or _positive_int(config.eval_batch_size),
-         f"eval_batch_size must be a positive integer or None, got {config.eval_batch_size!r}")
-  _check(config.filters_factor is None or _positive_int(config.filters_factor),
-         f"filters_factor must be a positive integer or None, got {config.filters_factor!r}")
-  _check(config.lr > 0, f"lr must be positive, got {config.lr}")
-  _check(config.epochs > 0 and math.isfinite(config.epochs),
-         f"epochs must be a positive number, got {config.epochs}")
-  _check(0 <= config.warmup_epochs <= config.epochs,
-         f"warmup_epochs must be in [0, epochs={config.epochs}], got {config.warmup_epochs}")
-  decay = list(config.decay_epochs)
-  _check(decay == sorted(decay), f"decay_epochs must be increasing, got {decay}")
-  _check(config.lr_decay_factor > 0, f"lr_decay_factor must be positive, got "
-         f"{config.lr_decay_factor}")
-  _check(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")
-  _check(config.knn_k is None or _positive_int(config.knn_k),
-         f"knn_k must be a positive integer or None (no kNN), got {config.knn_k!r}")
-  _check(config.knn_temperature > 0,
-         f"knn_temperature must be positive, got {config.knn_temperature}")
-  _check(config.train_fraction is None or config.examples_per_class is None,
-         f"give at most one of train_fraction ({config.train_fraction}) and "
-         f"examples_per_class ({config.examples_per_class})")
-  _check(config.train_fraction is None or 0 < config.train_fraction <= 1,
-         f"train_fraction must be in (0, 1], got {config.train_fraction}")
-  _check(config.examples_per_class is None or _positive_int(config.examples_per_class),
-         f"examples_per_class must be a positive integer, got {config.examples_per_class!r}")
-  _check(not (config.on_the_fly and _low_label(config)),
-         "train_fraction / examples_per_class need the cached protocol (on_the_fly=False): the "
-         "labelled subset is drawn from the extracted training features")
-  _check(config.layers is None or (len(config.layers) > 0 and
-                                   all(isinstance(n, str) for n in config.layers)),
-         f"layers must be None (all) or a non-empty list of end point names, got {config.layers!r}")
-  _check(config.preprocess_params is None or isinstance(config.preprocess_params, dict),
-         f"preprocess_params must be a dict or None, got {config.preprocess_params!r}")
 
 
 def _low_label(config: LinearEvalConfig) -> bool:
@@ -357,6 +323,7 @@ def _one_pass(data: _Data, split: str):
 
 
 def _optimizer(config: LinearEvalConfig, steps_in_epoch: int):
-  return heads_lib.make_optimizer(config.lr, config.batch_size, config.lr_scale_batch_size,
+  """SGD with momentum, on the schedule of the pretext training."""
+  return schedules.make_optimizer("sgd", config.lr, config.batch_size, config.lr_scale_batch_size,
                                   steps_in_epoch, config.warmup_epochs, config.decay_epochs,
                                   config.lr_decay_factor)

@@ -23,10 +23,11 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import tensorflow as tf
 
+from core import options
 from core.registry import Registry
 
 DEFAULT_MAX_FEATURES = 9000
-POOL_MODES = ("adaptive_max", "adaptive_avg", "max", "avg")
+POOL_MODES = options.POOL_MODES  # The --pool_mode choices.
 COMBINE_MODES = Registry("combine_patches mode")
 
 Bins = List[Tuple[int, int]]

@@ -12,8 +12,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from absl import logging
 import tensorflow as tf
 
+from core import files
+from core import options
+from core.files import EXPORT_INFO_FILE
+
 REPRESENTATION_SIGNATURE = "representation"
-EXPORT_INFO_FILE = "export_info.json"
 
 RepresentationFn = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
 
@@ -56,7 +59,7 @@ def load_export(path: str) -> Representation:
     raise FileNotFoundError(
         f"{path!r} is not a SavedModel export (it has no saved_model.pb); "
         f"it contains: {sorted(os.listdir(path))[:20]}")
-  info = _read_export_info(path)
+  info = files.read_export_info(path, missing_ok=True)
   loaded = tf.saved_model.load(path)
   signatures = dict(loaded.signatures)
   if REPRESENTATION_SIGNATURE not in signatures:
@@ -110,21 +113,10 @@ def random_init(architecture: str, filters_factor: int = 4, mode: Optional[str] 
     return dict(model(tf.cast(images, tf.float32), training=False))
 
   fn.model = model  # For callers that want the variables.
-  info = dict(source="random_init", task="random_init", architecture=architecture,
+  info = dict(source=options.RANDOM_INIT, task=options.RANDOM_INIT, architecture=architecture,
               filters_factor=filters_factor, mode=mode)
   fingerprint = json.dumps(dict(info, seed=seed, kwargs=model_kwargs), sort_keys=True, default=str)
   return Representation(fn=fn, layers=layers, info=info, fingerprint=fingerprint)
-
-
-def _read_export_info(path: str) -> Dict[str, Any]:
-  info_path = os.path.join(path, EXPORT_INFO_FILE)
-  if not os.path.exists(info_path):
-    return {}
-  with open(info_path) as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{info_path!r} is not valid JSON: {e}") from None
 
 
 def _export_fingerprint(path: str) -> str:

@@ -29,11 +29,10 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 from absl import logging
 
 from core import files
+from core import options
+from core.files import RESULTS_FILE
 
-RESULTS_FILE = "results.json"
 FORMAT_VERSION = 1
-# Config fields that do not change the results: a run differing only in these is the same cell.
-IGNORED_CONFIG_KEYS = ("workdir", "force", "feature_cache_dir", "eval_batch_size")
 
 
 def build_results(config: Mapping[str, Any], source: Mapping[str, Any],
@@ -93,11 +92,12 @@ def read_results(workdir: str) -> Optional[Dict[str, Any]]:
 
 
 def comparable_config(config: Any) -> Dict[str, Any]:
-  """The config as JSON data, without the fields in IGNORED_CONFIG_KEYS."""
+  """The config as JSON data, without the settings that do not change results
+  (core/options.py)."""
   if dataclasses.is_dataclass(config):
     config = dataclasses.asdict(config)
   data = _jsonable(dict(config))
-  return {key: value for key, value in data.items() if key not in IGNORED_CONFIG_KEYS}
+  return {key: value for key, value in data.items() if key not in options.NON_RESULT}
 
 
 def results_exist(workdir: str, config: Any) -> bool:

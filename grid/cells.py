@@ -9,20 +9,14 @@ import os
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from grid.common import GridError, RANDOM_INIT
+from core import options
+from core.options import RANDOM_INIT
+from grid.common import GridError
 
 # Kinds of cells: a self-supervised pretext method, the supervised reference, the random-init
 # baseline (evaluation only).
 PRETEXT, SUPERVISED = "pretext", "supervised"
 KINDS = (PRETEXT, SUPERVISED, RANDOM_INIT)
-
-# Flag defaults, used for cell names when the flag help of train_and_eval.py is not at hand.
-FALLBACK_DEFAULTS = {"architecture": "resnet50", "mode": "v2"}
-# Flags that do not change a step's results: a cell differing only in these is the same cell
-# (e.g. the same root moved to a machine with its data elsewhere).
-NON_RESULT_FLAGS = ("data_dir", "dataset_dir", "log_every_steps", "save_checkpoints_secs",
-                    "save_checkpoints_steps", "keep_checkpoint_max", "feature_cache_dir", "force",
-                    "eval_batch_size")
 
 
 @dataclasses.dataclass
@@ -64,7 +58,8 @@ class Cell:
     return steps
 
   def fingerprints(self) -> Dict[str, str]:
-    """A digest of each step's settings (without paths): what 'the same cell' means."""
+    """A digest of each step's settings, without those that do not change its results (paths,
+    logging: core/options.py): what 'the same cell' means."""
     out = {}
     if self.pretext_flags is not None:
       out["pretext"] = _digest(self.pretext_flags)
@@ -81,7 +76,7 @@ class Cell:
 
 
 def _digest(flags: Mapping[str, Any]) -> str:
-  text = json.dumps(sorted((k, v) for k, v in flags.items() if k not in NON_RESULT_FLAGS),
+  text = json.dumps(sorted((k, v) for k, v in flags.items() if k not in options.NON_RESULT),
                     default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -1,17 +1,18 @@
-"""What the grid knows of train_and_eval.py's flags: their names, types and choices (from its
---helpxml), TOML values as flag values, command lines, and absl flagfiles."""
+"""What the grid knows of train_and_eval.py's flags (core/options.py, in this process): their
+names, kinds, defaults and choices; TOML values as flag values; absl flagfiles; the checks of a
+grid file's flags."""
 
 import dataclasses
 import difflib
 import glob
 import os
 import re
-import subprocess
-import sys
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
-import xml.etree.ElementTree as ET
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
-from grid.common import GridError, REPO_ROOT, TRAIN_AND_EVAL
+from absl import flags as absl_flags
+
+from core import options
+from grid.common import GridError, REPO_ROOT
 
 # Flags the runner sets itself.
 RUNNER_FLAGS = ("workdir", "hub_module", "flagfile")
@@ -20,34 +21,16 @@ RUNNER_FLAGS = ("workdir", "hub_module", "flagfile")
 @dataclasses.dataclass(frozen=True)
 class FlagInfo:
   """What the grid needs to know of one train_and_eval.py flag."""
-  type: str                                  # bool, int, float, string, enum, list, ...
-  default: Optional[str] = None
-  choices: Optional[Tuple[str, ...]] = None  # enum flags
+  type: str                                  # bool, int, float, string, enum, list
+  default: Any = None
+  choices: Optional[Tuple[str, ...]] = None
 
 
-def flag_info_from_helpxml(xml_text: str) -> Dict[str, FlagInfo]:
-  """The flags described by `train_and_eval.py --helpxml`."""
-  root = ET.fromstring(xml_text)
-  flags = {}
-  for flag in root.iter("flag"):
-    name = flag.findtext("name")
-    if not name:
-      continue
-    choices = tuple(e.text or "" for e in flag.findall("enum_value")) or None
-    flags[name] = FlagInfo(type=flag.findtext("type") or "string",
-                           default=flag.findtext("default"), choices=choices)
-  return flags
-
-
-def known_flags(python: str = sys.executable, script: str = TRAIN_AND_EVAL,
-                timeout: float = 120) -> Dict[str, FlagInfo]:
-  """The flags train_and_eval.py accepts, from its --helpxml (it imports only absl at start)."""
-  proc = subprocess.run([python, script, "--helpxml"], capture_output=True, text=True,
-                        timeout=timeout, cwd=REPO_ROOT)
-  if "<flag>" not in proc.stdout:  # absl exits 1 after the help.
-    raise RuntimeError(f"{script} --helpxml failed (exit {proc.returncode}): "
-                       f"{proc.stderr.strip()[-500:]}")
-  return flag_info_from_helpxml(proc.stdout)
+def known_flags() -> Dict[str, FlagInfo]:
+  """The flags train_and_eval.py accepts (its options, aliases included)."""
+  known = {name: FlagInfo(o.kind, o.default, o.choices) for name, o in options.OPTIONS.items()}
+  known.update({alias: known[name] for alias, name in options.ALIASES.items()})
+  return known
 
 
 # ----------------------------------------------------------------------------------- flag values
@@ -64,19 +47,6 @@ def flag_value(value: Any, where: str) -> Any:
     return ",".join(flag_value(v, where) for v in value)
   raise GridError(f"{where}: {value!r} is not a flag value; use a string, number, boolean or a "
                   "list of strings/numbers")
-
-
-def flags_to_args(flags: Mapping[str, Any]) -> List[str]:
-  """Command-line arguments: --name=value, --name / --noname for booleans."""
-  args = []
-  for name, value in flags.items():
-    if value is True:
-      args.append(f"--{name}")
-    elif value is False:
-      args.append(f"--no{name}")
-    else:
-      args.append(f"--{name}={value}")
-  return args
 
 
 def same_value(a: Any, b: Any) -> bool:
@@ -97,44 +67,44 @@ def as_bool(value: Any) -> Optional[bool]:
 
 
 def read_flagfile(path: str, known: Optional[Mapping[str, FlagInfo]] = None,
-                  base_dir: str = REPO_ROOT, _seen: Tuple[str, ...] = ()) -> Dict[str, Any]:
-  """The flags of an absl flagfile (one --name=value, --name or --noname a line; # comments;
-  nested --flagfile=...), in order; booleans as bools."""
+                  base_dir: str = REPO_ROOT) -> Dict[str, Any]:
+  """The flags of an absl flagfile, read as absl reads it (one flag a line, # and // comments,
+  nested --flagfile=...), in order, a later setting winning; booleans as bools."""
   full = path if os.path.isabs(path) else os.path.join(base_dir, path)
-  if full in _seen:
-    raise GridError(f"flagfile {path} includes itself (through {' -> '.join(_seen)})")
+  if not os.path.isfile(full):
+    raise GridError(f"cannot read flagfile {path}: no such file")
   try:
-    with open(full) as f:
-      lines = f.read().splitlines()
-  except OSError as e:
-    raise GridError(f"cannot read flagfile {path}: {e.strerror}") from None
+    args = absl_flags.FlagValues().read_flags_from_files([f"--flagfile={full}"])
+  except absl_flags.Error as e:
+    raise GridError(f"cannot read flagfile {path}: {e}") from None
   flags = {}
-  for number, raw in enumerate(lines, 1):
-    line = raw.strip()
-    if not line or line.startswith("#") or line.startswith("//"):
-      continue
-    if not line.startswith("--") or (" " in line.split("=", 1)[0]):
-      raise GridError(f"{path}:{number}: {line!r} is not a flag; write --name=value")
-    name, eq, value = line[2:].partition("=")
-    if name == "flagfile":
-      flags.update(read_flagfile(value, known, base_dir, _seen + (full,)))
-      continue
+  for arg in args:
+    name, eq, value = arg[2:].partition("=")
+    if not arg.startswith("--") or not name or " " in name:
+      raise GridError(f"{path}:{_line_of(full, arg)}: {arg!r} is not a flag; write --name=value")
+    info = (known or {}).get(name)
     if not eq:
-      if known is not None and name not in known and name.startswith("no") and \
-          known.get(name[2:], FlagInfo("")).type == "bool":
-        name, value = name[2:], False
-      elif known is None and name.startswith("no") and len(name) > 2:
-        name, value = name[2:], False
-      else:
-        value = True
-    elif known is not None and known.get(name, FlagInfo("")).type == "bool":
-      parsed = as_bool(value)
-      if parsed is None:
-        raise GridError(f"{path}:{number}: --{name}={value}: a boolean flag takes true or false")
-      value = parsed
+      negated = (known is None and name.startswith("no") and len(name) > 2) or (
+          known is not None and info is None and name.startswith("no") and
+          known.get(name[2:], FlagInfo("")).type == "bool")
+      name, value = (name[2:], False) if negated else (name, True)
+    elif info is not None and info.type == "bool":
+      value = as_bool(value)
+      if value is None:
+        raise GridError(f"{path}:{_line_of(full, arg)}: {arg}: a boolean flag takes true or "
+                        "false")
     flags.pop(name, None)  # A later setting wins and moves to the end.
     flags[name] = value
   return flags
+
+
+def _line_of(path: str, text: str) -> str:
+  """The number of the line of `path` that holds `text` ('?' where a nested flagfile does)."""
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      if line.strip() == text:
+        return str(number)
+  return "?"
 
 
 class FlagChecker:

@@ -29,19 +29,18 @@ Precedence, lowest first: flagfile, [defaults], [pretext] or [evaluation], the c
 eval_flags, its axis values. method = "random_init" makes evaluation-only baseline cells.
 """
 
-import glob
 import itertools
 import os
-import re
 import tomllib
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from core import architectures
+from core import options
 from core import specs
+from core.options import RANDOM_INIT
 from grid import slurm_settings
-from grid.cells import (Cell, FALLBACK_DEFAULTS, Grid, PRETEXT, SUPERVISED, cell_name,
-                        sanitize)
-from grid.common import GridError, RANDOM_INIT, REPO_ROOT
+from grid.cells import Cell, Grid, PRETEXT, SUPERVISED, cell_name, sanitize
+from grid.common import GridError, REPO_ROOT
 from grid.flags import FlagChecker, FlagInfo, RUNNER_FLAGS, flag_value, same_value
 
 DEFAULT_FLAGFILE = "configs/{method}/{dataset}.flags"
@@ -71,9 +70,7 @@ class _Parser(FlagChecker):
   def default(self, flags: Mapping[str, Any], name: str) -> Any:
     if name in flags:
       return flags[name]
-    if self.known is not None and name in self.known and self.known[name].default is not None:
-      return self.known[name].default
-    return FALLBACK_DEFAULTS.get(name)
+    return options.OPTIONS[name].default
 
   def identity(self, flags: Mapping[str, Any], where: str):
     """(architecture, mode or None, width) of a cell's effective flags."""

@@ -7,8 +7,8 @@ import threading
 import time
 from typing import Mapping, Optional, Sequence
 
+from core.durations import format_duration
 from grid.cells import Cell
-from grid.common import fmt_duration
 from grid.progress import is_progress, shown
 from grid.steps import StepRunner
 
@@ -79,7 +79,7 @@ class LocalExecutor:
                                 time.time() - self._last_progress >= self.progress_every_s):
       self._last_progress = time.time()
       text = (f"  {cell.name} {step} | {shown(line)} | grid elapsed "
-              f"{fmt_duration(time.time() - runner.start)}, ETA {fmt_duration(runner.eta())}")
+              f"{format_duration(time.time() - runner.start)}, ETA {format_duration(runner.eta())}")
       if self.tty:
         sys.stdout.write("\r\033[K" + text[:200])
         sys.stdout.flush()

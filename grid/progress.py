@@ -5,8 +5,8 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
+from core.options import RANDOM_INIT
 from grid.cells import Cell
-from grid.common import RANDOM_INIT
 
 _ABSL_PREFIX = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ \S+\] ")
 

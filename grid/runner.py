@@ -17,11 +17,13 @@ import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from core import files
+from core.durations import format_duration
+from core.files import CELL_FILE, RESULTS_FILE
+from core.options import flags_to_args
 from grid import state as state_lib
 from grid import status as status_lib
 from grid.cells import Cell
-from grid.common import CELL_FILE, RESULTS_FILE, fmt_duration, now
-from grid.flags import flags_to_args
+from grid.common import now
 from grid.progress import Progress
 
 
@@ -67,8 +69,8 @@ class GridRunner:
   def summary(self) -> str:
     """`done d/N, failed f | elapsed 1m02s, ETA 3m04s`."""
     return (f"done {self._done_before + self.counts['finished']}/{self._total}, failed "
-            f"{self.counts['failed']} | elapsed {fmt_duration(time.time() - self.start)}, ETA "
-            f"{fmt_duration(self.eta())}")
+            f"{self.counts['failed']} | elapsed {format_duration(time.time() - self.start)}, ETA "
+            f"{format_duration(self.eta())}")
 
   def run(self, cells: Sequence[Cell]) -> Dict[str, Dict[str, Any]]:
     """Runs (or skips) every cell; returns {name: status entry}. Failures do not stop the rest."""
@@ -103,7 +105,7 @@ class GridRunner:
     self.status.write()
     finished, failed = self.counts["finished"], self.counts["failed"]
     left = len(todo) - finished - failed
-    self.print_fn(f"grid finished in {fmt_duration(time.time() - self.start)}: "
+    self.print_fn(f"grid finished in {format_duration(time.time() - self.start)}: "
                   f"{self._done_before + finished}/{self._total} done, {failed} failed"
                   + (f", {left} not run" if left else ""))
     return {c.name: self.status.entry(c.name) for c in cells}
@@ -126,7 +128,7 @@ class GridRunner:
       self.progress.finished(cell, outcome.get("wall_s") if done else None)
       position = self.position(cell)
       if done:
-        self.print_fn(f"{position} {cell.name}: done in {fmt_duration(outcome.get('wall_s'))}"
+        self.print_fn(f"{position} {cell.name}: done in {format_duration(outcome.get('wall_s'))}"
                       f"{self._best(cell)}")
       elif outcome["status"] == "cancelled":
         self.print_fn(f"{position} {cell.name}: {outcome['error']}")

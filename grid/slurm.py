@@ -23,11 +23,12 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from core import files
+from core.files import CELL_FILE
 from grid import slurm_cluster
 from grid import slurm_job
 from grid import slurm_settings
 from grid.cells import Cell
-from grid.common import CELL_FILE, GridError, REPO_ROOT, SLURM_DIR, now
+from grid.common import GridError, REPO_ROOT, SLURM_DIR, now
 from grid.slurm_cluster import ACTIVE_STATES, RUNNING_STATES, ClusterError
 from grid.state import cell_done, step_done
 

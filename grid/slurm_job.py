@@ -17,10 +17,11 @@ import time
 from typing import Any, Dict, Mapping, Sequence
 
 from core import files
+from core.files import CELL_FILE
+from core.options import flags_to_args
 from grid import slurm_settings
 from grid.cells import Cell
-from grid.common import CELL_FILE, SLURM_DIR, now
-from grid.flags import flags_to_args
+from grid.common import SLURM_DIR, now
 from grid.state import step_done
 from grid.steps import StepRunner
 

@@ -5,8 +5,9 @@ import os
 from typing import Any, Mapping
 
 from core import files
-from grid.cells import Cell, NON_RESULT_FLAGS
-from grid.common import CELL_FILE, PRETEXT_RESULTS_FILE, RESULTS_FILE
+from core import options
+from core.files import CELL_FILE, PRETEXT_RESULTS_FILE, RESULTS_FILE
+from grid.cells import Cell
 from grid.flags import same_value
 
 
@@ -14,7 +15,7 @@ def _results_match(results: Mapping[str, Any], eval_flags: Mapping[str, Any]) ->
   """Whether a results.json's config agrees with the evaluation flags it shares fields with."""
   config = results.get("config") or {}
   for name, value in eval_flags.items():
-    if name in ("task", "workdir", "hub_module") + NON_RESULT_FLAGS or name not in config:
+    if name in ("task", "hub_module") + options.NON_RESULT or name not in config:
       continue
     have = config[name]
     if isinstance(have, (list, tuple)):

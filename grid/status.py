@@ -15,8 +15,9 @@ import threading
 from typing import Any, Dict
 
 from core import files
+from core.files import LOG_FILE, STATUS_FILE
 from grid.cells import Cell
-from grid.common import LOG_FILE, STATUS_FILE, now
+from grid.common import now
 
 # Fields of a failure, dropped when the cell runs again or is done.
 FAILURE_FIELDS = ("exit_code", "failed_step", "error", "log_tail")

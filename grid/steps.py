@@ -13,9 +13,10 @@ import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from core import files
+from core.files import CELL_FILE, LOG_FILE, RESULTS_FILE
+from core.options import flags_to_args
 from grid.cells import Cell
-from grid.common import CELL_FILE, LOG_FILE, REPO_ROOT, RESULTS_FILE, now
-from grid.flags import flags_to_args
+from grid.common import REPO_ROOT, now
 from grid.state import cell_done, step_done
 
 # on_step(cell, step): a step starts; on_line(cell, step, line): a line it printed.

@@ -2,7 +2,7 @@
 
 A method module exposes:
   PRETEXT_OPS: preprocessing ops that create the pretext labels (dropped for representation eval).
-  validate(config): raises core.config.ConfigError for settings the method cannot run with.
+  validate(config): raises core.errors.ConfigError for settings the method cannot run with.
   build_model(config, image_shape, num_classes): the Keras model (backbone + head), built for
     per-example input of `image_shape` as the data pipeline yields it (e.g. [4,H,W,C] for rotation).
   model_fn(model, batch, mode, config) -> ModelSpec, mode one of MODES.

@@ -12,16 +12,17 @@ similarity) comes from the same image; chance is (N-1)/(B*N-1).
 
 import tensorflow as tf
 
-from core.config import ConfigError
-import models
+from core import specs
+from core.errors import ConfigError
 from methods import base
 from methods import triplet_loss
+import models
 
 PRETEXT_OPS = ("exemplar_copies",)
 
 
 def validate(config) -> None:
-  ops = [op.strip() for op in config.preprocessing.split(",")]
+  ops = specs.parse_spec(config.preprocessing)
   if "exemplar_copies" not in ops:
     raise ConfigError(f"--task=exemplar needs the 'exemplar_copies' op in --preprocessing, got "
                       f"{config.preprocessing!r} (e.g. 'resize,exemplar_copies,standardization')")

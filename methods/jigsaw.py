@@ -22,7 +22,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from core.config import ConfigError
+from core.errors import ConfigError
 from methods import base
 from methods import patch_utils
 

@@ -18,11 +18,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core.config import ConfigError
+from core import specs
+from core.errors import ConfigError
 from datasets.preprocess import patch_geometry
+from methods import base
 import models
 from models import common
-from methods import base
 
 HEAD_UNITS = 4096
 HEAD_DROPOUT = 0.5
@@ -137,7 +138,7 @@ def inverse_permutations(perms) -> np.ndarray:
 
 def validate_patch_config(config, task: str) -> None:
   """The spec crops patches, and the crop leaves patches of at least one pixel."""
-  ops = [op.strip() for op in config.preprocessing.split(",")]
+  ops = specs.parse_spec(config.preprocessing)
   if "crop_patches" not in ops:
     raise ConfigError(f"--task={task} needs the 'crop_patches' op in --preprocessing, got "
                       f"{config.preprocessing!r} (e.g. 'resize,to_gray,crop,crop_patches,"

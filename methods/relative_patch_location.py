@@ -15,7 +15,7 @@ Labels: the neighbour's (row, column) offset from the centre, in row-major order
 import numpy as np
 import tensorflow as tf
 
-from core.config import ConfigError
+from core.errors import ConfigError
 from methods import base
 from methods import patch_utils
 

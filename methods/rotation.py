@@ -5,16 +5,17 @@ stacks them ([B,4,H,W,C], labels [B,4] = 0..3), and the backbone runs on all 4B 
 
 import tensorflow as tf
 
-from core.config import ConfigError
-import models
+from core import specs
+from core.errors import ConfigError
 from methods import base
+import models
 
 PRETEXT_OPS = ("rotate",)
 NUM_ROTATIONS = 4
 
 
 def validate(config) -> None:
-  ops = [op.strip() for op in config.preprocessing.split(",")]
+  ops = specs.parse_spec(config.preprocessing)
   if "rotate" not in ops:
     raise ConfigError(f"--task=rotation needs the 'rotate' op in --preprocessing, got "
                       f"{config.preprocessing!r} (e.g. 'resize,crop,flip_lr,-1_to_1,rotate')")

@@ -2,8 +2,8 @@
 
 import tensorflow as tf
 
-import models
 from methods import base
+import models
 
 PRETEXT_OPS = ()
 

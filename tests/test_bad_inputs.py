@@ -9,10 +9,10 @@ import os
 import pytest
 
 from core import files
-from core.config import ConfigError
+from core.errors import ConfigError
 import datasets
-import train_and_eval
 from tests.test_train_and_eval import small_config
+import train_and_eval
 
 
 def test_an_empty_split_is_named(shapes_data_dir):

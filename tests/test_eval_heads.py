@@ -6,6 +6,7 @@ import pytest
 from eval import heads
 from eval import knn
 from eval import low_label
+from training import schedules
 
 NUM_CLASSES = 4
 
@@ -30,8 +31,8 @@ def train_and_eval(eval_model, standardize=True, epochs=6, weight_decay=1e-4):
   probes = heads.Probes({k: v.shape[1] for k, v in train.items()}, NUM_CLASSES, eval_model,
                         channels_hidden=32, weight_decay=weight_decay, seed=0, stats=stats)
   steps_in_epoch = heads.steps_per_epoch(800, 64)
-  optimizer = heads.make_optimizer(0.1, 64, 256, steps_in_epoch, warmup_epochs=1,
-                                   decay_epochs=[4], lr_decay_factor=0.1)
+  optimizer = schedules.make_optimizer("sgd", 0.1, 64, 256, steps_in_epoch, warmup_epochs=1,
+                                       decay_epochs=[4], lr_decay_factor=0.1)
   heads.train_probes_on_arrays(probes, optimizer, train, train_labels, 64, 0,
                                heads.num_train_steps(epochs, steps_in_epoch))
   return heads.evaluate_probes(probes, heads.array_eval_batches(test, test_labels, 128))

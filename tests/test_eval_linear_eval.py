@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from core.config import ConfigError
+from core.errors import ConfigError
 import datasets
 from eval import features
 from eval import heads

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from core import export as export_lib
-from core.config import Config, ConfigError
+from core.config import Config
+from core.errors import ConfigError
 from datasets import PreprocessConfig, get_preprocess_fn
 from methods import exemplar
 from methods import triplet_loss
+from training import export as export_lib
 
 
 def numpy_semihard_loss(labels, embeddings, margin):

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from core import options
 from grid import flags as flags_lib
 from grid import gridfile
 from grid import local
@@ -173,7 +174,7 @@ def test_expansion_names_and_precedence(configs, known):
   assert base.eval_flags["architecture"] == "resnet50" and base.eval_flags["mode"] == "v2"
   assert base.eval_flags["filters_factor"] == "2"
   assert base.eval_flags["eval_preprocessing"] == "resize,-1_to_1"
-  args = flags_lib.flags_to_args({"run_eval": True, "last_relu": False, "epochs": "1"})
+  args = options.flags_to_args({"run_eval": True, "last_relu": False, "epochs": "1"})
   assert args == ["--run_eval", "--nolast_relu", "--epochs=1"]
 
 

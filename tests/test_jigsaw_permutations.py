@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from core.config import Config, ConfigError
+from core.config import Config
+from core.errors import ConfigError
 from methods import jigsaw
 from methods import patch_utils
 

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from core.config import Config
+from core.errors import ConfigError
 import datasets
-from core import config as config_lib
-from core import export as export_lib
-from core.config import Config, ConfigError
 from datasets import PreprocessConfig, get_preprocess_fn
 from datasets.preprocess import patch_geometry
 from eval import pooling
@@ -24,6 +23,8 @@ from methods import patch_utils
 from methods import relative_patch_location as rpl
 from tests.conftest import REPO_ROOT
 import train_and_eval
+from training import export as export_lib
+from training import validation
 
 
 def _coordinate_image(h, w):
@@ -141,7 +142,7 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss(task, shapes_data_dir, tmp_
     config = _task_config(task, architecture="vgg19")
   method = methods.get_method(task)
   method.validate(config)
-  fn = get_preprocess_fn(config.preprocessing, True, config.preprocess_config())
+  fn = get_preprocess_fn(config.preprocessing, True, datasets.PreprocessConfig.of(config))
   tf.random.set_seed(0)
   data = datasets.get_data("shapes_small", "train[:6]", is_training=False, preprocess_fn=fn,
                            batch_size=6, data_dir=shapes_data_dir)
@@ -200,11 +201,11 @@ _CHECK_FLAGFILES = """
 import sys
 from absl import flags
 import train_and_eval
-from core import config as config_lib
+from training import validation
 for path in sys.argv[1:]:
   flags.FLAGS.unparse_flags()
   flags.FLAGS(["x", "--flagfile=" + path, "--workdir=/tmp/unused"])
-  config_lib.validate(train_and_eval.config_from_flags(), check_data=False)
+  validation.validate(train_and_eval.config_from_flags(), check_data=False)
 """
 
 
@@ -225,4 +226,4 @@ def test_the_flagfiles_parse_and_validate():
 def test_bad_patch_settings_fail_validation(overrides, message):
   config = dataclasses.replace(_task_config("relative_patch_location"), **overrides)
   with pytest.raises(ConfigError, match=message):
-    config_lib.validate(config, check_data=False)
+    validation.validate(config, check_data=False)

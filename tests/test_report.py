@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from eval import report as report_lib
+import report as report_lib
 from tests.conftest import REPO_ROOT
 
 RESNET = ["after_root", "block1", "block2", "block3", "block4", "pre_logits"]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from core import schedules
+from training import schedules
 
 
 def test_scaled_lr():

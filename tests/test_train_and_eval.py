@@ -14,10 +14,11 @@ import pytest
 import tensorflow as tf
 
 from core import config as config_lib
-from core import export as export_lib
-from core.config import Config, ConfigError
-import train_and_eval
+from core.config import Config
+from core.errors import ConfigError
 from tests.conftest import REPO_ROOT
+import train_and_eval
+from training import export as export_lib
 
 
 def small_config(workdir, data_dir, **overrides) -> Config:
@@ -75,7 +76,7 @@ def test_training_resumes_from_the_latest_checkpoint(tmp_path, shapes_data_dir):
 def test_train_step_matches_a_hand_written_sgd_step(tmp_path, shapes_data_dir):
   """Two trainer steps equal two steps of SGD with momentum on loss + wd * sum(w**2) / 2."""
   import keras  # pylint: disable=g-import-not-at-top
-  from core import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   import methods  # pylint: disable=g-import-not-at-top
   # Batch 32: with 8 images, batch norm over VGG's 1x1 last blocks amplifies the rounding
   # differences between the compiled and the eager step beyond 1e-4 in two steps.
@@ -150,7 +151,7 @@ _RELOAD = textwrap.dedent("""
 
 
 def test_export_reloads_in_a_fresh_process_with_the_same_outputs(tmp_path, trained):
-  from core import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   import methods  # pylint: disable=g-import-not-at-top
   config, _ = trained
   info = export_lib.load_export_info(config.export_dir)
@@ -258,7 +259,7 @@ _RUN = textwrap.dedent("""
       cpu = tf.config.list_physical_devices("CPU")[0]
       tf.config.set_logical_device_configuration(
           cpu, [tf.config.LogicalDeviceConfiguration()] * int(os.environ["LOGICAL_CPUS"]))
-    from core import trainer as trainer_lib
+    from training import trainer as trainer_lib
     from core.config import Config
     import train_and_eval
     made = []
@@ -410,7 +411,7 @@ def test_sigkill_at_random_moments_then_finish(tmp_path, shapes_data_dir):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, shapes_data_dir):
-  from core.trainer import NonFiniteLossError  # pylint: disable=g-import-not-at-top
+  from training.trainer import NonFiniteLossError  # pylint: disable=g-import-not-at-top
   config = small_config(tmp_path / "wd", shapes_data_dir, save_checkpoints_steps=1)
   assert train_and_eval.run(config, print_fn=_quiet)["step"] == 2
   # A learning rate that overflows the weights at the first step of the longer run.

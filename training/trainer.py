@@ -15,11 +15,12 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-import datasets
-from core import cluster
-from core import schedules
 from core.config import Config
+from core.durations import format_duration
+import datasets
 from methods import base
+from training import cluster
+from training import schedules
 
 
 class NonFiniteLossError(RuntimeError):
@@ -32,7 +33,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
   default: one device. mirrored: every local GPU, or every logical CPU device. multi_worker:
   MultiWorkerMirroredStrategy over the hosts of TF_CONFIG (every host runs the same command
   with its own TF_CONFIG), or, without TF_CONFIG, over the tasks of the SLURM job step that
-  srun started (core/cluster.py); the workdir must be on storage that all of them see. tpu: the
+  srun started (training/cluster.py); the workdir must be on storage that all of them see. tpu: the
   TPU named by TPU_NAME (default: the local one).
   """
   if name == "default":
@@ -115,7 +116,7 @@ def make_plan(config: Config) -> Plan:
 
 def _distributed_data(config: Config, strategy, split: str, is_training: bool, global_batch: int):
   preprocess_fn = datasets.get_preprocess_fn(config.preprocessing, is_training,
-                                             config.preprocess_config())
+                                             datasets.PreprocessConfig.of(config))
 
   def dataset_fn(input_context):
     return datasets.get_data(
@@ -132,26 +133,6 @@ def _per_example_image_shape(dist_dataset) -> tuple:
   if isinstance(spec, tf.TypeSpec) and not isinstance(spec, tf.TensorSpec):
     spec = spec._component_specs[0]  # PerReplica spec under a multi-device strategy.
   return tuple(spec.shape[1:])
-
-
-def make_optimizer(config: Config, plan: Plan):
-  base_lr = schedules.scaled_lr(config.lr, config.batch_size, config.lr_scale_batch_size)
-  schedule = schedules.WarmupPiecewiseDecay(
-      base_lr, plan.steps_per_epoch, config.warmup_epochs, config.decay_epochs,
-      config.lr_decay_factor)
-  if config.optimizer == "sgd":
-    return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
-  if config.optimizer == "adam":
-    return keras.optimizers.Adam(learning_rate=schedule)
-  raise ValueError(f"unknown optimizer {config.optimizer!r}; valid choices: sgd, adam")
-
-
-def weight_decay_loss(model: keras.Model, weight_decay: float) -> tf.Tensor:
-  """L2 decay, `weight_decay * sum(w**2) / 2`, over every kernel (conv and dense) of the model."""
-  kernels = [v for v in model.trainable_variables if v.name == "kernel"]
-  if not kernels or weight_decay == 0:
-    return tf.constant(0.0)
-  return weight_decay * tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in kernels])
 
 
 class _MetricAccumulator:
@@ -174,13 +155,6 @@ def _sums_and_counts(metrics: Dict[str, tf.Tensor]):
   sums = {k: tf.reduce_sum(tf.cast(v, tf.float32)) for k, v in metrics.items()}
   counts = {k: tf.cast(tf.size(v), tf.float32) for k, v in metrics.items()}
   return sums, counts
-
-
-def _format_duration(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
 @dataclasses.dataclass
@@ -211,7 +185,10 @@ class Trainer:
       keras.utils.set_random_seed(config.random_seed)
       with dtype_policy(config.precision):
         self.model = method.build_model(config, self.image_shape, self.info.num_classes)
-      self.optimizer = make_optimizer(config, self.plan)
+      self.optimizer = schedules.make_optimizer(
+          config.optimizer, config.lr, config.batch_size, config.lr_scale_batch_size,
+          self.plan.steps_per_epoch, config.warmup_epochs, config.decay_epochs,
+          config.lr_decay_factor)
       if config.precision == "mixed_float16":
         # Dynamic loss scaling: float16 gradients underflow without it.
         self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
@@ -244,7 +221,7 @@ class Trainer:
     def step_fn(batch):
       with tf.GradientTape() as tape:
         spec = method.model_fn(model, batch, base.TRAIN, config)
-        total = spec.loss + weight_decay_loss(model, weight_decay)
+        total = spec.loss + schedules.l2_decay(model.trainable_variables, weight_decay)
         scaled = total / strategy.num_replicas_in_sync
         if loss_scaled:
           scaled = optimizer.scale_loss(scaled)  # apply_gradients unscales and skips inf/NaN.
@@ -336,7 +313,7 @@ class Trainer:
       eta = (plan.total_steps - step) * config.batch_size / max(rate, 1e-9)
       shown = " ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
       self.print_fn(f"step {step}/{plan.total_steps} (epoch {step / plan.steps_per_epoch:.2f}) "
-                    f"{shown} lr {lr:.4g} | {rate:.0f} img/s | ETA {_format_duration(eta)}")
+                    f"{shown} lr {lr:.4g} | {rate:.0f} img/s | ETA {format_duration(eta)}")
       steps_due = (config.save_checkpoints_steps and
                    step - last_save_step >= config.save_checkpoints_steps)
       secs_due = self._all_agree(config.save_checkpoints_secs is not None and

@@ -13,7 +13,8 @@ from typing import Sequence
 
 import tensorflow as tf
 
-EXPORT_INFO = "export_info.json"
+from core import files
+from core import specs
 
 
 class _ExportModule(tf.Module):
@@ -35,7 +36,7 @@ class _ExportModule(tf.Module):
 
 def representation_preprocessing(spec: str, pretext_ops: Sequence[str]) -> str:
   """The preprocessing spec without the ops that create pretext labels."""
-  return ",".join(op for op in (o.strip() for o in spec.split(",")) if op and op not in pretext_ops)
+  return ",".join(op for op in specs.parse_spec(spec) if op not in pretext_ops)
 
 
 def export(model, export_dir: str, image_shape: Sequence[int], info: dict) -> str:
@@ -54,7 +55,7 @@ def export(model, export_dir: str, image_shape: Sequence[int], info: dict) -> st
   tf.saved_model.save(module, tmp_dir, signatures={"serving_default": module.serve,
                                                    "representation": module.representation})
   info = dict(info, input_shape=list(image_shape), end_points=end_points)
-  with open(os.path.join(tmp_dir, EXPORT_INFO), "w") as f:
+  with open(os.path.join(tmp_dir, files.EXPORT_INFO_FILE), "w") as f:
     json.dump(info, f, indent=2, sort_keys=True)
   if os.path.exists(export_dir):
     os.rename(export_dir, old_dir)
@@ -65,8 +66,5 @@ def export(model, export_dir: str, image_shape: Sequence[int], info: dict) -> st
 
 
 def load_export_info(export_dir: str) -> dict:
-  path = os.path.join(export_dir, EXPORT_INFO)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{export_dir} has no {EXPORT_INFO}; is it an export of this suite?")
-  with open(path) as f:
-    return json.load(f)
+  """The export's export_info.json (FileNotFoundError where it has none)."""
+  return files.read_export_info(export_dir)

@@ -1,0 +1,348 @@
+"""Every option of train_and_eval.py, defined once: its name, kind, default, choices, help, the
+configs that take it, whether it changes results, and the check of its value.
+
+From this table come the absl flags (`define_flags`, train_and_eval.py), the config dataclasses
+(`make_config`: core/config.py's Config, eval/linear_eval.py's LinearEvalConfig), their checks
+(`check_values`), and what the grid runner knows of the flags (grid/flags.py). Free of
+TensorFlow.
+"""
+
+import dataclasses
+import math
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from core import architectures
+from core.errors import ConfigError
+
+PRETEXT, EVAL = "pretext", "eval"  # The configs: pretext training, per-layer evaluation.
+RANDOM_INIT = "random_init"        # --hub_module of the random-init baseline.
+_UNSET = object()
+
+OPTIMIZERS = ("sgd", "adam")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+EVAL_MODELS = ("linear", "mlp")
+POOL_MODES = ("adaptive_max", "adaptive_avg", "max", "avg")
+COMBINE_MODES = ("avg_pool", "max_pool", "concat")
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+  """One option. `kind`: string, int, float, bool, enum (absl checks the choices) or list.
+
+  `choices` of a string option are checked with the config (`check_values`). `value` says how
+  the flag's value becomes the config's: plain, size (H or H,W -> (H, W)), floats (a list ->
+  a tuple of floats) or shape (H,W,C -> a tuple). `check`: positive, nonnegative, probability
+  ([0, 1]) or fraction ((0, 1]); None passes where the default is None. `eval_default`: the
+  evaluation config's default where it differs.
+  """
+  name: str
+  kind: str
+  default: Any
+  help: str
+  configs: Tuple[str, ...] = (PRETEXT, EVAL)
+  choices: Optional[Tuple[str, ...]] = None
+  value: str = "plain"
+  check: Optional[str] = None
+  affects_results: bool = True
+  aliases: Tuple[str, ...] = ()
+  eval_default: Any = _UNSET
+
+  def default_for(self, config: str) -> Any:
+    if config == EVAL and self.eval_default is not _UNSET:
+      return self.eval_default
+    return to_value(self, self.default)
+
+
+_P, _E, _BOTH = (PRETEXT,), (EVAL,), (PRETEXT, EVAL)
+_OPTIONS = [
+    # Experiment.
+    Option("task", "string", None, "Pretext task (rotation, jigsaw, relative_patch_location, "
+           "exemplar, supervised), or linear_eval.", configs=_P),
+    Option("workdir", "string", None, "Directory for checkpoints, summaries, export and results.",
+           affects_results=False),
+    Option("run_eval", "bool", False, "After training, evaluate the pretext task on --val_split "
+           "(loss, accuracy) into <workdir>/pretext_results.json.", configs=_P),
+    Option("random_seed", "int", 0, "Seed for initialisation, shuffling and augmentation."),
+    # Data.
+    Option("dataset", "string", "shapes", "Dataset: the embedded 'shapes' (or 'shapes_small'), a "
+           "TFDS name such as imagenet2012, places365_small, cifar10, or 'folder:<root>' for "
+           "images in <root>/<split>/<class>/*.jpg|png."),
+    Option("data_dir", "string", None, "TFDS data directory (default: TFDS's own default).",
+           affects_results=False, aliases=("dataset_dir",)),
+    Option("train_split", "string", "train", "Split to train on (TFDS slicing like "
+           "'train[:90%]' allowed)."),
+    Option("val_split", "string", "test", "Split for evaluation."),
+    Option("shuffle_buffer", "int", 10_000, "Examples in the shuffle buffer.", check="positive"),
+    # Preprocessing.
+    Option("preprocessing", "string", None, "Comma-separated preprocessing ops, e.g. "
+           "'resize,crop,flip_lr,-1_to_1,rotate'."),
+    Option("resize_size", "list", None, "Size for 'resize': H or H,W.", configs=_P,
+           value="size"),
+    Option("crop_size", "list", None, "Size for the crop ops: H or H,W.", configs=_P,
+           value="size"),
+    Option("smaller_size", "int", None, "Shorter side for 'resize_small'.", configs=_P,
+           check="positive"),
+    Option("grayscale_probability", "float", 0.0, "Probability of 'to_gray' in training.",
+           configs=_P, check="probability"),
+    Option("splits_per_side", "int", 3, "'crop_patches': the image is split into a "
+           "splits_per_side x splits_per_side grid of patches.", configs=_P, check="positive"),
+    Option("patch_jitter", "int", 0, "'crop_patches': patches are their grid cell less this "
+           "many pixels per side, randomly placed in the cell in training.", configs=_P,
+           check="nonnegative"),
+    Option("num_of_inception_patches", "int", 8, "'exemplar_copies': augmented copies per "
+           "image.", configs=_P, check="positive"),
+    # Model.
+    Option("architecture", "string", "resnet50", "Backbone: "
+           f"{', '.join(architectures.ARCHITECTURES)}.", eval_default=None),
+    Option("filters_factor", "int", None, "Width factor (standard width: 4 for ResNet and "
+           "RevNet, 8 for VGG; default).", check="positive"),
+    Option("mode", "enum", "v2", "ResNet version: v1 post-activation, v2 pre-activation.",
+           choices=architectures.MODES),
+    Option("last_relu", "bool", True, "Apply the network's final ReLU (ResNet)."),
+    Option("zero_init_residual", "bool", False, "Pretext training: start every residual branch "
+           "of ResNet / RevNet at zero (last BN scale in v1, last conv in v2 and RevNet), so "
+           "that short runs leave chance level sooner. Off in the 2019 code; the random-init "
+           "baseline keeps the standard initialisation.", configs=_P),
+    # Pretext heads.
+    Option("embed_dim", "int", 1000, "jigsaw, relative_patch_location, exemplar: size of the "
+           "per-patch (per-copy) embedding, the backbone's logits layer.", configs=_P,
+           check="positive"),
+    Option("num_permutations", "int", 100, "jigsaw: permutations in the generated set (the "
+           "classes).", configs=_P, check="positive"),
+    Option("perm_subset_size", "int", 8, "jigsaw: permutations drawn per training batch; each "
+           "image is shown in all of them (evaluation uses all).", configs=_P, check="positive"),
+    Option("margin", "float", 0.5, "exemplar: margin of the triplet semi-hard loss.",
+           configs=_P, check="nonnegative"),
+    # Optimisation.
+    Option("batch_size", "int", 256, "Global training batch size (source images).",
+           check="positive"),
+    Option("eval_batch_size", "int", None, "Global evaluation batch size (default: "
+           "--batch_size).", check="positive", affects_results=False),
+    Option("optimizer", "string", "sgd", "sgd (momentum 0.9) or adam.", configs=_P,
+           choices=OPTIMIZERS),
+    Option("lr", "float", 0.1, "Learning rate for a batch of --lr_scale_batch_size.",
+           check="positive"),
+    Option("lr_scale_batch_size", "int", 256, "Batch size --lr is given for; the rate is scaled "
+           "linearly to --batch_size.", check="positive"),
+    Option("epochs", "float", 90.0, "Training epochs (fractions allowed).", check="positive"),
+    Option("warmup_epochs", "float", 0.0, "Epochs of linear warm-up.", check="nonnegative"),
+    Option("decay_epochs", "list", (), "Epochs at which the rate is multiplied by "
+           "--lr_decay_factor.", value="floats"),
+    Option("lr_decay_factor", "float", 0.1, "Factor applied at each of --decay_epochs.",
+           check="positive"),
+    Option("weight_decay", "float", None, "L2 weight decay (default: 1e-4, VGG 5e-4; "
+           "linear_eval: 0).", check="nonnegative", eval_default=0.0),
+    # Running.
+    Option("strategy", "string", "default", "tf.distribute strategy: default (one device), "
+           "mirrored (all local GPUs, or logical CPU devices), multi_worker (the hosts of "
+           "TF_CONFIG, or the tasks of the SLURM job step when srun started it; run the same "
+           "command on each, with a --workdir they all see) or tpu (TPU_NAME, default the local "
+           "TPU). With more than one replica, batch norm statistics are synchronised across "
+           "replicas.", configs=_P, choices=STRATEGIES),
+    Option("jit_compile", "bool", False, "XLA-compile the training step (slower on CPU).",
+           configs=_P),
+    Option("precision", "string", "float32", "float32, mixed_float16 or mixed_bfloat16: the "
+           "compute dtype. mixed_* keep float32 variables and compute in 16 bits (GPU: "
+           "mixed_float16, with dynamic loss scaling; TPU and recent GPUs: mixed_bfloat16). "
+           "Slower on CPU. A workdir keeps the precision it was started with.", configs=_P,
+           choices=PRECISIONS),
+    Option("save_checkpoints_steps", "int", None, "Save a checkpoint every N steps.",
+           configs=_P, check="positive", affects_results=False),
+    Option("save_checkpoints_secs", "float", 600.0, "Save a checkpoint every N seconds.",
+           configs=_P, affects_results=False),
+    Option("keep_checkpoint_max", "int", 3, "Checkpoints to keep.", configs=_P,
+           affects_results=False),
+    Option("log_every_steps", "int", 50, "Steps between progress lines and summaries.",
+           configs=_P, check="positive", affects_results=False),
+    Option("serving_input_shape", "string", None, "Export input shape H,W,C (a leading 'None' "
+           "batch dimension is accepted); default: the training input's image shape.",
+           configs=_P, value="shape"),
+    # Per-layer evaluation (--task=linear_eval).
+    Option("hub_module", "string", None, "linear_eval: the export to evaluate "
+           f"(<pretext workdir>/export), or '{RANDOM_INIT}' for a randomly initialised "
+           "--architecture/--filters_factor/--mode (the baseline).", configs=_E),
+    Option("eval_model", "enum", "linear", "linear_eval: head per layer.", configs=_E,
+           choices=EVAL_MODELS),
+    Option("channels_hidden", "int", 1000, "linear_eval: hidden units of the mlp head.",
+           configs=_E, check="positive"),
+    Option("pool_mode", "enum", "adaptive_max", "linear_eval: pooling of end points with more "
+           "than 9000 features.", configs=_E, choices=POOL_MODES),
+    Option("combine_patches", "enum", "avg_pool", "linear_eval: how per-patch features of patch "
+           "inputs are combined.", configs=_E, choices=COMBINE_MODES),
+    Option("eval_preprocessing", "string", None, "linear_eval: deterministic preprocessing of "
+           "both splits (default: the export's).", configs=_E),
+    Option("on_the_fly", "bool", False, "linear_eval: the original protocol (training "
+           "--preprocessing with augmentation through the frozen backbone every step) instead "
+           "of cached features.", configs=_E),
+    Option("knn_k", "int", None, "linear_eval: also report k-nearest-neighbour accuracy with "
+           "this k.", configs=_E, check="positive"),
+    Option("train_fraction", "float", None, "linear_eval: train the heads on this fraction of "
+           "each class (low-label evaluation).", configs=_E, check="fraction"),
+    Option("examples_per_class", "int", None, "linear_eval: train the heads on this many "
+           "examples of each class (low-label evaluation).", configs=_E, check="positive"),
+    Option("feature_cache_dir", "string", None, "linear_eval: directory to cache extracted "
+           "features in (default: memory only).", configs=_E, affects_results=False),
+    Option("force", "bool", False, "linear_eval: re-run even if results for the same config "
+           "exist.", configs=_E, affects_results=False),
+]
+OPTIONS: Dict[str, Option] = {o.name: o for o in _OPTIONS}
+ALIASES: Dict[str, str] = {alias: o.name for o in _OPTIONS for alias in o.aliases}
+# Option names (aliases included) whose value does not change a run's results.
+NON_RESULT = tuple(n for o in _OPTIONS if not o.affects_results for n in (o.name,) + o.aliases)
+
+
+def of(config: str) -> List[Option]:
+  """The options of one config (PRETEXT or EVAL), in table order."""
+  return [o for o in _OPTIONS if config in o.configs]
+
+
+# ----------------------------------------------------------------------------- values
+def _size(values: Sequence[Any], name: str) -> Tuple[int, int]:
+  try:
+    sizes = tuple(int(v) for v in values)
+  except (TypeError, ValueError):
+    sizes = ()
+  if len(sizes) not in (1, 2) or min(sizes) <= 0:
+    raise ConfigError(f"--{name}={','.join(str(v) for v in values)} must be H or H,W positive "
+                      "integers")
+  return sizes * 2 if len(sizes) == 1 else sizes
+
+
+def _shape(value: str, name: str) -> Tuple[int, int, int]:
+  parts = [p.strip() for p in str(value).split(",")]
+  if len(parts) == 4 and parts[0].lower() == "none":
+    parts = parts[1:]
+  try:
+    shape = tuple(int(p) for p in parts)
+  except ValueError:
+    shape = ()
+  if len(shape) != 3 or min(shape) <= 0:
+    raise ConfigError(f"--{name}={value!r} must be H,W,C (optionally None,H,W,C)")
+  return shape
+
+
+def to_value(option: Option, flag_value: Any) -> Any:
+  """A flag's value as the config holds it (see Option.value); ConfigError if malformed."""
+  if flag_value is None or option.value == "plain":
+    return tuple(flag_value) if isinstance(flag_value, list) else flag_value
+  if option.value == "size":
+    if isinstance(flag_value, (int, str)):
+      flag_value = str(flag_value).split(",")
+    return _size(flag_value, option.name) if list(flag_value) else None
+  if option.value == "floats":
+    items = str(flag_value).split(",") if isinstance(flag_value, str) else flag_value
+    try:
+      return tuple(float(v) for v in items if str(v).strip())
+    except ValueError:
+      raise ConfigError(f"--{option.name}={','.join(str(v) for v in items)} must be "
+                        "numbers") from None
+  if option.value == "shape":
+    return _shape(flag_value, option.name) if str(flag_value) else None
+  raise ValueError(f"option {option.name}: unknown value kind {option.value!r}")
+
+
+def values_from_flags(flag_values) -> Dict[str, Any]:
+  """Every option's config value from parsed absl flags (`flags.FLAGS`)."""
+  return {o.name: to_value(o, flag_values[o.name].value) for o in _OPTIONS}
+
+
+def config_kwargs(values: Mapping[str, Any], config: str) -> Dict[str, Any]:
+  """The values that the config (PRETEXT or EVAL) takes."""
+  return {o.name: values[o.name] for o in of(config) if o.name in values}
+
+
+# ------------------------------------------------------------------------------- checks
+def _check(condition: bool, message: str):
+  if not condition:
+    raise ConfigError(message)
+
+
+def _is_int(value: Any) -> bool:
+  """An int (or a NumPy integer), not a bool."""
+  if isinstance(value, bool):
+    return False
+  return isinstance(value, int) or (type(value).__module__ == "numpy" and
+                                    float(value).is_integer())
+
+
+def check_values(config: Any, config_name: str) -> None:
+  """Checks the values of a config's options: choices, ranges, the schedule. ConfigError (one
+  line naming the flag, the value and what is valid) at the first bad one."""
+  for option in of(config_name):
+    value = getattr(config, option.name)
+    if value is None and option.default_for(config_name) is None:
+      continue
+    name = option.name
+    if option.choices is not None:
+      _check(value in option.choices,
+             f"--{name}={value!r} is not valid; choices: {', '.join(option.choices)}")
+    optional = " or None" if option.default_for(config_name) is None else ""
+    if option.check == "positive" and option.kind == "int":
+      _check(_is_int(value) and value > 0,
+             f"--{name} must be a positive integer{optional}, got {value!r}")
+    elif option.check == "positive":
+      _check(isinstance(value, (int, float)) and value > 0 and math.isfinite(value),
+             f"--{name} must be a positive number, got {value!r}")
+    elif option.check == "nonnegative":
+      kind = "" if option.kind == "int" else "a number "
+      _check(isinstance(value, (int, float)) and value >= 0 and math.isfinite(value),
+             f"--{name} must be {kind}>= 0, got {value!r}")
+    elif option.check == "probability":
+      _check(isinstance(value, (int, float)) and 0 <= value <= 1,
+             f"--{name} must be in [0, 1], got {value!r}")
+    elif option.check == "fraction":
+      _check(isinstance(value, (int, float)) and 0 < value <= 1,
+             f"--{name} must be in (0, 1], got {value!r}")
+  _check(config.warmup_epochs <= config.epochs,
+         f"--warmup_epochs must be in [0, --epochs={config.epochs}], got {config.warmup_epochs}")
+  decay = list(config.decay_epochs)
+  _check(decay == sorted(decay), f"--decay_epochs must be increasing, got {decay}")
+
+
+# --------------------------------------------------------------------------- flags, configs
+def define_flags(flag_values, module_name: Optional[str] = None) -> None:
+  """Defines every option as an absl flag (and its aliases) in `flag_values`, as flags of
+  `module_name` (the program's, for its --help)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  define = {"string": flags.DEFINE_string, "int": flags.DEFINE_integer,
+            "float": flags.DEFINE_float, "bool": flags.DEFINE_boolean,
+            "list": flags.DEFINE_list}
+  where = dict(flag_values=flag_values, module_name=module_name)
+  for o in _OPTIONS:
+    default = list(o.default) if isinstance(o.default, tuple) else o.default
+    if o.kind == "enum":
+      flags.DEFINE_enum(o.name, default, list(o.choices), o.help, **where)
+    else:
+      define[o.kind](o.name, default, o.help, **where)
+    for alias in o.aliases:
+      flags.DEFINE_alias(alias, o.name, **where)
+
+
+def make_config(class_name: str, config: str, base: type, module: str,
+                extra: Sequence[Tuple[str, Any, Any]] = (), frozen: bool = False) -> type:
+  """A dataclass of the options of `config` (PRETEXT or EVAL), fields in table order with
+  their defaults, then `extra` (name, type, dataclasses.field or default) fields that are not
+  flags; methods from `base`."""
+  fields = []
+  for o in of(config):
+    default = o.default_for(config)
+    fields.append((o.name, Any, dataclasses.field(default=default)))
+  fields += [(name, type_, value if isinstance(value, dataclasses.Field) else
+              dataclasses.field(default=value)) for name, type_, value in extra]
+  cls = dataclasses.make_dataclass(class_name, fields, bases=(base,), frozen=frozen)
+  cls.__module__ = module
+  return cls
+
+
+def flags_to_args(flags: Mapping[str, Any]) -> List[str]:
+  """Flags as command-line arguments: --name=value, --name / --noname for booleans."""
+  args = []
+  for name, value in flags.items():
+    if value is True:
+      args.append(f"--{name}")
+    elif value is False:
+      args.append(f"--no{name}")
+    else:
+      args.append(f"--{name}={value}")
+  return args
