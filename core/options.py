@@ -253,12 +253,13 @@ def config_kwargs(values: Mapping[str, Any], config: str) -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- checks
-def _check(condition: bool, message: str):
+def require(condition: bool, message: str) -> None:
+  """ConfigError(`message`) unless `condition`: the checks of every config."""
   if not condition:
     raise ConfigError(message)
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
   """An int (or a NumPy integer), not a bool."""
   if isinstance(value, bool):
     return False
@@ -275,29 +276,29 @@ def check_values(config: Any, config_name: str) -> None:
       continue
     name = option.name
     if option.choices is not None:
-      _check(value in option.choices,
+      require(value in option.choices,
              f"--{name}={value!r} is not valid; choices: {', '.join(option.choices)}")
     optional = " or None" if option.default_for(config_name) is None else ""
     if option.check == "positive" and option.kind == "int":
-      _check(_is_int(value) and value > 0,
+      require(is_int(value) and value > 0,
              f"--{name} must be a positive integer{optional}, got {value!r}")
     elif option.check == "positive":
-      _check(isinstance(value, (int, float)) and value > 0 and math.isfinite(value),
+      require(isinstance(value, (int, float)) and value > 0 and math.isfinite(value),
              f"--{name} must be a positive number, got {value!r}")
     elif option.check == "nonnegative":
       kind = "" if option.kind == "int" else "a number "
-      _check(isinstance(value, (int, float)) and value >= 0 and math.isfinite(value),
+      require(isinstance(value, (int, float)) and value >= 0 and math.isfinite(value),
              f"--{name} must be {kind}>= 0, got {value!r}")
     elif option.check == "probability":
-      _check(isinstance(value, (int, float)) and 0 <= value <= 1,
+      require(isinstance(value, (int, float)) and 0 <= value <= 1,
              f"--{name} must be in [0, 1], got {value!r}")
     elif option.check == "fraction":
-      _check(isinstance(value, (int, float)) and 0 < value <= 1,
+      require(isinstance(value, (int, float)) and 0 < value <= 1,
              f"--{name} must be in (0, 1], got {value!r}")
-  _check(config.warmup_epochs <= config.epochs,
+  require(config.warmup_epochs <= config.epochs,
          f"--warmup_epochs must be in [0, --epochs={config.epochs}], got {config.warmup_epochs}")
   decay = list(config.decay_epochs)
-  _check(decay == sorted(decay), f"--decay_epochs must be increasing, got {decay}")
+  require(decay == sorted(decay), f"--decay_epochs must be increasing, got {decay}")
 
 
 # --------------------------------------------------------------------------- flags, configs

@@ -18,11 +18,11 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from absl import logging
 import keras
-import numpy as np
 
 from core import options
 from core import specs
 from core.errors import ConfigError
+from core.options import require
 import datasets
 from eval import features as features_lib
 from eval import heads as heads_lib
@@ -79,46 +79,36 @@ def config_from_values(values: Mapping[str, Any]) -> "LinearEvalConfig":
 
 def validate_config(config: LinearEvalConfig) -> None:
   """Raises ConfigError naming the field, the value and the valid choices."""
-  if not config.workdir:
-    raise ConfigError("--workdir is required: the directory for results.json")
-  if not config.dataset:
-    raise ConfigError("--dataset is required, e.g. 'shapes' or 'imagenet2012'")
+  require(bool(config.workdir), "--workdir is required: the directory for results.json")
+  require(bool(config.dataset), "--dataset is required, e.g. 'shapes' or 'imagenet2012'")
   if config.hub_module is None:
-    _check(bool(config.architecture), "give hub_module (an export directory) or, for the "
-           "random-init baseline, architecture (e.g. resnet50)")
-    _check(bool(config.eval_preprocessing), "the random-init baseline has no export to take "
-           "the preprocessing from: set eval_preprocessing, e.g. 'resize,-1_to_1'")
+    require(bool(config.architecture), "give hub_module (an export directory) or, for the "
+            "random-init baseline, architecture (e.g. resnet50)")
+    require(bool(config.eval_preprocessing), "the random-init baseline has no export to take "
+            "the preprocessing from: set eval_preprocessing, e.g. 'resize,-1_to_1'")
   else:
-    _check(isinstance(config.hub_module, str) and bool(config.hub_module),
-           f"hub_module must be an export directory, got {config.hub_module!r}")
+    require(isinstance(config.hub_module, str) and bool(config.hub_module),
+            f"hub_module must be an export directory, got {config.hub_module!r}")
   options.check_values(config, options.EVAL)
-  _check(config.feature_dtype in features_lib.FEATURE_DTYPES,
-         f"feature_dtype={config.feature_dtype!r} is not valid; choices: "
-         f"{', '.join(features_lib.FEATURE_DTYPES)}")
-  _check(_positive_int(config.max_features),
-         f"max_features must be a positive integer, got {config.max_features!r}")
-  _check(config.knn_temperature > 0,
-         f"knn_temperature must be positive, got {config.knn_temperature}")
-  _check(config.train_fraction is None or config.examples_per_class is None,
-         f"give at most one of train_fraction ({config.train_fraction}) and "
-         f"examples_per_class ({config.examples_per_class})")
-  _check(not (config.on_the_fly and _low_label(config)),
-         "train_fraction / examples_per_class need the cached protocol (on_the_fly=False): the "
-         "labelled subset is drawn from the extracted training features")
-  _check(config.layers is None or (len(config.layers) > 0 and
-                                   all(isinstance(n, str) for n in config.layers)),
-         f"layers must be None (all) or a non-empty list of end point names, got {config.layers!r}")
-  _check(config.preprocess_params is None or isinstance(config.preprocess_params, dict),
-         f"preprocess_params must be a dict or None, got {config.preprocess_params!r}")
-
-
-def _check(condition: bool, message: str):
-  if not condition:
-    raise ConfigError(message)
-
-
-def _positive_int(value) -> bool:
-  return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+  require(config.feature_dtype in features_lib.FEATURE_DTYPES,
+          f"feature_dtype={config.feature_dtype!r} is not valid; choices: "
+          f"{', '.join(features_lib.FEATURE_DTYPES)}")
+  require(options.is_int(config.max_features) and config.max_features > 0,
+          f"max_features must be a positive integer, got {config.max_features!r}")
+  require(config.knn_temperature > 0,
+          f"knn_temperature must be positive, got {config.knn_temperature}")
+  require(config.train_fraction is None or config.examples_per_class is None,
+          f"give at most one of train_fraction ({config.train_fraction}) and "
+          f"examples_per_class ({config.examples_per_class})")
+  require(not (config.on_the_fly and _low_label(config)),
+          "train_fraction / examples_per_class need the cached protocol (on_the_fly=False): the "
+          "labelled subset is drawn from the extracted training features")
+  require(config.layers is None or (len(config.layers) > 0 and
+                                    all(isinstance(n, str) for n in config.layers)),
+          f"layers must be None (all) or a non-empty list of end point names, got "
+          f"{config.layers!r}")
+  require(config.preprocess_params is None or isinstance(config.preprocess_params, dict),
+          f"preprocess_params must be a dict or None, got {config.preprocess_params!r}")
 
 
 def _low_label(config: LinearEvalConfig) -> bool:
