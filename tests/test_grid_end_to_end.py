@@ -90,6 +90,17 @@ NAMES = ["rotation-vgg19-w1", "supervised-vgg19-w1", "rotation-vgg19-w1-broken",
          "random_init-vgg19-w1"]
 
 
+def attached_runner(grid, root) -> subprocess.Popen:
+  """benchmark.py --executor=slurm on a root whose jobs are queued, once it watches them."""
+  proc = subprocess.Popen([sys.executable, "benchmark.py", f"--grid={grid}", f"--root={root}",
+                           *POLL], cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT)
+  for line in proc.stdout:
+    if "watching its SLURM job" in line:
+      return proc
+  raise AssertionError(f"the runner ended without watching a job (exit {proc.wait()})")
+
+
 def _numbers(root, name):
   """What the report shows of a cell: per-layer top-1 and loss, pretext metrics."""
   out = {}
@@ -162,12 +173,7 @@ def test_grid_on_slurm_gives_the_local_numbers_detached_then_attached(local_run,
   listed = _benchmark(f"--grid={grid}", f"--root={slurm_root}", "--list", "--executor=slurm")
   assert all(f"SLURM job {jobs[n]}, " in listed.stdout for n in NAMES), listed.stdout
   # Ctrl-C while attached stops the watching, not the jobs.
-  proc = subprocess.Popen([sys.executable, "benchmark.py", f"--grid={grid}",
-                           f"--root={slurm_root}", *POLL], cwd=REPO_ROOT, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-  for line in proc.stdout:
-    if "watching its SLURM job" in line:
-      break
+  proc = attached_runner(grid, slurm_root)
   proc.send_signal(signal.SIGINT)
   out, _ = proc.communicate(timeout=60)
   assert proc.returncode == 130, out

@@ -23,7 +23,8 @@ from grid import slurm_settings
 from grid.cells import Cell
 from grid.common import GridError
 from tests.conftest import REPO_ROOT
-from tests.test_grid_end_to_end import CELLS, POLL, _benchmark, _grid, _status, _write
+from tests.test_grid_end_to_end import (CELLS, POLL, _benchmark, _grid, _status, _write,
+                                         attached_runner)
 from tests.test_train_and_eval import _RUN, small_config
 
 
@@ -121,12 +122,7 @@ def test_cancel_while_attached_cancels_the_jobs_for_good(tmp_path, shapes_data_d
   detached = _benchmark(f"--grid={grid}", f"--root={slurm_root}", "--detach", *POLL)
   assert detached.returncode == 0, detached.stderr[-3000:]
   jobs = {n: e["job_id"] for n, e in _status(slurm_root).items()}
-  proc = subprocess.Popen([sys.executable, "benchmark.py", f"--grid={grid}",
-                           f"--root={slurm_root}", *POLL], cwd=REPO_ROOT, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-  for line in proc.stdout:
-    if "watching its SLURM job" in line:
-      break
+  proc = attached_runner(grid, slurm_root)
   cancel = _benchmark(f"--grid={grid}", f"--root={slurm_root}", "--cancel", *POLL)
   assert cancel.returncode == 0, cancel.stderr
   assert cancel.stdout.strip() == (f"cancelled 4 SLURM job(s): "
