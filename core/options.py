@@ -14,11 +14,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from core import architectures
 from core.errors import ConfigError
 
-PRETEXT, EVAL = "pretext", "eval"  # The configs: pretext training, per-layer evaluation.
+# The configs: pretext training, per-layer evaluation, fine-tuning of the whole backbone.
+PRETEXT, EVAL, FINE_TUNE = "pretext", "eval", "fine_tune"
 RANDOM_INIT = "random_init"        # --hub_module of the random-init baseline.
+# The --task values that evaluate an export, and the config each takes.
+EVALUATION_TASKS = {"linear_eval": EVAL, "fine_tune": FINE_TUNE}
 _UNSET = object()
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "lars")
+LR_SCHEDULES = ("step", "cosine")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 EVAL_MODELS = ("linear", "mlp")
@@ -34,13 +38,13 @@ class Option:
   the flag's value becomes the config's: plain, size (H or H,W -> (H, W)), floats (a list ->
   a tuple of floats) or shape (H,W,C -> a tuple). `check`: positive, nonnegative, probability
   ([0, 1]) or fraction ((0, 1]); None passes where the default is None. `eval_default`: the
-  evaluation config's default where it differs.
+  evaluation configs' default (per-layer evaluation and fine-tuning) where it differs.
   """
   name: str
   kind: str
   default: Any
   help: str
-  configs: Tuple[str, ...] = (PRETEXT, EVAL)
+  configs: Tuple[str, ...] = (PRETEXT, EVAL, FINE_TUNE)
   choices: Optional[Tuple[str, ...]] = None
   value: str = "plain"
   check: Optional[str] = None
@@ -49,16 +53,19 @@ class Option:
   eval_default: Any = _UNSET
 
   def default_for(self, config: str) -> Any:
-    if config == EVAL and self.eval_default is not _UNSET:
+    if config in (EVAL, FINE_TUNE) and self.eval_default is not _UNSET:
       return self.eval_default
     return to_value(self, self.default)
 
 
-_P, _E, _BOTH = (PRETEXT,), (EVAL,), (PRETEXT, EVAL)
+_P, _E, _F = (PRETEXT,), (EVAL,), (FINE_TUNE,)
+_ALL = (PRETEXT, EVAL, FINE_TUNE)
 _OPTIONS = [
     # Experiment.
     Option("task", "string", None, "Pretext task (rotation, jigsaw, relative_patch_location, "
-           "exemplar, supervised), or linear_eval.", configs=_P),
+           "exemplar, simclr, supervised), or an evaluation of an export: linear_eval (probes "
+           "of every frozen layer) or fine_tune (the whole backbone and a new linear head).",
+           configs=_P),
     Option("workdir", "string", None, "Directory for checkpoints, summaries, export and results.",
            affects_results=False),
     Option("run_eval", "bool", False, "After training, evaluate the pretext task on --val_split "
@@ -85,6 +92,9 @@ _OPTIONS = [
            check="positive"),
     Option("grayscale_probability", "float", 0.0, "Probability of 'to_gray' in training.",
            configs=_P, check="probability"),
+    Option("min_crop_area", "float", 0.08, "Random-resized crops (inception_crop, "
+           "inception_preprocess, exemplar_copies, simclr_views): the smallest share of the "
+           "image a crop covers.", configs=_P, check="fraction"),
     Option("splits_per_side", "int", 3, "'crop_patches': the image is split into a "
            "splits_per_side x splits_per_side grid of patches.", configs=_P, check="positive"),
     Option("patch_jitter", "int", 0, "'crop_patches': patches are their grid cell less this "
@@ -92,6 +102,13 @@ _OPTIONS = [
            check="nonnegative"),
     Option("num_of_inception_patches", "int", 8, "'exemplar_copies': augmented copies per "
            "image.", configs=_P, check="positive"),
+    Option("color_jitter_strength", "float", 1.0, "'simclr_views': strength s of the colour "
+           "jitter (brightness, contrast, saturation 0.8s, hue 0.2s, applied with probability "
+           "0.8 in random order); SimCLR: 1.0 on ImageNet, 0.5 on CIFAR.", configs=_P,
+           check="nonnegative"),
+    Option("blur_probability", "float", 0.5, "'simclr_views': probability of a Gaussian blur "
+           "(kernel a tenth of the crop side, sigma in [0.1, 2]) per view; SimCLR: 0.5 on "
+           "ImageNet, 0 on CIFAR-size images.", configs=_P, check="probability"),
     # Model.
     Option("architecture", "string", "resnet50", "Backbone: "
            f"{', '.join(architectures.ARCHITECTURES)}.", eval_default=None),
@@ -114,15 +131,24 @@ _OPTIONS = [
            "image is shown in all of them (evaluation uses all).", configs=_P, check="positive"),
     Option("margin", "float", 0.5, "exemplar: margin of the triplet semi-hard loss.",
            configs=_P, check="nonnegative"),
+    Option("proj_hidden_dim", "int", None, "simclr: hidden units of the projection head "
+           "(default: the width of the backbone's pre_logits).", configs=_P, check="positive"),
+    Option("proj_out_dim", "int", 128, "simclr: output of the projection head, the embedding "
+           "the contrastive loss compares (the export's logits).", configs=_P, check="positive"),
+    Option("temperature", "float", 0.1, "simclr: temperature of the NT-Xent loss.",
+           configs=_P, check="positive"),
     # Optimisation.
     Option("batch_size", "int", 256, "Global training batch size (source images).",
            check="positive"),
     Option("eval_batch_size", "int", None, "Global evaluation batch size (default: "
            "--batch_size).", check="positive", affects_results=False),
-    Option("optimizer", "string", "sgd", "sgd (momentum 0.9) or adam.", configs=_P,
-           choices=OPTIMIZERS),
-    Option("lr", "float", 0.1, "Learning rate for a batch of --lr_scale_batch_size.",
-           check="positive"),
+    Option("optimizer", "string", "sgd", "sgd (momentum 0.9), adam, or lars (momentum 0.9, "
+           "trust coefficient 0.001, batch norm and biases not adapted: SimCLR's).",
+           configs=_P + _F, choices=OPTIMIZERS),
+    Option("lr", "float", 0.1, "Learning rate for a batch of --lr_scale_batch_size (fine_tune: "
+           "of the new head).", check="positive"),
+    Option("backbone_lr", "float", None, "fine_tune: learning rate of the backbone, for a batch "
+           "of --lr_scale_batch_size (default: --lr).", configs=_F, check="positive"),
     Option("lr_scale_batch_size", "int", 256, "Batch size --lr is given for; the rate is scaled "
            "linearly to --batch_size.", check="positive"),
     Option("epochs", "float", 90.0, "Training epochs (fractions allowed).", check="positive"),
@@ -131,8 +157,11 @@ _OPTIONS = [
            "--lr_decay_factor.", value="floats"),
     Option("lr_decay_factor", "float", 0.1, "Factor applied at each of --decay_epochs.",
            check="positive"),
+    Option("lr_schedule", "enum", "step", "After warm-up: step (multiplied by "
+           "--lr_decay_factor at each of --decay_epochs) or cosine (decayed to 0 at --epochs).",
+           choices=LR_SCHEDULES),
     Option("weight_decay", "float", None, "L2 weight decay (default: 1e-4, VGG 5e-4; "
-           "linear_eval: 0).", check="nonnegative", eval_default=0.0),
+           "linear_eval and fine_tune: 0).", check="nonnegative", eval_default=0.0),
     # Running.
     Option("strategy", "string", "default", "tf.distribute strategy: default (one device), "
            "mirrored (all local GPUs, or logical CPU devices), multi_worker (the hosts of "
@@ -150,18 +179,19 @@ _OPTIONS = [
     Option("save_checkpoints_steps", "int", None, "Save a checkpoint every N steps.",
            configs=_P, check="positive", affects_results=False),
     Option("save_checkpoints_secs", "float", 600.0, "Save a checkpoint every N seconds.",
-           configs=_P, affects_results=False),
+           configs=_P + _F, affects_results=False),
     Option("keep_checkpoint_max", "int", 3, "Checkpoints to keep.", configs=_P,
            affects_results=False),
     Option("log_every_steps", "int", 50, "Steps between progress lines and summaries.",
-           configs=_P, check="positive", affects_results=False),
+           configs=_P + _F, check="positive", affects_results=False),
     Option("serving_input_shape", "string", None, "Export input shape H,W,C (a leading 'None' "
            "batch dimension is accepted); default: the training input's image shape.",
            configs=_P, value="shape"),
-    # Per-layer evaluation (--task=linear_eval).
-    Option("hub_module", "string", None, "linear_eval: the export to evaluate "
-           f"(<pretext workdir>/export), or '{RANDOM_INIT}' for a randomly initialised "
-           "--architecture/--filters_factor/--mode (the baseline).", configs=_E),
+    # Evaluations of an export (--task=linear_eval, --task=fine_tune).
+    Option("hub_module", "string", None, "linear_eval, fine_tune: the export to evaluate "
+           f"(<pretext workdir>/export, or the workdir itself), or '{RANDOM_INIT}' for a "
+           "randomly initialised --architecture/--filters_factor/--mode (the baseline).",
+           configs=_E + _F),
     Option("eval_model", "enum", "linear", "linear_eval: head per layer.", configs=_E,
            choices=EVAL_MODELS),
     Option("channels_hidden", "int", 1000, "linear_eval: hidden units of the mlp head.",
@@ -170,21 +200,23 @@ _OPTIONS = [
            "than 9000 features.", configs=_E, choices=POOL_MODES),
     Option("combine_patches", "enum", "avg_pool", "linear_eval: how per-patch features of patch "
            "inputs are combined.", configs=_E, choices=COMBINE_MODES),
-    Option("eval_preprocessing", "string", None, "linear_eval: deterministic preprocessing of "
-           "both splits (default: the export's).", configs=_E),
+    Option("eval_preprocessing", "string", None, "linear_eval, fine_tune: deterministic "
+           "preprocessing of both splits (fine_tune: of the test split, and with its training "
+           "augmentation of the training split unless --preprocessing is given; default: the "
+           "export's).", configs=_E + _F),
     Option("on_the_fly", "bool", False, "linear_eval: the original protocol (training "
            "--preprocessing with augmentation through the frozen backbone every step) instead "
            "of cached features.", configs=_E),
     Option("knn_k", "int", None, "linear_eval: also report k-nearest-neighbour accuracy with "
            "this k.", configs=_E, check="positive"),
-    Option("train_fraction", "float", None, "linear_eval: train the heads on this fraction of "
-           "each class (low-label evaluation).", configs=_E, check="fraction"),
-    Option("examples_per_class", "int", None, "linear_eval: train the heads on this many "
-           "examples of each class (low-label evaluation).", configs=_E, check="positive"),
+    Option("train_fraction", "float", None, "linear_eval, fine_tune: train on this fraction of "
+           "each class (low-label evaluation).", configs=_E + _F, check="fraction"),
+    Option("examples_per_class", "int", None, "linear_eval, fine_tune: train on this many "
+           "examples of each class (low-label evaluation).", configs=_E + _F, check="positive"),
     Option("feature_cache_dir", "string", None, "linear_eval: directory to cache extracted "
            "features in (default: memory only).", configs=_E, affects_results=False),
-    Option("force", "bool", False, "linear_eval: re-run even if results for the same config "
-           "exist.", configs=_E, affects_results=False),
+    Option("force", "bool", False, "linear_eval, fine_tune: re-run even if results for the "
+           "same config exist.", configs=_E + _F, affects_results=False),
 ]
 OPTIONS: Dict[str, Option] = {o.name: o for o in _OPTIONS}
 ALIASES: Dict[str, str] = {alias: o.name for o in _OPTIONS for alias in o.aliases}

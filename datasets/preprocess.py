@@ -47,9 +47,12 @@ class PreprocessConfig:
   crop_size: Optional[Size] = None
   grayscale_probability: float = 0.0
   central_crop_fraction: float = 0.875
+  min_crop_area: float = 0.08             # random-resized crops: the smallest share of the image
   splits_per_side: int = 3                # crop_patches: a splits_per_side^2 grid
   patch_jitter: int = 0                   # crop_patches: pixels of jitter per patch
   num_of_inception_patches: int = 8       # exemplar_copies: copies per image
+  color_jitter_strength: float = 1.0      # simclr_views: s of the colour jitter
+  blur_probability: float = 0.5           # simclr_views: of a Gaussian blur per view
 
   def __post_init__(self):
     for name in ("resize_size", "crop_size"):
@@ -61,6 +64,13 @@ class PreprocessConfig:
     if not 0.0 <= self.grayscale_probability <= 1.0:
       raise ValueError(
           f"grayscale_probability must be in [0, 1], got {self.grayscale_probability!r}")
+    if not 0.0 < self.min_crop_area <= 1.0:
+      raise ValueError(f"min_crop_area must be in (0, 1], got {self.min_crop_area!r}")
+    if not 0.0 <= self.blur_probability <= 1.0:
+      raise ValueError(f"blur_probability must be in [0, 1], got {self.blur_probability!r}")
+    if not 0.0 <= self.color_jitter_strength:
+      raise ValueError(
+          f"color_jitter_strength must be >= 0, got {self.color_jitter_strength!r}")
     if not 0.0 < self.central_crop_fraction <= 1.0:
       raise ValueError(
           f"central_crop_fraction must be in (0, 1], got {self.central_crop_fraction!r}")
@@ -201,6 +211,27 @@ def _random_crop(image: tf.Tensor, hw: Tuple[int, int], op: str) -> tf.Tensor:
     return _crop_at(image, top, left, hw)
 
 
+def _with_probability(p: float, fn: Callable[[tf.Tensor], tf.Tensor], image: tf.Tensor):
+  """fn(image) with probability `p` (one draw; none for p 0 or 1), else the image."""
+  if p <= 0.0:
+    return image
+  if p >= 1.0:
+    return fn(image)
+  return tf.cond(tf.random.uniform([]) < p, lambda: fn(image), lambda: image)
+
+
+def _augmented_copies(op: str, num: int, one_copy: Callable[[tf.Tensor], tf.Tensor]) -> OpFn:
+  """An op stacking `num` independent `one_copy`s of an RGB image: [num,h,w,3]."""
+  def fn(image):
+    image = _single_image(image, op)
+    if image.shape[-1] != 3:
+      raise ValueError(f"preprocessing op {op!r} needs RGB images [H,W,3], got "
+                       f"shape {image.shape}")
+    return tf.stack([one_copy(image) for _ in range(num)])
+
+  return _map_image(fn)
+
+
 def _random_seed() -> tf.Tensor:
   """A seed for a stateless op, drawn from a stateful op (follows the global seed)."""
   return tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
@@ -249,13 +280,13 @@ def _central_crop_op(config: PreprocessConfig, is_training: bool) -> OpFn:
 
 
 def _inception_crop(image: tf.Tensor, hw: Tuple[int, int], is_training: bool,
-                    central_fraction: float) -> tf.Tensor:
+                    central_fraction: float, min_area: float = 0.08) -> tf.Tensor:
   image = _single_image(image, "inception_crop")
   if is_training:
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image), bounding_boxes=tf.zeros([0, 0, 4], tf.float32),
         seed=_random_seed(), min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3),
-        area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+        area_range=(min_area, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
     image = tf.ensure_shape(tf.slice(image, begin, size), [None, None, image.shape[-1]])
   elif central_fraction < 1.0:
     image = tf.image.central_crop(image, central_fraction)
@@ -264,11 +295,11 @@ def _inception_crop(image: tf.Tensor, hw: Tuple[int, int], is_training: bool,
 
 @register_op("inception_crop", requires=("crop_size",), geometric=True)
 def _inception_crop_op(config: PreprocessConfig, is_training: bool) -> OpFn:
-  """Random-resized crop (area 8%-100%, aspect 3/4-4/3) to `crop_size` in training;
-  otherwise the central `central_crop_fraction` resized to `crop_size`."""
+  """Random-resized crop (area `min_crop_area` (8%)-100%, aspect 3/4-4/3) to `crop_size` in
+  training; otherwise the central `central_crop_fraction` resized to `crop_size`."""
   hw = _as_hw(config.crop_size, "crop_size")
-  fraction = config.central_crop_fraction
-  return _map_image(lambda image: _inception_crop(image, hw, is_training, fraction))
+  fraction, min_area = config.central_crop_fraction, config.min_crop_area
+  return _map_image(lambda image: _inception_crop(image, hw, is_training, fraction, min_area))
 
 
 @register_op("inception_preprocess", requires=("crop_size",), geometric=True)
@@ -430,7 +461,7 @@ def _color_jitter(image: tf.Tensor) -> tf.Tensor:
 def _exemplar_copies_op(config: PreprocessConfig, is_training: bool) -> OpFn:
   """`num_of_inception_patches` independently augmented copies [N,h,w,3] of `crop_size`.
 
-  Each copy: random-resized crop (area 8%-100%, aspect 3/4-4/3), random left-right flip,
+  Each copy: random-resized crop (area `min_crop_area`-100%, aspect 3/4-4/3), random flip,
   colour jitter (`_color_jitter`), and grayscale with probability `grayscale_probability`;
   values stay in [0, 1]. Augmented in evaluation too: the copies are the pretext task.
   The class label is kept (exemplar builds its labels from the position in the batch).
@@ -440,19 +471,85 @@ def _exemplar_copies_op(config: PreprocessConfig, is_training: bool) -> OpFn:
   num, p = config.num_of_inception_patches, config.grayscale_probability
 
   def one_copy(image):
-    copy = _inception_crop(image, hw, True, 1.0)
+    copy = _inception_crop(image, hw, True, 1.0, config.min_crop_area)
     copy = _color_jitter(tf.image.random_flip_left_right(copy))
-    if p >= 1.0:
-      return _gray3(copy)
-    if p > 0.0:
-      copy = tf.cond(tf.random.uniform([]) < p, lambda: _gray3(copy), lambda: copy)
-    return copy
+    return _with_probability(p, _gray3, copy)
 
-  def fn(image):
-    image = _single_image(image, "exemplar_copies")
-    if image.shape[-1] != 3:
-      raise ValueError(f"preprocessing op 'exemplar_copies' needs RGB images [H,W,3], got "
-                       f"shape {image.shape}")
-    return tf.stack([one_copy(image) for _ in range(num)])
+  return _augmented_copies("exemplar_copies", num, one_copy)
 
-  return _map_image(fn)
+
+# ------------------------------------------------------------------------- SimCLR's two views
+COLOR_JITTER_PROBABILITY = 0.8
+NUM_VIEWS = 2
+BLUR_SIGMA_RANGE = (0.1, 2.0)
+
+
+def _random_order(image: tf.Tensor, transforms) -> tf.Tensor:
+  """`transforms` applied in an order drawn at random (one permutation per call)."""
+  order = tf.random.shuffle(tf.range(len(transforms)))
+  for i in range(len(transforms)):
+    image = tf.switch_case(order[i], [lambda t=t: t(image) for t in transforms])
+  return image
+
+
+def _strong_color_jitter(image: tf.Tensor, strength: float) -> tf.Tensor:
+  """SimCLR's colour distortion of strength s: brightness (a factor in [1-0.8s, 1+0.8s]),
+  contrast and saturation (the same ranges) and hue (a shift up to 0.2s), in random order;
+  values clipped to [0, 1]."""
+  amount = 0.8 * strength
+  lower, upper = max(0.0, 1.0 - amount), 1.0 + amount
+  hue = min(0.2 * strength, 0.5)
+  transforms = [
+      lambda x: x * tf.random.uniform([], lower, upper),
+      lambda x: tf.image.random_contrast(x, lower, upper) if amount > 0 else x,
+      lambda x: tf.image.random_saturation(x, lower, upper) if amount > 0 else x,
+      lambda x: tf.image.random_hue(x, hue) if hue > 0 else x,
+  ]
+  return tf.clip_by_value(_random_order(image, transforms), 0.0, 1.0)
+
+
+def gaussian_blur(image: tf.Tensor, kernel_size: int, sigma) -> tf.Tensor:
+  """A separable Gaussian blur of one image [H,W,C] (odd `kernel_size`, reflected borders)."""
+  radius = kernel_size // 2
+  x = tf.range(-radius, radius + 1, dtype=tf.float32)
+  kernel = tf.exp(-tf.square(x) / (2.0 * tf.square(tf.cast(sigma, tf.float32))))
+  kernel /= tf.reduce_sum(kernel)
+  channels = image.shape[-1]
+  padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], "REFLECT")
+  rows = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1])
+  cols = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, channels, 1])
+  out = tf.nn.depthwise_conv2d(padded, rows, [1, 1, 1, 1], "VALID")
+  out = tf.nn.depthwise_conv2d(out, cols, [1, 1, 1, 1], "VALID")
+  return tf.ensure_shape(out[0], image.shape)
+
+
+def blur_kernel_size(height: int) -> int:
+  """SimCLR's kernel: a tenth of the side, odd (at least 3)."""
+  return max(3, (height // 10) // 2 * 2 + 1)
+
+
+@register_op("simclr_views", requires=("crop_size",), geometric=True, stacks=True)
+def _simclr_views_op(config: PreprocessConfig, is_training: bool) -> OpFn:
+  """SimCLR's two independently augmented views [2,h,w,C] of `crop_size`, in [0, 1].
+
+  Each view: random-resized crop (area `min_crop_area`-100%, aspect 3/4-4/3), random flip, colour
+  jitter of `color_jitter_strength` with probability 0.8 (`_strong_color_jitter`), grayscale with
+  probability `grayscale_probability`, and a Gaussian blur with probability `blur_probability`.
+  Augmented in evaluation too: the views are the pretext task. The class label is kept.
+  """
+  del is_training
+  hw = _as_hw(config.crop_size, "crop_size")
+  strength, p_gray, p_blur = (config.color_jitter_strength, config.grayscale_probability,
+                              config.blur_probability)
+  kernel_size = blur_kernel_size(hw[0])
+
+  def one_view(image):
+    view = tf.image.random_flip_left_right(
+        _inception_crop(image, hw, True, 1.0, config.min_crop_area))
+    view = _with_probability(COLOR_JITTER_PROBABILITY,
+                             lambda x: _strong_color_jitter(x, strength), view)
+    view = _with_probability(p_gray, _gray3, view)
+    sigma = tf.random.uniform([], *BLUR_SIGMA_RANGE)
+    return _with_probability(p_blur, lambda x: gaussian_blur(x, kernel_size, sigma), view)
+
+  return _augmented_copies("simclr_views", NUM_VIEWS, one_view)

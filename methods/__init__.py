@@ -8,6 +8,7 @@ from methods import exemplar
 from methods import jigsaw
 from methods import relative_patch_location
 from methods import rotation
+from methods import simclr
 from methods import supervised
 
 TASKS = Registry("task")
@@ -16,6 +17,7 @@ TASKS.register("supervised", supervised)
 TASKS.register("jigsaw", jigsaw)
 TASKS.register("relative_patch_location", relative_patch_location)
 TASKS.register("exemplar", exemplar)
+TASKS.register("simclr", simclr)
 
 
 def get_method(task: str):

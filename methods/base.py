@@ -14,6 +14,9 @@ from typing import Dict
 
 import tensorflow as tf
 
+from core import specs
+from core.errors import ConfigError
+
 TRAIN, EVAL, PREDICT = "train", "eval", "predict"
 MODES = (TRAIN, EVAL, PREDICT)
 
@@ -34,9 +37,44 @@ class ModelSpec:
   end_points: Dict[str, tf.Tensor]
 
 
+def backbone_of(model):
+  """The backbone inside a method's model: `model.backbone` where the method wraps one in a model
+  with its own head (patch methods, SimCLR), else the model itself."""
+  return getattr(model, "backbone", model)
+
+
+def flatten_stacked(images: tf.Tensor) -> tf.Tensor:
+  """Per-example stacks [B,P,H,W,C] (rotations, patches, copies, views) as one batch
+  [B*P,H,W,C] in the order the backbone sees them: rows b*P .. b*P+P-1 are example b's."""
+  flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[2:]], axis=0))
+  flat.set_shape([None, *images.shape[2:]])
+  return flat
+
+
+def embed_stacked(model, images: tf.Tensor, mode: str):
+  """(end points, L2-normalised `logits` [B*P,D]) of stacked copies or views (exemplar,
+  SimCLR), each row one copy in `flatten_stacked` order."""
+  end_points = model(flatten_stacked(images), training=mode == TRAIN)
+  return end_points, tf.math.l2_normalize(tf.cast(end_points["logits"], tf.float32), axis=1)
+
+
 def stacked_serving_input_shape(image_shape):
   """For inputs stacked per example ([P,H,W,C]: rotations, patches, copies): one of them."""
   return tuple(image_shape[1:])
+
+
+def require_op(config, op: str, example: str) -> None:
+  """ConfigError unless --preprocessing has `op`, the op that makes the method's input."""
+  if op not in specs.parse_spec(config.preprocessing):
+    raise ConfigError(f"--task={config.task} needs the {op!r} op in --preprocessing, got "
+                      f"{config.preprocessing!r} (e.g. {example!r})")
+
+
+def require_negatives(config) -> None:
+  """ConfigError unless a batch holds at least 2 images: other images are the negatives."""
+  if config.batch_size < 2:
+    raise ConfigError(f"--batch_size={config.batch_size}: {config.task} needs at least 2 images "
+                      "per batch for negatives")
 
 
 def check_mode(mode: str) -> None:

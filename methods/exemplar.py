@@ -12,7 +12,6 @@ similarity) comes from the same image; chance is (N-1)/(B*N-1).
 
 import tensorflow as tf
 
-from core import specs
 from core.errors import ConfigError
 from methods import base
 from methods import triplet_loss
@@ -22,16 +21,11 @@ PRETEXT_OPS = ("exemplar_copies",)
 
 
 def validate(config) -> None:
-  ops = specs.parse_spec(config.preprocessing)
-  if "exemplar_copies" not in ops:
-    raise ConfigError(f"--task=exemplar needs the 'exemplar_copies' op in --preprocessing, got "
-                      f"{config.preprocessing!r} (e.g. 'resize,exemplar_copies,standardization')")
+  base.require_op(config, "exemplar_copies", "resize,exemplar_copies,standardization")
   if config.num_of_inception_patches < 2:
     raise ConfigError(f"--num_of_inception_patches={config.num_of_inception_patches}: exemplar "
                       "needs at least 2 copies per image for a positive pair")
-  if config.batch_size < 2:
-    raise ConfigError(f"--batch_size={config.batch_size}: exemplar needs at least 2 images per "
-                      "batch for negatives")
+  base.require_negatives(config)
 
 
 def build_model(config, image_shape, num_classes):
@@ -60,10 +54,7 @@ def model_fn(model, batch, mode, config):
   base.check_mode(mode)
   images = batch["image"]
   num_copies = images.shape[1]
-  flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[2:]], axis=0))
-  flat.set_shape([None, *images.shape[2:]])
-  end_points = model(flat, training=mode == base.TRAIN)
-  embeddings = tf.math.l2_normalize(tf.cast(end_points["logits"], tf.float32), axis=1)
+  end_points, embeddings = base.embed_stacked(model, images, mode)
   predictions = {"embeddings": embeddings}
   if mode == base.PREDICT:
     return base.ModelSpec(loss=None, metrics={}, predictions=predictions, end_points=end_points)

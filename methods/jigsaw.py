@@ -125,7 +125,7 @@ def _permutations(num: int, size: int) -> np.ndarray:
 
 
 def validate(config) -> None:
-  patch_utils.validate_patch_config(config, "jigsaw")
+  patch_utils.validate_patch_config(config)
   num_patches = config.splits_per_side ** 2
   if num_patches < 2:
     raise ConfigError(f"--task=jigsaw needs at least 2 patches; got --splits_per_side="

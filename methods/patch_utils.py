@@ -18,7 +18,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core import specs
 from core.errors import ConfigError
 from datasets.preprocess import patch_geometry
 from methods import base
@@ -115,9 +114,7 @@ def embed_patches(model: PatchModel, patches: tf.Tensor,
                   training: bool) -> Tuple[Dict[str, tf.Tensor], tf.Tensor]:
   """Patches [B,P,h,w,C] -> (backbone end points of the B*P patches, embeddings [B,P,D])."""
   num = patches.shape[1]
-  flat = tf.reshape(patches, tf.concat([[-1], tf.shape(patches)[2:]], axis=0))
-  flat.set_shape([None, *patches.shape[2:]])
-  end_points = model(flat, training=training)
+  end_points = model(base.flatten_stacked(patches), training=training)
   embeddings = tf.reshape(end_points["logits"], [-1, num, model.embed_dim])
   return end_points, embeddings
 
@@ -136,13 +133,9 @@ def inverse_permutations(perms) -> np.ndarray:
   return np.argsort(np.asarray(perms), axis=-1)
 
 
-def validate_patch_config(config, task: str) -> None:
+def validate_patch_config(config) -> None:
   """The spec crops patches, and the crop leaves patches of at least one pixel."""
-  ops = specs.parse_spec(config.preprocessing)
-  if "crop_patches" not in ops:
-    raise ConfigError(f"--task={task} needs the 'crop_patches' op in --preprocessing, got "
-                      f"{config.preprocessing!r} (e.g. 'resize,to_gray,crop,crop_patches,"
-                      f"standardization')")
+  base.require_op(config, "crop_patches", "resize,to_gray,crop,crop_patches,standardization")
   if config.crop_size is not None:
     try:
       patch_geometry(config.crop_size[0], config.crop_size[1], config.splits_per_side,

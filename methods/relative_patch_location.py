@@ -46,7 +46,7 @@ def centre_neighbour_pairs(x: tf.Tensor, splits_per_side: int):
 
 
 def validate(config) -> None:
-  patch_utils.validate_patch_config(config, "relative_patch_location")
+  patch_utils.validate_patch_config(config)
   try:
     patch_indices(config.splits_per_side)
   except ValueError as e:

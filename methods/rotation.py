@@ -5,8 +5,6 @@ stacks them ([B,4,H,W,C], labels [B,4] = 0..3), and the backbone runs on all 4B 
 
 import tensorflow as tf
 
-from core import specs
-from core.errors import ConfigError
 from methods import base
 import models
 
@@ -15,10 +13,7 @@ NUM_ROTATIONS = 4
 
 
 def validate(config) -> None:
-  ops = specs.parse_spec(config.preprocessing)
-  if "rotate" not in ops:
-    raise ConfigError(f"--task=rotation needs the 'rotate' op in --preprocessing, got "
-                      f"{config.preprocessing!r} (e.g. 'resize,crop,flip_lr,-1_to_1,rotate')")
+  base.require_op(config, "rotate", "resize,crop,flip_lr,-1_to_1,rotate")
 
 
 def build_model(config, image_shape, num_classes):
@@ -38,8 +33,7 @@ serving_input_shape = base.stacked_serving_input_shape
 def model_fn(model, batch, mode, config):
   del config
   images = batch["image"]
-  flat_images = tf.reshape(images, tf.concat([[-1], tf.shape(images)[2:]], axis=0))
-  end_points = model(flat_images, training=mode == base.TRAIN)
+  end_points = model(base.flatten_stacked(images), training=mode == base.TRAIN)
   labels = batch.get("label")
   if labels is not None:
     labels = tf.reshape(labels, [-1])

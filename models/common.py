@@ -20,11 +20,12 @@ class Architecture:
 
 
 def batch_norm(name: str, momentum: float, synchronized: bool,
-               zero_init: bool = False) -> keras.layers.Layer:
+               zero_init: bool = False, center: bool = True) -> keras.layers.Layer:
   """BatchNorm as every backbone uses it (epsilon 1e-5, optionally cross-replica).
-  `zero_init`: zero scale, for the last BN of a residual branch (`zero_init_residual`)."""
+  `zero_init`: zero scale, for the last BN of a residual branch (`zero_init_residual`);
+  `center=False`: no offset (beta)."""
   return keras.layers.BatchNormalization(
-      momentum=momentum, epsilon=BN_EPSILON, synchronized=synchronized,
+      momentum=momentum, epsilon=BN_EPSILON, synchronized=synchronized, center=center,
       gamma_initializer="zeros" if zero_init else "ones", name=name)
 
 

@@ -188,7 +188,7 @@ class Trainer:
       self.optimizer = schedules.make_optimizer(
           config.optimizer, config.lr, config.batch_size, config.lr_scale_batch_size,
           self.plan.steps_per_epoch, config.warmup_epochs, config.decay_epochs,
-          config.lr_decay_factor)
+          config.lr_decay_factor, config.lr_schedule, config.epochs)
       if config.precision == "mixed_float16":
         # Dynamic loss scaling: float16 gradients underflow without it.
         self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)

@@ -24,7 +24,8 @@ def validate(config: Config, check_data: bool = True) -> None:
   try:
     method = methods.get_method(config.task)
   except ValueError as e:
-    raise ConfigError(f"{e} (or linear_eval, for per-layer evaluation)") from None
+    raise ConfigError(f"{e} (or an evaluation of an export: "
+                      f"{', '.join(options.EVALUATION_TASKS)})") from None
   try:
     architectures.facts(config.architecture)
   except ValueError as e:

@@ -1,0 +1,130 @@
+"""SimCLR (Chen et al. 2020): two augmented views of every image, a projection head, and the
+NT-Xent contrastive loss over the global batch.
+
+The `simclr_views` op makes two views of each image ([B,2,H,W,C]). The backbone embeds all 2B
+views at once; the projection head (dense - batch norm - ReLU - dense - batch norm, as in SimCLR
+v2's two-layer head) maps pre_logits to `proj_out_dim` dimensions, which become the model's
+`logits` end point (what the export serves). The loss: every view must pick its other view among
+the 2N-1 other views of the global batch (N images over all replicas), by cosine similarity over
+`temperature`. Under a multi-replica strategy each replica's embeddings are gathered into the
+global batch (an all-reduce of each replica's block in place: differentiable), so the negatives
+are those of the global batch, as in the paper.
+
+Metric `accuracy`: contrastive top-1, the share of views whose most similar other view is their
+pair; chance is 1/(2N-1).
+"""
+
+import keras
+import tensorflow as tf
+
+from methods import base
+import models
+from models import common
+
+PRETEXT_OPS = ("simclr_views",)
+NUM_VIEWS = 2
+_LARGE = 1e9  # Masks a view's similarity with itself.
+
+
+def validate(config) -> None:
+  base.require_op(config, "simclr_views", "resize,simclr_views,-1_to_1")
+  base.require_negatives(config)
+
+
+class ProjectionHead(keras.layers.Layer):
+  """dense (`hidden`) - batch norm - ReLU - dense (`out`) - batch norm without its offset."""
+
+  def __init__(self, hidden: int, out: int, bn_momentum: float = 0.9, sync_bn: bool = False,
+               name: str = "projection"):
+    super().__init__(name=name)
+    self.fc1 = keras.layers.Dense(hidden, use_bias=False, name="fc1")
+    self.bn1 = common.batch_norm("bn1", bn_momentum, sync_bn)
+    self.fc2 = keras.layers.Dense(out, use_bias=False, name="fc2")
+    self.bn2 = common.batch_norm("bn2", bn_momentum, sync_bn, center=False)
+
+  def build(self, input_shape):
+    common.build_sequence(input_shape, self.fc1, self.bn1, self.fc2, self.bn2)
+
+  def compute_output_shape(self, input_shape):
+    return common.output_shape(input_shape, self.fc1, self.fc2)
+
+  def call(self, x, training=None):
+    x = keras.ops.relu(self.bn1(self.fc1(x), training=training))
+    return self.bn2(self.fc2(x), training=training)
+
+
+class SimCLRModel(keras.Model):
+  """A backbone without a head plus the projection head; `model(images)` returns the backbone's
+  end points and `logits` = the projection (the embedding the loss compares)."""
+
+  def __init__(self, backbone: keras.Model, projection: ProjectionHead, name: str = "simclr"):
+    super().__init__(name=name)
+    self.backbone = backbone
+    self.projection = projection
+
+  def build(self, input_shape):
+    if not self.backbone.built:
+      self.backbone.build(tuple(input_shape))
+
+  def call(self, images, training=None):
+    end_points = dict(self.backbone(images, training=training))
+    end_points["logits"] = self.projection(end_points["pre_logits"], training=training)
+    return end_points
+
+
+def build_model(config, image_shape, num_classes):
+  del num_classes  # Every image is its own class.
+  if len(image_shape) != 4 or image_shape[0] != NUM_VIEWS:
+    raise ValueError(f"simclr expects per-example views [2,H,W,C] from 'simclr_views', got "
+                     f"{list(image_shape)}")
+  kwargs = base.backbone_kwargs(config)
+  backbone = models.get_model(config.architecture, num_classes=None, **kwargs)
+  features = backbone(tf.zeros([1, *image_shape[1:]]), training=False)["pre_logits"]
+  hidden = config.proj_hidden_dim or int(features.shape[-1])
+  model = SimCLRModel(backbone, ProjectionHead(hidden, config.proj_out_dim,
+                                               sync_bn=kwargs["sync_bn"]))
+  model(tf.zeros([1, *image_shape[1:]]), training=False)
+  return model
+
+
+serving_input_shape = base.stacked_serving_input_shape
+
+
+def global_batch(local: tf.Tensor):
+  """(the rows of every replica, concatenated in replica order; the offset of this replica's
+  rows). Differentiable: each replica's rows get the gradients of every replica's loss."""
+  ctx = tf.distribute.get_replica_context()
+  replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+  if replicas == 1:
+    return local, 0
+  replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+  rows = tf.shape(local)[0]
+  placed = tf.scatter_nd([[replica]], local[None], tf.concat([[replicas], tf.shape(local)], 0))
+  everything = ctx.all_reduce(tf.distribute.ReduceOp.SUM, placed)
+  return tf.reshape(everything, [-1, local.shape[-1]]), replica * rows
+
+
+def nt_xent(embeddings: tf.Tensor, temperature: float):
+  """NT-Xent of L2-normalised `embeddings` [2n, D] of this replica, rows (2i, 2i+1) the two views
+  of image i: (per-row loss [2n], per-row contrastive top-1 hit [2n]), against the views of the
+  global batch."""
+  everything, offset = global_batch(embeddings)
+  rows = tf.shape(embeddings)[0]
+  own = offset + tf.range(rows)                  # This replica's rows in the global batch.
+  pair = tf.bitwise.bitwise_xor(own, 1)          # 2i <-> 2i+1.
+  logits = tf.matmul(embeddings, everything, transpose_b=True) / temperature
+  logits -= _LARGE * tf.one_hot(own, tf.shape(everything)[0])
+  loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=pair, logits=logits)
+  hits = tf.cast(tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), pair), tf.float32)
+  return loss, hits
+
+
+def model_fn(model, batch, mode, config):
+  base.check_mode(mode)
+  end_points, embeddings = base.embed_stacked(model, batch["image"], mode)  # 2i, 2i+1: image i
+  predictions = {"embeddings": embeddings}
+  if mode == base.PREDICT:
+    return base.ModelSpec(loss=None, metrics={}, predictions=predictions, end_points=end_points)
+  loss, hits = nt_xent(embeddings, config.temperature)
+  return base.ModelSpec(loss=tf.reduce_mean(loss), metrics={"loss": loss, "accuracy": hits},
+                        predictions=predictions, end_points=end_points)
