@@ -9,7 +9,8 @@ Training resumes from the latest checkpoint in --workdir. At the end the backbon
 --run_eval also evaluates the pretext task on --val_split into <workdir>/pretext_results.json.
 --task=linear_eval trains one linear (or MLP) classifier per layer of the frozen backbone given
 by --hub_module (an export, or `random_init` for a fresh --architecture) and writes
-<workdir>/results.json.
+<workdir>/results.json; --task=fine_tune trains that backbone whole with a new linear head on a
+labelled subset (--train_fraction, --examples_per_class) and writes the same file.
 """
 
 import dataclasses
@@ -47,6 +48,12 @@ def linear_eval_config_from_flags():
   return linear_eval.config_from_values(options.values_from_flags(FLAGS))
 
 
+def fine_tune_config_from_flags():
+  """The flags as one FineTuneConfig (--task=fine_tune)."""
+  from eval import fine_tune  # pylint: disable=g-import-not-at-top
+  return fine_tune.config_from_values(options.values_from_flags(FLAGS))
+
+
 def _check_workdir(config):
   """Creates the workdir, or checks that the run already in it has the same identity."""
   from core.errors import ConfigError  # pylint: disable=g-import-not-at-top
@@ -77,6 +84,7 @@ def run(config, print_fn=print):
   from core.errors import ConfigError  # pylint: disable=g-import-not-at-top
   import datasets  # pylint: disable=g-import-not-at-top
   import methods  # pylint: disable=g-import-not-at-top
+  from methods import base as method_base  # pylint: disable=g-import-not-at-top
   from training import export as export_lib  # pylint: disable=g-import-not-at-top
   from training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   from training import validation  # pylint: disable=g-import-not-at-top
@@ -112,7 +120,8 @@ def run(config, print_fn=print):
       "preprocess_config": dataclasses.asdict(datasets.PreprocessConfig.of(config)),
   }
   export_dir = os.path.join(scratch, "export") if scratch else config.export_dir
-  results["export_dir"] = export_lib.export(state.model, export_dir, image_shape, info)
+  results["export_dir"] = export_lib.export(state.model, export_dir, image_shape, info,
+                                            backbone=method_base.backbone_of(state.model))
   if scratch:
     shutil.rmtree(scratch, ignore_errors=True)
     results["export_dir"] = config.export_dir
@@ -126,14 +135,18 @@ def main(argv):
   from core import files  # pylint: disable=g-import-not-at-top
   from core.errors import ConfigError  # pylint: disable=g-import-not-at-top
   try:
-    if FLAGS.task == "linear_eval":
+    if FLAGS.task in options.EVALUATION_TASKS:
+      from eval import fine_tune  # pylint: disable=g-import-not-at-top
       from eval import linear_eval  # pylint: disable=g-import-not-at-top
       from eval import results as results_lib  # pylint: disable=g-import-not-at-top
       if not FLAGS.hub_module:
-        raise ConfigError("--task=linear_eval needs --hub_module: an export directory "
+        raise ConfigError(f"--task={FLAGS.task} needs --hub_module: an export directory "
                           f"(<pretext workdir>/export) or '{options.RANDOM_INIT}' for the "
                           "baseline")
-      results = linear_eval.run_linear_eval(linear_eval_config_from_flags())
+      if FLAGS.task == "linear_eval":
+        results = linear_eval.run_linear_eval(linear_eval_config_from_flags())
+      else:
+        results = fine_tune.run_fine_tune(fine_tune_config_from_flags(), print_fn=print)
       print(results_lib.format_table(results))
       print(f"results: {os.path.join(FLAGS.workdir, files.RESULTS_FILE)}")
     else:

@@ -9,8 +9,9 @@ Dataset names: see datasets/sources.py (`DATASETS`, `folder:<root>`, TFDS names)
 preprocessing ops: datasets/preprocess.py (`PREPROCESS_OPS`).
 """
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from datasets.base import DatasetInfo, DatasetNotPreparedError
@@ -66,13 +67,16 @@ def get_data(dataset: str, split: str, *, is_training: bool,
              data_dir: Optional[str] = None, shuffle_buffer: int = 10_000,
              seed: Optional[int] = 0, drop_remainder: Optional[bool] = None,
              repeat: Optional[bool] = None, num_parallel_calls=tf.data.AUTOTUNE,
-             input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+             input_context: Optional[tf.distribute.InputContext] = None,
+             indices: Optional[Sequence[int]] = None) -> tf.data.Dataset:
   """Batches of preprocessed examples of one split.
 
   In training, files and examples are shuffled (with `seed`) and the data repeats
   (`repeat` defaults to `is_training`); `drop_remainder` defaults to `is_training`.
   With an `input_context` of several input pipelines, each reads a disjoint part of
-  the split and `batch_size` is the per-replica batch.
+  the split and `batch_size` is the per-replica batch. `indices`: only the examples at these
+  positions of the split in its stored order (the order of an evaluation pass), e.g. a
+  labelled subset; the files are then read in that order and only the examples shuffled.
   """
   if not isinstance(batch_size, int) or batch_size <= 0:
     raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -85,9 +89,17 @@ def get_data(dataset: str, split: str, *, is_training: bool,
   if source.num_examples(split, data_dir) == 0:
     raise ValueError(f"dataset {dataset!r} split {split!r} has no examples")
 
-  raw = source.read(split, data_dir=data_dir, shuffle_files=is_training, seed=seed,
-                    shard=shard)
+  if indices is not None and shard is not None:
+    raise ValueError("indices (a subset of the split) cannot be combined with several input "
+                     "pipelines")
+  raw = source.read(split, data_dir=data_dir, shuffle_files=is_training and indices is None,
+                    seed=seed, shard=shard)
   ds = raw.records
+  if indices is not None:
+    keep = np.zeros([source.num_examples(split, data_dir)], bool)
+    keep[np.asarray(indices, np.int64)] = True
+    keep = tf.constant(keep)
+    ds = ds.enumerate().filter(lambda i, _: keep[i]).map(lambda _, record: record)
   if is_training and shuffle_buffer > 1:
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   if repeat:

@@ -20,7 +20,6 @@ from absl import logging
 import keras
 
 from core import options
-from core import specs
 from core.errors import ConfigError
 from core.options import require
 import datasets
@@ -31,7 +30,6 @@ from eval import low_label as low_label_lib
 from eval import pooling
 from eval import representation as representation_lib
 from eval import results as results_lib
-import models
 from training import schedules
 
 
@@ -61,24 +59,31 @@ _PREPROCESS_FLAGS = ("resize_size", "crop_size", "smaller_size", "grayscale_prob
                      "splits_per_side", "patch_jitter")
 
 
-def config_from_values(values: Mapping[str, Any]) -> "LinearEvalConfig":
-  """The config of the option values (core/options.py: every option's value, as train_and_eval.py
-  reads them from the flags): hub_module 'random_init' is the random-init baseline of
-  --architecture; its preprocessing parameters come from the size and patch flags."""
-  kwargs = options.config_kwargs(values, options.EVAL)
+def evaluation_kwargs(values: Mapping[str, Any], config_name: str) -> Dict[str, Any]:
+  """The fields of an evaluation config (EVAL, FINE_TUNE) from the option values
+  (core/options.py: every option's value, as train_and_eval.py reads them from the flags):
+  hub_module 'random_init' is the random-init baseline of --architecture; its preprocessing
+  parameters come from the size and patch flags."""
+  kwargs = options.config_kwargs(values, config_name)
   random_init = values["hub_module"] == options.RANDOM_INIT
   kwargs["hub_module"] = None if random_init else values["hub_module"]
   kwargs["architecture"] = values["architecture"] if random_init else None
   if values["weight_decay"] is None:
-    kwargs["weight_decay"] = options.OPTIONS["weight_decay"].default_for(options.EVAL)
+    kwargs["weight_decay"] = options.OPTIONS["weight_decay"].default_for(config_name)
   sizes = ("resize_size", "crop_size", "smaller_size")
   if random_init or any(values[k] is not None for k in sizes):
     kwargs["preprocess_params"] = {k: values[k] for k in _PREPROCESS_FLAGS}
-  return LinearEvalConfig(**kwargs)
+  return kwargs
 
 
-def validate_config(config: LinearEvalConfig) -> None:
-  """Raises ConfigError naming the field, the value and the valid choices."""
+def config_from_values(values: Mapping[str, Any]) -> "LinearEvalConfig":
+  """The per-layer evaluation's config of the option values (`evaluation_kwargs`)."""
+  return LinearEvalConfig(**evaluation_kwargs(values, options.EVAL))
+
+
+def validate_source(config, config_name: str) -> None:
+  """The checks that every evaluation of an export (per-layer, fine-tuning) shares: where the
+  results go, the data, the backbone, every option's value, the labelled subset."""
   require(bool(config.workdir), "--workdir is required: the directory for results.json")
   require(bool(config.dataset), "--dataset is required, e.g. 'shapes' or 'imagenet2012'")
   if config.hub_module is None:
@@ -89,7 +94,17 @@ def validate_config(config: LinearEvalConfig) -> None:
   else:
     require(isinstance(config.hub_module, str) and bool(config.hub_module),
             f"hub_module must be an export directory, got {config.hub_module!r}")
-  options.check_values(config, options.EVAL)
+  options.check_values(config, config_name)
+  require(config.train_fraction is None or config.examples_per_class is None,
+          f"give at most one of train_fraction ({config.train_fraction}) and "
+          f"examples_per_class ({config.examples_per_class})")
+  require(config.preprocess_params is None or isinstance(config.preprocess_params, dict),
+          f"preprocess_params must be a dict or None, got {config.preprocess_params!r}")
+
+
+def validate_config(config: LinearEvalConfig) -> None:
+  """Raises ConfigError naming the field, the value and the valid choices."""
+  validate_source(config, options.EVAL)
   require(config.feature_dtype in features_lib.FEATURE_DTYPES,
           f"feature_dtype={config.feature_dtype!r} is not valid; choices: "
           f"{', '.join(features_lib.FEATURE_DTYPES)}")
@@ -97,21 +112,16 @@ def validate_config(config: LinearEvalConfig) -> None:
           f"max_features must be a positive integer, got {config.max_features!r}")
   require(config.knn_temperature > 0,
           f"knn_temperature must be positive, got {config.knn_temperature}")
-  require(config.train_fraction is None or config.examples_per_class is None,
-          f"give at most one of train_fraction ({config.train_fraction}) and "
-          f"examples_per_class ({config.examples_per_class})")
-  require(not (config.on_the_fly and _low_label(config)),
+  require(not (config.on_the_fly and is_low_label(config)),
           "train_fraction / examples_per_class need the cached protocol (on_the_fly=False): the "
           "labelled subset is drawn from the extracted training features")
   require(config.layers is None or (len(config.layers) > 0 and
                                     all(isinstance(n, str) for n in config.layers)),
           f"layers must be None (all) or a non-empty list of end point names, got "
           f"{config.layers!r}")
-  require(config.preprocess_params is None or isinstance(config.preprocess_params, dict),
-          f"preprocess_params must be a dict or None, got {config.preprocess_params!r}")
 
 
-def _low_label(config: LinearEvalConfig) -> bool:
+def is_low_label(config) -> bool:
   return config.train_fraction is not None or config.examples_per_class is not None
 
 
@@ -120,13 +130,10 @@ def load_representation(config: LinearEvalConfig) -> representation_lib.Represen
   if config.hub_module is not None:
     rep = representation_lib.load_export(config.hub_module)
   else:
-    # On patches, the backbone gets the strides the patch methods train with, so that the
-    # baseline and the trained patch backbones differ in their weights only.
-    patches = specs.makes_patches(config.eval_preprocessing or "")
     rep = representation_lib.random_init(
         config.architecture, filters_factor=config.filters_factor, mode=config.mode,
         seed=config.random_seed, last_relu=config.last_relu,
-        **(models.PATCH_STRIDES if patches else {}))
+        **representation_lib.backbone_strides(config.eval_preprocessing or ""))
   return rep.select(config.layers)
 
 
@@ -135,16 +142,16 @@ def _preprocess_config(params: Dict[str, Any]):
   return datasets.PreprocessConfig(**params)
 
 
-class _Data:
-  """The data calls of one evaluation, in one place."""
+class EvalData:
+  """The data calls of one evaluation, in one place: the test split with the deterministic
+  `eval_spec`, the training split with `train_spec` (augmenting when `is_training`)."""
 
-  def __init__(self, config: LinearEvalConfig, eval_spec: str, train_spec: str,
-               params: Dict[str, Any]):
+  def __init__(self, config, eval_spec: str, train_spec: str, params: Dict[str, Any]):
     self.config = config
     self.eval_spec, self.train_spec, self.params = eval_spec, train_spec, params
     self.preprocess_config = _preprocess_config(params)
 
-  def batches(self, split: str, is_training: bool):
+  def batches(self, split: str, is_training: bool, indices=None):
     c = self.config
     spec = self.train_spec if is_training else self.eval_spec
     preprocess_fn = datasets.get_preprocess_fn(spec, is_training, self.preprocess_config)
@@ -152,13 +159,36 @@ class _Data:
     return datasets.get_data(
         c.dataset, split, is_training=is_training, preprocess_fn=preprocess_fn,
         batch_size=c.batch_size if is_training else (c.eval_batch_size or c.batch_size),
-        data_dir=c.data_dir, **kwargs)
+        data_dir=c.data_dir, indices=indices, **kwargs)
 
   def cache_parts(self, rep, split: str) -> Dict[str, Any]:
     c = self.config
     return dict(representation=rep.fingerprint, dataset=c.dataset,
                 data_dir=os.path.abspath(c.data_dir) if c.data_dir else None, split=split,
                 preprocessing=self.eval_spec, preprocess_params=self.params)
+
+
+def eval_data(config, info: Mapping[str, Any]) -> EvalData:
+  """The data of an evaluation of the export described by `info` (export_info.json): its
+  evaluation preprocessing and parameters unless the config sets them; checked."""
+  eval_spec = config.eval_preprocessing or info.get("eval_preprocessing")
+  if not eval_spec:
+    raise ConfigError(f"the export {config.hub_module!r} records no eval_preprocessing; "
+                      "set eval_preprocessing")
+  train_spec = config.preprocessing or eval_spec
+  params = config.preprocess_params
+  if params is None:
+    params = dict(info.get("preprocess_config") or {})
+  try:
+    data = EvalData(config, eval_spec, train_spec, params)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"preprocess_params={params!r}: {e}") from None
+  for name, spec in (("eval_preprocessing", eval_spec), ("preprocessing", train_spec)):
+    try:
+      datasets.validate_spec(spec, data.preprocess_config)
+    except ValueError as e:
+      raise ConfigError(f"{name}={spec!r}: {e}") from None
+  return data
 
 
 def _repeat(make_batches):
@@ -182,26 +212,11 @@ def run_linear_eval(config: LinearEvalConfig) -> Dict[str, Any]:
     return results_lib.read_results(config.workdir)
 
   rep = load_representation(config)
-  eval_spec = config.eval_preprocessing or rep.info.get("eval_preprocessing")
-  if not eval_spec:
-    raise ConfigError(f"the export {config.hub_module!r} records no eval_preprocessing; "
-                      "set eval_preprocessing")
-  train_spec = config.preprocessing or eval_spec
-  params = config.preprocess_params
-  if params is None:
-    params = dict(rep.info.get("preprocess_config") or {})
+  data = eval_data(config, rep.info)
   if not config.on_the_fly and config.preprocessing:
     logging.warning("preprocessing=%r is only used with on_the_fly; the cached protocol uses "
-                    "eval_preprocessing=%r for both splits", config.preprocessing, eval_spec)
-  try:
-    data = _Data(config, eval_spec, train_spec, params)
-  except (TypeError, ValueError) as e:
-    raise ConfigError(f"preprocess_params={params!r}: {e}") from None
-  for name, spec in (("eval_preprocessing", eval_spec), ("preprocessing", train_spec)):
-    try:
-      datasets.validate_spec(spec, data.preprocess_config)
-    except ValueError as e:
-      raise ConfigError(f"{name}={spec!r}: {e}") from None
+                    "eval_preprocessing=%r for both splits", config.preprocessing, data.eval_spec)
+  eval_spec = data.eval_spec
   num_classes = int(datasets.get_dataset_info(config.dataset, config.data_dir).num_classes)
   extractor = features_lib.FeatureExtractor(rep, config.pool_mode, config.combine_patches,
                                             config.max_features)
@@ -221,7 +236,7 @@ def run_linear_eval(config: LinearEvalConfig) -> Dict[str, Any]:
     t = time.time()
     train, test = features_of(config.train_split), features_of(config.val_split)
     times["feature_extraction_s"] = time.time() - t
-    if _low_label(config):
+    if is_low_label(config):
       indices = low_label_lib.low_label_indices(
           train.labels, config.train_fraction, config.examples_per_class, config.random_seed)
       train = train.subset(indices)
@@ -280,7 +295,7 @@ def _train_cached(config: LinearEvalConfig, train: features_lib.FeatureSet,
                                            config.eval_batch_size or config.batch_size))
 
 
-def _train_on_the_fly(config: LinearEvalConfig, data: _Data,
+def _train_on_the_fly(config: LinearEvalConfig, data: EvalData,
                       extractor: features_lib.FeatureExtractor, num_classes: int):
   """Heads trained on features computed inside each step from augmented training batches."""
   num_train = datasets.get_num_examples(config.dataset, config.train_split, config.data_dir)
@@ -307,7 +322,7 @@ def _train_on_the_fly(config: LinearEvalConfig, data: _Data,
   return metrics, num_train, dims
 
 
-def _one_pass(data: _Data, split: str):
+def _one_pass(data: EvalData, split: str):
   for batch in data.batches(split, is_training=False):
     yield batch["image"], batch["label"]
 
@@ -316,4 +331,4 @@ def _optimizer(config: LinearEvalConfig, steps_in_epoch: int):
   """SGD with momentum, on the schedule of the pretext training."""
   return schedules.make_optimizer("sgd", config.lr, config.batch_size, config.lr_scale_batch_size,
                                   steps_in_epoch, config.warmup_epochs, config.decay_epochs,
-                                  config.lr_decay_factor)
+                                  config.lr_decay_factor, config.lr_schedule, config.epochs)

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from core import files
 from core import options
+from core import specs
 from core.files import EXPORT_INFO_FILE
 
 REPRESENTATION_SIGNATURE = "representation"
@@ -93,6 +94,14 @@ def load_export(path: str) -> Representation:
     info.setdefault(key, None)
   return Representation(fn=fn, layers=list(layers), info=info,
                         fingerprint=_export_fingerprint(path))
+
+
+def backbone_strides(eval_spec: str) -> Dict[str, Any]:
+  """The strides of a backbone that sees the inputs of `eval_spec`: on patches, those the patch
+  methods train with (models.PATCH_STRIDES), so that a random-init baseline and a trained patch
+  backbone differ in their weights only."""
+  import models  # pylint: disable=g-import-not-at-top
+  return dict(models.PATCH_STRIDES) if specs.makes_patches(eval_spec) else {}
 
 
 def random_init(architecture: str, filters_factor: int = 4, mode: Optional[str] = None,

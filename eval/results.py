@@ -3,19 +3,22 @@
 Schema (format_version 1):
   {
     "format_version": 1,
-    "config": {...},                   every LinearEvalConfig field
+    "evaluation": "linear_eval" | "fine_tune",
+    "config": {...},                   every field of the evaluation's config
     "source": {"hub_module": <export path> | "random_init", "task", "architecture",
                "filters_factor", "mode", "eval_preprocessing": the spec the features came from},
     "dataset": {"name", "train_split", "val_split", "num_classes",
                 "num_train_examples",  examples the heads were trained on
                 "num_val_examples"},
     "low_label": null | {"train_fraction", "examples_per_class", "seed", "num_train_examples"},
-    "layer_order": [layer names, by depth],
+    "layer_order": [layer names, by depth]; fine_tune: [pre_logits], the layer its head sits on,
     "layers": {layer: {"dim": int, "top1": float, "top5": float, "loss": float,
                        "knn_top1": float (only when kNN was asked for)}},
     "best_layer": {"name": layer with the highest top1 (the shallower one on ties), "top1": float},
     "times": {"feature_extraction_s", "head_training_s", "knn_s", "total_s"}
+             (fine_tune: {"training_s", "test_s", "total_s"})
   }
+Files written before "evaluation" was recorded are linear_eval's.
 Accuracies are fractions in [0, 1]; loss is the mean cross-entropy on the val split; a figure
 that is not finite (a diverged head) is written as null, so the file is strict JSON.
 """
@@ -38,7 +41,8 @@ FORMAT_VERSION = 1
 def build_results(config: Mapping[str, Any], source: Mapping[str, Any],
                   dataset: Mapping[str, Any], layer_order: Sequence[str],
                   layers: Mapping[str, Mapping[str, float]], times: Mapping[str, float],
-                  low_label: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+                  low_label: Optional[Mapping[str, Any]] = None,
+                  evaluation: str = "linear_eval") -> Dict[str, Any]:
   """The results dict (module docstring); `layers[name]`: dim, top1, top5, loss[, knn_top1]."""
   missing = [name for name in layer_order if name not in layers]
   if missing:
@@ -60,6 +64,7 @@ def build_results(config: Mapping[str, Any], source: Mapping[str, Any],
   best = max(order, key=lambda n: (_or_minus_inf(per_layer[n]["top1"]), -order.index(n)))
   return {
       "format_version": FORMAT_VERSION,
+      "evaluation": evaluation,
       "config": _jsonable(dict(config)),
       "source": {key: source.get(key) for key in
                  ("hub_module", "task", "architecture", "filters_factor", "mode",

@@ -1,17 +1,18 @@
 """Grid files: TOML -> a Grid of Cells, with the baseline cells it asks for.
 
 A grid file (TOML, plain data; configs/grids/*.toml) names cells. Each cell is one pretext
-training + export (train_and_eval.py --run_eval) followed by the per-layer evaluation of that
-export (train_and_eval.py --task=linear_eval --hub_module=<cell>/export); a random-init baseline
-cell is the evaluation alone (--hub_module=random_init).
+training + export (train_and_eval.py --run_eval) followed by the evaluations of that export
+(train_and_eval.py --task=linear_eval or fine_tune --hub_module=<cell>/export); a random-init
+baseline cell is the evaluations alone (--hub_module=random_init).
 
 Grid file sections (all optional but [[cells]]):
   [grid]        name, description.
   [defaults]    flags of every step of every cell (dataset, data_dir, ...).
   [pretext]     flags of every pretext training, over the method's flagfile; flagfile: the
                 default flagfile of the cells (default "configs/{method}/{dataset}.flags").
-  [evaluation]  the per-layer evaluation of every cell: flagfile (an evaluation flagfile), name
-                (default "linear_eval": results go to <cell>/<name>/results.json), flags.
+  [evaluation]  the per-layer evaluation of every cell: flagfile (an evaluation flagfile: task
+                linear_eval, the default, or fine_tune), name (default "linear_eval": results
+                go to <cell>/<name>/results.json), flags.
   [[evaluations]] instead of [evaluation]: several evaluations of every cell, each as above with
                 its own name (e.g. one on ImageNet, one on Places).
   [baselines]   random_init (bool), random_init_flags (table), supervised (bool),
@@ -199,8 +200,9 @@ class _Parser(FlagChecker):
     flags.update(self.defaults)
     flags.update(self.flags(entry, where))
     flags.setdefault("task", "linear_eval")
-    if flags["task"] != "linear_eval":
-      self.fail(where, f"task = {flags['task']!r}: an evaluation runs task=linear_eval")
+    if flags["task"] not in options.EVALUATION_TASKS:
+      self.fail(where, f"task = {flags['task']!r}: an evaluation runs one of "
+                f"{', '.join(options.EVALUATION_TASKS)}")
     return name, flags
 
   def expand(self, entry: Any, index: int, ctx) -> List[Cell]:
@@ -315,9 +317,9 @@ class _Parser(FlagChecker):
     pretext.update(flags)
     pretext.setdefault("task", method)
     pretext.setdefault("run_eval", True)
-    if pretext["task"] == "linear_eval":
-      self.fail(where, f"flagfile {path} is an evaluation flagfile (task=linear_eval); a cell's "
-                "flagfile is a pretext method's")
+    if pretext["task"] in options.EVALUATION_TASKS:
+      self.fail(where, f"flagfile {path} is an evaluation flagfile (task={pretext['task']}); a "
+                "cell's flagfile is a pretext method's")
     arch, mode, width = self.identity(pretext, where)
     extra = [(k, v) for k, v in point.items() if k not in ("architecture", "mode",
                                                           "filters_factor")]

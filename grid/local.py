@@ -67,8 +67,12 @@ class LocalExecutor:
 
   def _on_step(self, cell: Cell, step: str):
     self._clear_line()
-    label = ("pretext training + export" if step == "pretext" else
-             f"per-layer evaluation {step.split(':', 1)[1]}")
+    if step == "pretext":
+      label = "pretext training + export"
+    else:
+      name = step.split(":", 1)[1]
+      task = cell.evaluations[name].get("task")
+      label = f"{'fine-tuning' if task == 'fine_tune' else 'per-layer evaluation'} {name}"
     self._runner.print_fn(f"{self._runner.position(cell)} {cell.name}: {label}")
 
   def _on_line(self, cell: Cell, step: str, line: str):

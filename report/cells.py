@@ -22,6 +22,7 @@ from core.options import RANDOM_INIT
 
 
 KIND_ORDER = {"pretext": 0, "supervised": 1, RANDOM_INIT: 2}
+FINE_TUNED = "fine_tune"  # results.json's "evaluation" of eval/fine_tune.py.
 KIND_LABELS = {"pretext": "", "supervised": "reference", RANDOM_INIT: "baseline"}
 
 
@@ -86,12 +87,14 @@ class CellResult:
 
 
 def evaluation_key(results: Mapping[str, Any]) -> Tuple[str, ...]:
-  """What makes two results comparable: dataset and splits, head, protocol, low-label subset."""
+  """What makes two results comparable: dataset and splits, head (or fine-tuning), protocol,
+  low-label subset."""
   data = results.get("dataset") or {}
   config = results.get("config") or {}
   low = results.get("low_label") or {}
+  fine_tuned = results.get("evaluation") == FINE_TUNED
   return (str(data.get("name")), str(data.get("train_split")), str(data.get("val_split")),
-          str(config.get("eval_model", "linear")),
+          FINE_TUNED if fine_tuned else str(config.get("eval_model", "linear")),
           "on_the_fly" if config.get("on_the_fly") else "cached",
           f"fraction={low['train_fraction']}" if low.get("train_fraction") else
           f"per_class={low['examples_per_class']}" if low.get("examples_per_class") else "")
@@ -100,7 +103,12 @@ def evaluation_key(results: Mapping[str, Any]) -> Tuple[str, ...]:
 def evaluation_title(key: Sequence[str]) -> str:
   """A heading for (evaluation name, *evaluation_key(results))."""
   name, dataset, train, val, model, protocol, low = key
-  title = f"{dataset}: {model} probes, trained on {train}, tested on {val}"
+  if model == FINE_TUNED:
+    title = (f"{dataset}: the whole backbone fine-tuned with a linear head on pre_logits, "
+             f"trained on {train}, tested on {val}")
+    protocol = ""
+  else:
+    title = f"{dataset}: {model} probes, trained on {train}, tested on {val}"
   if name and name != "linear_eval":
     title = f"{name} ({title})"
   if protocol == "on_the_fly":

@@ -117,7 +117,10 @@ def write_report(cells: Sequence[CellResult], out_dir: str, roots: Sequence[str]
                "*vs random init*: the row's best-layer top-1 less that of the random-init "
                "baseline of the same architecture and width on the same input (whole images, "
                "or patches for the patch methods), in points. "
-               "*wall time*: training + export + evaluation of the cell, including start-up.")
+               "*wall time*: training + export + evaluation of the cell, including start-up. "
+               "Fine-tuning tables (train_and_eval.py --task=fine_tune): top-1 of the whole "
+               "backbone trained with a new linear head on pre_logits (their one column), "
+               "against the random-init backbone fine-tuned the same way.")
   lines.append("")
   plots = []
   for key, family, group in group_tables(cells):

@@ -132,7 +132,8 @@ def _flag_text(flags: Mapping[str, Any]) -> str:
 
 
 STEP_TITLES = {"pretext": "Pretext training (train_and_eval.py)",
-               "evaluation": "Per-layer evaluation (train_and_eval.py --task=linear_eval)"}
+               "linear_eval": "Per-layer evaluation (train_and_eval.py --task=linear_eval)",
+               "fine_tune": "Fine-tuning (train_and_eval.py --task=fine_tune)"}
 
 
 def configs_section(cells: Sequence[CellResult]) -> str:
@@ -150,7 +151,9 @@ def configs_section(cells: Sequence[CellResult]) -> str:
     if c.evaluation_name not in names:
       names.append(c.evaluation_name)
   for name in names:
-    title = STEP_TITLES["evaluation"] + (f" `{name}`" if name else "")
+    task = next((c.results.get("evaluation") for c in cells if c.evaluation_name == name),
+                None) or "linear_eval"
+    title = STEP_TITLES.get(task, STEP_TITLES["linear_eval"]) + (f" `{name}`" if name else "")
     lines += _settings_block(title, [(c.name, _config_of(c)["evaluation"]) for c in cells
                                      if c.evaluation_name == name])
   return "\n".join(lines)

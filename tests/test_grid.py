@@ -325,6 +325,18 @@ def test_several_evaluations(configs, known, fake_runner, tmp_path):
   with pytest.raises(GridError, match=r"\[\[evaluations\]\] #1: no name"):
     gridfile.load_grid(write_grid(configs, text.replace('name = "toy_linear"', '')), known,
                        base_dir=str(configs))
+  # Fine-tuning is an evaluation too; a pretext task is not.
+  fine = text.replace('eval_model = "mlp"', 'task = "fine_tune"\n    train_fraction = 0.1')
+  grid = gridfile.load_grid(write_grid(configs, fine), known, base_dir=str(configs))
+  assert grid.cell("random_init-vgg19-w1").evaluations["other_mlp"]["task"] == "fine_tune"
+  steps = dict(grid.cell("rotation-vgg19-w1").steps("/r"))
+  assert steps["eval:other_mlp"]["task"] == "fine_tune"
+  assert steps["eval:other_mlp"]["hub_module"] == "/r/export"  # The cell's workdir is /r here.
+  with pytest.raises(GridError, match=r"task = 'rotation': an evaluation runs one of "
+                                      r"linear_eval, fine_tune"):
+    gridfile.load_grid(write_grid(configs, text.replace('eval_model = "mlp"',
+                                                        'task = "rotation"')),
+                       known, base_dir=str(configs))
 
 
 def test_select_cells(configs, known):

@@ -13,6 +13,7 @@ from core import architectures
 from core import options
 from core.config import Config
 from core.errors import ConfigError
+from eval import fine_tune
 from eval import heads
 from eval import linear_eval
 from eval import pooling
@@ -121,7 +122,8 @@ def test_one_check_per_option_for_both_configs(overrides, message):
 
 def _flagfiles(kind):
   paths = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "*", "*.flags")))
-  evaluation = [p for p in paths if os.path.basename(os.path.dirname(p)) == "evaluation"]
+  evaluation = [p for p in paths
+                if os.path.basename(os.path.dirname(p)) in ("evaluation", "fine_tune")]
   return evaluation if kind == "evaluation" else [p for p in paths if p not in evaluation]
 
 
@@ -139,8 +141,10 @@ def test_every_evaluation_flagfile_makes_a_valid_config(path):
   values = _fresh_flags()
   values(["x", f"--flagfile={path}", "--workdir=/tmp/unused", "--hub_module=random_init",
           "--eval_preprocessing=resize,-1_to_1", "--resize_size=32"])
-  config = linear_eval.config_from_values(options.values_from_flags(values))
-  linear_eval.validate_config(config)
+  evaluation = fine_tune if values["task"].value == "fine_tune" else linear_eval
+  config = evaluation.config_from_values(options.values_from_flags(values))
+  evaluation.validate_config(config)
+  assert values["task"].value in options.EVALUATION_TASKS
   assert config.hub_module is None and config.architecture == "resnet50"
   assert config.preprocess_params["resize_size"] == (32, 32)
 

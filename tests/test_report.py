@@ -18,7 +18,8 @@ VGG = ["block1", "block2", "block3", "block4", "block5", "fc6", "pre_logits"]
 
 def write_cell(root, name, kind, method, arch, width, top1, order=None, pretext_acc=None,
                mode="v2", wall_s=100.0, with_state=True, dataset="shapes",
-               evaluation="linear_eval", eval_spec="resize,-1_to_1"):
+               evaluation="linear_eval", eval_spec="resize,-1_to_1", task="linear_eval",
+               low_label=None):
   """A cell directory as the runner leaves it: cell.json, pretext_results.json and
   <evaluation>/results.json (without cell.json: results.json in the directory itself)."""
   directory = os.path.join(root, name)
@@ -28,6 +29,7 @@ def write_cell(root, name, kind, method, arch, width, top1, order=None, pretext_
   best = max(order, key=lambda n: (top1[n], -order.index(n)))
   results = {
       "format_version": 1,
+      "evaluation": task,
       "config": {"dataset": dataset, "epochs": 10.0, "eval_model": "linear",
                  "on_the_fly": False, "hub_module": None if kind == "random_init" else "x"},
       "source": {"hub_module": "random_init" if kind == "random_init" else f"{directory}/export",
@@ -36,7 +38,7 @@ def write_cell(root, name, kind, method, arch, width, top1, order=None, pretext_
                  "eval_preprocessing": eval_spec},
       "dataset": {"name": dataset, "train_split": "train", "val_split": "test",
                   "num_classes": 10},
-      "low_label": None,
+      "low_label": low_label,
       "layer_order": order,
       "layers": {n: {"dim": 64, "top1": v, "top5": min(1.0, v + 0.3), "loss": 1.5}
                  for n, v in top1.items()},
@@ -52,7 +54,7 @@ def write_cell(root, name, kind, method, arch, width, top1, order=None, pretext_
   if with_state:
     state = {"name": name, "kind": kind, "method": method, "architecture": arch,
              "mode": mode if arch == "resnet50" else None, "width": width, "wall_s": wall_s,
-             "evaluations": {evaluation: {"task": "linear_eval", "dataset": dataset,
+             "evaluations": {evaluation: {"task": task, "dataset": dataset,
                                           "epochs": "10"}}}
     if kind != "random_init":
       state["pretext_flags"] = {"task": method, "architecture": arch,
@@ -239,3 +241,35 @@ def test_two_evaluations_of_a_cell_make_two_tables(tmp_path):
   assert titles == ["shapes: linear probes, trained on train, tested on test",
                     "places_linear (places: linear probes, trained on train, tested on test)"]
   assert [group[0].best_layer for _, _, group in tables] == ["block2", "block4"]
+
+
+def test_fine_tuning_has_its_own_table_against_its_own_baseline(tmp_path):
+  """Fine-tuning results (eval/fine_tune.py) beside the probes of the same cells: a table of
+  their own per label fraction, compared with the random-init backbone fine-tuned the same way,
+  and their settings under the fine-tuning step's title."""
+  root = str(tmp_path / "r")
+  for name, kind, method, probe, tuned in (
+      ("simclr-resnet50_v2-w1", "pretext", "simclr", 0.40, 0.61),
+      ("random_init-resnet50_v2-w1", "random_init", "random_init", 0.30, 0.42)):
+    write_cell(root, name, kind, method, "resnet50", 1, {"block2": probe, "pre_logits": probe},
+               pretext_acc=0.2 if kind == "pretext" else None)
+    write_cell(root, name, kind, method, "resnet50", 1, {"pre_logits": tuned},
+               evaluation="fine_tune_1pct", task="fine_tune",
+               low_label={"train_fraction": 0.01, "examples_per_class": None, "seed": 0,
+                          "num_train_examples": 450})
+  cells, notes = report_lib.load_cells([root])
+  assert not notes and len(cells) == 4
+  tables = report_lib.group_tables(cells)
+  titles = [report_lib.evaluation_title(key) for key, _, _ in tables]
+  assert titles == [
+      "fine_tune_1pct (shapes: the whole backbone fine-tuned with a linear head on pre_logits, "
+      "trained on train, tested on test), low-label (fraction=0.01)",
+      "shapes: linear probes, trained on train, tested on test"]
+  tuned = tables[0][2]
+  gain = report_lib.best_over_baseline(tuned[0], tuned)
+  assert tuned[0].method == "simclr" and gain == pytest.approx(0.61 - 0.42)
+  out = report_lib.write_report(cells, str(tmp_path / "report"), roots=[root])
+  with open(out["markdown"]) as f:
+    text = f.read()
+  assert "Fine-tuning (train_and_eval.py --task=fine_tune) `fine_tune_1pct`" in text
+  assert "Per-layer evaluation (train_and_eval.py --task=linear_eval) `linear_eval`" in text

@@ -19,9 +19,12 @@ from core import specs
 
 class _ExportModule(tf.Module):
 
-  def __init__(self, model, image_shape: Sequence[int]):
+  def __init__(self, model, image_shape: Sequence[int], backbone=None):
     super().__init__()
     self.model = model
+    # The backbone alone, under a name of its own in the export's variables, so that a backbone
+    # rebuilt from export_info.json reads its weights from there (eval/fine_tune.py).
+    self.backbone = model if backbone is None else backbone
     spec = tf.TensorSpec([None, *image_shape], tf.float32, name="images")
     self.serve = tf.function(self._serve, input_signature=[spec])
     self.representation = tf.function(self._representation, input_signature=[spec])
@@ -39,8 +42,10 @@ def representation_preprocessing(spec: str, pretext_ops: Sequence[str]) -> str:
   return ",".join(op for op in specs.parse_spec(spec) if op not in pretext_ops)
 
 
-def export(model, export_dir: str, image_shape: Sequence[int], info: dict) -> str:
+def export(model, export_dir: str, image_shape: Sequence[int], info: dict,
+           backbone=None) -> str:
   """Writes the SavedModel and export_info.json to `export_dir`, replacing an earlier export.
+  `backbone`: the backbone inside `model` where the method wraps it (methods/base.backbone_of).
 
   The new export is written beside the old one and swapped in with renames, so an interrupted
   export never leaves a half-written directory under `export_dir`.
@@ -50,7 +55,7 @@ def export(model, export_dir: str, image_shape: Sequence[int], info: dict) -> st
   for d in (tmp_dir, old_dir):
     if os.path.exists(d):
       shutil.rmtree(d)
-  module = _ExportModule(model, image_shape)
+  module = _ExportModule(model, image_shape, backbone)
   end_points = list(model(tf.zeros([1, *image_shape]), training=False).keys())
   tf.saved_model.save(module, tmp_dir, signatures={"serving_default": module.serve,
                                                    "representation": module.representation})

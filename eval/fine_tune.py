@@ -1,0 +1,299 @@
+"""Semi-supervised fine-tuning (the protocol of S4L and SimCLR v2): the whole pretrained backbone
+plus a new linear head on its `pre_logits`, trained on a labelled subset of the training split,
+then tested on the whole test split. `run_fine_tune(FineTuneConfig)`.
+
+The backbone is rebuilt from the export's facts (export_info.json: architecture, width, version)
+and its weights read from the export's variables, so the export itself is never written to; for
+the baseline (`hub_module` None) it is a fresh random-init backbone of `architecture`. Batch norm
+trains along (batch statistics in training). The subset is the low-label evaluation's
+(eval/low_label.py: `train_fraction` or `examples_per_class`, class-balanced, seeded), drawn in
+the order of an evaluation pass over the training split; without either, the whole split.
+Training batches go through `preprocessing` (default: the evaluation preprocessing) with its
+training-time augmentation, the test split through the deterministic evaluation preprocessing.
+Inputs of patch methods ([P,h,w,C] per example) are embedded patch by patch and their
+pre_logits averaged. The head starts at zero; the backbone and the head have their own rates
+(`backbone_lr`, `lr`) on one schedule. Checkpoints in <workdir>/checkpoints make it resumable;
+they are removed once results.json is written (schema: eval/results.py, evaluation
+"fine_tune", one layer: pre_logits, the layer the head sits on).
+"""
+
+import dataclasses
+import os
+import shutil
+import time
+from typing import Any, Dict, Mapping, Optional
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from core import files
+from core import options
+from core import specs
+from core.errors import ConfigError
+import datasets
+from eval import heads as heads_lib
+from eval import linear_eval
+from eval import low_label as low_label_lib
+from eval import representation as representation_lib
+from eval import results as results_lib
+import models
+from training import schedules
+
+EVALUATION = "fine_tune"
+HEAD_LAYER = "pre_logits"   # The end point the new head sits on.
+BACKBONE_CHECKPOINT_KEYS = ("backbone", "model")  # Where an export (older ones: "model") keeps it.
+
+
+class _FineTuneConfigMethods:
+
+  def to_dict(self) -> Dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @property
+  def checkpoint_dir(self) -> str:
+    return os.path.join(self.workdir, "checkpoints")
+
+
+# A field per option of core/options.py's fine-tuning config, then the preprocessing parameters
+# of a random-init baseline (or sizes given over an export's), as in LinearEvalConfig.
+FineTuneConfig = options.make_config("FineTuneConfig", options.FINE_TUNE, _FineTuneConfigMethods,
+                                     __name__, extra=[
+    ("preprocess_params", Optional[Dict[str, Any]], None),
+])
+
+
+def config_from_values(values: Mapping[str, Any]) -> "FineTuneConfig":
+  """The config of the option values (linear_eval.evaluation_kwargs)."""
+  return FineTuneConfig(**linear_eval.evaluation_kwargs(values, options.FINE_TUNE))
+
+
+def validate_config(config: FineTuneConfig) -> None:
+  """Raises ConfigError naming the field, the value and the valid choices."""
+  linear_eval.validate_source(config, options.FINE_TUNE)
+
+
+def export_dir_of(hub_module: str) -> str:
+  """The export directory that `hub_module` names: an export, or a pretext workdir holding one."""
+  inside = os.path.join(hub_module, files.EXPORT_DIR)
+  if not os.path.exists(os.path.join(hub_module, "saved_model.pb")) and os.path.exists(
+      os.path.join(inside, "saved_model.pb")):
+    return inside
+  return hub_module
+
+
+def load_backbone(config: FineTuneConfig):
+  """(the trainable backbone, the export's info) for the config: the export's weights in a
+  backbone rebuilt from its facts, or a random-init one."""
+  if config.hub_module is None:
+    info = dict(source=options.RANDOM_INIT, task=options.RANDOM_INIT,
+                architecture=config.architecture, filters_factor=config.filters_factor,
+                mode=config.mode, last_relu=config.last_relu)
+  else:
+    path = export_dir_of(config.hub_module)
+    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+      raise ConfigError(f"--hub_module={config.hub_module}: no export there (no "
+                        "saved_model.pb); give <pretext workdir>/export or the workdir")
+    info = dict(files.read_export_info(path), source=os.path.abspath(path))
+  spec = config.eval_preprocessing or info.get("eval_preprocessing") or ""
+  keras.utils.set_random_seed(config.random_seed)
+  backbone = models.get_model(info["architecture"], num_classes=None,
+                              filters_factor=info.get("filters_factor"),
+                              mode=info.get("mode") or "v2",
+                              last_relu=info.get("last_relu", True),
+                              **representation_lib.backbone_strides(spec))
+  # Built at once, right after seeding (Keras draws initial weights when a layer is built): the
+  # random-init backbone of a seed is the one the per-layer evaluation's baseline has. The
+  # variables do not depend on the spatial size.
+  shape = info.get("input_shape") or (32, 32, 3)
+  backbone(tf.zeros([1, *shape]), training=False)
+  if config.hub_module is not None:
+    _read_weights(backbone, info["source"])
+  return backbone, info
+
+
+def _read_weights(backbone: keras.Model, export_dir: str) -> None:
+  """The export's backbone weights into `backbone` (every one of its variables, or an error)."""
+  prefix = os.path.join(export_dir, "variables", "variables")
+  problems = []
+  for key in BACKBONE_CHECKPOINT_KEYS:
+    try:
+      tf.train.Checkpoint(**{key: backbone}).read(prefix).assert_existing_objects_matched()
+      return
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+      problems.append(f"{key}: {str(e).splitlines()[0][:200]}")
+  raise ConfigError(f"could not read the backbone's weights from {export_dir} "
+                    f"({'; '.join(problems)}); re-export it with this version "
+                    "(train_and_eval.py with the same flags and --workdir re-exports)")
+
+
+def _features(backbone: keras.Model, images: tf.Tensor, training: bool) -> tf.Tensor:
+  """pre_logits of images [B,H,W,C], or the mean over the patches of [B,P,h,w,C]."""
+  if images.shape.rank == 5:
+    num = images.shape[1]
+    flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[2:]], axis=0))
+    features = backbone(flat, training=training)[HEAD_LAYER]
+    return tf.reduce_mean(tf.reshape(features, [-1, num, features.shape[-1]]), axis=1)
+  return backbone(images, training=training)[HEAD_LAYER]
+
+
+def labelled_subset(config: FineTuneConfig, data: linear_eval.EvalData) -> Optional[np.ndarray]:
+  """Positions of the labelled training examples (None: all), as the low-label probes draw them."""
+  if not linear_eval.is_low_label(config):
+    return None
+  labels = np.concatenate([datasets.image_labels(b["label"].numpy())
+                           for b in data.batches(config.train_split, is_training=False)])
+  return low_label_lib.low_label_indices(labels, config.train_fraction,
+                                         config.examples_per_class, config.random_seed)
+
+
+@dataclasses.dataclass
+class Outcome:
+  """What fine-tuning made: its results, and the fine-tuned backbone and head."""
+  results: Dict[str, Any]
+  backbone: keras.Model
+  head: keras.layers.Layer
+
+
+def fine_tune(config: FineTuneConfig, print_fn=logging.info) -> Outcome:
+  """Fine-tunes (resuming from the workdir's checkpoints) and tests; writes nothing but the
+  checkpoints. `run_fine_tune` is the evaluation."""
+  start = time.time()
+  validate_config(config)
+  backbone, info = load_backbone(config)
+  data = linear_eval.eval_data(config, info)
+  if specs.makes_patches(data.train_spec) != specs.makes_patches(data.eval_spec):
+    raise ConfigError(f"--preprocessing={data.train_spec!r} and the evaluation preprocessing "
+                      f"{data.eval_spec!r} must both cut patches or both not: the backbone is "
+                      "trained and tested on the same kind of input")
+  num_classes = int(datasets.get_dataset_info(config.dataset, config.data_dir).num_classes)
+  indices = labelled_subset(config, data)
+  num_train = (len(indices) if indices is not None else
+               datasets.get_num_examples(config.dataset, config.train_split, config.data_dir))
+  steps_in_epoch = heads_lib.steps_per_epoch(num_train, config.batch_size)
+  total_steps = heads_lib.num_train_steps(config.epochs, steps_in_epoch)
+
+  keras.utils.set_random_seed(config.random_seed)
+  head = keras.layers.Dense(num_classes, kernel_initializer="zeros", name="head")
+  train_batches = data.batches(config.train_split, is_training=True, indices=indices)
+  images = next(iter(train_batches))["image"]
+  head.build((None, int(_features(backbone, images[:1], False).shape[-1])))
+
+  def optimizer(lr):
+    return schedules.make_optimizer(config.optimizer, lr, config.batch_size,
+                                    config.lr_scale_batch_size, steps_in_epoch,
+                                    config.warmup_epochs, config.decay_epochs,
+                                    config.lr_decay_factor, config.lr_schedule, config.epochs)
+
+  backbone_opt, head_opt = optimizer(config.backbone_lr or config.lr), optimizer(config.lr)
+  backbone_vars, head_vars = backbone.trainable_variables, head.trainable_variables
+  backbone_opt.build(backbone_vars)
+  head_opt.build(head_vars)
+  step = tf.Variable(0, dtype=tf.int64, trainable=False)
+  checkpoint = tf.train.Checkpoint(backbone=backbone, head=head, backbone_optimizer=backbone_opt,
+                                   head_optimizer=head_opt, step=step)
+  manager = _checkpoints(config, checkpoint, step)
+  if manager.latest_checkpoint:
+    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    print_fn(f"restored {manager.latest_checkpoint} at step {int(step.numpy())}")
+
+  @tf.function
+  def train_step(images, labels):
+    with tf.GradientTape() as tape:
+      logits = head(_features(backbone, images, True))
+      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+          labels=labels, logits=tf.cast(logits, tf.float32)))
+      total = loss + schedules.l2_decay(backbone_vars + head_vars, config.weight_decay)
+    grads = tape.gradient(total, backbone_vars + head_vars)
+    backbone_opt.apply_gradients(zip(grads[:len(backbone_vars)], backbone_vars))
+    head_opt.apply_gradients(zip(grads[len(backbone_vars):], head_vars))
+    step.assign_add(1)
+    return loss
+
+  print_fn(f"fine-tuning {info.get('task')} {info['architecture']} on {config.dataset}:"
+           f"{config.train_split} ({num_train} labelled examples) from step "
+           f"{int(step.numpy())} to {total_steps}")
+  t, last_save, losses = time.time(), time.time(), []
+  iterator = iter(train_batches)
+  while int(step.numpy()) < total_steps:
+    batch = next(iterator)
+    losses.append(float(train_step(batch["image"], datasets.image_labels(batch["label"]))))
+    done = int(step.numpy())
+    if done % config.log_every_steps == 0 or done == total_steps:
+      print_fn(f"step {done}/{total_steps} loss {np.mean(losses[-config.log_every_steps:]):.4f}"
+               f" | {time.time() - t:.0f}s")
+    if not np.isfinite(losses[-1]):
+      raise FloatingPointError(f"fine-tuning diverged at step {done} (loss {losses[-1]}); "
+                               "lower --lr / --backbone_lr")
+    secs = config.save_checkpoints_secs
+    if (secs is not None and time.time() - last_save >= secs) or done == total_steps:
+      manager.save(checkpoint_number=done)
+      last_save = time.time()
+  training_s = time.time() - t
+
+  t = time.time()
+  metrics = _test(config, data, backbone, head)
+  layers = {HEAD_LAYER: dict(dim=int(head.kernel.shape[0]), **metrics)}
+  source = dict(info, hub_module=info.get("source"), eval_preprocessing=data.eval_spec)
+  dataset = dict(name=config.dataset, train_split=config.train_split,
+                 val_split=config.val_split, num_classes=num_classes,
+                 num_train_examples=num_train, num_val_examples=metrics.pop("num_examples"))
+  layers[HEAD_LAYER].pop("num_examples", None)
+  low_label = None
+  if indices is not None:
+    low_label = dict(train_fraction=config.train_fraction,
+                     examples_per_class=config.examples_per_class, seed=config.random_seed,
+                     num_train_examples=num_train)
+  times = dict(training_s=training_s, test_s=time.time() - t, total_s=time.time() - start)
+  results = results_lib.build_results(config.to_dict(), source, dataset, [HEAD_LAYER], layers,
+                                      times, low_label, evaluation=EVALUATION)
+  return Outcome(results, backbone, head)
+
+
+def _checkpoints(config: FineTuneConfig, checkpoint, step) -> tf.train.CheckpointManager:
+  """The workdir's fine-tuning checkpoints; those of another config are removed first."""
+  directory = config.checkpoint_dir
+  stamp = os.path.join(directory, files.CONFIG_FILE)
+  wanted = results_lib.comparable_config(config)
+  if os.path.isdir(directory) and (files.read_json(stamp) or {}) != wanted:
+    logging.info("%s holds checkpoints of another fine-tuning config; starting afresh", directory)
+    shutil.rmtree(directory)
+  os.makedirs(directory, exist_ok=True)
+  files.write_json_atomic(stamp, wanted)
+  return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=1, step_counter=step)
+
+
+def _test(config, data: linear_eval.EvalData, backbone, head) -> Dict[str, float]:
+  """top1, top5 and mean loss over the whole test split (batch norm in inference mode)."""
+
+  @tf.function
+  def test_step(images, labels):
+    logits = tf.cast(head(_features(backbone, images, False)), tf.float32)
+    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    k = min(5, logits.shape[-1])
+    return (tf.reduce_sum(loss),
+            tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)),
+            tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32)))
+
+  sums, count = np.zeros(3), 0
+  for batch in data.batches(config.val_split, is_training=False):
+    labels = datasets.image_labels(batch["label"])
+    sums += np.array([float(v) for v in test_step(batch["image"], labels)])
+    count += int(labels.shape[0])
+  loss, top1, top5 = sums / max(count, 1)
+  return dict(top1=top1, top5=top5, loss=loss, num_examples=count)
+
+
+def run_fine_tune(config: FineTuneConfig, print_fn=logging.info) -> Dict[str, Any]:
+  """The evaluation: results.json in the workdir (skipped when results of the same config are
+  there, unless `force`)."""
+  validate_config(config)
+  if not config.force and results_lib.results_exist(config.workdir, config):
+    logging.info("results for this config exist in %s; skipping (force=True re-runs)",
+                 config.workdir)
+    return results_lib.read_results(config.workdir)
+  outcome = fine_tune(config, print_fn)
+  results_lib.write_results(config.workdir, outcome.results)
+  shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
+  return outcome.results

@@ -1,0 +1,194 @@
+"""Semi-supervised fine-tuning: the backbone read from an export, the weights it changes (and the
+export it leaves alone), the labelled subset, the random-init baseline, and a pretrained backbone
+beating random init on a few labels."""
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from core import options
+from core.config import Config
+from core.errors import ConfigError
+from eval import fine_tune
+from eval import linear_eval
+from eval import representation as representation_lib
+import train_and_eval
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = "resize,-1_to_1"
+
+
+@pytest.fixture(scope="module")
+def supervised_export(tmp_path_factory):
+  """A narrow ResNet-50 v2 trained with labels on 12,000 images of the full embedded set for one
+  epoch (about a minute): 29% on 500 of its test images when measured, and rising (chance 10%).
+  The fine-tuning tests then use shapes_small, images of the same kind that it has not seen: on
+  the 1000 images of shapes_small alone, supervised training reaches only 15-25%."""
+  data_dir = str(tmp_path_factory.mktemp("tfds_full"))
+  workdir = tmp_path_factory.mktemp("supervised")
+  config = Config(task="supervised", workdir=str(workdir), dataset="shapes", data_dir=data_dir,
+                  architecture="resnet50", filters_factor=1, zero_init_residual=True,
+                  preprocessing="resize,flip_lr,-1_to_1", resize_size=(32, 32), batch_size=64,
+                  eval_batch_size=250, optimizer="adam", lr=0.002, lr_scale_batch_size=64,
+                  epochs=1, train_split="train[:12000]", val_split="test[:500]",
+                  log_every_steps=50, save_checkpoints_secs=None, run_eval=True)
+  results = train_and_eval.run(config, print_fn=lambda _: None)
+  assert results["eval_metrics"]["accuracy"] > 0.2  # It learnt something of the classes.
+  return results["export_dir"]
+
+
+def ft_config(workdir, data_dir, hub_module, **overrides):
+  values = dict(task="fine_tune", workdir=str(workdir), dataset="shapes_small", data_dir=data_dir,
+                hub_module=hub_module or options.RANDOM_INIT, architecture="resnet50", filters_factor=1, mode="v2",
+                eval_preprocessing=SPEC, preprocessing=SPEC, batch_size=25,
+                eval_batch_size=100, lr=0.01, backbone_lr=0.001, lr_scale_batch_size=25,
+                epochs=10, examples_per_class=5, train_split="train", val_split="test",
+                log_every_steps=1000, save_checkpoints_secs=600.0)
+  values.update(overrides)
+  flag_values = {o.name: o.default for o in options.OPTIONS.values()}
+  flag_values.update(values)
+  flag_values["resize_size"] = (32, 32)
+  return fine_tune.config_from_values(flag_values)
+
+
+def _hash(directory):
+  digest = hashlib.sha256()
+  for root, _, names in sorted(os.walk(directory)):
+    for name in sorted(names):
+      with open(os.path.join(root, name), "rb") as f:
+        digest.update(name.encode() + f.read())
+  return digest.hexdigest()
+
+
+def _weights(model):
+  return [v.numpy().copy() for v in model.variables]
+
+
+def test_backbone_read_from_the_export_gives_the_exports_outputs(tmp_path, shapes_data_dir,
+                                                                 supervised_export):
+  config = ft_config(tmp_path, shapes_data_dir, os.path.dirname(supervised_export))
+  backbone, info = fine_tune.load_backbone(config)  # A pretext workdir names its export.
+  assert info["source"] == os.path.abspath(supervised_export)
+  images = tf.random.uniform([4, 32, 32, 3], -1, 1, seed=1)
+  exported = tf.saved_model.load(supervised_export).signatures["representation"](images=images)
+  rebuilt = backbone(images, training=False)
+  assert set(rebuilt) == set(exported) - {"logits"}
+  for name, value in rebuilt.items():
+    np.testing.assert_allclose(value.numpy(), exported[name].numpy(), rtol=1e-4, atol=1e-4,
+                               err_msg=name)
+
+
+def test_fine_tuning_changes_the_backbone_and_leaves_the_export_intact(
+    tmp_path, shapes_data_dir, supervised_export):
+  before = _hash(supervised_export)
+  config = ft_config(tmp_path / "ft", shapes_data_dir, supervised_export, epochs=2)
+  start, _ = fine_tune.load_backbone(config)
+  outcome = fine_tune.fine_tune(config)
+  changed = [np.abs(a - b).max() for a, b in zip(_weights(start), _weights(outcome.backbone))]
+  assert min(c for c in changed) >= 0 and max(changed) > 1e-4
+  # Every conv kernel moved, not only the last layers.
+  kernels = [np.abs(a - b).max() for v, a, b in zip(start.variables, _weights(start),
+                                                      _weights(outcome.backbone))
+             if v.name == "kernel"]
+  assert len(kernels) >= 16 and min(kernels) > 0
+  assert _hash(supervised_export) == before
+  # A frozen probe of the same export trains heads only: the export is the same afterwards.
+  probe = linear_eval.LinearEvalConfig(
+      workdir=str(tmp_path / "probe"), dataset="shapes_small", data_dir=shapes_data_dir,
+      hub_module=supervised_export, train_split="train[:200]", val_split="test[:100]",
+      batch_size=50, epochs=1, layers=("pre_logits",))
+  linear_eval.run_linear_eval(probe)
+  assert _hash(supervised_export) == before
+
+
+def test_labelled_subset_is_fixed_class_balanced_seeded_and_all_that_trains(
+    tmp_path, shapes_data_dir, supervised_export):
+  config = ft_config(tmp_path, shapes_data_dir, supervised_export, examples_per_class=3)
+  _, info = fine_tune.load_backbone(config)
+  data = linear_eval.eval_data(config, info)
+  indices = fine_tune.labelled_subset(config, data)
+  batches = list(data.batches("train", is_training=False))
+  labels = np.concatenate([b["label"].numpy() for b in batches])
+  images = np.concatenate([b["image"].numpy() for b in batches])
+  assert len(indices) == 30 and len(set(indices.tolist())) == 30
+  np.testing.assert_array_equal(np.bincount(labels[indices], minlength=10), [3] * 10)
+  np.testing.assert_array_equal(fine_tune.labelled_subset(config, data), indices)
+  other = fine_tune.labelled_subset(ft_config(tmp_path, shapes_data_dir, supervised_export,
+                                              examples_per_class=3, random_seed=1), data)
+  assert set(other.tolist()) != set(indices.tolist())
+  # Training reads those 30 images and no other (the spec has no random op here).
+  wanted = {images[i].tobytes() for i in indices}
+  seen = set()
+  for batch, _ in zip(data.batches("train", is_training=True, indices=indices), range(6)):
+    seen |= {image.tobytes() for image in batch["image"].numpy()}
+  assert seen == wanted
+  fraction = ft_config(tmp_path, shapes_data_dir, supervised_export, examples_per_class=None,
+                       train_fraction=0.1)
+  counts = np.bincount(labels, minlength=10)
+  subset = fine_tune.labelled_subset(fraction, data)
+  np.testing.assert_array_equal(np.bincount(labels[subset], minlength=10),
+                                np.maximum(1, np.floor(0.1 * counts + 0.5)).astype(int))
+
+
+def test_random_init_baseline_starts_from_random_weights(tmp_path, shapes_data_dir,
+                                                         supervised_export):
+  config = ft_config(tmp_path, shapes_data_dir, None)
+  backbone, info = fine_tune.load_backbone(config)
+  assert info["task"] == options.RANDOM_INIT
+  # The per-layer evaluation's random-init baseline of the same seed, built as it builds it.
+  fresh = representation_lib.random_init("resnet50", filters_factor=1, mode="v2", seed=0)
+  images = tf.random.uniform([2, 32, 32, 3], -1, 1, seed=2)
+  np.testing.assert_allclose(backbone(images)["pre_logits"].numpy(),
+                             fresh(images)["pre_logits"].numpy(), rtol=1e-5, atol=1e-5)
+  other, _ = fine_tune.load_backbone(ft_config(tmp_path, shapes_data_dir, None, random_seed=1))
+  assert np.abs(other(images)["pre_logits"].numpy() -
+                backbone(images)["pre_logits"].numpy()).max() > 1e-2
+  trained, _ = fine_tune.load_backbone(ft_config(tmp_path, shapes_data_dir, supervised_export))
+  assert np.abs(trained(images)["pre_logits"].numpy() -
+                backbone(images)["pre_logits"].numpy()).max() > 1e-2
+
+
+def test_pretrained_backbone_beats_random_init_on_five_labels_per_class(
+    tmp_path, shapes_data_dir, supervised_export):
+  """The whole protocol through train_and_eval.py's evaluation: results.json of the fine_tune
+  form; the pretrained backbone well ahead of the random-init one fine-tuned the same way."""
+  results = {}
+  for name, hub in (("pretrained", supervised_export), ("random_init", None)):
+    config = ft_config(tmp_path / name, shapes_data_dir, hub)
+    results[name] = fine_tune.run_fine_tune(config)
+    assert not os.path.exists(config.checkpoint_dir)  # Removed once the results are written.
+  pretrained, random = results["pretrained"], results["random_init"]
+  assert pretrained["evaluation"] == "fine_tune"
+  assert pretrained["layer_order"] == ["pre_logits"]
+  assert pretrained["low_label"]["num_train_examples"] == 50
+  assert pretrained["dataset"]["num_val_examples"] == 300
+  top1 = {k: r["layers"]["pre_logits"]["top1"] for k, r in results.items()}
+  assert top1["pretrained"] > top1["random_init"] + 0.05, top1
+  assert random["source"]["task"] == options.RANDOM_INIT
+  # The same config again: the results are reused, not recomputed.
+  mtime = os.stat(tmp_path / "pretrained" / "results.json").st_mtime_ns
+  fine_tune.run_fine_tune(ft_config(tmp_path / "pretrained", shapes_data_dir, supervised_export))
+  assert os.stat(tmp_path / "pretrained" / "results.json").st_mtime_ns == mtime
+
+
+def test_bad_settings_fail_with_one_line(tmp_path, shapes_data_dir, supervised_export):
+  with pytest.raises(ConfigError, match="no export there"):
+    fine_tune.load_backbone(ft_config(tmp_path, shapes_data_dir, str(tmp_path / "nothing")))
+  with pytest.raises(ConfigError, match="at most one of train_fraction"):
+    fine_tune.validate_config(ft_config(tmp_path, shapes_data_dir, supervised_export,
+                                        train_fraction=0.1))
+  with pytest.raises(ConfigError, match="--backbone_lr must be a positive number"):
+    fine_tune.validate_config(ft_config(tmp_path, shapes_data_dir, supervised_export,
+                                        backbone_lr=-1.0))
+  proc = subprocess.run(
+      [sys.executable, "train_and_eval.py", "--task=fine_tune", f"--workdir={tmp_path}/cli",
+       f"--data_dir={shapes_data_dir}", "--dataset=shapes_small",
+       f"--hub_module={tmp_path}/missing"], cwd=REPO_ROOT, capture_output=True, text=True,
+      timeout=120)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: --hub_module=")
