@@ -95,7 +95,8 @@ class FakeData:
     return lambda example: example
 
   def get_data(self, dataset, split, *, is_training, preprocess_fn, batch_size, data_dir=None,
-               shuffle_buffer=None, seed=0):
+               shuffle_buffer=None, seed=0, indices=None):
+    assert indices is None  # The per-layer evaluation reads whole splits.
     self.calls.append(("data", split, is_training))
     images, labels = self.splits[split]
     if is_training:  # Endless, shuffled, full batches.
