@@ -119,7 +119,9 @@ def _read_weights(backbone: keras.Model, export_dir: str) -> None:
   problems = []
   for key in BACKBONE_CHECKPOINT_KEYS:
     try:
-      tf.train.Checkpoint(**{key: backbone}).read(prefix).assert_existing_objects_matched()
+      status = tf.train.Checkpoint(**{key: backbone}).read(prefix)
+      status.assert_existing_objects_matched()  # Every variable of the backbone was read...
+      status.expect_partial()  # ... and the pretext head's are not wanted.
       return
     except (AssertionError, ValueError, tf.errors.OpError) as e:
       problems.append(f"{key}: {str(e).splitlines()[0][:200]}")

@@ -95,7 +95,7 @@ def evaluation_key(results: Mapping[str, Any]) -> Tuple[str, ...]:
   fine_tuned = results.get("evaluation") == FINE_TUNED
   return (str(data.get("name")), str(data.get("train_split")), str(data.get("val_split")),
           FINE_TUNED if fine_tuned else str(config.get("eval_model", "linear")),
-          "on_the_fly" if config.get("on_the_fly") else "cached",
+          "" if fine_tuned else "on_the_fly" if config.get("on_the_fly") else "cached",
           f"fraction={low['train_fraction']}" if low.get("train_fraction") else
           f"per_class={low['examples_per_class']}" if low.get("examples_per_class") else "")
 
@@ -106,7 +106,6 @@ def evaluation_title(key: Sequence[str]) -> str:
   if model == FINE_TUNED:
     title = (f"{dataset}: the whole backbone fine-tuned with a linear head on pre_logits, "
              f"trained on {train}, tested on {val}")
-    protocol = ""
   else:
     title = f"{dataset}: {model} probes, trained on {train}, tested on {val}"
   if name and name != "linear_eval":

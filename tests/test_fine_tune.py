@@ -106,6 +106,23 @@ def test_fine_tuning_changes_the_backbone_and_leaves_the_export_intact(
   assert _hash(supervised_export) == before
 
 
+def test_a_second_run_resumes_from_its_checkpoint_and_another_config_starts_afresh(
+    tmp_path, shapes_data_dir, supervised_export):
+  config = ft_config(tmp_path / "ft", shapes_data_dir, supervised_export, epochs=1)
+  lines = []
+  first = fine_tune.fine_tune(config, print_fn=lines.append)
+  assert any(l.startswith("step 2/2") for l in lines) and not any("restored" in l for l in lines)
+  lines.clear()
+  again = fine_tune.fine_tune(config, print_fn=lines.append)  # Its checkpoint is at step 2.
+  assert any(l.startswith("restored") and l.endswith("at step 2") for l in lines), lines
+  assert not any(l.startswith("step ") for l in lines)
+  assert again.results["layers"] == first.results["layers"]
+  lines.clear()
+  fine_tune.fine_tune(ft_config(tmp_path / "ft", shapes_data_dir, supervised_export, epochs=2,
+                                random_seed=3), print_fn=lines.append)
+  assert not any("restored" in l for l in lines) and any(l.startswith("step 4/4") for l in lines)
+
+
 def test_labelled_subset_is_fixed_class_balanced_seeded_and_all_that_trains(
     tmp_path, shapes_data_dir, supervised_export):
   config = ft_config(tmp_path, shapes_data_dir, supervised_export, examples_per_class=3)
