@@ -14,6 +14,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from datasets import copies  # pylint: disable=unused-import  (registers its ops)
 from datasets.base import DatasetInfo, DatasetNotPreparedError
 from datasets.preprocess import (PREPROCESS_OPS, PreprocessConfig, get_preprocess_fn,
                                  register_op, validate_spec)

@@ -58,7 +58,7 @@ class PreprocessConfig:
     for name in ("resize_size", "crop_size"):
       value = getattr(self, name)
       if value is not None:
-        _as_hw(value, name)
+        as_hw(value, name)
     if self.smaller_size is not None and not _is_positive_int(self.smaller_size):
       raise ValueError(f"smaller_size must be a positive int, got {self.smaller_size!r}")
     if not 0.0 <= self.grayscale_probability <= 1.0:
@@ -92,7 +92,7 @@ def _is_positive_int(value) -> bool:
   return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _as_hw(value: Size, name: str) -> Tuple[int, int]:
+def as_hw(value: Size, name: str) -> Tuple[int, int]:
   """An int or (h, w) as (h, w), checked."""
   if _is_positive_int(value):
     return value, value
@@ -155,7 +155,7 @@ def get_preprocess_fn(spec: str, is_training: bool, config: PreprocessConfig) ->
 
 
 # --------------------------------------------------------------------- helpers
-def _map_image(fn: Callable[[tf.Tensor], tf.Tensor]) -> OpFn:
+def map_image(fn: Callable[[tf.Tensor], tf.Tensor]) -> OpFn:
   """An op that replaces `image` by fn(image) and keeps the other keys."""
   def op(example: Example) -> Example:
     return {**example, "image": fn(example["image"])}
@@ -172,7 +172,7 @@ def _assert(condition, data) -> list:
   return [] if check is None or tf.executing_eagerly() else [check]
 
 
-def _single_image(image: tf.Tensor, op: str) -> tf.Tensor:
+def single_image(image: tf.Tensor, op: str) -> tf.Tensor:
   if image.shape.rank is not None and image.shape.rank != 3:
     raise ValueError(f"preprocessing op {op!r} needs a single image [H,W,C], "
                      f"got shape {image.shape}")
@@ -211,27 +211,6 @@ def _random_crop(image: tf.Tensor, hw: Tuple[int, int], op: str) -> tf.Tensor:
     return _crop_at(image, top, left, hw)
 
 
-def _with_probability(p: float, fn: Callable[[tf.Tensor], tf.Tensor], image: tf.Tensor):
-  """fn(image) with probability `p` (one draw; none for p 0 or 1), else the image."""
-  if p <= 0.0:
-    return image
-  if p >= 1.0:
-    return fn(image)
-  return tf.cond(tf.random.uniform([]) < p, lambda: fn(image), lambda: image)
-
-
-def _augmented_copies(op: str, num: int, one_copy: Callable[[tf.Tensor], tf.Tensor]) -> OpFn:
-  """An op stacking `num` independent `one_copy`s of an RGB image: [num,h,w,3]."""
-  def fn(image):
-    image = _single_image(image, op)
-    if image.shape[-1] != 3:
-      raise ValueError(f"preprocessing op {op!r} needs RGB images [H,W,3], got "
-                       f"shape {image.shape}")
-    return tf.stack([one_copy(image) for _ in range(num)])
-
-  return _map_image(fn)
-
-
 def _random_seed() -> tf.Tensor:
   """A seed for a stateless op, drawn from a stateful op (follows the global seed)."""
   return tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
@@ -242,8 +221,8 @@ def _random_seed() -> tf.Tensor:
 def _resize_op(config: PreprocessConfig, is_training: bool) -> OpFn:
   """Resizes to `resize_size` (bilinear)."""
   del is_training
-  hw = _as_hw(config.resize_size, "resize_size")
-  return _map_image(lambda image: _resize(_single_image(image, "resize"), hw))
+  hw = as_hw(config.resize_size, "resize_size")
+  return map_image(lambda image: _resize(single_image(image, "resize"), hw))
 
 
 @register_op("resize_small", requires=("smaller_size",), geometric=True)
@@ -253,35 +232,35 @@ def _resize_small_op(config: PreprocessConfig, is_training: bool) -> OpFn:
   size = config.smaller_size
 
   def fn(image):
-    image = _single_image(image, "resize_small")
+    image = single_image(image, "resize_small")
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = size / tf.reduce_min(shape)
     hw = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size)
     return tf.image.resize(image, hw, method="bilinear")
 
-  return _map_image(fn)
+  return map_image(fn)
 
 
 @register_op("crop", requires=("crop_size",), geometric=True)
 def _crop_op(config: PreprocessConfig, is_training: bool) -> OpFn:
   """A random crop of `crop_size` in training, the central one otherwise."""
-  hw = _as_hw(config.crop_size, "crop_size")
+  hw = as_hw(config.crop_size, "crop_size")
   crop = _random_crop if is_training else _central_crop
-  return _map_image(lambda image: crop(_single_image(image, "crop"), hw, "crop"))
+  return map_image(lambda image: crop(single_image(image, "crop"), hw, "crop"))
 
 
 @register_op("central_crop", requires=("crop_size",), geometric=True)
 def _central_crop_op(config: PreprocessConfig, is_training: bool) -> OpFn:
   """The central crop of `crop_size`."""
   del is_training
-  hw = _as_hw(config.crop_size, "crop_size")
-  return _map_image(
-      lambda image: _central_crop(_single_image(image, "central_crop"), hw, "central_crop"))
+  hw = as_hw(config.crop_size, "crop_size")
+  return map_image(
+      lambda image: _central_crop(single_image(image, "central_crop"), hw, "central_crop"))
 
 
-def _inception_crop(image: tf.Tensor, hw: Tuple[int, int], is_training: bool,
+def inception_crop(image: tf.Tensor, hw: Tuple[int, int], is_training: bool,
                     central_fraction: float, min_area: float = 0.08) -> tf.Tensor:
-  image = _single_image(image, "inception_crop")
+  image = single_image(image, "inception_crop")
   if is_training:
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image), bounding_boxes=tf.zeros([0, 0, 4], tf.float32),
@@ -297,9 +276,9 @@ def _inception_crop(image: tf.Tensor, hw: Tuple[int, int], is_training: bool,
 def _inception_crop_op(config: PreprocessConfig, is_training: bool) -> OpFn:
   """Random-resized crop (area `min_crop_area` (8%)-100%, aspect 3/4-4/3) to `crop_size` in
   training; otherwise the central `central_crop_fraction` resized to `crop_size`."""
-  hw = _as_hw(config.crop_size, "crop_size")
+  hw = as_hw(config.crop_size, "crop_size")
   fraction, min_area = config.central_crop_fraction, config.min_crop_area
-  return _map_image(lambda image: _inception_crop(image, hw, is_training, fraction, min_area))
+  return map_image(lambda image: inception_crop(image, hw, is_training, fraction, min_area))
 
 
 @register_op("inception_preprocess", requires=("crop_size",), geometric=True)
@@ -322,10 +301,10 @@ def _flip_lr_op(config: PreprocessConfig, is_training: bool) -> OpFn:
   del config
   if not is_training:
     return _identity
-  return _map_image(lambda image: tf.image.random_flip_left_right(_single_image(image, "flip_lr")))
+  return map_image(lambda image: tf.image.random_flip_left_right(single_image(image, "flip_lr")))
 
 
-def _gray3(image: tf.Tensor) -> tf.Tensor:
+def gray3(image: tf.Tensor) -> tf.Tensor:
   return tf.tile(tf.image.rgb_to_grayscale(image), [1] * (image.shape.rank - 1) + [3])
 
 
@@ -335,32 +314,32 @@ def _to_gray_op(config: PreprocessConfig, is_training: bool) -> OpFn:
   (one draw per example, for all its copies); in eval only if the probability is 1."""
   p = config.grayscale_probability
   if p >= 1.0:
-    return _map_image(_gray3)
+    return map_image(gray3)
   if not is_training or p <= 0.0:
     return _identity
-  return _map_image(
-      lambda image: tf.cond(tf.random.uniform([]) < p, lambda: _gray3(image), lambda: image))
+  return map_image(
+      lambda image: tf.cond(tf.random.uniform([]) < p, lambda: gray3(image), lambda: image))
 
 
 @register_op("-1_to_1")
 def _to_minus_one_one_op(config: PreprocessConfig, is_training: bool) -> OpFn:
   """[0, 1] -> [-1, 1]."""
   del config, is_training
-  return _map_image(lambda image: image * 2.0 - 1.0)
+  return map_image(lambda image: image * 2.0 - 1.0)
 
 
 @register_op("0_to_1")
 def _clip_zero_one_op(config: PreprocessConfig, is_training: bool) -> OpFn:
   """Clips values to [0, 1]."""
   del config, is_training
-  return _map_image(lambda image: tf.clip_by_value(image, 0.0, 1.0))
+  return map_image(lambda image: tf.clip_by_value(image, 0.0, 1.0))
 
 
 @register_op("standardization")
 def _standardization_op(config: PreprocessConfig, is_training: bool) -> OpFn:
   """Zero mean, unit std per image, or per copy/patch of a [P,H,W,C] stack."""
   del config, is_training
-  return _map_image(tf.image.per_image_standardization)
+  return map_image(tf.image.per_image_standardization)
 
 
 @register_op("rotate", geometric=True, stacks=True)
@@ -370,7 +349,7 @@ def _rotate_op(config: PreprocessConfig, is_training: bool) -> OpFn:
   del config, is_training
 
   def fn(example):
-    image = _single_image(example["image"], "rotate")
+    image = single_image(example["image"], "rotate")
     h, w = image.shape[0], image.shape[1]
     if h is not None and w is not None and h != w:
       raise ValueError(f"preprocessing op 'rotate' needs a square image, got {h}x{w}; "
@@ -419,7 +398,7 @@ def _crop_patches_op(config: PreprocessConfig, is_training: bool) -> OpFn:
   splits, jitter = config.splits_per_side, config.patch_jitter
 
   def fn(image):
-    image = _single_image(image, "crop_patches")
+    image = single_image(image, "crop_patches")
     height, width = image.shape[0], image.shape[1]
     if height is None or width is None:
       raise ValueError(f"preprocessing op 'crop_patches' needs an image of static size, got "
@@ -438,118 +417,4 @@ def _crop_patches_op(config: PreprocessConfig, is_training: bool) -> OpFn:
                                 col * cell_w + offsets[k, 1], (patch_h, patch_w)))
     return tf.stack(patches)
 
-  return _map_image(fn)
-
-
-# Colour jitter of `exemplar_copies` (the strengths of the Inception colour distortion).
-MAX_BRIGHTNESS_DELTA = 32.0 / 255.0
-SATURATION_RANGE = (0.5, 1.5)
-MAX_HUE_DELTA = 0.2
-CONTRAST_RANGE = (0.5, 1.5)
-
-
-def _color_jitter(image: tf.Tensor) -> tf.Tensor:
-  """Random brightness, saturation, hue and contrast (in this order), clipped to [0, 1]."""
-  image = tf.image.random_brightness(image, MAX_BRIGHTNESS_DELTA)
-  image = tf.image.random_saturation(image, *SATURATION_RANGE)
-  image = tf.image.random_hue(image, MAX_HUE_DELTA)
-  image = tf.image.random_contrast(image, *CONTRAST_RANGE)
-  return tf.clip_by_value(image, 0.0, 1.0)
-
-
-@register_op("exemplar_copies", requires=("crop_size",), geometric=True, stacks=True)
-def _exemplar_copies_op(config: PreprocessConfig, is_training: bool) -> OpFn:
-  """`num_of_inception_patches` independently augmented copies [N,h,w,3] of `crop_size`.
-
-  Each copy: random-resized crop (area `min_crop_area`-100%, aspect 3/4-4/3), random flip,
-  colour jitter (`_color_jitter`), and grayscale with probability `grayscale_probability`;
-  values stay in [0, 1]. Augmented in evaluation too: the copies are the pretext task.
-  The class label is kept (exemplar builds its labels from the position in the batch).
-  """
-  del is_training
-  hw = _as_hw(config.crop_size, "crop_size")
-  num, p = config.num_of_inception_patches, config.grayscale_probability
-
-  def one_copy(image):
-    copy = _inception_crop(image, hw, True, 1.0, config.min_crop_area)
-    copy = _color_jitter(tf.image.random_flip_left_right(copy))
-    return _with_probability(p, _gray3, copy)
-
-  return _augmented_copies("exemplar_copies", num, one_copy)
-
-
-# ------------------------------------------------------------------------- SimCLR's two views
-COLOR_JITTER_PROBABILITY = 0.8
-NUM_VIEWS = 2
-BLUR_SIGMA_RANGE = (0.1, 2.0)
-
-
-def _random_order(image: tf.Tensor, transforms) -> tf.Tensor:
-  """`transforms` applied in an order drawn at random (one permutation per call)."""
-  order = tf.random.shuffle(tf.range(len(transforms)))
-  for i in range(len(transforms)):
-    image = tf.switch_case(order[i], [lambda t=t: t(image) for t in transforms])
-  return image
-
-
-def _strong_color_jitter(image: tf.Tensor, strength: float) -> tf.Tensor:
-  """SimCLR's colour distortion of strength s: brightness (a factor in [1-0.8s, 1+0.8s]),
-  contrast and saturation (the same ranges) and hue (a shift up to 0.2s), in random order;
-  values clipped to [0, 1]."""
-  amount = 0.8 * strength
-  lower, upper = max(0.0, 1.0 - amount), 1.0 + amount
-  hue = min(0.2 * strength, 0.5)
-  transforms = [
-      lambda x: x * tf.random.uniform([], lower, upper),
-      lambda x: tf.image.random_contrast(x, lower, upper) if amount > 0 else x,
-      lambda x: tf.image.random_saturation(x, lower, upper) if amount > 0 else x,
-      lambda x: tf.image.random_hue(x, hue) if hue > 0 else x,
-  ]
-  return tf.clip_by_value(_random_order(image, transforms), 0.0, 1.0)
-
-
-def gaussian_blur(image: tf.Tensor, kernel_size: int, sigma) -> tf.Tensor:
-  """A separable Gaussian blur of one image [H,W,C] (odd `kernel_size`, reflected borders)."""
-  radius = kernel_size // 2
-  x = tf.range(-radius, radius + 1, dtype=tf.float32)
-  kernel = tf.exp(-tf.square(x) / (2.0 * tf.square(tf.cast(sigma, tf.float32))))
-  kernel /= tf.reduce_sum(kernel)
-  channels = image.shape[-1]
-  padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], "REFLECT")
-  rows = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1])
-  cols = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, channels, 1])
-  out = tf.nn.depthwise_conv2d(padded, rows, [1, 1, 1, 1], "VALID")
-  out = tf.nn.depthwise_conv2d(out, cols, [1, 1, 1, 1], "VALID")
-  return tf.ensure_shape(out[0], image.shape)
-
-
-def blur_kernel_size(height: int) -> int:
-  """SimCLR's kernel: a tenth of the side, odd (at least 3)."""
-  return max(3, (height // 10) // 2 * 2 + 1)
-
-
-@register_op("simclr_views", requires=("crop_size",), geometric=True, stacks=True)
-def _simclr_views_op(config: PreprocessConfig, is_training: bool) -> OpFn:
-  """SimCLR's two independently augmented views [2,h,w,C] of `crop_size`, in [0, 1].
-
-  Each view: random-resized crop (area `min_crop_area`-100%, aspect 3/4-4/3), random flip, colour
-  jitter of `color_jitter_strength` with probability 0.8 (`_strong_color_jitter`), grayscale with
-  probability `grayscale_probability`, and a Gaussian blur with probability `blur_probability`.
-  Augmented in evaluation too: the views are the pretext task. The class label is kept.
-  """
-  del is_training
-  hw = _as_hw(config.crop_size, "crop_size")
-  strength, p_gray, p_blur = (config.color_jitter_strength, config.grayscale_probability,
-                              config.blur_probability)
-  kernel_size = blur_kernel_size(hw[0])
-
-  def one_view(image):
-    view = tf.image.random_flip_left_right(
-        _inception_crop(image, hw, True, 1.0, config.min_crop_area))
-    view = _with_probability(COLOR_JITTER_PROBABILITY,
-                             lambda x: _strong_color_jitter(x, strength), view)
-    view = _with_probability(p_gray, _gray3, view)
-    sigma = tf.random.uniform([], *BLUR_SIGMA_RANGE)
-    return _with_probability(p_blur, lambda x: gaussian_blur(x, kernel_size, sigma), view)
-
-  return _augmented_copies("simclr_views", NUM_VIEWS, one_view)
+  return map_image(fn)

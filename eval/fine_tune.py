@@ -85,7 +85,8 @@ def export_dir_of(hub_module: str) -> str:
 
 def load_backbone(config: FineTuneConfig):
   """(the trainable backbone, the export's info) for the config: the export's weights in a
-  backbone rebuilt from its facts, or a random-init one."""
+  backbone rebuilt from its facts, or a random-init one. The info also says `feature_dim`, the
+  width of the layer the head sits on."""
   if config.hub_module is None:
     info = dict(source=options.RANDOM_INIT, task=options.RANDOM_INIT,
                 architecture=config.architecture, filters_factor=config.filters_factor,
@@ -107,7 +108,8 @@ def load_backbone(config: FineTuneConfig):
   # random-init backbone of a seed is the one the per-layer evaluation's baseline has. The
   # variables do not depend on the spatial size.
   shape = info.get("input_shape") or (32, 32, 3)
-  backbone(tf.zeros([1, *shape]), training=False)
+  features = backbone(tf.zeros([1, *shape]), training=False)[HEAD_LAYER]
+  info["feature_dim"] = int(features.shape[-1])
   if config.hub_module is not None:
     _read_weights(backbone, info["source"])
   return backbone, info
@@ -178,9 +180,7 @@ def fine_tune(config: FineTuneConfig, print_fn=logging.info) -> Outcome:
 
   keras.utils.set_random_seed(config.random_seed)
   head = keras.layers.Dense(num_classes, kernel_initializer="zeros", name="head")
-  train_batches = data.batches(config.train_split, is_training=True, indices=indices)
-  images = next(iter(train_batches))["image"]
-  head.build((None, int(_features(backbone, images[:1], False).shape[-1])))
+  head.build((None, info["feature_dim"]))
 
   def optimizer(lr):
     return schedules.make_optimizer(config.optimizer, lr, config.batch_size,
@@ -217,7 +217,7 @@ def fine_tune(config: FineTuneConfig, print_fn=logging.info) -> Outcome:
            f"{config.train_split} ({num_train} labelled examples) from step "
            f"{int(step.numpy())} to {total_steps}")
   t, last_save, losses = time.time(), time.time(), []
-  iterator = iter(train_batches)
+  iterator = iter(data.batches(config.train_split, is_training=True, indices=indices))
   while int(step.numpy()) < total_steps:
     batch = next(iterator)
     losses.append(float(train_step(batch["image"], datasets.image_labels(batch["label"]))))

@@ -17,12 +17,12 @@ pair; chance is 1/(2N-1).
 import keras
 import tensorflow as tf
 
+from datasets.copies import NUM_VIEWS
 from methods import base
 import models
 from models import common
 
 PRETEXT_OPS = ("simclr_views",)
-NUM_VIEWS = 2
 _LARGE = 1e9  # Masks a view's similarity with itself.
 
 

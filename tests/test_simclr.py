@@ -14,6 +14,7 @@ import tensorflow as tf
 from core.config import Config
 from core.errors import ConfigError
 from datasets import PreprocessConfig, get_preprocess_fn
+from datasets import copies
 from datasets import preprocess
 from methods import base
 from methods import simclr
@@ -161,15 +162,15 @@ def test_gaussian_blur():
   """The blur keeps a constant image, moves no mass (an impulse's sum), and spreads an impulse
   as the separable Gaussian of its sigma."""
   constant = tf.fill([9, 9, 3], 0.25)
-  np.testing.assert_allclose(preprocess.gaussian_blur(constant, 5, 1.0).numpy(), 0.25, atol=1e-6)
+  np.testing.assert_allclose(copies.gaussian_blur(constant, 5, 1.0).numpy(), 0.25, atol=1e-6)
   impulse = np.zeros([9, 9, 1], np.float32)
   impulse[4, 4, 0] = 1.0
-  out = preprocess.gaussian_blur(tf.constant(impulse), 5, 1.0).numpy()[..., 0]
+  out = copies.gaussian_blur(tf.constant(impulse), 5, 1.0).numpy()[..., 0]
   g = np.exp(-np.arange(-2, 3) ** 2 / 2.0)
   g /= g.sum()
   np.testing.assert_allclose(out[2:7, 2:7], np.outer(g, g), atol=1e-6)
   np.testing.assert_allclose(out.sum(), 1.0, atol=1e-6)
-  assert preprocess.blur_kernel_size(224) == 23 and preprocess.blur_kernel_size(32) == 3
+  assert copies.blur_kernel_size(224) == 23 and copies.blur_kernel_size(32) == 3
 
 
 def test_validation():
