@@ -6,17 +6,21 @@
 
 Training resumes from the latest checkpoint in --workdir. At the end the backbone is exported to
 <workdir>/export (SavedModel with `serving_default` and `representation` signatures);
---run_eval also evaluates the pretext task on --val_split into <workdir>/pretext_results.json.
+--run_eval also evaluates the pretext task on --val_split into <workdir>/pretext_results.json
+(with the wall time of each phase and the run record of training/run_record.py).
 --task=linear_eval trains one linear (or MLP) classifier per layer of the frozen backbone given
 by --hub_module (an export, or `random_init` for a fresh --architecture) and writes
 <workdir>/results.json; --task=fine_tune trains that backbone whole with a new linear head on a
-labelled subset (--train_fraction, --examples_per_class) and writes the same file.
+labelled subset (--train_fraction, --examples_per_class) and writes the same file; --task=cka
+writes <workdir>/cka.json, the linear CKA between every layer of --hub_module and of --cka_other
+on the images of --val_split.
 """
 
 import dataclasses
 import os
 import shutil
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
@@ -86,6 +90,7 @@ def run(config, print_fn=print):
   import methods  # pylint: disable=g-import-not-at-top
   from methods import base as method_base  # pylint: disable=g-import-not-at-top
   from training import export as export_lib  # pylint: disable=g-import-not-at-top
+  from training import run_record  # pylint: disable=g-import-not-at-top
   from training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   from training import validation  # pylint: disable=g-import-not-at-top
 
@@ -97,19 +102,19 @@ def run(config, print_fn=print):
   config_lib.check_replicas(config, strategy.num_replicas_in_sync)
   _check_workdir(config)
   method = methods.get_method(config.task)
+  start = time.time()
   trainer = trainer_lib.Trainer(config, method, strategy, print_fn=print_fn)
   state = trainer.train()
+  times = {"training_s": time.time() - start}
   results = {"step": state.step, "train_metrics": state.metrics}
   # Under multi_worker every worker evaluates and exports (both collective); only the chief keeps
   # what it writes.
   scratch = trainer.scratch_dir
   if config.run_eval:
+    t = time.time()
     results["eval_metrics"] = trainer.evaluate()
-    if not scratch:
-      files.write_json_atomic(
-          os.path.join(config.workdir, files.PRETEXT_RESULTS_FILE),
-          {"config": config.to_dict(), "step": state.step, "split": config.val_split,
-           "metrics": results["eval_metrics"]})
+    times["pretext_eval_s"] = time.time() - t
+  t = time.time()
   image_shape = config.serving_input_shape or method.serving_input_shape(state.image_shape)
   info = {
       "task": config.task, "architecture": config.architecture,
@@ -118,14 +123,23 @@ def run(config, print_fn=print):
       "eval_preprocessing": export_lib.representation_preprocessing(config.preprocessing,
                                                                     method.PRETEXT_OPS),
       "preprocess_config": dataclasses.asdict(datasets.PreprocessConfig.of(config)),
+      "run": run_record.record(config.random_seed, strategy, config.deterministic),
   }
   export_dir = os.path.join(scratch, "export") if scratch else config.export_dir
   results["export_dir"] = export_lib.export(state.model, export_dir, image_shape, info,
                                             backbone=method_base.backbone_of(state.model))
+  times["export_s"] = time.time() - t
   if scratch:
     shutil.rmtree(scratch, ignore_errors=True)
     results["export_dir"] = config.export_dir
   print_fn(f"exported to {results['export_dir']}")
+  if config.run_eval and not scratch:
+    times["total_s"] = time.time() - start
+    files.write_json_atomic(
+        os.path.join(config.workdir, files.PRETEXT_RESULTS_FILE),
+        {"config": config.to_dict(), "step": state.step, "split": config.val_split,
+         "metrics": results["eval_metrics"], "times": times,
+         "run": run_record.record(config.random_seed, strategy, config.deterministic)})
   return results
 
 
@@ -143,12 +157,16 @@ def main(argv):
         raise ConfigError(f"--task={FLAGS.task} needs --hub_module: an export directory "
                           f"(<pretext workdir>/export) or '{options.RANDOM_INIT}' for the "
                           "baseline")
-      if FLAGS.task == "linear_eval":
-        results = linear_eval.run_linear_eval(linear_eval_config_from_flags())
+      if FLAGS.task == "cka":
+        from eval import cka  # pylint: disable=g-import-not-at-top
+        cka.run_cka(linear_eval_config_from_flags(), print_fn=print)
       else:
-        results = fine_tune.run_fine_tune(fine_tune_config_from_flags(), print_fn=print)
-      print(results_lib.format_table(results))
-      print(f"results: {os.path.join(FLAGS.workdir, files.RESULTS_FILE)}")
+        if FLAGS.task == "linear_eval":
+          results = linear_eval.run_linear_eval(linear_eval_config_from_flags())
+        else:
+          results = fine_tune.run_fine_tune(fine_tune_config_from_flags(), print_fn=print)
+        print(results_lib.format_table(results))
+      print(f"results: {os.path.join(FLAGS.workdir, files.evaluation_file(FLAGS.task))}")
     else:
       run(config_from_flags())
   except ConfigError as e:

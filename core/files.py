@@ -11,8 +11,9 @@ CONFIG_FILE = "config.json"
 PRETEXT_RESULTS_FILE = "pretext_results.json"
 EXPORT_DIR = "export"
 EXPORT_INFO_FILE = "export_info.json"
-# An evaluation's workdir.
+# An evaluation's workdir: the per-layer probes' or fine-tuning's results; a layer similarity's.
 RESULTS_FILE = "results.json"
+CKA_FILE = "cka.json"
 # A grid root: its status file; in each cell's folder, the cell's record and its steps' output.
 STATUS_FILE = "grid_status.json"
 CELL_FILE = "cell.json"
@@ -75,3 +76,8 @@ def read_export_info(export_dir: str, missing_ok: bool = False) -> Dict[str, Any
       return json.load(f)
     except json.JSONDecodeError as e:
       raise ValueError(f"{path!r} is not valid JSON: {e}") from None
+
+
+def evaluation_file(task: str) -> str:
+  """The file that an evaluation task (core/options.EVALUATION_TASKS) leaves in its workdir."""
+  return CKA_FILE if task == "cka" else RESULTS_FILE

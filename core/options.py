@@ -18,7 +18,7 @@ from core.errors import ConfigError
 PRETEXT, EVAL, FINE_TUNE = "pretext", "eval", "fine_tune"
 RANDOM_INIT = "random_init"        # --hub_module of the random-init baseline.
 # The --task values that evaluate an export, and the config each takes.
-EVALUATION_TASKS = {"linear_eval": EVAL, "fine_tune": FINE_TUNE}
+EVALUATION_TASKS = {"linear_eval": EVAL, "fine_tune": FINE_TUNE, "cka": EVAL}
 _UNSET = object()
 
 OPTIMIZERS = ("sgd", "adam", "lars")
@@ -64,13 +64,17 @@ _OPTIONS = [
     # Experiment.
     Option("task", "string", None, "Pretext task (rotation, jigsaw, relative_patch_location, "
            "exemplar, simclr, supervised), or an evaluation of an export: linear_eval (probes "
-           "of every frozen layer) or fine_tune (the whole backbone and a new linear head).",
+           "of every frozen layer), fine_tune (the whole backbone and a new linear head) or "
+           "cka (linear CKA between every layer of it and of --cka_other, on --val_split).",
            configs=_P),
     Option("workdir", "string", None, "Directory for checkpoints, summaries, export and results.",
            affects_results=False),
     Option("run_eval", "bool", False, "After training, evaluate the pretext task on --val_split "
            "(loss, accuracy) into <workdir>/pretext_results.json.", configs=_P),
     Option("random_seed", "int", 0, "Seed for initialisation, shuffling and augmentation."),
+    Option("deterministic", "bool", False, "TensorFlow's op determinism: with the same command, "
+           "seed and machine, the same losses and accuracies (the input pipeline's augmentation "
+           "then draws in order; slower, see README).", affects_results=False),
     # Data.
     Option("dataset", "string", "shapes", "Dataset: the embedded 'shapes' (or 'shapes_small'), a "
            "TFDS name such as imagenet2012, places365_small, cifar10, or 'folder:<root>' for "
@@ -192,6 +196,10 @@ _OPTIONS = [
            f"(<pretext workdir>/export, or the workdir itself), or '{RANDOM_INIT}' for a "
            "randomly initialised --architecture/--filters_factor/--mode (the baseline).",
            configs=_E + _F),
+    Option("cka_other", "string", None, "cka: the backbone compared with --hub_module: an "
+           f"export (or pretext workdir), '{RANDOM_INIT}' (--hub_module's architecture, freshly "
+           "initialised) or empty for --hub_module itself (its layers with each other).",
+           configs=_E),
     Option("eval_model", "enum", "linear", "linear_eval: head per layer.", configs=_E,
            choices=EVAL_MODELS),
     Option("channels_hidden", "int", 1000, "linear_eval: hidden units of the mlp head.",

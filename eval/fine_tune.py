@@ -39,6 +39,7 @@ from eval import low_label as low_label_lib
 from eval import representation as representation_lib
 from eval import results as results_lib
 import models
+from training import run_record
 from training import schedules
 
 EVALUATION = "fine_tune"
@@ -74,15 +75,6 @@ def validate_config(config: FineTuneConfig) -> None:
   linear_eval.validate_source(config, options.FINE_TUNE)
 
 
-def export_dir_of(hub_module: str) -> str:
-  """The export directory that `hub_module` names: an export, or a pretext workdir holding one."""
-  inside = os.path.join(hub_module, files.EXPORT_DIR)
-  if not os.path.exists(os.path.join(hub_module, "saved_model.pb")) and os.path.exists(
-      os.path.join(inside, "saved_model.pb")):
-    return inside
-  return hub_module
-
-
 def load_backbone(config: FineTuneConfig):
   """(the trainable backbone, the export's info) for the config: the export's weights in a
   backbone rebuilt from its facts, or a random-init one. The info also says `feature_dim`, the
@@ -92,7 +84,7 @@ def load_backbone(config: FineTuneConfig):
                 architecture=config.architecture, filters_factor=config.filters_factor,
                 mode=config.mode, last_relu=config.last_relu)
   else:
-    path = export_dir_of(config.hub_module)
+    path = representation_lib.export_dir_of(config.hub_module)
     if not os.path.exists(os.path.join(path, "saved_model.pb")):
       raise ConfigError(f"--hub_module={config.hub_module}: no export there (no "
                         "saved_model.pb); give <pretext workdir>/export or the workdir")
@@ -165,6 +157,7 @@ def fine_tune(config: FineTuneConfig, print_fn=logging.info) -> Outcome:
   checkpoints. `run_fine_tune` is the evaluation."""
   start = time.time()
   validate_config(config)
+  run_record.make_repeatable(config.random_seed, config.deterministic)
   backbone, info = load_backbone(config)
   data = linear_eval.eval_data(config, info)
   if specs.makes_patches(data.train_spec) != specs.makes_patches(data.eval_spec):
@@ -248,8 +241,10 @@ def fine_tune(config: FineTuneConfig, print_fn=logging.info) -> Outcome:
                      examples_per_class=config.examples_per_class, seed=config.random_seed,
                      num_train_examples=num_train)
   times = dict(training_s=training_s, test_s=time.time() - t, total_s=time.time() - start)
-  results = results_lib.build_results(config.to_dict(), source, dataset, [HEAD_LAYER], layers,
-                                      times, low_label, evaluation=EVALUATION)
+  results = results_lib.build_results(
+      config.to_dict(), source, dataset, [HEAD_LAYER], layers, times, low_label,
+      evaluation=EVALUATION,
+      run=run_record.record(config.random_seed, deterministic=config.deterministic))
   return Outcome(results, backbone, head)
 
 

@@ -30,6 +30,7 @@ from eval import low_label as low_label_lib
 from eval import pooling
 from eval import representation as representation_lib
 from eval import results as results_lib
+from training import run_record
 from training import schedules
 
 
@@ -211,6 +212,7 @@ def run_linear_eval(config: LinearEvalConfig) -> Dict[str, Any]:
                  config.workdir)
     return results_lib.read_results(config.workdir)
 
+  run_record.make_repeatable(config.random_seed, config.deterministic)
   rep = load_representation(config)
   data = eval_data(config, rep.info)
   if not config.on_the_fly and config.preprocessing:
@@ -272,8 +274,9 @@ def run_linear_eval(config: LinearEvalConfig) -> Dict[str, Any]:
   dataset = dict(name=config.dataset, train_split=config.train_split,
                  val_split=config.val_split, num_classes=num_classes,
                  num_train_examples=num_train, num_val_examples=num_val)
-  results = results_lib.build_results(config.to_dict(), source, dataset, extractor.layers,
-                                      layers, times, low_label)
+  results = results_lib.build_results(
+      config.to_dict(), source, dataset, extractor.layers, layers, times, low_label,
+      run=run_record.record(config.random_seed, deterministic=config.deterministic))
   path = results_lib.write_results(config.workdir, results)
   logging.info("per-layer results (%s):\n%s", path, results_lib.format_table(results))
   return results

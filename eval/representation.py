@@ -48,10 +48,21 @@ class Representation:
     return dataclasses.replace(self, layers=[name for name in self.layers if name in layers])
 
 
+def export_dir_of(hub_module: str) -> str:
+  """The export directory that `hub_module` names: an export, or a pretext workdir holding one."""
+  inside = os.path.join(hub_module, files.EXPORT_DIR)
+  if not os.path.exists(os.path.join(hub_module, "saved_model.pb")) and os.path.exists(
+      os.path.join(inside, "saved_model.pb")):
+    return inside
+  return hub_module
+
+
 def load_export(path: str) -> Representation:
-  """The `representation` signature of a backbone export (a SavedModel directory)."""
+  """The `representation` signature of a backbone export (a SavedModel directory, or a pretext
+  workdir holding one in export/)."""
   if not path:
     raise ValueError("no export path given (hub_module is empty)")
+  path = export_dir_of(path)
   if not os.path.isdir(path):
     raise FileNotFoundError(
         f"no backbone export at {path!r}: the directory does not exist. Point hub_module at the "

@@ -16,7 +16,9 @@ Schema (format_version 1):
                        "knn_top1": float (only when kNN was asked for)}},
     "best_layer": {"name": layer with the highest top1 (the shallower one on ties), "top1": float},
     "times": {"feature_extraction_s", "head_training_s", "knn_s", "total_s"}
-             (fine_tune: {"training_s", "test_s", "total_s"})
+             (fine_tune: {"training_s", "test_s", "total_s"}),
+    "run": how the number was made: commit, command, versions, devices, strategy, seed
+           (training/run_record.py; files written before it was recorded have none)
   }
 Files written before "evaluation" was recorded are linear_eval's.
 Accuracies are fractions in [0, 1]; loss is the mean cross-entropy on the val split; a figure
@@ -42,7 +44,8 @@ def build_results(config: Mapping[str, Any], source: Mapping[str, Any],
                   dataset: Mapping[str, Any], layer_order: Sequence[str],
                   layers: Mapping[str, Mapping[str, float]], times: Mapping[str, float],
                   low_label: Optional[Mapping[str, Any]] = None,
-                  evaluation: str = "linear_eval") -> Dict[str, Any]:
+                  evaluation: str = "linear_eval",
+                  run: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
   """The results dict (module docstring); `layers[name]`: dim, top1, top5, loss[, knn_top1]."""
   missing = [name for name in layer_order if name not in layers]
   if missing:
@@ -75,6 +78,7 @@ def build_results(config: Mapping[str, Any], source: Mapping[str, Any],
       "layers": per_layer,
       "best_layer": {"name": best, "top1": per_layer[best]["top1"]},
       "times": {key: float(value) for key, value in times.items()},
+      "run": dict(run) if run else None,
   }
 
 

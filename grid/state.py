@@ -1,12 +1,13 @@
 """Whether a cell, or one of its steps, is done: read from the files in the cell's folder alone
-(cell.json's step records, the export, pretext_results.json, each evaluation's results.json)."""
+(cell.json's step records, the export, pretext_results.json, each evaluation's results.json or
+cka.json)."""
 
 import os
 from typing import Any, Mapping
 
 from core import files
 from core import options
-from core.files import CELL_FILE, PRETEXT_RESULTS_FILE, RESULTS_FILE
+from core.files import CELL_FILE, PRETEXT_RESULTS_FILE
 from grid.cells import Cell
 from grid.flags import same_value
 
@@ -44,9 +45,11 @@ def step_done(cell: Cell, workdir: str, step: str, state: Mapping[str, Any]) -> 
     return not cell.pretext_flags.get("run_eval") or os.path.exists(
         os.path.join(workdir, PRETEXT_RESULTS_FILE))
   name = step.split(":", 1)[1]
-  results = files.read_json(os.path.join(workdir, name, RESULTS_FILE))
-  return bool(results) and "layers" in results and _results_match(results,
-                                                                  cell.evaluations[name])
+  flags = cell.evaluations[name]
+  results = files.read_json(os.path.join(workdir, name,
+                                         files.evaluation_file(flags.get("task", ""))))
+  return (isinstance(results, dict) and ("layers" in results or "matrix" in results)
+          and _results_match(results, flags))
 
 
 def cell_done(cell: Cell, workdir: str) -> bool:

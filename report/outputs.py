@@ -1,5 +1,6 @@
 """The report's files: report.md, report.csv, report.json and one PNG plot of top-1 accuracy
-against layer depth per table; a plain-text summary."""
+against layer depth per table; a plain-text summary. report.md ends with the run record of every
+cell (report/records.py)."""
 
 import csv
 import datetime
@@ -11,6 +12,8 @@ from core import architectures
 from core import files
 from core.durations import format_duration
 from core.options import RANDOM_INIT
+from report import records
+from report import similarity
 from report.cells import (CellResult, KIND_LABELS, evaluation_title, load_cells, load_failures,
                           slug)
 from report.tables import (best_over_baseline, configs_section, group_tables, layer_columns,
@@ -88,7 +91,9 @@ def report_data(cells: Sequence[CellResult], failures: Sequence[Mapping[str, Any
                     best_top1=c.top1(c.best_layer) if c.best_layer else None,
                     best_over_random_init=best_over_baseline(c, group), wall_s=c.wall_s,
                     layers={n: (c.results.get("layers") or {}).get(n) for n in layers
-                            if n in (c.results.get("layers") or {})})
+                            if n in (c.results.get("layers") or {})},
+                    runs={phase: dict(run=run, times=times)
+                          for phase, run, times in records.records_of(c)})
                for c in group]))
   return dict(format_version=1, generated=_now(), roots=[os.path.abspath(r) for r in roots],
               tables=tables,
@@ -102,8 +107,10 @@ def _now() -> str:
 
 def write_report(cells: Sequence[CellResult], out_dir: str, roots: Sequence[str] = (),
                  failures: Sequence[Mapping[str, Any]] = (), notes: Sequence[str] = (),
-                 title: str = "Per-layer evaluation") -> Dict[str, Any]:
-  """Writes report.md, report.csv, report.json and the plots to `out_dir`; returns the paths."""
+                 title: str = "Per-layer evaluation",
+                 similarities: Sequence[Tuple[str, Mapping[str, Any]]] = ()) -> Dict[str, Any]:
+  """Writes report.md, report.csv, report.json and the plots to `out_dir`; returns the paths.
+  `similarities`: (name, cka.json contents) to draw (similarity.find_cka)."""
   os.makedirs(out_dir, exist_ok=True)
   lines = [f"# {title}", ""]
   lines.append(f"Generated {_now()} from {len(cells)} evaluated cell(s) in "
@@ -130,6 +137,9 @@ def write_report(cells: Sequence[CellResult], out_dir: str, roots: Sequence[str]
     lines.append("")
     lines.append(markdown_table(group, layers))
     lines.append("")
+    note = records.mismatch_note(group)
+    if note:
+      lines += [note, ""]
     name = f"{slug('_'.join(k for k in key if k))}_{slug(family)}.png"
     plots.append(plot_table(group, layers, title_text, os.path.join(out_dir, name)))
     lines.append(f"![{title_text}]({name})")
@@ -137,6 +147,9 @@ def write_report(cells: Sequence[CellResult], out_dir: str, roots: Sequence[str]
   if not cells:
     lines.append("No evaluated cells yet.")
     lines.append("")
+  cka_lines, cka_plots = similarity.cka_section(similarities, out_dir)
+  lines += cka_lines
+  plots += cka_plots
   if failures:
     lines.append("## Failed cells")
     lines.append("")
@@ -154,6 +167,7 @@ def write_report(cells: Sequence[CellResult], out_dir: str, roots: Sequence[str]
     lines.append("")
   if cells:
     lines.append(configs_section(cells))
+    lines.append(records.records_section(cells))
   md_path = os.path.join(out_dir, "report.md")
   files.write_text_atomic(md_path, "\n".join(lines).rstrip() + "\n")
   buffer = io.StringIO()
@@ -164,7 +178,11 @@ def write_report(cells: Sequence[CellResult], out_dir: str, roots: Sequence[str]
   csv_path = os.path.join(out_dir, "report.csv")
   files.write_text_atomic(csv_path, buffer.getvalue())
   json_path = os.path.join(out_dir, "report.json")
-  files.write_json_atomic(json_path, report_data(cells, failures, roots))
+  data = report_data(cells, failures, roots)
+  data["cka"] = [dict(name=name, **{k: d.get(k) for k in ("a", "b", "layers_a", "layers_b",
+                                                          "matrix", "dataset", "num_examples")})
+                 for name, d in similarities]
+  files.write_json_atomic(json_path, data)
   return dict(markdown=md_path, csv=csv_path, json=json_path, plots=plots)
 
 
@@ -198,5 +216,6 @@ def make_report(roots: Sequence[str], out_dir: Optional[str] = None,
   cells, notes = load_cells(roots)
   failures = load_failures(roots, [c.name for c in cells])
   out_dir = out_dir or os.path.join(roots[0], "report")
-  paths = write_report(cells, out_dir, roots, failures, notes, title)
+  paths = write_report(cells, out_dir, roots, failures, notes, title,
+                       similarities=similarity.find_cka(roots))
   return paths, summary_text(cells, failures)

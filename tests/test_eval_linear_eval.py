@@ -39,8 +39,8 @@ class ToyBackbone(tf.Module):
     return {"block1": a, "block2": b, "pre_logits": tf.reduce_mean(b, axis=[1, 2])}
 
 
-def save_export(path, with_representation=True, spatial=SIZE):
-  module = ToyBackbone()
+def save_export(path, with_representation=True, spatial=SIZE, seed=0):
+  module = ToyBackbone(seed)
   spec = tf.TensorSpec([None, spatial, spatial, 3], tf.float32, name="images")
   module.representation = tf.function(module.end_points, input_signature=[spec])
   module.serve = tf.function(
@@ -219,6 +219,8 @@ def test_run_linear_eval(tmp_path, monkeypatch, export_dir):
   assert r["layers"]["block2"]["knn_top1"] > 0.5  # Chance: 1/3.
   assert r["best_layer"]["top1"] == max(e["top1"] for e in r["layers"].values())
   assert set(r["times"]) == {"feature_extraction_s", "head_training_s", "knn_s", "total_s"}
+  assert r["run"]["random_seed"] == 0 and r["run"]["versions"]["tensorflow"] == tf.__version__
+  assert r["run"]["strategy"]["replicas"] == 1 and r["run"]["devices"]["cpu_count"] >= 1
 
   # Same config again: skipped without touching the data; force re-runs (from the feature cache).
   data.calls.clear()

@@ -19,7 +19,7 @@ VGG = ["block1", "block2", "block3", "block4", "block5", "fc6", "pre_logits"]
 def write_cell(root, name, kind, method, arch, width, top1, order=None, pretext_acc=None,
                mode="v2", wall_s=100.0, with_state=True, dataset="shapes",
                evaluation="linear_eval", eval_spec="resize,-1_to_1", task="linear_eval",
-               low_label=None):
+               low_label=None, run=None):
   """A cell directory as the runner leaves it: cell.json, pretext_results.json and
   <evaluation>/results.json (without cell.json: results.json in the directory itself)."""
   directory = os.path.join(root, name)
@@ -44,13 +44,14 @@ def write_cell(root, name, kind, method, arch, width, top1, order=None, pretext_
                  for n, v in top1.items()},
       "best_layer": {"name": best, "top1": top1[best]},
       "times": {"total_s": 12.0},
+      "run": run,
   }
   with open(os.path.join(results_dir, "results.json"), "w") as f:
     json.dump(results, f)
   if pretext_acc is not None:
     with open(os.path.join(directory, "pretext_results.json"), "w") as f:
-      json.dump({"config": {"task": method, "epochs": 3.0}, "metrics": {"accuracy": pretext_acc}},
-                f)
+      json.dump({"config": {"task": method, "epochs": 3.0}, "metrics": {"accuracy": pretext_acc},
+                 "run": run, "times": {"training_s": 600.0, "total_s": 700.0}}, f)
   if with_state:
     state = {"name": name, "kind": kind, "method": method, "architecture": arch,
              "mode": mode if arch == "resnet50" else None, "width": width, "wall_s": wall_s,
@@ -273,3 +274,51 @@ def test_fine_tuning_has_its_own_table_against_its_own_baseline(tmp_path):
     text = f.read()
   assert "Fine-tuning (train_and_eval.py --task=fine_tune) `fine_tune_1pct`" in text
   assert "Per-layer evaluation (train_and_eval.py --task=linear_eval) `linear_eval`" in text
+
+
+def _run_record(tensorflow="2.21.0", accelerator=None):
+  return {"git": {"commit": "0123456789abcdef", "dirty": True}, "command": "python x.py",
+          "versions": {"python": "3.11.7", "tensorflow": tensorflow, "keras": "3.15.1",
+                       "tensorflow_datasets": "4.9.10", "numpy": "2.4.6"},
+          "devices": {"accelerator": accelerator, "count": 1 if accelerator else 0,
+                      "names": ["NVIDIA H200"] if accelerator else [], "cpu": "AMD EPYC",
+                      "cpu_count": 2},
+          "strategy": {"name": "MirroredStrategy", "replicas": 2}, "random_seed": 3,
+          "deterministic": True}
+
+
+def test_run_records_are_listed_and_unlike_cells_of_a_table_flagged(tmp_path):
+  root = str(tmp_path / "root")
+  write_cell(root, "rotation-resnet50_v2-w1", "pretext", "rotation", "resnet50", 1,
+             resnet_values(3), pretext_acc=0.9, run=_run_record())
+  write_cell(root, "random_init-resnet50_v2-w1", "random_init", "random_init", "resnet50", 1,
+             resnet_values(1, 0.1), run=_run_record())
+  write_cell(root, "rotation-vgg19-w1", "pretext", "rotation", "vgg19", 1,
+             {n: 0.3 for n in VGG}, pretext_acc=0.8, mode=None, run=_run_record())
+  paths, _ = report_lib.make_report([root])
+  text = open(paths["markdown"]).read()
+  records = text[text.index("## Run records"):]
+  # One row per cell and phase: the baseline has no pretext phase.
+  rows = [l for l in records.splitlines() if l.startswith("| rotation") or
+          l.startswith("| random")]
+  assert len(rows) == 5, rows
+  row = next(l for l in rows if l.startswith("| rotation-resnet50_v2-w1 | pretext"))
+  assert "0123456789+dirty" in row and "tensorflow 2.21.0" in row
+  assert "CPU: AMD EPYC, 2 cores" in row and "MirroredStrategy x2" in row and "3 (det.)" in row
+  assert "training 10m00s" in row and "total 11m40s" in row
+  assert "different versions or devices" not in text
+  saved = json.load(open(paths["json"]))["tables"][0]["cells"][0]["runs"]
+  assert saved["pretext"]["run"]["versions"]["tensorflow"] == "2.21.0"
+
+  # The baseline evaluated elsewhere with another TensorFlow on a GPU: its table says so, the
+  # VGG table (whose cells agree) does not.
+  write_cell(root, "random_init-resnet50_v2-w1", "random_init", "random_init", "resnet50", 1,
+             resnet_values(1, 0.1), run=_run_record("2.20.0", "GPU"))
+  paths, _ = report_lib.make_report([root])
+  text = open(paths["markdown"]).read()
+  notes = [l for l in text.splitlines() if "different versions or devices" in l]
+  assert len(notes) == 1, notes
+  assert "random_init-resnet50_v2-w1 (linear_eval): python 3.11.7, tensorflow 2.20.0" in notes[0]
+  assert "1 x GPU (NVIDIA H200)" in notes[0]
+  section = next(part for part in text.split("\n## ") if notes[0] in part)
+  assert "| rotation-resnet50_v2-w1 |" in section and "rotation-vgg19" not in section

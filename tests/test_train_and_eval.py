@@ -124,6 +124,21 @@ def test_run_eval_writes_pretext_results(trained):
   assert 0.0 <= saved["metrics"]["accuracy"] <= 1.0
   assert saved["metrics"] == results["eval_metrics"]
   assert saved["config"]["task"] == "rotation"
+  # How it was made: this checkout, this TensorFlow, this machine, the wall time per phase.
+  run = saved["run"]
+  head = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "HEAD"], capture_output=True,
+                        text=True).stdout.strip()
+  assert run["git"]["commit"] == (head or None) and isinstance(run["git"]["dirty"], bool)
+  assert run["versions"]["tensorflow"] == tf.__version__
+  assert run["versions"]["numpy"] == np.__version__ and run["versions"]["keras"]
+  assert run["devices"]["accelerator"] is None and run["devices"]["count"] == 0
+  assert run["devices"]["cpu_count"] == len(os.sched_getaffinity(0)) and run["devices"]["cpu"]
+  assert run["strategy"]["replicas"] == 1 and run["random_seed"] == config.random_seed
+  assert run["deterministic"] is False and "python" in run["command"]
+  assert set(saved["times"]) == {"training_s", "pretext_eval_s", "export_s", "total_s"}
+  assert 0 < saved["times"]["training_s"] < saved["times"]["total_s"]
+  with open(os.path.join(config.export_dir, "export_info.json")) as f:
+    assert json.load(f)["run"]["git"] == run["git"]
 
 
 def test_supervised_trains_and_exports(tmp_path, shapes_data_dir):
@@ -425,3 +440,37 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, shapes_da
   reader = tf.train.load_checkpoint(latest)
   assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == step
   assert export_lib.load_export_info(config.export_dir)["step"] == 2  # The old export stays.
+
+
+def test_deterministic_runs_give_the_same_losses_and_probes(tmp_path, shapes_data_dir):
+  """--deterministic: two runs of the same command and seed, at the same time (as the grid's
+  --jobs=2 runs cells), train with the same losses and give the same probe accuracies. The
+  pipeline augments (random flips, rotations) in parallel map calls."""
+  pretext = ["--task=rotation", "--preprocessing=resize,flip_lr,-1_to_1,rotate",
+             "--resize_size=32", "--architecture=vgg19", "--filters_factor=1",
+             "--batch_size=16", "--lr_scale_batch_size=16", "--optimizer=adam", "--lr=0.01",
+             "--train_split=train[:96]", "--val_split=test[:32]", "--epochs=1",
+             "--log_every_steps=1", "--shuffle_buffer=50", "--random_seed=7", "--deterministic"]
+  procs = [_driver(pretext + [f"--workdir={tmp_path}/run{i}"], shapes_data_dir)
+           for i in (0, 1)]
+  losses = []
+  for proc in procs:
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    losses.append([l.split(" lr ")[0] for l in out.splitlines() if l.startswith("step ")])
+  assert len(losses[0]) == 6 and losses[0] == losses[1], losses
+  probe = ["--task=linear_eval", "--train_split=train[:96]", "--val_split=test[:64]",
+           "--batch_size=32", "--lr_scale_batch_size=32", "--epochs=3", "--random_seed=7",
+           "--deterministic"]
+  procs = [_driver(probe + [f"--hub_module={tmp_path}/run{i}/export",
+                            f"--workdir={tmp_path}/run{i}/linear_eval"], shapes_data_dir)
+           for i in (0, 1)]
+  layers = []
+  for i, proc in enumerate(procs):
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    with open(os.path.join(tmp_path, f"run{i}", "linear_eval", "results.json")) as f:
+      results = json.load(f)
+    assert results["run"]["deterministic"] is True and results["run"]["random_seed"] == 7
+    layers.append(results["layers"])
+  assert layers[0] == layers[1]

@@ -20,6 +20,7 @@ from core.durations import format_duration
 import datasets
 from methods import base
 from training import cluster
+from training import run_record
 from training import schedules
 
 
@@ -177,12 +178,14 @@ class Trainer:
     self.strategy = strategy or tf.distribute.get_strategy()
     self.print_fn = print_fn
     self.plan = make_plan(config)
+    # Before the input pipeline is traced: its augmentation ops take their seeds from this.
+    run_record.make_repeatable(config.random_seed, config.deterministic)
     self.info = datasets.get_dataset_info(config.dataset, config.data_dir)
     self.train_data = _distributed_data(config, self.strategy, config.train_split, True,
                                         config.batch_size)
     self.image_shape = _per_example_image_shape(self.train_data)
     with self.strategy.scope():
-      keras.utils.set_random_seed(config.random_seed)
+      keras.utils.set_random_seed(config.random_seed)  # The same weights whatever came before.
       with dtype_policy(config.precision):
         self.model = method.build_model(config, self.image_shape, self.info.num_classes)
       self.optimizer = schedules.make_optimizer(
