@@ -11,7 +11,9 @@ Training resumes from the latest checkpoint in --workdir. At the end the backbon
 --task=linear_eval trains one linear (or MLP) classifier per layer of the frozen backbone given
 by --hub_module (an export, or `random_init` for a fresh --architecture) and writes
 <workdir>/results.json; --task=fine_tune trains that backbone whole with a new linear head on a
-labelled subset (--train_fraction, --examples_per_class) and writes the same file; --task=cka
+labelled subset (--train_fraction, --examples_per_class) and writes the same file;
+--task=probe_series probes every checkpoint that a pretext run with --eval_every_epochs kept
+(<workdir>/step_<N>/results.json, <workdir>/series.json); --task=cka
 writes <workdir>/cka.json, the linear CKA between every layer of --hub_module and of --cka_other
 on the images of --val_split.
 """
@@ -129,6 +131,10 @@ def run(config, print_fn=print):
   results["export_dir"] = export_lib.export(state.model, export_dir, image_shape, info,
                                             backbone=method_base.backbone_of(state.model))
   times["export_s"] = time.time() - t
+  if trainer.kept_steps:
+    t = time.time()
+    results["series_exports"] = _export_kept(trainer, info, image_shape, print_fn)
+    times["series_exports_s"] = time.time() - t
   if scratch:
     shutil.rmtree(scratch, ignore_errors=True)
     results["export_dir"] = config.export_dir
@@ -141,6 +147,37 @@ def run(config, print_fn=print):
          "metrics": results["eval_metrics"], "times": times,
          "run": run_record.record(config.random_seed, strategy, config.deterministic)})
   return results
+
+
+def _export_kept(trainer, info, image_shape, print_fn):
+  """Exports every kept checkpoint (probes over training) to <workdir>/exports/step_<N>, with
+  its step, epoch and, under --run_eval, its pretext metrics; those exported earlier are kept.
+  Leaves the trainer's model at the last one. Returns the export directories, by step."""
+  from core import files  # pylint: disable=g-import-not-at-top
+  from methods import base as method_base  # pylint: disable=g-import-not-at-top
+  from training import export as export_lib  # pylint: disable=g-import-not-at-top
+  config = trainer.config
+  chief_root = os.path.join(config.workdir, files.SERIES_EXPORTS_DIR)
+  root = os.path.join(trainer.scratch_dir or config.workdir, files.SERIES_EXPORTS_DIR)
+  exported = []
+  kept = trainer.kept_checkpoints()
+  for i, (step, checkpoint) in enumerate(kept):
+    name = files.step_dir_name(step)
+    # Decided from the chief's files on every worker: exporting is collective.
+    if files.read_export_info(os.path.join(chief_root, name), missing_ok=True).get("step") == step:
+      exported.append(os.path.join(chief_root, name))
+      continue
+    trainer.restore_kept(checkpoint)
+    metrics = trainer.evaluate() if config.run_eval else None
+    point = dict(info, step=step, epoch=step / trainer.plan.steps_per_epoch,
+                 pretext_metrics=metrics, pretext_split=config.val_split if metrics else None)
+    export_lib.export(trainer.model, os.path.join(root, name), image_shape, point,
+                      backbone=method_base.backbone_of(trainer.model))
+    exported.append(os.path.join(chief_root, name))
+    shown = f", pretext accuracy {metrics['accuracy']:.4f}" if metrics and "accuracy" in metrics \
+        else ""
+    print_fn(f"exported the checkpoint of step {step} ({i + 1}/{len(kept)}){shown}")
+  return exported
 
 
 def main(argv):
@@ -163,6 +200,9 @@ def main(argv):
       else:
         if FLAGS.task == "linear_eval":
           results = linear_eval.run_linear_eval(linear_eval_config_from_flags())
+        elif FLAGS.task == "probe_series":
+          from eval import series  # pylint: disable=g-import-not-at-top
+          results = series.run_probe_series(linear_eval_config_from_flags(), print_fn=print)
         else:
           results = fine_tune.run_fine_tune(fine_tune_config_from_flags(), print_fn=print)
         print(results_lib.format_table(results))

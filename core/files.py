@@ -11,6 +11,12 @@ CONFIG_FILE = "config.json"
 PRETEXT_RESULTS_FILE = "pretext_results.json"
 EXPORT_DIR = "export"
 EXPORT_INFO_FILE = "export_info.json"
+# Probes over training: the checkpoints kept for them (never rotated away) and their exports,
+# <workdir>/exports/step_<N>; the series of probes that --task=probe_series writes beside its
+# results.json, with one folder of results per checkpoint (step_<N>/results.json).
+KEPT_CHECKPOINTS_DIR = "kept_checkpoints"
+SERIES_EXPORTS_DIR = "exports"
+SERIES_FILE = "series.json"
 # An evaluation's workdir: the per-layer probes' or fine-tuning's results; a layer similarity's.
 RESULTS_FILE = "results.json"
 CKA_FILE = "cka.json"
@@ -81,3 +87,9 @@ def read_export_info(export_dir: str, missing_ok: bool = False) -> Dict[str, Any
 def evaluation_file(task: str) -> str:
   """The file that an evaluation task (core/options.EVALUATION_TASKS) leaves in its workdir."""
   return CKA_FILE if task == "cka" else RESULTS_FILE
+
+
+def step_dir_name(step: int) -> str:
+  """The folder of one checkpoint's export (and of its probes): step_<N>, N zero-padded so that
+  names sort by step."""
+  return f"step_{int(step):08d}"

@@ -18,7 +18,8 @@ from core.errors import ConfigError
 PRETEXT, EVAL, FINE_TUNE = "pretext", "eval", "fine_tune"
 RANDOM_INIT = "random_init"        # --hub_module of the random-init baseline.
 # The --task values that evaluate an export, and the config each takes.
-EVALUATION_TASKS = {"linear_eval": EVAL, "fine_tune": FINE_TUNE, "cka": EVAL}
+EVALUATION_TASKS = {"linear_eval": EVAL, "fine_tune": FINE_TUNE, "cka": EVAL,
+                    "probe_series": EVAL}
 _UNSET = object()
 
 OPTIMIZERS = ("sgd", "adam", "lars")
@@ -36,7 +37,7 @@ class Option:
 
   `choices` of a string option are checked with the config (`check_values`). `value` says how
   the flag's value becomes the config's: plain, size (H or H,W -> (H, W)), floats (a list ->
-  a tuple of floats) or shape (H,W,C -> a tuple). `check`: positive, nonnegative, probability
+  a tuple of floats), ints (the same, integers >= 0) or shape (H,W,C -> a tuple). `check`: positive, nonnegative, probability
   ([0, 1]) or fraction ((0, 1]); None passes where the default is None. `eval_default`: the
   evaluation configs' default (per-layer evaluation and fine-tuning) where it differs.
   """
@@ -64,7 +65,8 @@ _OPTIONS = [
     # Experiment.
     Option("task", "string", None, "Pretext task (rotation, jigsaw, relative_patch_location, "
            "exemplar, simclr, supervised), or an evaluation of an export: linear_eval (probes "
-           "of every frozen layer), fine_tune (the whole backbone and a new linear head) or "
+           "of every frozen layer), probe_series (those probes at every checkpoint that "
+           "--eval_every_epochs kept), fine_tune (the whole backbone and a new linear head) or "
            "cka (linear CKA between every layer of it and of --cka_other, on --val_split).",
            configs=_P),
     Option("workdir", "string", None, "Directory for checkpoints, summaries, export and results.",
@@ -186,6 +188,12 @@ _OPTIONS = [
            configs=_P + _F, affects_results=False),
     Option("keep_checkpoint_max", "int", 3, "Checkpoints to keep.", configs=_P,
            affects_results=False),
+    Option("eval_every_epochs", "float", None, "Probes over training: keep a checkpoint every "
+           "this many epochs (and at step 0 and the last step), never rotated away, and export "
+           "each to <workdir>/exports/step_<N> (with its pretext accuracy under --run_eval) for "
+           "--task=probe_series.", configs=_P, check="positive", affects_results=False),
+    Option("eval_at_steps", "list", (), "Probes over training: keep checkpoints at these steps "
+           "too (as --eval_every_epochs).", configs=_P, value="ints", affects_results=False),
     Option("log_every_steps", "int", 50, "Steps between progress lines and summaries.",
            configs=_P + _F, check="positive", affects_results=False),
     Option("serving_input_shape", "string", None, "Export input shape H,W,C (a leading 'None' "
@@ -277,6 +285,16 @@ def to_value(option: Option, flag_value: Any) -> Any:
     except ValueError:
       raise ConfigError(f"--{option.name}={','.join(str(v) for v in items)} must be "
                         "numbers") from None
+  if option.value == "ints":
+    items = str(flag_value).split(",") if isinstance(flag_value, str) else flag_value
+    try:
+      values = tuple(int(v) for v in items if str(v).strip())
+    except ValueError:
+      values = (-1,)
+    if min(values, default=0) < 0:
+      raise ConfigError(f"--{option.name}={','.join(str(v) for v in items)} must be integers "
+                        ">= 0")
+    return values
   if option.value == "shape":
     return _shape(flag_value, option.name) if str(flag_value) else None
   raise ValueError(f"option {option.name}: unknown value kind {option.value!r}")

@@ -36,6 +36,7 @@ import tomllib
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from core import architectures
+from core import files
 from core import options
 from core import specs
 from core.options import RANDOM_INIT
@@ -189,10 +190,11 @@ class _Parser(FlagChecker):
     if name is None and required_name:
       self.fail(where, "no name: each evaluation needs one, e.g. name = \"imagenet_linear\"")
     name = DEFAULT_EVALUATION if name is None else name
-    if not isinstance(name, str) or not name or sanitize(name) != name or name in (
-        "pretext", "export", "checkpoints", "train", "report"):
+    reserved = ("pretext", files.EXPORT_DIR, "checkpoints", "train", "report",
+                files.SERIES_EXPORTS_DIR, files.KEPT_CHECKPOINTS_DIR)
+    if not isinstance(name, str) or not name or sanitize(name) != name or name in reserved:
       self.fail(where, f"name = {name!r}: a directory name of letters, digits, '.', '_', '+', "
-                "'=' (not pretext, export, checkpoints, train or report)")
+                f"'=' (not {', '.join(reserved)})")
     flagfile = entry.pop("flagfile", None)
     flags = {}
     if flagfile is not None:
@@ -326,6 +328,11 @@ class _Parser(FlagChecker):
     name = cell_name(method, arch, mode, width, extra, tag)
     kind = SUPERVISED if pretext["task"] == "supervised" else PRETEXT
     evaluations = {n: dict(base, **eval_flags) for n, base in ctx["evaluations"].items()}
+    series = [n for n, e in evaluations.items() if e.get("task") == "probe_series"]
+    if series and not (pretext.get("eval_every_epochs") or pretext.get("eval_at_steps")):
+      self.fail(where, f"evaluation {series[0]!r} (task = \"probe_series\") probes the "
+                "checkpoints that pretext training keeps: set eval_every_epochs (or "
+                "eval_at_steps) in [pretext] or the cell's flags")
     return Cell(name=name, kind=kind, method=method, architecture=arch, mode=mode, width=width,
                 pretext_flags=pretext, evaluations=evaluations, origin=where, axes=dict(point))
 

@@ -17,10 +17,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from core import architectures
 from core import files
 from core import specs
-from core.files import CELL_FILE, PRETEXT_RESULTS_FILE, RESULTS_FILE, STATUS_FILE
+from core.files import (CELL_FILE, PRETEXT_RESULTS_FILE, RESULTS_FILE, SERIES_FILE,
+                        STATUS_FILE)
 from core.options import RANDOM_INIT
 
 
+# Folders of a cell that hold no results of its own.
+SKIPPED_DIRS = ("report", "export", files.SERIES_EXPORTS_DIR, "checkpoints",
+                files.KEPT_CHECKPOINTS_DIR, "train")
 KIND_ORDER = {"pretext": 0, "supervised": 1, RANDOM_INIT: 2}
 FINE_TUNED = "fine_tune"  # results.json's "evaluation" of eval/fine_tune.py.
 KIND_LABELS = {"pretext": "", "supervised": "reference", RANDOM_INIT: "baseline"}
@@ -42,6 +46,7 @@ class CellResult:
   state: Optional[Dict[str, Any]] = None      # cell.json
   wall_s: Optional[float] = None
   mtime: float = 0.0
+  directory: str = ""            # the folder of its results.json
 
   @property
   def family(self) -> str:
@@ -154,7 +159,8 @@ def _cell_from_dir(root: str, directory: str) -> Optional[CellResult]:
                     architecture=arch or "unknown", mode=mode, width=width, results=results,
                     pretext=pretext if isinstance(pretext, dict) else None, state=state,
                     wall_s=_wall_time(state, evaluation_name, results),
-                    mtime=os.path.getmtime(os.path.join(directory, RESULTS_FILE)))
+                    mtime=os.path.getmtime(os.path.join(directory, RESULTS_FILE)),
+                    directory=directory)
 
 
 def _wall_time(state: Optional[Mapping[str, Any]], evaluation_name: str,
@@ -178,9 +184,8 @@ def find_cell_dirs(root: str, max_depth: int = 4) -> List[str]:
   root = os.path.abspath(root)
   for directory, subdirs, names in os.walk(root):
     depth = os.path.relpath(directory, root).count(os.sep) + (directory != root)
-    subdirs[:] = sorted(d for d in subdirs if d not in ("report", "export", "checkpoints",
-                                                          "train") and not d.startswith("."))
-    if depth >= max_depth:
+    subdirs[:] = sorted(d for d in subdirs if d not in SKIPPED_DIRS and not d.startswith("."))
+    if depth >= max_depth or SERIES_FILE in names:  # A series' per-checkpoint results: not cells.
       subdirs[:] = []
     if RESULTS_FILE in names:
       found.append(directory)

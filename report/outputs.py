@@ -12,6 +12,7 @@ from core import architectures
 from core import files
 from core.durations import format_duration
 from core.options import RANDOM_INIT
+from report import over_training
 from report import records
 from report import similarity
 from report.cells import (CellResult, KIND_LABELS, evaluation_title, load_cells, load_failures,
@@ -147,9 +148,10 @@ def write_report(cells: Sequence[CellResult], out_dir: str, roots: Sequence[str]
   if not cells:
     lines.append("No evaluated cells yet.")
     lines.append("")
-  cka_lines, cka_plots = similarity.cka_section(similarities, out_dir)
-  lines += cka_lines
-  plots += cka_plots
+  for section, section_plots in (over_training.series_section(cells, out_dir),
+                                 similarity.cka_section(similarities, out_dir)):
+    lines += section
+    plots += section_plots
   if failures:
     lines.append("## Failed cells")
     lines.append("")

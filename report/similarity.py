@@ -6,9 +6,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from core import files
 from core.files import CKA_FILE
-from report.cells import slug
-
-SKIPPED_DIRS = ("report", "export", "exports", "checkpoints", "train")
+from report.cells import SKIPPED_DIRS, slug
 
 
 def find_cka(roots: Sequence[str]) -> List[Tuple[str, Dict[str, Any]]]:

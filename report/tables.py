@@ -133,7 +133,8 @@ def _flag_text(flags: Mapping[str, Any]) -> str:
 
 STEP_TITLES = {"pretext": "Pretext training (train_and_eval.py)",
                "linear_eval": "Per-layer evaluation (train_and_eval.py --task=linear_eval)",
-               "fine_tune": "Fine-tuning (train_and_eval.py --task=fine_tune)"}
+               "fine_tune": "Fine-tuning (train_and_eval.py --task=fine_tune)",
+               "probe_series": "Probes over training (train_and_eval.py --task=probe_series)"}
 
 
 def configs_section(cells: Sequence[CellResult]) -> str:

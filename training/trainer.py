@@ -5,17 +5,20 @@ It knows nothing of the method it runs beyond the contract of methods/base.py.
 
 import contextlib
 import dataclasses
+import glob
 import math
 import os
 import shutil
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import keras
 import tensorflow as tf
 
+from core import files
 from core.config import Config
+from core.errors import ConfigError
 from core.durations import format_duration
 import datasets
 from methods import base
@@ -115,6 +118,25 @@ def make_plan(config: Config) -> Plan:
   return Plan(num, steps_per_epoch, max(1, int(math.ceil(config.epochs * steps_per_epoch))))
 
 
+def kept_steps(plan: Plan, every_epochs: Optional[float], at_steps: Sequence[int]) -> List[int]:
+  """The steps whose checkpoints are kept for probes over training: step 0, every
+  `every_epochs` epochs, `at_steps`, and the last step; none without either setting."""
+  if not every_epochs and not at_steps:
+    return []
+  beyond = [s for s in at_steps if s > plan.total_steps]
+  if beyond:
+    raise ConfigError(f"--eval_at_steps: {beyond} lie beyond the last step of this run "
+                      f"({plan.total_steps}: {plan.steps_per_epoch:.1f} steps per epoch)")
+  steps = {0, plan.total_steps}
+  steps.update(at_steps)
+  if every_epochs:
+    k = 1
+    while k * every_epochs * plan.steps_per_epoch < plan.total_steps:
+      steps.add(int(round(k * every_epochs * plan.steps_per_epoch)))
+      k += 1
+  return sorted(steps)
+
+
 def _distributed_data(config: Config, strategy, split: str, is_training: bool, global_batch: int):
   preprocess_fn = datasets.get_preprocess_fn(config.preprocessing, is_training,
                                              datasets.PreprocessConfig.of(config))
@@ -206,6 +228,13 @@ class Trainer:
         os.path.join(self.scratch_dir, "checkpoints") if self.scratch_dir else
         config.checkpoint_dir,
         max_to_keep=config.keep_checkpoint_max, step_counter=self.step)
+    self.kept_steps = kept_steps(self.plan, config.eval_every_epochs, config.eval_at_steps)
+    self.kept_manager = None
+    if self.kept_steps:
+      self.kept_manager = tf.train.CheckpointManager(
+          self.checkpoint,
+          os.path.join(self.scratch_dir or config.workdir, files.KEPT_CHECKPOINTS_DIR),
+          max_to_keep=None, step_counter=self.step)
 
   def restore(self) -> int:
     """Restores the latest checkpoint, if any; returns the step it holds."""
@@ -270,7 +299,28 @@ class Trainer:
               self.plan.total_steps - step)
     if config.save_checkpoints_steps:
       num = min(num, config.save_checkpoints_steps - step % config.save_checkpoints_steps)
+    later = [s for s in self.kept_steps if s > step]
+    if later:
+      num = min(num, later[0] - step)
     return num
+
+  def _keep(self, step: int) -> None:
+    """Saves the checkpoint of `step` among the kept ones, if it is one of theirs."""
+    if step in self.kept_steps:
+      self.kept_manager.save(checkpoint_number=step)
+
+  def kept_checkpoints(self) -> List[Tuple[int, str]]:
+    """(step, path) of the kept checkpoints on disk (the chief's, on every worker), by step."""
+    directory = os.path.join(self.config.workdir, files.KEPT_CHECKPOINTS_DIR)
+    found = []
+    for index in glob.glob(os.path.join(directory, "ckpt-*.index")):
+      number = os.path.basename(index)[len("ckpt-"):-len(".index")]
+      if number.isdigit():
+        found.append((int(number), index[:-len(".index")]))
+    return sorted(found)
+
+  def restore_kept(self, path: str) -> None:
+    self.checkpoint.restore(path).assert_existing_objects_matched()
 
   def train(self) -> TrainState:
     """Trains from the latest checkpoint to the planned step count."""
@@ -283,6 +333,8 @@ class Trainer:
         f"training {config.task} on {config.dataset}:{config.train_split} "
         f"({plan.num_train_examples} examples, {plan.steps_per_epoch:.1f} steps/epoch) "
         f"from step {start} to {plan.total_steps}, {self.strategy.num_replicas_in_sync} replica(s)")
+    if start == 0 and self.kept_steps:
+      self._keep(0)  # The network before training: the first point of a series.
     train_steps = self._train_step_fn()
     iterator = iter(self.train_data)
     writer = (tf.summary.create_noop_writer() if self.scratch_dir else
@@ -321,6 +373,8 @@ class Trainer:
                    step - last_save_step >= config.save_checkpoints_steps)
       secs_due = self._all_agree(config.save_checkpoints_secs is not None and
                                  time.time() - last_save_time >= config.save_checkpoints_secs)
+      # The kept checkpoint first: a run killed between the two saves resumes before this step.
+      self._keep(step)
       if steps_due or secs_due or step >= plan.total_steps:
         self.manager.save(checkpoint_number=step)
         last_save_step, last_save_time = step, time.time()
