@@ -14,6 +14,7 @@ from core.durations import format_duration
 from core.options import RANDOM_INIT
 from report import over_training
 from report import records
+from report import seeds
 from report import similarity
 from report.cells import (CellResult, KIND_LABELS, evaluation_title, load_cells, load_failures,
                           slug)
@@ -138,6 +139,7 @@ def write_report(cells: Sequence[CellResult], out_dir: str, roots: Sequence[str]
     lines.append("")
     lines.append(markdown_table(group, layers))
     lines.append("")
+    lines += seeds.spread_table(group, layers)
     note = records.mismatch_note(group)
     if note:
       lines += [note, ""]

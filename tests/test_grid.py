@@ -17,6 +17,7 @@ from grid import flags as flags_lib
 from grid import gridfile
 from grid import local
 from grid import runner as runner_lib
+from grid import state as grid_state
 from grid.cells import select_cells
 from grid.common import GridError
 from tests.conftest import REPO_ROOT
@@ -269,6 +270,11 @@ def test_other_axes_and_tags_make_names(configs, known):
      r"\[baselines\]: random_init = 'yes': use true or false"),
     ("[[cells]]\nmethod = 'rotation'\nexclude = [{ width = 2 }]\n",
      r"exclude: 'width' is neither an axis nor a flag of this entry"),
+    ("[evaluation]\ntask = 'probe_series'\n[[cells]]\nmethod = 'rotation'\n",
+     r"#1 \(method 'rotation'\): evaluation 'linear_eval' \(task = \"probe_series\"\) probes "
+     r"the checkpoints .* set eval_every_epochs"),
+    ("[[evaluations]]\nname = 'exports'\n[[cells]]\nmethod = 'rotation'\n",
+     r"name = 'exports': a directory name .*kept_checkpoints"),
     ("[defaults]\ndataset = 'toy'\n", r"no \[\[cells\]\]"),
     ("[[cells]\nmethod = 'rotation'\n", r"grid.toml: not valid TOML"),
 ])
@@ -612,3 +618,51 @@ def test_benchmark_cli_list_errors_and_exit_status(configs, tmp_path):
                                         "'epochs'?)"), proc.stderr
   proc = _benchmark(f"--grid={path}", f"--root={root}", "--cells=nope")
   assert proc.returncode == 2 and "--cells: 'nope' matches no cell" in proc.stderr
+
+
+def test_probes_over_training_in_a_grid(configs, known, tmp_path):
+  path = write_grid(configs, textwrap.dedent("""
+      [defaults]
+      dataset = "toy"
+      [pretext]
+      eval_every_epochs = 0.5
+      [evaluation]
+      task = "probe_series"
+      [[cells]]
+      method = "rotation"
+      """))
+  cell = gridfile.load_grid(path, known, base_dir=str(configs)).cells[0]
+  assert float(cell.pretext_flags["eval_every_epochs"]) == 0.5
+  assert cell.evaluations["linear_eval"]["task"] == "probe_series"
+  # Its step is done when results.json of the series is there (the last checkpoint's).
+  workdir = str(tmp_path / cell.name)
+  os.makedirs(os.path.join(workdir, "linear_eval"))
+  with open(os.path.join(workdir, "linear_eval", "results.json"), "w") as f:
+    json.dump({"layers": {}, "config": {}, "evaluation": "probe_series"}, f)
+  state = {"steps": {"eval:linear_eval": {"done": True,
+                                          "fingerprint": cell.fingerprints()["eval:linear_eval"]}}}
+  assert grid_state.step_done(cell, workdir, "eval:linear_eval", state)
+
+
+def test_a_cka_evaluation_is_done_when_its_matrix_is_there(configs, known, tmp_path):
+  path = write_grid(configs, textwrap.dedent("""
+      [defaults]
+      dataset = "toy"
+      [evaluation]
+      task = "cka"
+      cka_other = "random_init"
+      [[cells]]
+      method = "rotation"
+      """))
+  cell = gridfile.load_grid(path, known, base_dir=str(configs)).cells[0]
+  workdir = str(tmp_path / cell.name)
+  state = {"steps": {"eval:linear_eval": {"done": True,
+                                          "fingerprint": cell.fingerprints()["eval:linear_eval"]}}}
+  os.makedirs(os.path.join(workdir, "linear_eval"))
+  assert not grid_state.step_done(cell, workdir, "eval:linear_eval", state)
+  with open(os.path.join(workdir, "linear_eval", "cka.json"), "w") as f:
+    json.dump({"matrix": [[1.0]], "config": {"cka_other": "random_init"}}, f)
+  assert grid_state.step_done(cell, workdir, "eval:linear_eval", state)
+  with open(os.path.join(workdir, "linear_eval", "cka.json"), "w") as f:
+    json.dump({"matrix": [[1.0]], "config": {"cka_other": "/another/export"}}, f)
+  assert not grid_state.step_done(cell, workdir, "eval:linear_eval", state)

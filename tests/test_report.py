@@ -322,3 +322,30 @@ def test_run_records_are_listed_and_unlike_cells_of_a_table_flagged(tmp_path):
   assert "1 x GPU (NVIDIA H200)" in notes[0]
   section = next(part for part in text.split("\n## ") if notes[0] in part)
   assert "| rotation-resnet50_v2-w1 |" in section and "rotation-vgg19" not in section
+
+
+def test_cells_that_differ_only_in_their_seed_show_their_spread(tmp_path):
+  root = str(tmp_path / "root")
+  for seed, peak in ((0, 0.50), (1, 0.56), (2, 0.53)):
+    directory = write_cell(root, f"rotation-resnet50_v2-w1-random_seed{seed}", "pretext",
+                           "rotation", "resnet50", 1,
+                           {n: (peak if n == "block2" else 0.3) for n in RESNET},
+                           pretext_acc=0.8)
+    with open(os.path.join(directory, "cell.json")) as f:
+      state = json.load(f)
+    state["axes"] = {"random_seed": seed}
+    state["pretext_flags"]["random_seed"] = str(seed)
+    with open(os.path.join(directory, "cell.json"), "w") as f:
+      json.dump(state, f)
+  write_cell(root, "rotation-resnet50_v2-w2", "pretext", "rotation", "resnet50", 2,
+             {n: 0.6 for n in RESNET}, pretext_acc=0.9)
+  paths, _ = report_lib.make_report([root])
+  text = open(paths["markdown"]).read()
+  assert "Spread over seeds" in text
+  row = next(l for l in text.splitlines() if l.startswith("| rotation-resnet50_v2-w1-random_seed0, "))
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  assert cells[1] == "0, 1, 2"
+  assert cells[2 + RESNET.index("block2")] == "53.0 (50.0-56.0)"
+  assert cells[2 + RESNET.index("block1")] == "30.0 (30.0-30.0)"
+  assert cells[-1] == "53.0 (50.0-56.0)"
+  assert "rotation-resnet50_v2-w2" not in row  # Another width is not another seed.
