@@ -30,8 +30,8 @@ def make_results(config=None, knn=False):
 def test_schema():
   r = make_results(knn=True)
   assert set(r) == {"format_version", "evaluation", "config", "source", "dataset", "low_label",
-                    "layer_order", "layers", "best_layer", "times"}
-  assert r["evaluation"] == "linear_eval"
+                    "layer_order", "layers", "best_layer", "times", "run"}
+  assert r["evaluation"] == "linear_eval" and r["run"] is None  # Given by the evaluation.
   assert r["source"] == dict(hub_module="/w/export", task="rotation", architecture="resnet50",
                              filters_factor=4, mode="v2", eval_preprocessing="resize,-1_to_1")
   assert r["config"]["decay_epochs"] == [10.0, 20.0]
