@@ -18,7 +18,9 @@ Writes <workdir>/cka.json:
          "step"}, "b": {... the same},
    "layers_a": [...], "layers_b": [...], "matrix": [[CKA of layers_a[i], layers_b[j]]],
    "dataset": {"name", "split", "num_examples"}, "batch_size": examples per minibatch,
-   "num_batches": int, "times": {"total_s"}, "run": the run record (training/run_record.py)}
+   "num_batches": int, "num_examples": images compared, "fingerprints": what identified the
+   two backbones' weights (an export's path and file times: a re-export recomputes),
+   "times": {"total_s"}, "run": the run record (training/run_record.py)}
 """
 
 import dataclasses
@@ -144,12 +146,17 @@ def _other_config(config):
   return dataclasses.replace(config, hub_module=other)
 
 
-def _side(config) -> Tuple[representation_lib.Representation, linear_eval.EvalData,
-                           features_lib.FeatureExtractor]:
+def _side(config, name: str) -> Tuple[representation_lib.Representation, linear_eval.EvalData,
+                                      features_lib.FeatureExtractor]:
+  """Backbone `name` (A or B) restricted to config.layers, its data and its feature extractor."""
   try:
     rep = linear_eval.load_representation(dataclasses.replace(config, layers=None))
   except (FileNotFoundError, ValueError) as e:
     raise ConfigError(str(e)) from None
+  unknown = [n for n in (config.layers or []) if n not in rep.layers]
+  require(not unknown, f"layers: {unknown} are not end points of backbone {name}; it has "
+          f"{', '.join(rep.layers)}")
+  rep = rep.select(config.layers)
   data = linear_eval.eval_data(config, rep.info)
   extractor = features_lib.FeatureExtractor(rep, config.pool_mode, config.combine_patches,
                                             config.max_features)
@@ -174,22 +181,19 @@ def run_cka(config, print_fn=logging.info) -> Dict[str, Any]:
   """The CKA matrix between every end point of the two backbones; writes and returns cka.json."""
   start = time.time()
   validate_config(config)
+  run_record.make_repeatable(config.random_seed, config.deterministic)
+  rep_a, data_a, extractor_a = _side(config, "A")
+  rep_b, data_b, extractor_b = _side(_other_config(config), "B")
+  fingerprints = [rep_a.fingerprint, rep_b.fingerprint]  # A re-export changes them.
   path = os.path.join(config.workdir, CKA_FILE)
   previous = files.read_json(path)
   if (not config.force and isinstance(previous, dict) and "matrix" in previous and
+      previous.get("fingerprints") == fingerprints and
       results_lib.comparable_config(previous.get("config") or {}) ==
       results_lib.comparable_config(config)):
     print_fn(f"CKA for this config exists in {path}; skipped (--force re-runs)")
     return previous
-  run_record.make_repeatable(config.random_seed, config.deterministic)
-  rep_a, data_a, extractor_a = _side(config)
-  rep_b, data_b, extractor_b = _side(_other_config(config))
-  layers_a = list(config.layers or rep_a.layers)
-  layers_b = list(config.layers or rep_b.layers)
-  for name, rep in (("A", rep_a), ("B", rep_b)):
-    unknown = [n for n in (config.layers or []) if n not in rep.layers]
-    require(not unknown, f"--layers: {unknown} are not end points of backbone {name}; it has "
-            f"{', '.join(rep.layers)}")
+  layers_a, layers_b = list(rep_a.layers), list(rep_b.layers)
 
   def stream(data, extractor, keep):
     for features, labels in _feature_batches(data, extractor, config.val_split):
@@ -213,6 +217,7 @@ def run_cka(config, print_fn=logging.info) -> Dict[str, Any]:
       "dataset": dict(name=config.dataset, split=config.val_split, num_examples=num),
       "batch_size": config.eval_batch_size or config.batch_size,
       "num_batches": acc.num_batches, "num_examples": acc.num_examples,
+      "fingerprints": fingerprints,
       "times": {"total_s": time.time() - start},
       "run": run_record.record(config.random_seed, deterministic=config.deterministic),
   }

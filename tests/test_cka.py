@@ -112,6 +112,12 @@ def test_cka_of_toy_exports(tmp_path, monkeypatch):
   assert cka.run_cka(_config(tmp_path, export_a, cka_other=export_b,
                              workdir=str(tmp_path / "cka_b"), layers=("block2", "pre_logits")),
                      print_fn=lambda _: None)["times"] == other["times"]
+  # B exported again (same path, same config): the matrix is computed anew, not read back stale.
+  toy.save_export(tmp_path / "b", seed=6)
+  redone = cka.run_cka(_config(tmp_path, export_a, cka_other=export_b,
+                               workdir=str(tmp_path / "cka_b"), layers=("block2", "pre_logits")),
+                       print_fn=lambda _: None)
+  assert redone["times"] != other["times"] and redone["matrix"] != other["matrix"]
 
 
 def test_cka_of_a_trained_backbone_against_its_random_init(tmp_path, shapes_data_dir):
