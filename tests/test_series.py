@@ -26,6 +26,10 @@ def test_kept_steps():
   assert trainer_lib.kept_steps(plan, None, (5, 5, 30)) == [0, 5, 30]
   with pytest.raises(ConfigError, match=r"--eval_at_steps: \[31\] lie beyond the last step"):
     trainer_lib.kept_steps(plan, None, (31,))
+  # 2 epochs of 703.1 steps: the eighth quarter-epoch point (1406.25) is the last step, 1407.
+  plan = trainer_lib.Plan(num_train_examples=45000, steps_per_epoch=703.125, total_steps=1407)
+  assert trainer_lib.kept_steps(plan, 0.25, ()) == [0, 176, 352, 527, 703, 879, 1055, 1230,
+                                                    1407]
 
 
 @pytest.fixture(scope="module")

@@ -131,7 +131,8 @@ def kept_steps(plan: Plan, every_epochs: Optional[float], at_steps: Sequence[int
   steps.update(at_steps)
   if every_epochs:
     k = 1
-    while k * every_epochs * plan.steps_per_epoch < plan.total_steps:
+    # A point within the last step is the last step (2 epochs of 703.1 steps end at step 1407).
+    while math.ceil(k * every_epochs * plan.steps_per_epoch) < plan.total_steps:
       steps.add(int(round(k * every_epochs * plan.steps_per_epoch)))
       k += 1
   return sorted(steps)
