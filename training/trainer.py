@@ -230,10 +230,12 @@ class Trainer:
         config.checkpoint_dir,
         max_to_keep=config.keep_checkpoint_max, step_counter=self.step)
     self.kept_steps = kept_steps(self.plan, config.eval_every_epochs, config.eval_at_steps)
-    self.kept_manager = None
+    self.kept_checkpoint, self.kept_manager = None, None
     if self.kept_steps:
+      # The weights alone (not the optimizer's slots): what an export of that step needs.
+      self.kept_checkpoint = tf.train.Checkpoint(model=self.model, step=self.step)
       self.kept_manager = tf.train.CheckpointManager(
-          self.checkpoint,
+          self.kept_checkpoint,
           os.path.join(self.scratch_dir or config.workdir, files.KEPT_CHECKPOINTS_DIR),
           max_to_keep=None, step_counter=self.step)
 
@@ -321,7 +323,8 @@ class Trainer:
     return sorted(found)
 
   def restore_kept(self, path: str) -> None:
-    self.checkpoint.restore(path).assert_existing_objects_matched()
+    """Restores the weights (and step) of a kept checkpoint; the optimizer keeps its state."""
+    self.kept_checkpoint.restore(path).assert_existing_objects_matched()
 
   def train(self) -> TrainState:
     """Trains from the latest checkpoint to the planned step count."""
