@@ -19,12 +19,14 @@ series resumes), then writes <workdir>/series.json:
    "run": the run record (training/run_record.py)}
 
 and <workdir>/results.json: the last checkpoint's results (eval/results.py) with "evaluation":
-"probe_series", so that the grid and the report treat the series as one evaluation of the cell.
+"probe_series" and the series' own times ({"probes_s": the probes of every checkpoint, "total_s":
+this run}), so that the grid and the report treat the series as one evaluation of the cell.
 The random-init baseline is a series of one point, step 0.
 """
 
 import dataclasses
 import os
+import time
 from typing import Any, Dict, List, Mapping, Tuple
 
 from absl import logging
@@ -79,12 +81,13 @@ def _point_done(point_dir: str, export_dir: str, config) -> bool:
 
 def run_probe_series(config, print_fn=logging.info) -> Dict[str, Any]:
   """Probes every kept checkpoint; writes series.json and results.json, returns the results."""
+  start = time.time()
   linear_eval.validate_config(config)
   if config.on_the_fly:
     raise ConfigError("--task=probe_series uses the cached protocol; drop --on_the_fly")
   points = ([(0, None)] if config.hub_module is None else
             series_exports(config.hub_module))
-  series, last = [], None
+  series, last, probes_s = [], None, 0.0
   for i, (step, export_dir) in enumerate(points):
     point_dir = os.path.join(config.workdir, files.step_dir_name(step))
     point_config = dataclasses.replace(config, workdir=point_dir, force=False,
@@ -103,6 +106,7 @@ def run_probe_series(config, print_fn=logging.info) -> Dict[str, Any]:
         top1={name: results["layers"][name]["top1"] for name in results["layer_order"]},
         best_layer=results["best_layer"]))
     last = results
+    probes_s += float((results.get("times") or {}).get("total_s") or 0.0)
   source = dict(last["source"], hub_module=(
       pretext_workdir_of(config.hub_module) if config.hub_module else last["source"].get(
           "hub_module")))
@@ -110,8 +114,10 @@ def run_probe_series(config, print_fn=logging.info) -> Dict[str, Any]:
   files.write_json_atomic(os.path.join(config.workdir, files.SERIES_FILE), dict(
       format_version=FORMAT_VERSION, evaluation=EVALUATION, source=source,
       layer_order=last["layer_order"], points=series, run=run), allow_nan=False)
+  # The series' own times: its probes (those done now and earlier), and this run's wall time.
   results = dict(last, evaluation=EVALUATION, config=results_lib.comparable_config(config) | {
-      "workdir": config.workdir}, run=run)
+      "workdir": config.workdir}, run=run,
+      times=dict(probes_s=probes_s, total_s=time.time() - start))
   results_lib.write_results(config.workdir, results)
   print_fn(format_series(series, last["layer_order"]))
   return results

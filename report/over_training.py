@@ -56,6 +56,9 @@ def verdict(points: Sequence[Mapping[str, Any]]) -> str:
            if p.get("pretext_accuracy") is not None and (p.get("best_layer") or {}).get("top1")
            is not None]
   first, last = points[0], points[-1]
+  if len(points) == 1:
+    return (f"1 checkpoint (step {first['step']}): best layer {first['best_layer']['name']} "
+            f"{100 * first['best_layer']['top1']:.1f}%.")
   moves = (f"the best layer goes from {first['best_layer']['name']} "
            f"({100 * first['best_layer']['top1']:.1f}% at step {first['step']}) to "
            f"{last['best_layer']['name']} ({100 * last['best_layer']['top1']:.1f}% at step "

@@ -98,6 +98,8 @@ def test_the_series_probes_every_checkpoint_resumes_and_is_reported(run_with_ser
   assert [p["pretext_accuracy"] for p in points] == [
       i["pretext_metrics"]["accuracy"] for i in export_infos]
   assert results["evaluation"] == "probe_series" and results["layers"]
+  assert set(results["times"]) == {"probes_s", "total_s"}
+  assert 0 < results["times"]["probes_s"] <= results["times"]["total_s"]
   assert results["layers"]["block1"]["top1"] == points[-1]["top1"]["block1"]
 
   # Again: every point is read back; a point whose results are gone is the only one redone.
@@ -139,6 +141,7 @@ def test_spearman_and_the_verdict():
   line = over_training.verdict(points)
   assert "do not rise together" in line and "-0.40" not in line
   assert "from block1 (20.0% at step 0) to block3 (26.0% at step 30)" in line
+  assert over_training.verdict(points[:1]) == "1 checkpoint (step 0): best layer block1 20.0%."
   rising = [dict(p, best_layer=dict(p["best_layer"], top1=0.1 * i)) for i, p in
             enumerate(points)]
   assert "(Spearman rank correlation +1.00 over 4 checkpoints)" in over_training.verdict(rising)
