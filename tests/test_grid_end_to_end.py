@@ -90,11 +90,18 @@ NAMES = ["rotation-vgg19-w1", "supervised-vgg19-w1", "rotation-vgg19-w1-broken",
          "random_init-vgg19-w1"]
 
 
+def _ctrl_c_interrupts():
+  # A suite started in the background of a shell inherits SIGINT ignored, and Python then keeps
+  # it ignored: give the runner the disposition of a terminal's foreground process.
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def attached_runner(grid, root) -> subprocess.Popen:
-  """benchmark.py --executor=slurm on a root whose jobs are queued, once it watches them."""
+  """benchmark.py --executor=slurm on a root whose jobs are queued, once it watches them
+  (SIGINT interrupts it, as Ctrl-C would)."""
   proc = subprocess.Popen([sys.executable, "benchmark.py", f"--grid={grid}", f"--root={root}",
                            *POLL], cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT)
+                          stderr=subprocess.STDOUT, preexec_fn=_ctrl_c_interrupts)
   for line in proc.stdout:
     if "watching its SLURM job" in line:
       return proc
