@@ -203,10 +203,12 @@ def run_cka(config, print_fn=logging.info) -> Dict[str, Any]:
   seen_a, seen_b = [], []
   matrix, acc = cka(stream(data_a, extractor_a, seen_a), stream(data_b, extractor_b, seen_b),
                     layers_a, layers_b)
-  for labels_a, labels_b in zip(seen_a, seen_b):
-    if not np.array_equal(labels_a, labels_b):  # Both pipelines read the split in one order.
-      raise RuntimeError("the two backbones were shown different images")
   num = datasets.get_num_examples(config.dataset, config.val_split, config.data_dir)
+  counts = [sum(len(labels) for labels in seen) for seen in (seen_a, seen_b)]
+  # Both pipelines read the whole split in one order: the same labels, batch by batch.
+  if counts != [num, num] or not all(np.array_equal(a, b) for a, b in zip(seen_a, seen_b)):
+    raise RuntimeError(f"the two backbones were shown different images ({counts[0]} and "
+                       f"{counts[1]} of the {num} of {config.val_split})")
   results = {
       "format_version": FORMAT_VERSION, "evaluation": "cka",
       "config": results_lib.comparable_config(config) | {"workdir": config.workdir},
