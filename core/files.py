@@ -17,6 +17,8 @@ EXPORT_INFO_FILE = "export_info.json"
 KEPT_CHECKPOINTS_DIR = "kept_checkpoints"
 SERIES_EXPORTS_DIR = "exports"
 SERIES_FILE = "series.json"
+# The folders a pretext run leaves in its workdir (no evaluation may be named as one of them).
+RUN_DIRS = ("checkpoints", "train", EXPORT_DIR, KEPT_CHECKPOINTS_DIR, SERIES_EXPORTS_DIR)
 # An evaluation's workdir: the per-layer probes' or fine-tuning's results; a layer similarity's.
 RESULTS_FILE = "results.json"
 CKA_FILE = "cka.json"

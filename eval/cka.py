@@ -164,10 +164,7 @@ def _side(config, name: str) -> Tuple[representation_lib.Representation, linear_
 
 
 def _describe(rep, data) -> Dict[str, Any]:
-  info = rep.info
-  return dict(hub_module=info.get("source"), task=info.get("task"),
-              architecture=info.get("architecture"), filters_factor=info.get("filters_factor"),
-              mode=info.get("mode"), eval_preprocessing=data.eval_spec, step=info.get("step"))
+  return dict(linear_eval.describe_source(rep.info, data.eval_spec), step=rep.info.get("step"))
 
 
 def _feature_batches(data: linear_eval.EvalData, extractor, split: str):

@@ -267,10 +267,7 @@ def run_linear_eval(config: LinearEvalConfig) -> Dict[str, Any]:
       layers[name]["knn_top1"] = knn[name]
   times["total_s"] = time.time() - start
 
-  info = rep.info
-  source = dict(hub_module=info.get("source"), task=info.get("task"),
-                architecture=info.get("architecture"), filters_factor=info.get("filters_factor"),
-                mode=info.get("mode"), eval_preprocessing=eval_spec)
+  source = describe_source(rep.info, eval_spec)
   dataset = dict(name=config.dataset, train_split=config.train_split,
                  val_split=config.val_split, num_classes=num_classes,
                  num_train_examples=num_train, num_val_examples=num_val)
@@ -280,6 +277,13 @@ def run_linear_eval(config: LinearEvalConfig) -> Dict[str, Any]:
   path = results_lib.write_results(config.workdir, results)
   logging.info("per-layer results (%s):\n%s", path, results_lib.format_table(results))
   return results
+
+
+def describe_source(info: Mapping[str, Any], eval_spec: str) -> Dict[str, Any]:
+  """What a result file says of the backbone evaluated (a Representation's info) and its input."""
+  return dict(hub_module=info.get("source"), task=info.get("task"),
+              architecture=info.get("architecture"), filters_factor=info.get("filters_factor"),
+              mode=info.get("mode"), eval_preprocessing=eval_spec)
 
 
 def _train_cached(config: LinearEvalConfig, train: features_lib.FeatureSet,

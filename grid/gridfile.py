@@ -190,8 +190,7 @@ class _Parser(FlagChecker):
     if name is None and required_name:
       self.fail(where, "no name: each evaluation needs one, e.g. name = \"imagenet_linear\"")
     name = DEFAULT_EVALUATION if name is None else name
-    reserved = ("pretext", files.EXPORT_DIR, "checkpoints", "train", "report",
-                files.SERIES_EXPORTS_DIR, files.KEPT_CHECKPOINTS_DIR)
+    reserved = ("pretext", "report") + files.RUN_DIRS
     if not isinstance(name, str) or not name or sanitize(name) != name or name in reserved:
       self.fail(where, f"name = {name!r}: a directory name of letters, digits, '.', '_', '+', "
                 f"'=' (not {', '.join(reserved)})")

@@ -23,8 +23,7 @@ from core.options import RANDOM_INIT
 
 
 # Folders of a cell that hold no results of its own.
-SKIPPED_DIRS = ("report", "export", files.SERIES_EXPORTS_DIR, "checkpoints",
-                files.KEPT_CHECKPOINTS_DIR, "train")
+SKIPPED_DIRS = ("report",) + files.RUN_DIRS
 KIND_ORDER = {"pretext": 0, "supervised": 1, RANDOM_INIT: 2}
 FINE_TUNED = "fine_tune"  # results.json's "evaluation" of eval/fine_tune.py.
 KIND_LABELS = {"pretext": "", "supervised": "reference", RANDOM_INIT: "baseline"}
