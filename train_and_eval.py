@@ -133,7 +133,8 @@ def run(config, print_fn=print):
   times["export_s"] = time.time() - t
   if trainer.kept_steps:
     t = time.time()
-    results["series_exports"] = _export_kept(trainer, info, image_shape, print_fn)
+    results["series_exports"] = _export_kept(trainer, info, image_shape, print_fn,
+                                             final=(state.step, results.get("eval_metrics")))
     times["series_exports_s"] = time.time() - t
   if scratch:
     shutil.rmtree(scratch, ignore_errors=True)
@@ -149,10 +150,11 @@ def run(config, print_fn=print):
   return results
 
 
-def _export_kept(trainer, info, image_shape, print_fn):
+def _export_kept(trainer, info, image_shape, print_fn, final=(None, None)):
   """Exports every kept checkpoint (probes over training) to <workdir>/exports/step_<N>, with
-  its step, epoch and, under --run_eval, its pretext metrics; those exported earlier are kept.
-  Leaves the trainer's model at the last one. Returns the export directories, by step."""
+  its step, epoch and, under --run_eval, its pretext metrics (`final`: the last step and the
+  metrics already evaluated there); those exported earlier are kept. Leaves the trainer's model
+  at the last one. Returns the export directories, by step."""
   from core import files  # pylint: disable=g-import-not-at-top
   from methods import base as method_base  # pylint: disable=g-import-not-at-top
   from training import export as export_lib  # pylint: disable=g-import-not-at-top
@@ -168,7 +170,9 @@ def _export_kept(trainer, info, image_shape, print_fn):
       exported.append(os.path.join(chief_root, name))
       continue
     trainer.restore_kept(checkpoint)
-    metrics = trainer.evaluate() if config.run_eval else None
+    metrics = None
+    if config.run_eval:
+      metrics = final[1] if step == final[0] and final[1] else trainer.evaluate()
     point = dict(info, step=step, epoch=step / trainer.plan.steps_per_epoch,
                  pretext_metrics=metrics, pretext_split=config.val_split if metrics else None)
     export_lib.export(trainer.model, os.path.join(root, name), image_shape, point,
