@@ -1,6 +1,6 @@
 """What --deterministic costs: the training speed of a pretext flagfile with and without it.
 
-  .venv/bin/python bench/determinism.py                     # rotation, configs/rotation/shapes.flags
+  .venv/bin/python bench/determinism.py              # rotation, configs/rotation/shapes.flags
   .venv/bin/python bench/determinism.py --flagfile=configs/simclr/shapes.flags --epochs=0.1
 
 Runs train_and_eval.py twice in turn on the same machine, each in a fresh process (op

@@ -37,9 +37,10 @@ class Option:
 
   `choices` of a string option are checked with the config (`check_values`). `value` says how
   the flag's value becomes the config's: plain, size (H or H,W -> (H, W)), floats (a list ->
-  a tuple of floats), ints (the same, integers >= 0) or shape (H,W,C -> a tuple). `check`: positive, nonnegative, probability
-  ([0, 1]) or fraction ((0, 1]); None passes where the default is None. `eval_default`: the
-  evaluation configs' default (per-layer evaluation and fine-tuning) where it differs.
+  a tuple of floats), ints (the same, integers >= 0) or shape (H,W,C -> a tuple). `check`:
+  positive, nonnegative, probability ([0, 1]) or fraction ((0, 1]); None passes where the
+  default is None. `eval_default`: the evaluation configs' default (per-layer evaluation and
+  fine-tuning) where it differs.
   """
   name: str
   kind: str

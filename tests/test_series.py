@@ -49,7 +49,8 @@ def test_kept_checkpoints_are_exported_with_their_pretext_accuracy(run_with_seri
   steps = [0, 4, 8, 12, 16]
   kept = sorted(n for n in os.listdir(os.path.join(config.workdir, "kept_checkpoints"))
                 if n.endswith(".index"))
-  assert kept == sorted(f"ckpt-{s}.index" for s in steps)  # Not rotated away (keep_checkpoint_max 1).
+  # Not rotated away (keep_checkpoint_max 1).
+  assert kept == sorted(f"ckpt-{s}.index" for s in steps)
   assert len([n for n in os.listdir(config.checkpoint_dir) if n.endswith(".index")]) == 1
   exports = series.series_exports(config.workdir)
   assert [s for s, _ in exports] == steps

@@ -49,7 +49,8 @@ def make_repeatable(seed: int, deterministic: bool) -> None:
 
 def _op_determinism() -> bool:
   try:
-    from tensorflow.python.framework import config as tf_config  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from tensorflow.python.framework import config as tf_config
     return bool(tf_config.is_op_determinism_enabled())
   except (ImportError, AttributeError):
     return False
