@@ -20,8 +20,12 @@ import os
 import signal
 import sys
 
-from absl import app
-from absl import flags
+from core import runtime
+
+runtime.set_defaults()  # For its own TensorFlow and every step's (they inherit it).
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 

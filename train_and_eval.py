@@ -26,6 +26,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
+from core import runtime  # pylint: disable=g-import-not-at-top
+
+runtime.set_defaults()  # Before anything imports TensorFlow.
+
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 

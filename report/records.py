@@ -29,7 +29,11 @@ def device_text(run: Mapping[str, Any]) -> str:
   if devices.get("accelerator"):
     names = sorted(set(devices.get("names") or []))
     return f"{devices.get('count')} x {devices['accelerator']} ({', '.join(names)})"
-  return f"CPU: {devices.get('cpu', '?')}, {devices.get('cpu_count', '?')} cores"
+  text = f"CPU: {devices.get('cpu', '?')}, {devices.get('cpu_count', '?')} cores"
+  onednn = (run.get("environment") or {}).get("TF_ENABLE_ONEDNN_OPTS")
+  if onednn is not None:  # Records made before it was recorded say nothing.
+    text += ", oneDNN " + ("off" if onednn.strip().lower() in ("0", "false", "off") else "on")
+  return text
 
 
 def versions_text(run: Mapping[str, Any]) -> str:

@@ -6,6 +6,10 @@ import subprocess
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from core import runtime  # pylint: disable=g-import-not-at-top
+
+runtime.set_defaults()  # The tests run TensorFlow as the entry points do.
+
 import pytest  # pylint: disable=g-import-not-at-top
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,6 +13,7 @@ makes a run repeatable.
                this process may use},
    "strategy": {"name": the tf.distribute strategy's class, "replicas": replicas in sync},
    "random_seed": int, "deterministic": whether op determinism was on,
+   "environment": the TensorFlow settings of core/runtime.py (TF_ENABLE_ONEDNN_OPTS),
    "finished": the local time the record was made}
 
 The wall time of each phase is in the results file's own "times". `make_repeatable` seeds Python,
@@ -35,6 +36,8 @@ from typing import Any, Dict, Optional
 import keras
 import numpy as np
 import tensorflow as tf
+
+from core import runtime
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -133,5 +136,6 @@ def record(random_seed: int, strategy: Optional[tf.distribute.Strategy] = None,
                    "replicas": int(strategy.num_replicas_in_sync)},
       "random_seed": int(random_seed),
       "deterministic": _op_determinism() if deterministic is None else bool(deterministic),
+      "environment": runtime.settings(),
       "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
   }
