@@ -16,6 +16,15 @@ Sections (each prints one table):
              image 9 patches), next to its input pipeline alone on the embedded dataset (source
              images/s, preprocessing included): the pipeline must outrun the step.
 Timings skip --warmup_steps calls (tracing) and average the next --steps.
+
+--profile=N traces --steps more calls of every measured step with the TensorFlow profiler and
+prints its N op types with the most self time, the forward pass and the backward pass (the ops
+under `gradient_tape/`) apart, and the N single ops with the most; --profile_dir keeps the trace
+for TensorBoard's profile plugin.
+
+oneDNN: TensorFlow turns its oneDNN CPU kernels on by default only on CPUs with AVX-512 VNNI or
+newer; this script, like every entry point of the suite, turns them on unless
+TF_ENABLE_ONEDNN_OPTS is set (core/runtime.py). Run it with TF_ENABLE_ONEDNN_OPTS=0 to compare.
 """
 
 import argparse
@@ -26,6 +35,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from core import runtime  # pylint: disable=g-import-not-at-top
+
+runtime.set_defaults()
 
 import keras  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -42,6 +54,70 @@ def _timed(fn, steps: int, warmup: int) -> float:
   for _ in range(steps):
     fn()
   return (time.perf_counter() - start) / steps
+
+
+def _op_stats(logdir: str):
+  """Rows of the profiler's framework op statistics (one per op) of the trace in `logdir`."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  # TensorBoard's profile plugin reads traces with it; TensorFlow has no public API for this.
+  from tensorflow.python.profiler.internal import (  # pylint: disable=g-import-not-at-top
+      _pywrap_profiler_plugin)
+  paths = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+  data, ok = _pywrap_profiler_plugin.xspace_to_tools_data(paths, "framework_op_stats")
+  if not ok:
+    raise RuntimeError(f"the profiler could not read its trace in {logdir}")
+  table = json.loads(data)
+  table = table[0] if isinstance(table, list) else table
+  keys = [c["id"] for c in table["cols"]]
+  return [dict(zip(keys, [c.get("v") for c in row["c"]])) for row in table["rows"]]
+
+
+def _pass_of(op_name: str) -> str:
+  """"backward" for the ops of the gradient, "update" for the optimizer's, else "forward"."""
+  if op_name.startswith("gradient_tape/") or "/gradient_tape/" in op_name:
+    return "backward"
+  if op_name.startswith(("SGD/", "Adam/", "sgd/", "adam/")) or "/SGD/" in op_name:
+    return "update"
+  return "forward"
+
+
+def profile(name: str, fn, steps: int, top: int, logdir: str = "") -> None:
+  """Traces `steps` calls of `fn` and prints where their time went (module docstring)."""
+  import collections  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as tmp:
+    logdir = logdir and os.path.join(logdir, name.replace(" ", "_").replace("/", "_"))
+    tf.profiler.experimental.start(logdir or tmp)
+    for _ in range(steps):
+      fn()
+    tf.profiler.experimental.stop()
+    rows = _op_stats(logdir or tmp)
+  busy = [r for r in rows if r["type"] != "IDLE"]
+  total = sum(r["total_self_time"] for r in busy) or 1.0
+  idle = sum(r["total_self_time"] for r in rows if r["type"] == "IDLE")
+  by_pass = collections.defaultdict(collections.Counter)
+  for r in busy:
+    by_pass[_pass_of(r["operation"])][r["type"]] += r["total_self_time"]
+  print(f"  profile of {name}: {total / steps / 1e3:.1f} ms of op time per call"
+        f" (+{idle / steps / 1e3:.1f} ms idle threads)")
+  for pass_name in ("forward", "backward", "update"):
+    types = by_pass.get(pass_name)
+    if not types:
+      continue
+    share = sum(types.values()) / total
+    listed = ", ".join(f"{t} {v / total:.0%}" for t, v in types.most_common(top))
+    print(f"    {pass_name} {share:.0%}: {listed}")
+  print("    top ops: " + "; ".join(
+      f"{r['operation']} ({r['type']}) {r['total_self_time'] / total:.1%}"
+      for r in sorted(busy, key=lambda r: -r["total_self_time"])[:top]))
+
+
+def measure(name: str, fn, args) -> float:
+  """Seconds per call of `fn` (see `_timed`); with --profile, its profile too."""
+  secs = _timed(fn, args.steps, args.warmup_steps)
+  if args.profile:
+    profile(name, fn, args.steps, args.profile, args.profile_dir)
+  return secs
 
 
 def matmul_peak(size: int, steps: int, warmup: int) -> float:
@@ -92,8 +168,8 @@ def backbones(args, peak: float):
       if width != args.filters_factor and (arch, mode) != ("resnet50", "v2"):
         continue
       model = models.get_model(arch, num_classes=1000, filters_factor=width, mode=mode)
-      secs = _timed(_classifier_step(model, ours, batch, size), args.steps, args.warmup_steps)
       name = f"{arch}_{mode}" if arch == "resnet50" else arch
+      secs = measure(f"{name} w{width}", _classifier_step(model, ours, batch, size), args)
       flops = ""
       if (arch, mode) == ("resnet50", "v2"):
         achieved = 3 * forward_flops(model, ours, size) * batch / secs
@@ -101,8 +177,8 @@ def backbones(args, peak: float):
       rows.append((f"{name} w{width}", batch / secs, flops))
   reference = keras.applications.ResNet50V2(weights=None, input_shape=(size, size, 3),
                                             classes=1000, classifier_activation=None)
-  ref_secs = _timed(_classifier_step(reference, lambda out: out, batch, size), args.steps,
-                    args.warmup_steps)
+  ref_secs = measure("keras ResNet50V2", _classifier_step(reference, lambda out: out, batch, size),
+                     args)
   ref_rate = batch / ref_secs
   rows.append(("keras ResNet50V2 (= w4)", ref_rate, ""))
   print(f"\nTraining step, {size}x{size}, batch {batch} (images/s):")
@@ -160,7 +236,7 @@ def methods_section(args):
       optimizer.apply_gradients(zip(grads, model.trainable_variables))
       return total
 
-    step_secs = _timed(lambda: step().numpy(), args.steps, args.warmup_steps)
+    step_secs = measure(name, lambda: step().numpy(), args)
     b = config.batch_size
     print(f"{name:26s} {b:5d} {b / step_secs:9.1f} {b / pipe_secs:9.1f}  "
           f"{step_secs / pipe_secs:.1f}x")
@@ -176,6 +252,10 @@ def main():
   p.add_argument("--matmul_size", type=int, default=2048)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup_steps", type=int, default=2)
+  p.add_argument("--profile", type=int, default=0, metavar="N",
+                 help="Also profile every measured step: its N costliest op types and ops.")
+  p.add_argument("--profile_dir", default="",
+                 help="With --profile: keep the traces here (one folder per step).")
   args = p.parse_args()
   sections = args.sections.split(",")
   unknown = set(sections) - {"matmul", "backbones", "methods"}
