@@ -153,6 +153,12 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return max(1, num_examples // batch_size)
 
 
+# Steps per call of the compiled training loop over cached features: a step of linear heads on
+# cached features is a few small matrix products, so one Python call per step would cost as much
+# as the step itself.
+ARRAY_STEPS_PER_CALL = 64
+
+
 def train_probes_on_arrays(probes: Probes, optimizer: keras.optimizers.Optimizer,
                            features: Mapping[str, np.ndarray], labels: np.ndarray,
                            batch_size: int, seed: int, num_steps: int) -> Dict[str, float]:
@@ -160,14 +166,15 @@ def train_probes_on_arrays(probes: Probes, optimizer: keras.optimizers.Optimizer
 
   The features are copied once into tensors and each step gathers its batch inside the
   compiled step, so a step costs the heads' arithmetic, not a host copy of [batch, sum of
-  dims] floats. Batches follow `epoch_orders` (a fresh seeded permutation per epoch, the
-  last partial batch dropped).
+  dims] floats; `ARRAY_STEPS_PER_CALL` steps run in one call. Batches follow `epoch_orders` (a
+  fresh seeded permutation per epoch, the last partial batch dropped).
   """
   table = {name: tf.convert_to_tensor(array) for name, array in features.items()}
   batches = ((idx, labels[idx]) for order in epoch_orders(len(labels), batch_size, seed)
              for idx in order)
   return train_probes(probes, optimizer, batches, num_steps,
-                      feature_fn=lambda idx: {name: tf.gather(t, idx) for name, t in table.items()})
+                      feature_fn=lambda idx: {name: tf.gather(t, idx) for name, t in table.items()},
+                      steps_per_call=ARRAY_STEPS_PER_CALL)
 
 
 def epoch_orders(num_examples: int, batch_size: int, seed: int):
@@ -186,18 +193,21 @@ def num_train_steps(epochs: float, steps_in_epoch: int) -> int:
 
 def train_probes(probes: Probes, optimizer: keras.optimizers.Optimizer, batches: Iterable,
                  num_steps: int, feature_fn: Optional[Callable] = None,
-                 log_every_s: float = 30.0) -> Dict[str, float]:
+                 log_every_s: float = 30.0, steps_per_call: int = 1) -> Dict[str, float]:
   """Trains all heads at once for `num_steps` steps over `batches` of (inputs, labels).
 
   Inputs are feature dicts, or whatever `feature_fn` turns into them inside the step: images
   through the frozen backbone (the on-the-fly protocol), or batch indices into cached features
-  (`train_probes_on_arrays`). Returns the last step's loss per layer.
+  (`train_probes_on_arrays`). `steps_per_call` consecutive batches (all of the same shapes) are
+  stacked and trained on in one call of the compiled loop, one step after the other. Returns
+  the last step's loss per layer.
   """
+  if steps_per_call < 1:
+    raise ValueError(f"steps_per_call must be at least 1, got {steps_per_call}")
   variables = probes.trainable_variables
   optimizer.build(variables)
 
-  @tf.function(reduce_retracing=True)
-  def step(inputs, labels):
+  def one_step(inputs, labels):
     features = feature_fn(inputs) if feature_fn is not None else inputs
     features = {name: tf.stop_gradient(tf.cast(features[name], tf.float32))
                 for name in probes.layers}
@@ -207,17 +217,29 @@ def train_probes(probes: Probes, optimizer: keras.optimizers.Optimizer, batches:
     optimizer.apply_gradients(zip(grads, variables))
     return cross_entropy
 
+  @tf.function(reduce_retracing=True)
+  def steps(stacked_inputs, stacked_labels):
+    losses = {name: tf.zeros([]) for name in probes.layers}
+    for i in tf.range(tf.shape(stacked_labels)[0]):
+      inputs = tf.nest.map_structure(lambda t, i=i: t[i], stacked_inputs)
+      losses = one_step(inputs, stacked_labels[i])
+    return losses
+
   start = last_log = time.time()
   done, losses = 0, {}
   iterator = iter(batches)
   while done < num_steps:
-    try:
-      inputs, labels = next(iterator)
-    except StopIteration:
-      raise ValueError(
-          f"the training batches ran out after {done} of {num_steps} steps") from None
-    losses = step(inputs, tf.cast(datasets.image_labels(labels), tf.int32))
-    done += 1
+    chunk = []
+    for _ in range(min(steps_per_call, num_steps - done)):
+      try:
+        chunk.append(next(iterator))
+      except StopIteration:
+        raise ValueError(f"the training batches ran out after {done + len(chunk)} of "
+                         f"{num_steps} steps") from None
+    inputs = tf.nest.map_structure(lambda *xs: tf.stack(xs), *[c[0] for c in chunk])
+    labels = tf.stack([tf.cast(datasets.image_labels(c[1]), tf.int32) for c in chunk])
+    losses = steps(inputs, labels)
+    done += len(chunk)
     now = time.time()
     if now - last_log >= log_every_s or done == num_steps:
       last_log = now
