@@ -154,8 +154,8 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 
 # Steps per call of the compiled training loop over cached features: a step of linear heads on
-# cached features is a few small matrix products, so one Python call per step would cost as much
-# as the step itself.
+# cached features is a few small matrix products (milliseconds), to which a Python call per step
+# would add its own overhead.
 ARRAY_STEPS_PER_CALL = 64
 
 

@@ -86,9 +86,9 @@ class Conv2D(keras.layers.Conv2D):
   """Keras' Conv2D (channels last, no dilation or groups), with the convolutions that are matrix
   products computed as one: a 1x1 kernel (after subsampling, for a stride), and a stride-1 SAME
   convolution of a 1x1 map (only the kernel's centre meets the map; the other taps meet the
-  padding and get zero gradients, as in the convolution). On CPUs the matrix product and its
-  gradients are 1.2-2.5x faster than the convolution kernels at these shapes
-  (bench/throughput.py --profile). The variables are Keras' own.
+  padding and get zero gradients, as in the convolution). On a 2-core AVX2 CPU with oneDNN, the
+  matrix product and its gradients took 1.2-2.5x less time than the convolution's at the 1x1
+  convolutions of ResNet-50 (batch 64-256, 1x1 to 8x8 maps). The variables are Keras' own.
   """
 
   def _as_matmul(self, inputs) -> bool:

@@ -323,6 +323,17 @@ def test_run_records_are_listed_and_unlike_cells_of_a_table_flagged(tmp_path):
   section = next(part for part in text.split("\n## ") if notes[0] in part)
   assert "| rotation-resnet50_v2-w1 |" in section and "rotation-vgg19" not in section
 
+  # The baseline again on the same CPU and TensorFlow, but on Eigen's kernels (oneDNN off):
+  # flagged as well.
+  off = _run_record()
+  off["environment"] = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+  write_cell(root, "random_init-resnet50_v2-w1", "random_init", "random_init", "resnet50", 1,
+             resnet_values(1, 0.1), run=off)
+  paths, _ = report_lib.make_report([root])
+  notes = [l for l in open(paths["markdown"]).read().splitlines()
+           if "different versions or devices" in l]
+  assert len(notes) == 1 and "CPU: AMD EPYC, 2 cores, oneDNN off" in notes[0], notes
+
 
 def test_cells_that_differ_only_in_their_seed_show_their_spread(tmp_path):
   root = str(tmp_path / "root")

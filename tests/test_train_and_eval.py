@@ -136,6 +136,8 @@ def test_run_eval_writes_pretext_results(trained):
   assert run["devices"]["cpu_count"] == len(os.sched_getaffinity(0)) and run["devices"]["cpu"]
   assert run["strategy"]["replicas"] == 1 and run["random_seed"] == config.random_seed
   assert run["deterministic"] is False and "python" in run["command"]
+  # The kernels it ran on: oneDNN's, as every entry point (and conftest.py) asks.
+  assert run["environment"] == {"TF_ENABLE_ONEDNN_OPTS": os.environ["TF_ENABLE_ONEDNN_OPTS"]}
   assert set(saved["times"]) == {"training_s", "pretext_eval_s", "export_s", "total_s"}
   assert 0 < saved["times"]["training_s"] < saved["times"]["total_s"]
   with open(os.path.join(config.export_dir, "export_info.json")) as f:
