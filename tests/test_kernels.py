@@ -15,13 +15,15 @@ def _op_types(fn, *args):
 
 
 def _pair(**kwargs):
-  """Our batch norm and Keras', built alike with the same (random) variables."""
+  """Our batch norm and Keras', made with the same arguments."""
   ours = common.FusedBatchNormalization(**kwargs)
   theirs = keras.layers.BatchNormalization(**kwargs)
   return ours, theirs
 
 
 def _same_variables(layers, shape, seed=0):
+  """Builds `layers` for `shape` and gives their variables the same random values (the moving
+  variances positive)."""
   rng = np.random.default_rng(seed)
   for layer in layers:
     layer.build(shape)
