@@ -91,6 +91,7 @@ def run(config, print_fn=print):
   """One pretext experiment: train (resuming), optionally evaluate, export. Returns its results."""
   from core import config as config_lib  # pylint: disable=g-import-not-at-top
   from core import files  # pylint: disable=g-import-not-at-top
+  from core import specs  # pylint: disable=g-import-not-at-top
   from core.errors import ConfigError  # pylint: disable=g-import-not-at-top
   import datasets  # pylint: disable=g-import-not-at-top
   import methods  # pylint: disable=g-import-not-at-top
@@ -126,8 +127,7 @@ def run(config, print_fn=print):
       "task": config.task, "architecture": config.architecture,
       "filters_factor": config.resolved_filters_factor(), "mode": config.mode,
       "last_relu": config.last_relu, "dataset": config.dataset, "step": state.step,
-      "eval_preprocessing": export_lib.representation_preprocessing(config.preprocessing,
-                                                                    method.PRETEXT_OPS),
+      "eval_preprocessing": specs.representation_spec(config.preprocessing),
       "preprocess_config": dataclasses.asdict(datasets.PreprocessConfig.of(config)),
       "run": run_record.record(config.random_seed, strategy, config.deterministic),
   }

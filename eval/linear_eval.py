@@ -20,6 +20,7 @@ from absl import logging
 import keras
 
 from core import options
+from core import specs
 from core.errors import ConfigError
 from core.options import require
 import datasets
@@ -54,10 +55,6 @@ LinearEvalConfig = options.make_config("LinearEvalConfig", options.EVAL, _EvalCo
     ("knn_temperature", float, knn_lib.DEFAULT_TEMPERATURE),
     ("feature_dtype", str, "float32"),                   # or float16 (half the memory).
 ])
-# The flags that make preprocess_params (the preprocessing of a random-init baseline, or sizes
-# given over an export's).
-_PREPROCESS_FLAGS = ("resize_size", "crop_size", "smaller_size", "grayscale_probability",
-                     "splits_per_side", "patch_jitter")
 
 
 def evaluation_kwargs(values: Mapping[str, Any], config_name: str) -> Dict[str, Any]:
@@ -71,9 +68,8 @@ def evaluation_kwargs(values: Mapping[str, Any], config_name: str) -> Dict[str, 
   kwargs["architecture"] = values["architecture"] if random_init else None
   if values["weight_decay"] is None:
     kwargs["weight_decay"] = options.OPTIONS["weight_decay"].default_for(config_name)
-  sizes = ("resize_size", "crop_size", "smaller_size")
-  if random_init or any(values[k] is not None for k in sizes):
-    kwargs["preprocess_params"] = {k: values[k] for k in _PREPROCESS_FLAGS}
+  if random_init or any(values[k] is not None for k in specs.SIZE_FLAGS):
+    kwargs["preprocess_params"] = {k: values[k] for k in specs.EVAL_PARAM_FLAGS}
   return kwargs
 
 

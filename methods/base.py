@@ -1,7 +1,6 @@
 """What every method's model_fn returns, and helpers shared by the classification pretext tasks.
 
-A method module exposes:
-  PRETEXT_OPS: preprocessing ops that create the pretext labels (dropped for representation eval).
+A method module exposes (the preprocessing ops that make its labels are core/specs.PRETEXT_OPS):
   validate(config): raises core.errors.ConfigError for settings the method cannot run with.
   build_model(config, image_shape, num_classes): the Keras model (backbone + head), built for
     per-example input of `image_shape` as the data pipeline yields it (e.g. [4,H,W,C] for rotation).

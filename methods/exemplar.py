@@ -17,8 +17,6 @@ from methods import base
 from methods import triplet_loss
 import models
 
-PRETEXT_OPS = ("exemplar_copies",)
-
 
 def validate(config) -> None:
   base.require_op(config, "exemplar_copies", "resize,exemplar_copies,standardization")

@@ -26,7 +26,6 @@ from core.errors import ConfigError
 from methods import base
 from methods import patch_utils
 
-PRETEXT_OPS = ()  # The pretext labels are made in model_fn; evaluation keeps the patches.
 PERMUTATION_SEED = 0
 # Above this many candidates (P! > MAX_CANDIDATES, i.e. P > 9) the candidates are a random
 # sample of MAX_CANDIDATES permutations instead of all P! of them.

@@ -19,7 +19,6 @@ from core.errors import ConfigError
 from methods import base
 from methods import patch_utils
 
-PRETEXT_OPS = ()  # The pretext labels are made in model_fn; evaluation keeps the patches.
 NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 NUM_CLASSES = len(NEIGHBOUR_OFFSETS)
 

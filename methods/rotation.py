@@ -8,7 +8,6 @@ import tensorflow as tf
 from methods import base
 import models
 
-PRETEXT_OPS = ("rotate",)
 NUM_ROTATIONS = 4
 
 

@@ -22,7 +22,6 @@ from methods import base
 import models
 from models import common
 
-PRETEXT_OPS = ("simclr_views",)
 _LARGE = 1e9  # Masks a view's similarity with itself.
 
 

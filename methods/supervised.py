@@ -5,8 +5,6 @@ import tensorflow as tf
 from methods import base
 import models
 
-PRETEXT_OPS = ()
-
 
 def validate(config) -> None:
   del config  # Any single-image preprocessing works; build_model checks the input rank.

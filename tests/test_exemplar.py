@@ -9,7 +9,6 @@ from core.errors import ConfigError
 from datasets import PreprocessConfig, get_preprocess_fn
 from methods import exemplar
 from methods import triplet_loss
-from training import export as export_lib
 
 
 def numpy_semihard_loss(labels, embeddings, margin):
@@ -96,9 +95,6 @@ def test_exemplar_copies_op():
     assert copies.min() >= 0.0 and copies.max() <= 1.0
     assert int(out["label"]) == 3
     assert len({c.tobytes() for c in copies}) == 5
-  spec = "resize,exemplar_copies,standardization"
-  assert export_lib.representation_preprocessing(spec, exemplar.PRETEXT_OPS) == (
-      "resize,standardization")
 
 
 def test_validation():

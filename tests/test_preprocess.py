@@ -223,3 +223,20 @@ def test_spec_text_ops_and_patches():
     specs.makes_patches("resize,,crop")
   with pytest.raises(ValueError, match="empty op name"):
     validate_spec("resize,", CONFIG)  # The same parser behind the op registry.
+
+
+def test_evaluation_input_drops_the_ops_that_make_pretext_examples():
+  from core import specs  # pylint: disable=g-import-not-at-top
+  assert specs.representation_spec("resize,flip_lr,-1_to_1,rotate") == "resize,flip_lr,-1_to_1"
+  assert specs.representation_spec("resize,exemplar_copies,standardization") == (
+      "resize,standardization")
+  assert specs.representation_spec("resize,simclr_views,-1_to_1") == "resize,-1_to_1"
+  patches = "resize,to_gray,crop,crop_patches,standardization"
+  assert specs.representation_spec(patches) == patches  # Patch labels come from model_fn.
+  # Each of them is a registered op that stacks copies of the image.
+  for name in specs.PRETEXT_OPS:
+    assert PREPROCESS_OPS.get(name).stacks, name
+  # The parameters an evaluation takes are PreprocessConfig's fields.
+  fields = set(PreprocessConfig.__dataclass_fields__)
+  assert set(specs.EVAL_PARAM_FLAGS) <= fields and set(specs.SIZE_FLAGS) <= set(
+      specs.EVAL_PARAM_FLAGS)

@@ -179,8 +179,6 @@ def test_validation():
   with pytest.raises(ConfigError, match="--batch_size=1"):
     simclr.validate(Config(task="simclr", workdir="/unused", preprocessing="simclr_views",
                            batch_size=1))
-  assert export_lib.representation_preprocessing(
-      "resize,simclr_views,-1_to_1", simclr.PRETEXT_OPS) == "resize,-1_to_1"
 
 
 def simclr_config(workdir, data_dir, **overrides) -> Config:

@@ -14,7 +14,6 @@ from typing import Sequence
 import tensorflow as tf
 
 from core import files
-from core import specs
 
 
 class _ExportModule(tf.Module):
@@ -35,11 +34,6 @@ class _ExportModule(tf.Module):
 
   def _representation(self, images):
     return {k: tf.cast(v, tf.float32) for k, v in self.model(images, training=False).items()}
-
-
-def representation_preprocessing(spec: str, pretext_ops: Sequence[str]) -> str:
-  """The preprocessing spec without the ops that create pretext labels."""
-  return ",".join(op for op in specs.parse_spec(spec) if op not in pretext_ops)
 
 
 def export(model, export_dir: str, image_shape: Sequence[int], info: dict,
