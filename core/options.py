@@ -17,6 +17,7 @@ from core.errors import ConfigError
 # The configs: pretext training, per-layer evaluation, fine-tuning of the whole backbone.
 PRETEXT, EVAL, FINE_TUNE = "pretext", "eval", "fine_tune"
 RANDOM_INIT = "random_init"        # --hub_module of the random-init baseline.
+FOLDER_PREFIX = "folder:"          # --dataset=folder:<root>: an image folder.
 # The --task values that evaluate an export, and the config each takes.
 EVALUATION_TASKS = {"linear_eval": EVAL, "fine_tune": FINE_TUNE, "cka": EVAL,
                     "probe_series": EVAL}

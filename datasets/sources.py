@@ -30,6 +30,7 @@ from absl import logging
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from core import options
 from core.registry import Registry
 from datasets.base import (DatasetInfo, DatasetNotPreparedError, RawSplit, Shard, Source,
                            split_instructions, split_size)
@@ -208,7 +209,7 @@ DATASETS.register("cifar100", TfdsSource("cifar100", train_split="train", eval_s
 DATASETS.register("shapes", ShapesSource("default", name="shapes"))
 DATASETS.register("shapes_small", ShapesSource("small", name="shapes_small"))
 
-FOLDER_PREFIX = "folder:"
+FOLDER_PREFIX = options.FOLDER_PREFIX
 
 
 def _tfds_knows(name: str) -> bool:

@@ -35,6 +35,9 @@ class Cell:
   # What its SLURM job asks for (grid/slurm_settings.py: [slurm] < the entry's slurm table);
   # it does not change results, so it is not part of the fingerprints.
   slurm: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  # The random-init cell on the same input that the report compares it with (trained cells of
+  # a grid with [baselines] random_init); not part of the fingerprints either.
+  baseline: Optional[str] = None
 
   @property
   def reference(self) -> bool:
@@ -72,7 +75,7 @@ class Cell:
                 architecture=self.architecture, mode=self.mode, width=self.width,
                 origin=self.origin, axes=dict(self.axes),
                 pretext_flags=self.pretext_flags, evaluations=self.evaluations,
-                slurm=dict(self.slurm))
+                slurm=dict(self.slurm), baseline=self.baseline)
 
 
 def _digest(flags: Mapping[str, Any]) -> str:

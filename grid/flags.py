@@ -181,7 +181,9 @@ class FlagChecker:
                 os.path.join(self.base_dir, "configs", "*", f"{match.group(2)}.flags"))
             if os.path.basename(os.path.dirname(p)) not in ("evaluation", "grids"))
         hint = (f"; methods with a flagfile configs/<method>/{match.group(2)}.flags: "
-                f"{', '.join(methods) or 'none'}")
+                f"{', '.join(methods) or 'none'}. Give the cells a flagfile ([pretext] "
+                "flagfile = \"configs/{method}/shapes.flags\", or a cell's flagfile); an image "
+                "folder (dataset \"folder:<root>\") takes configs/<method>/shapes.flags")
       self.fail(where, f"flagfile {path} not found (relative paths are relative to "
                 f"{self.base_dir}){hint}")
     try:

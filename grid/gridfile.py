@@ -9,14 +9,17 @@ Grid file sections (all optional but [[cells]]):
   [grid]        name, description.
   [defaults]    flags of every step of every cell (dataset, data_dir, ...).
   [pretext]     flags of every pretext training, over the method's flagfile; flagfile: the
-                default flagfile of the cells (default "configs/{method}/{dataset}.flags").
+                default flagfile of the cells (default "configs/{method}/{dataset}.flags"; for
+                an image folder, dataset "folder:<root>", "configs/{method}/shapes.flags").
   [evaluation]  the per-layer evaluation of every cell: flagfile (an evaluation flagfile: task
                 linear_eval, the default, or fine_tune), name (default "linear_eval": results
                 go to <cell>/<name>/results.json), flags.
   [[evaluations]] instead of [evaluation]: several evaluations of every cell, each as above with
                 its own name (e.g. one on ImageNet, one on Places).
-  [baselines]   random_init (bool), random_init_flags (table), supervised (bool),
-                supervised_flagfile, supervised_flags (table).
+  [baselines]   random_init (bool): a random-init baseline per architecture, width and
+                evaluation input of the trained cells, each cell paired with the one on its
+                input; random_init_flags (table; eval_preprocessing there adds a baseline on
+                that input), supervised (bool), supervised_flagfile, supervised_flags (table).
   [slurm]       what every cell's SLURM job asks for (--executor=slurm): partition, account,
                 qos, time, nodes, tasks_per_node, cpus_per_task, gpus_per_node, mem, extra
                 (other sbatch options), setup (shell lines); and max_queued, max_retries
@@ -46,6 +49,9 @@ from grid.common import GridError, REPO_ROOT
 from grid.flags import FlagChecker, FlagInfo, RUNNER_FLAGS, flag_value, same_value
 
 DEFAULT_FLAGFILE = "configs/{method}/{dataset}.flags"
+# The flagfiles of an image folder (dataset "folder:<root>") under DEFAULT_FLAGFILE: those of
+# the embedded set, sized for small images on a few CPU cores (every image resized to 32x32).
+FOLDER_FLAGFILE_DATASET = "shapes"
 
 SECTIONS = ("grid", "defaults", "pretext", "evaluation", "evaluations", "baselines", "slurm",
             "cells")
@@ -53,9 +59,8 @@ GRID_KEYS = ("name", "description")
 DEFAULT_EVALUATION = "linear_eval"
 BASELINE_KEYS = ("random_init", "random_init_flags", "random_init_slurm", "supervised",
                  "supervised_flagfile", "supervised_flags", "supervised_slurm")
-# The flags that shape a patch input (for the random-init baseline on patches).
-PATCH_INPUT_FLAGS = ("eval_preprocessing", "resize_size", "crop_size", "smaller_size",
-                     "splits_per_side", "patch_jitter", "grayscale_probability")
+# The flags that make the input an export is evaluated on (and a random-init baseline's).
+INPUT_FLAGS = ("eval_preprocessing",) + specs.EVAL_PARAM_FLAGS
 CELL_KEYS = ("method", "flagfile", "flags", "axes", "exclude", "eval_flags", "tag", "slurm")
 
 
@@ -133,19 +138,10 @@ class _Parser(FlagChecker):
     for index, entry in enumerate(entries, 1):
       cells.extend(self.expand(entry, index, ctx))
     explicit = {c.name for c in cells}
-    trained = [c for c in cells if c.pretext_flags is not None]
     identities = []
-    patch_inputs: List[Tuple[Tuple[str, Optional[str], Optional[int]], Dict[str, Any]]] = []
-    for c in trained:
-      ident = (c.architecture, c.mode, c.width)
-      if ident not in identities:
-        identities.append(ident)
-      try:
-        patch_flags = _patch_input_flags(c.pretext_flags)
-      except ValueError as e:  # A malformed --preprocessing.
-        self.fail(c.origin, str(e))
-      if patch_flags is not None and (ident, patch_flags) not in patch_inputs:
-        patch_inputs.append((ident, patch_flags))
+    for c in cells:
+      if c.pretext_flags is not None and (c.architecture, c.mode, c.width) not in identities:
+        identities.append((c.architecture, c.mode, c.width))
     added = {kind: slurm_settings.job_settings(slurm, slurm_settings.parse(
         baselines.get(f"{kind}_slurm", {}), f"[baselines] {kind}_slurm")) for kind in
              ("supervised", RANDOM_INIT)}
@@ -163,24 +159,79 @@ class _Parser(FlagChecker):
       for arch, mode, width in identities:
         overrides = dict(extra, **_identity_flags(arch, mode, width))
         add(self.make_cell("supervised", flagfile, overrides, {}, {}, None, where, ctx))
-    if baselines.get("random_init"):
-      where = "[baselines] random_init"
-      extra = self.flags(baselines.get("random_init_flags", {}), f"{where}_flags")
-      for arch, mode, width in identities:
-        overrides = dict(extra, **_identity_flags(arch, mode, width))
-        add(self.make_cell(RANDOM_INIT, None, {}, {}, overrides, None, where, ctx))
-      # Patch methods are probed on patches: their baseline is a random backbone on the same
-      # patches (tag "patches"; "patches2"... where an architecture has several patch settings).
-      shared = {k: v for k, v in extra.items() if k not in PATCH_INPUT_FLAGS}
-      tags: Dict[Tuple[str, Optional[str], Optional[int]], int] = {}
-      for ident, patch_flags in patch_inputs:
-        tags[ident] = tags.get(ident, 0) + 1
-        tag = "patches" if tags[ident] == 1 else f"patches{tags[ident]}"
-        overrides = dict(shared, **patch_flags, **_identity_flags(*ident))
-        add(self.make_cell(RANDOM_INIT, None, {}, {}, overrides, tag, where, ctx))
+    if baselines.get("random_init"):  # For the supervised baselines too.
+      self.add_random_init(baselines, [c for c in cells if c.pretext_flags is not None],
+                           identities, add, ctx)
     self.check_unique(cells)
     return Grid(path=self.path, name=name, description=str(info.get("description", "")),
                 cells=cells, slurm=slurm_settings.grid_settings(slurm))
+
+  def add_random_init(self, baselines: Mapping[str, Any], trained: Sequence[Cell],
+                      identities, add, ctx):
+    """One random-init baseline per architecture, version and width and per input its trained
+    cells are evaluated on (eval_input), and each trained cell's `baseline` its name. Tags: none
+    for the first whole-image input of an architecture, then "input2", ...; "patches",
+    "patches2", ... on patches. random_init_flags that give eval_preprocessing add a baseline on
+    that input too (the first, untagged)."""
+    where = "[baselines] random_init"
+    extra = self.flags(baselines.get("random_init_flags", {}), f"{where}_flags")
+    given = {k: v for k, v in extra.items() if k in INPUT_FLAGS}
+    if given and "eval_preprocessing" not in given:
+      self.fail(f"{where}_flags", f"{', '.join(given)} without eval_preprocessing: each "
+                "baseline is evaluated on the input of its trained cells (their export's "
+                "evaluation preprocessing and sizes); give eval_preprocessing too for one more "
+                "baseline on an input of your own, or leave these out")
+    shared = {k: v for k, v in extra.items() if k not in INPUT_FLAGS}
+    names = list(ctx["evaluations"])
+    made: List[Tuple[Tuple[str, Optional[str], Optional[int]], Tuple[Dict[str, Any], ...],
+                     str]] = []
+    counts: Dict[Tuple[Any, bool], int] = {}
+
+    def baseline(ident, inputs: Tuple[Dict[str, Any], ...]) -> str:
+      for other_ident, other_inputs, name in made:
+        if other_ident == ident and all(self.same_input(a, b) for a, b in
+                                        zip(other_inputs, inputs)):
+          return name
+      patches = specs.makes_patches(str(inputs[0].get("eval_preprocessing") or ""))
+      counts[ident, patches] = count = counts.get((ident, patches), 0) + 1
+      base = "patches" if patches else "input"
+      tag = f"{base}{count}" if count > 1 else (base if patches else None)
+      overrides = dict(shared, **inputs[0], **_identity_flags(*ident))
+      cell = self.make_cell(RANDOM_INIT, None, {}, {}, overrides, tag, where, ctx)
+      for eval_name, flags in zip(names, inputs):  # Each evaluation on its own input.
+        cell.evaluations[eval_name] = dict(
+            {k: v for k, v in cell.evaluations[eval_name].items() if k not in INPUT_FLAGS},
+            **flags)
+      made.append((ident, inputs, cell.name))
+      add(cell)
+      return cell.name
+
+    if given:
+      for ident in identities:
+        baseline(ident, tuple(dict(given) for _ in names))
+    for c in trained:
+      try:
+        inputs = tuple(self.eval_input(c.pretext_flags, c.evaluations[n]) for n in names)
+      except ValueError as e:  # A malformed --preprocessing.
+        self.fail(c.origin, str(e))
+      c.baseline = baseline((c.architecture, c.mode, c.width), inputs)
+
+  def eval_input(self, pretext: Mapping[str, Any], evaluation: Mapping[str, Any]
+                 ) -> Dict[str, Any]:
+    """The input that `evaluation` probes an export of `pretext` on, as evaluation flags
+    (INPUT_FLAGS; as eval/linear_eval.evaluation_kwargs and eval_data take them): its
+    eval_preprocessing, else the training spec without the pretext ops; the parameters of its
+    own flags where it sets a size, else those of the pretext training."""
+    spec = evaluation.get("eval_preprocessing") or specs.representation_spec(
+        str(self.default(pretext, "preprocessing") or ""))
+    source = evaluation if any(evaluation.get(k) is not None for k in specs.SIZE_FLAGS) \
+        else pretext
+    return dict({k: source[k] for k in specs.EVAL_PARAM_FLAGS if k in source},
+                eval_preprocessing=spec)
+
+  def same_input(self, a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two inputs' flags are the same, unset ones at their defaults."""
+    return all(same_value(self.default(a, k), self.default(b, k)) for k in INPUT_FLAGS)
 
   def evaluation(self, entry: Any, where: str, required_name: bool = False
                  ) -> Tuple[str, Dict[str, Any]]:
@@ -304,6 +355,8 @@ class _Parser(FlagChecker):
                   width=width, pretext_flags=None, evaluations=evaluations, origin=where,
                   axes=dict(point))
     dataset = ctx["defaults"].get("dataset")
+    if flagfile == DEFAULT_FLAGFILE and str(dataset).startswith(options.FOLDER_PREFIX):
+      dataset = FOLDER_FLAGFILE_DATASET
     try:
       path = flagfile.format(method=method, dataset=dataset if dataset is not None else "{dataset}")
     except (KeyError, IndexError, ValueError):
@@ -347,19 +400,6 @@ class _Parser(FlagChecker):
         self.fail(where, f"{msg} give the same cell name {c.name!r}; make them differ (an axis "
                   "value, a different method) or set tag = \"...\" on one entry")
       seen[c.name] = c
-
-
-def _patch_input_flags(pretext_flags: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
-  """The evaluation flags that give a random-init backbone the patches a patch method's export
-  is probed on, or None where the method does not train on patches (no `crop_patches`). The
-  export's evaluation preprocessing is its training spec without label-making ops, and patch
-  methods make their labels in model_fn, so the spec is taken as it is."""
-  spec = str(pretext_flags.get("preprocessing", ""))
-  if not specs.makes_patches(spec):
-    return None
-  flags = {k: pretext_flags[k] for k in PATCH_INPUT_FLAGS if k in pretext_flags}
-  flags["eval_preprocessing"] = spec
-  return flags
 
 
 def _identity_flags(arch: str, mode: Optional[str], width: Optional[int]) -> Dict[str, str]:

@@ -86,6 +86,12 @@ class CellResult:
             or ((self.state or {}).get("pretext_flags") or {}).get("preprocessing") or "")
     return specs.makes_patches(str(spec))
 
+  @property
+  def eval_spec(self) -> str:
+    """The preprocessing spec its features came from ('' where not recorded)."""
+    return str((self.results.get("source") or {}).get("eval_preprocessing")
+               or (self.results.get("config") or {}).get("eval_preprocessing") or "")
+
   def arch_label(self) -> str:
     return f"{self.architecture} {self.mode}" if self.mode else self.architecture
 

@@ -18,8 +18,8 @@ from report import seeds
 from report import similarity
 from report.cells import (CellResult, KIND_LABELS, evaluation_title, load_cells, load_failures,
                           slug)
-from report.tables import (best_over_baseline, configs_section, group_tables, layer_columns,
-                           markdown_table, md, pct)
+from report.tables import (baseline_label, best_over_baseline, configs_section, group_tables,
+                           layer_columns, markdown_table, md, pct)
 
 
 def plot_table(cells: Sequence[CellResult], layers: Sequence[str], title: str, path: str) -> str:
@@ -58,6 +58,7 @@ def csv_rows(cells: Sequence[CellResult]) -> List[Dict[str, Any]]:
     layers = layer_columns(group)
     for cell in group:
       gain = best_over_baseline(cell, group)
+      baseline = baseline_label(cell, group) if cell.kind != RANDOM_INIT else ""
       for depth, layer in enumerate(layers):
         entry = (cell.results.get("layers") or {}).get(layer)
         if entry is None:
@@ -69,13 +70,13 @@ def csv_rows(cells: Sequence[CellResult]) -> List[Dict[str, Any]]:
             layer=layer, depth=depth, dim=entry.get("dim"), top1=entry.get("top1"),
             top5=entry.get("top5"), loss=entry.get("loss"), knn_top1=entry.get("knn_top1"),
             best=int(layer == cell.best_layer), pretext_accuracy=cell.pretext_accuracy,
-            best_over_random_init=gain, wall_s=cell.wall_s))
+            best_over_random_init=gain, compared_with=baseline, wall_s=cell.wall_s))
   return rows
 
 
 CSV_FIELDS = ("evaluation", "family", "cell", "root", "kind", "method", "architecture", "mode",
               "width", "layer", "depth", "dim", "top1", "top5", "loss", "knn_top1", "best",
-              "pretext_accuracy", "best_over_random_init", "wall_s")
+              "pretext_accuracy", "best_over_random_init", "compared_with", "wall_s")
 
 
 def report_data(cells: Sequence[CellResult], failures: Sequence[Mapping[str, Any]] = (),
@@ -91,7 +92,9 @@ def report_data(cells: Sequence[CellResult], failures: Sequence[Mapping[str, Any
                     architecture=c.architecture, mode=c.mode, width=c.width,
                     pretext_accuracy=c.pretext_accuracy, best_layer=c.best_layer,
                     best_top1=c.top1(c.best_layer) if c.best_layer else None,
-                    best_over_random_init=best_over_baseline(c, group), wall_s=c.wall_s,
+                    best_over_random_init=best_over_baseline(c, group),
+                    compared_with=baseline_label(c, group) if c.kind != RANDOM_INIT else None,
+                    wall_s=c.wall_s,
                     layers={n: (c.results.get("layers") or {}).get(n) for n in layers
                             if n in (c.results.get("layers") or {})},
                     runs={phase: dict(run=run, times=times)
@@ -124,8 +127,10 @@ def write_report(cells: Sequence[CellResult], out_dir: str, roots: Sequence[str]
                "validation split (for the supervised reference, the class labels). Reference "
                "rows: the supervised network and the randomly initialised one (baseline). "
                "*vs random init*: the row's best-layer top-1 less that of the random-init "
-               "baseline of the same architecture and width on the same input (whole images, "
-               "or patches for the patch methods), in points. "
+               "baseline of the same architecture and width on the same evaluation input (the "
+               "same preprocessing and sizes: whole images, standardised images, or patches "
+               "for the patch methods), in points; *compared with*: that baseline (\"other "
+               "input\" where the results do not show it was evaluated on the same input). "
                "*wall time*: training + export + evaluation of the cell, including start-up. "
                "Fine-tuning tables (train_and_eval.py --task=fine_tune): top-1 of the whole "
                "backbone trained with a new linear head on pre_logits (their one column), "

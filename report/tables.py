@@ -66,16 +66,37 @@ def _label(cell: CellResult) -> str:
 
 
 def baseline_of(cell: CellResult, group: Sequence[CellResult]) -> Optional[CellResult]:
-  """The random-init cell of `group` (one table) that `cell` is compared with: the same
-  architecture, version and width, on the same input (whole images or patches)."""
+  """The random-init cell of `group` (one table) that `cell` is compared with: the one the grid
+  paired it with (cell.json's `baseline`: the same architecture, version and width on the same
+  evaluation input); for results without that pairing, a random-init cell of the same
+  architecture, version and width on the same spec, else on the same kind of input (whole
+  images or patches: `same_input` tells)."""
   if cell.kind == RANDOM_INIT:
     return None
-  for other in group:
-    if (other.kind == RANDOM_INIT and other.architecture == cell.architecture
-        and other.mode == cell.mode and other.width == cell.width
-        and other.on_patches == cell.on_patches and other.best_layer):
-      return other
-  return None
+  bases = [o for o in group if o.kind == RANDOM_INIT and o.best_layer]
+  named = (cell.state or {}).get("baseline")
+  if named:
+    return next((o for o in bases if o.name == named), None)
+  bases = [o for o in bases if o.architecture == cell.architecture and o.mode == cell.mode
+           and o.width == cell.width and o.on_patches == cell.on_patches]
+  same = [o for o in bases if same_input(cell, o)]
+  return (same or bases or [None])[0]
+
+
+def same_input(cell: CellResult, base: CellResult) -> bool:
+  """Whether `base` was evaluated on `cell`'s input: paired so by the grid, or on the same
+  recorded spec."""
+  if (cell.state or {}).get("baseline"):
+    return cell.state["baseline"] == base.name
+  return bool(cell.eval_spec) and cell.eval_spec == base.eval_spec
+
+
+def baseline_label(cell: CellResult, group: Sequence[CellResult]) -> str:
+  """The name of the baseline `cell` is compared with, flagged where its input differs."""
+  base = baseline_of(cell, group)
+  if base is None:
+    return "-"
+  return base.name if same_input(cell, base) else f"{base.name} (other input)"
 
 
 def best_over_baseline(cell: CellResult, group: Sequence[CellResult]) -> Optional[float]:
@@ -88,10 +109,10 @@ def best_over_baseline(cell: CellResult, group: Sequence[CellResult]) -> Optiona
 
 def markdown_table(cells: Sequence[CellResult], layers: Sequence[str]) -> str:
   header = (["cell", "method", "architecture", "width", "pretext acc."] + list(layers) +
-            ["best layer", "vs random init", "wall time"])
+            ["best layer", "vs random init", "compared with", "wall time"])
   lines = ["| " + " | ".join(header) + " |",
-           "|" + "|".join([":--"] * 3 + ["--:"] * (len(header) - 6) + [":--", "--:", "--:"])
-           + "|"]
+           "|" + "|".join([":--"] * 3 + ["--:"] * (len(header) - 7) +
+                          [":--", "--:", ":--", "--:"]) + "|"]
   for cell in cells:
     best = cell.best_layer
     values = []
@@ -104,6 +125,7 @@ def markdown_table(cells: Sequence[CellResult], layers: Sequence[str]) -> str:
         [_label(cell), md(cell.method), md(cell.arch_label()),
          str(cell.width if cell.width is not None else "-"), pretext] + values +
         [md(best or "-"), "-" if gain is None else f"{100 * gain:+.1f}",
+         md(baseline_label(cell, cells)),
          format_duration(cell.wall_s, '-', hours_with_seconds=False)]) + " |")
   return "\n".join(lines)
 

@@ -129,7 +129,6 @@ GRID = """
     train_split = "train[:100]"
     [baselines]
     random_init = true
-    random_init_flags = { eval_preprocessing = "resize,-1_to_1", resize_size = 32 }
     supervised = true
     [[cells]]
     method = "rotation"
@@ -211,10 +210,76 @@ def test_patch_methods_get_a_random_init_baseline_on_their_patches(configs, know
       method = ["jigsaw", "other_patches"]
       flags = { filters_factor = 1 }
       """), known, base_dir=str(configs))
+  # (The whole-image one is the supervised reference's, which comes after the cells.)
   assert [n for n in grid.names() if n.startswith("random_init")] == [
-      "random_init-resnet50_v2-w1", "random_init-resnet50_v2-w1-patches",
-      "random_init-resnet50_v2-w1-patches2"]
+      "random_init-resnet50_v2-w1-patches", "random_init-resnet50_v2-w1-patches2",
+      "random_init-resnet50_v2-w1"]
   assert grid.cell("random_init-resnet50_v2-w1-patches2").eval_flags["crop_size"] == "48"
+  assert grid.cell("other_patches-resnet50_v2-w1").baseline == (
+      "random_init-resnet50_v2-w1-patches2")
+
+
+def test_every_trained_cell_gets_a_baseline_on_its_own_evaluation_input(configs, known):
+  """A baseline per (architecture, width, evaluation input): the export's spec without the
+  pretext ops and the training's sizes, or what the evaluation sets; each cell names its own."""
+  (configs / "configs" / "exemplar").mkdir()
+  (configs / "configs" / "exemplar" / "toy.flags").write_text(
+      "--task=exemplar\n--dataset=toy\n--preprocessing=resize,exemplar_copies,standardization\n"
+      "--resize_size=32\n--crop_size=28\n")
+  base = GRID.split("[[cells]]")[0].replace("supervised = true", "supervised = false")
+  cells = """
+      [[cells]]
+      method = ["rotation", "supervised", "exemplar"]
+      flags = { filters_factor = 1 }
+      [[cells]]
+      method = "rotation"
+      flags = { filters_factor = 1, resize_size = 48 }
+      tag = "big"
+      """
+  grid = gridfile.load_grid(write_grid(configs, base + cells), known, base_dir=str(configs))
+  baselines = {c.name: c.eval_flags for c in grid.cells if c.kind == "random_init"}
+  input_flags = lambda flags: {k: v for k, v in flags.items() if k in gridfile.INPUT_FLAGS}
+  assert {n: input_flags(f) for n, f in baselines.items()} == {
+      # Rotation and supervised: "resize,-1_to_1" (rotate dropped), no size of their own.
+      "random_init-resnet50_v2-w1": {"eval_preprocessing": "resize,-1_to_1"},
+      # Exemplar: standardised images (exemplar_copies dropped), its own sizes.
+      "random_init-resnet50_v2-w1-input2": {"eval_preprocessing": "resize,standardization",
+                                            "resize_size": "32", "crop_size": "28"},
+      "random_init-resnet50_v2-w1-input3": {"eval_preprocessing": "resize,-1_to_1",
+                                            "resize_size": "48"}}
+  assert {c.name: c.baseline for c in grid.cells if c.kind != "random_init"} == {
+      "rotation-resnet50_v2-w1": "random_init-resnet50_v2-w1",
+      "supervised-resnet50_v2-w1": "random_init-resnet50_v2-w1",
+      "exemplar-resnet50_v2-w1": "random_init-resnet50_v2-w1-input2",
+      "rotation-resnet50_v2-w1-big": "random_init-resnet50_v2-w1-input3"}
+  # The baselines keep the evaluation's other flags; the pairing reaches cell.json.
+  assert baselines["random_init-resnet50_v2-w1-input2"]["train_split"] == "train[:100]"
+  assert grid.cell("exemplar-resnet50_v2-w1").to_dict()["baseline"] == (
+      "random_init-resnet50_v2-w1-input2")
+  # An evaluation that sets a size takes every parameter from its own flags, as
+  # linear_eval does: then every cell is probed on that input and one baseline serves all.
+  sized = base.replace('train_split = "train[:100]"',
+                       'train_split = "train[:100]"\neval_preprocessing = "resize,-1_to_1"\n'
+                       'resize_size = 24')
+  grid = gridfile.load_grid(write_grid(configs, sized + cells), known, base_dir=str(configs))
+  assert [c.name for c in grid.cells if c.kind == "random_init"] == [
+      "random_init-resnet50_v2-w1"]
+  assert input_flags(grid.cell("random_init-resnet50_v2-w1").eval_flags) == {
+      "eval_preprocessing": "resize,-1_to_1", "resize_size": "24"}
+  # random_init_flags with an input of their own: one more baseline, untagged, first.
+  given = base.replace("random_init = true", "random_init = true\nrandom_init_flags = "
+                       "{ eval_preprocessing = \"resize,0_to_1\", resize_size = 32 }")
+  grid = gridfile.load_grid(write_grid(configs, given + cells), known, base_dir=str(configs))
+  names = [c.name for c in grid.cells if c.kind == "random_init"]
+  assert names[0] == "random_init-resnet50_v2-w1" and len(names) == 4
+  assert grid.cell(names[0]).eval_flags["eval_preprocessing"] == "resize,0_to_1"
+  assert grid.cell("rotation-resnet50_v2-w1").baseline == "random_init-resnet50_v2-w1-input2"
+  # Sizes without a spec: ambiguous, refused.
+  bad = base.replace("random_init = true",
+                     "random_init = true\nrandom_init_flags = { resize_size = 32 }")
+  with pytest.raises(GridError, match=r"random_init_flags: resize_size without "
+                     "eval_preprocessing: each baseline is evaluated on the input of its"):
+    gridfile.load_grid(write_grid(configs, bad + cells), known, base_dir=str(configs))
 
 
 def test_other_axes_and_tags_make_names(configs, known):
@@ -241,6 +306,35 @@ def test_other_axes_and_tags_make_names(configs, known):
   assert len(grid.names()) == len(set(grid.names())) == 10
 
 
+def test_an_image_folder_grid_starts_from_the_embedded_flagfiles(tmp_path, known):
+  """dataset = "folder:<root>" has no configs/<method>/<dataset>.flags: the cells take
+  configs/<method>/shapes.flags, with the folder as their dataset; a flagfile given wins."""
+  path = write_grid(tmp_path, """
+      [defaults]
+      dataset = "folder:/data/photos"
+      [evaluation]
+      flagfile = "configs/evaluation/shapes.flags"
+      [baselines]
+      random_init = true
+      [[cells]]
+      method = ["rotation", "jigsaw"]
+      [[cells]]
+      method = "exemplar"
+      flagfile = "configs/exemplar/imagenet.flags"
+      """)
+  grid = gridfile.load_grid(path, known)
+  rotation = grid.cell("rotation-resnet50_v2-w1").pretext_flags
+  embedded = flags_lib.read_flagfile("configs/rotation/shapes.flags", known, REPO_ROOT)
+  assert {k: v for k, v in rotation.items() if k != "dataset"} == dict(
+      {k: v for k, v in embedded.items() if k != "dataset"}, run_eval=True)
+  assert rotation["dataset"] == "folder:/data/photos"
+  assert rotation["preprocessing"] == "resize,flip_lr,-1_to_1,rotate"
+  assert grid.cell("jigsaw-resnet50_v2-w1").pretext_flags["preprocessing"].endswith(
+      "crop_patches,standardization")
+  assert grid.cell("exemplar-resnet50_v1-w12").pretext_flags["dataset"] == "folder:/data/photos"
+  assert grid.cell("random_init-resnet50_v2-w1").eval_flags["dataset"] == "folder:/data/photos"
+
+
 @pytest.mark.parametrize("text, message", [
     ("[defualts]\ndataset = 'toy'\n", r"grid.toml: top level: unknown key 'defualts' \(did you "
      r"mean 'defaults'\?\); valid keys: grid, defaults"),
@@ -256,7 +350,9 @@ def test_other_axes_and_tags_make_names(configs, known):
      r"axes: filters_factor = 2: an axis is a non-empty list"),
     ("[[cells]]\nmethod = 'jigsaw'\n",
      r"#1 \(method 'jigsaw'\): flagfile configs/jigsaw/toy.flags not found .*methods with a "
-     r"flagfile configs/<method>/toy.flags: rotation, supervised"),
+     r"flagfile configs/<method>/toy.flags: rotation, supervised. Give the cells a flagfile "
+     r"\(\[pretext\] flagfile = .*an image folder \(dataset \"folder:<root>\"\) takes "
+     r"configs/<method>/shapes.flags"),
     ("[[cells]]\nmethod = 'rotation'\nflags = { epochs = 'many' }\n",
      r"epochs = 'many' is not a float"),
     ("[[cells]]\nmethod = 'rotation'\nflags = { workdir = '/tmp/x' }\n",
@@ -442,13 +538,16 @@ def test_a_root_written_before_the_grid_package_is_skipped_and_resumed(configs, 
   root = tmp_path / "root"
   shutil.copytree(os.path.join(REPO_ROOT, "tests", "data", "root_18fe8a7"), root)
   names = ["rotation-vgg19-w1", "random_init-vgg19-w1"]
-  grid = gridfile.load_grid(write_grid(configs, GRID), known, base_dir=str(configs))
+  # GRID as it was then: its baselines on an input of their own.
+  then = GRID.replace("random_init = true\n", "random_init = true\nrandom_init_flags = { "
+                      "eval_preprocessing = \"resize,-1_to_1\", resize_size = 32 }\n")
+  grid = gridfile.load_grid(write_grid(configs, then), known, base_dir=str(configs))
   runner, lines = fake_runner(root)
   statuses = runner.run(select_cells(grid, names))
   assert "2 already done, 0 to run" in lines[0]
   assert all(statuses[n]["status"] == "done" and statuses[n]["reused"] for n in names)
   assert [_task(a) for a in _calls(root, "rotation-vgg19-w1")] == ["rotation", "linear_eval"]
-  changed = gridfile.load_grid(write_grid(configs, GRID.replace("eval_flags = { epochs = 5 }",
+  changed = gridfile.load_grid(write_grid(configs, then.replace("eval_flags = { epochs = 5 }",
                                                                 "eval_flags = { epochs = 6 }")),
                                known, base_dir=str(configs))
   runner, lines = fake_runner(root)

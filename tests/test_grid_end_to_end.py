@@ -3,6 +3,7 @@ on a SLURM cluster, with the SLURM executor: the same cells and the same numbers
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -64,7 +65,6 @@ decay_epochs = []
 batch_size = 32
 [baselines]
 random_init = {str(baselines).lower()}
-random_init_flags = {{ eval_preprocessing = "resize,-1_to_1", resize_size = 32 }}
 [slurm]
 {slurm_table}
 {cells}
@@ -149,11 +149,17 @@ def test_real_cells_end_to_end(local_run):
   base = json.load(open(os.path.join(root, "random_init-vgg19-w1", "linear_eval",
                                     "results.json")))
   assert base["source"]["hub_module"] == "random_init"
+  # The baseline was probed on exactly the input of the trained cells' exports.
+  assert base["source"]["eval_preprocessing"] == results["source"]["eval_preprocessing"] == (
+      "resize,-1_to_1")
+  assert json.load(open(os.path.join(cell, "cell.json")))["baseline"] == "random_init-vgg19-w1"
   broken = _status(root)["rotation-vgg19-w1-broken"]
   assert broken["status"] == "failed" and broken["exit_code"] == 1
   assert "--val_split='nosuchsplit'" in broken["error"]
   report = open(os.path.join(root, "report", "report.md")).read()
   assert "| rotation-vgg19-w1 | rotation | vgg19 | 1 |" in report
+  assert re.search(r"\| rotation-vgg19-w1 \|.*\| [+-]\d+\.\d \| random_init-vgg19-w1 \|",
+                   report)
   assert "*random_init-vgg19-w1* (baseline)" in report
   # Again: the finished cells are skipped without starting train_and_eval.py.
   sizes = {n: os.path.getsize(os.path.join(root, n, "log.txt")) for n in NAMES}

@@ -10,6 +10,7 @@ import time
 import pytest
 
 import report as report_lib
+from report import tables as report_tables
 from tests.conftest import REPO_ROOT
 
 RESNET = ["after_root", "block1", "block2", "block3", "block4", "pre_logits"]
@@ -19,7 +20,7 @@ VGG = ["block1", "block2", "block3", "block4", "block5", "fc6", "pre_logits"]
 def write_cell(root, name, kind, method, arch, width, top1, order=None, pretext_acc=None,
                mode="v2", wall_s=100.0, with_state=True, dataset="shapes",
                evaluation="linear_eval", eval_spec="resize,-1_to_1", task="linear_eval",
-               low_label=None, run=None):
+               low_label=None, run=None, baseline=None):
   """A cell directory as the runner leaves it: cell.json, pretext_results.json and
   <evaluation>/results.json (without cell.json: results.json in the directory itself)."""
   directory = os.path.join(root, name)
@@ -57,6 +58,8 @@ def write_cell(root, name, kind, method, arch, width, top1, order=None, pretext_
              "mode": mode if arch == "resnet50" else None, "width": width, "wall_s": wall_s,
              "evaluations": {evaluation: {"task": task, "dataset": dataset,
                                           "epochs": "10"}}}
+    if baseline:
+      state["baseline"] = baseline
     if kind != "random_init":
       state["pretext_flags"] = {"task": method, "architecture": arch,
                                 "filters_factor": str(width), "epochs": "3", "run_eval": True}
@@ -115,6 +118,39 @@ def test_patch_methods_are_compared_with_the_baseline_on_patches(tmp_path):
   assert gains["random_init-resnet50_v2-w1-patches"] is None
 
 
+def test_each_cell_is_compared_with_the_baseline_on_its_own_input(tmp_path):
+  """The grid's pairing (cell.json's baseline) decides; without it, the same recorded spec;
+  a baseline on another input is still shown, flagged as such."""
+  root = str(tmp_path / "root")
+  standardised = "resize,standardization"
+  write_cell(root, "exemplar-resnet50_v2-w1", "pretext", "exemplar", "resnet50", 1,
+             resnet_values(0, 0.2), pretext_acc=0.1, eval_spec=standardised,
+             baseline="random_init-resnet50_v2-w1-input2")
+  write_cell(root, "rotation-resnet50_v2-w1", "pretext", "rotation", "resnet50", 1,
+             resnet_values(3, 0.3), pretext_acc=0.9, eval_spec="resize,flip_lr,-1_to_1",
+             baseline="random_init-resnet50_v2-w1")
+  write_cell(root, "random_init-resnet50_v2-w1", "random_init", "random_init", "resnet50", 1,
+             resnet_values(0, 0.25), eval_spec="resize,flip_lr,-1_to_1")
+  write_cell(root, "random_init-resnet50_v2-w1-input2", "random_init", "random_init",
+             "resnet50", 1, resnet_values(0, 0.1), eval_spec=standardised)
+  cells, _ = report_lib.load_cells([root])
+  by_name = {c.name: c for c in cells}
+  gains = {c.name: report_lib.best_over_baseline(c, cells) for c in cells}
+  assert gains["exemplar-resnet50_v2-w1"] == pytest.approx(0.4 - 0.3)  # Not 0.4 - 0.45.
+  assert gains["rotation-resnet50_v2-w1"] == pytest.approx(0.5 - 0.45)
+  md = open(report_lib.make_report([root])[0]["markdown"]).read()
+  assert "| +10.0 | random_init-resnet50_v2-w1-input2 |" in md
+  # Results without the grid's pairing (a root written before it, or runs outside a grid).
+  for name in ("exemplar-resnet50_v2-w1", "rotation-resnet50_v2-w1"):
+    del by_name[name].state["baseline"]
+  exemplar = by_name["exemplar-resnet50_v2-w1"]
+  assert report_tables.baseline_of(exemplar, cells).name == (
+      "random_init-resnet50_v2-w1-input2")  # The same spec.
+  cells = [c for c in cells if c.name != "random_init-resnet50_v2-w1-input2"]
+  assert report_tables.baseline_label(exemplar, cells) == (
+      "random_init-resnet50_v2-w1 (other input)")
+
+
 def test_report_tables_best_layer_csv_json_and_plots(root, tmp_path):
   paths, summary = report_lib.make_report([root])
   assert paths["markdown"] == os.path.join(root, "report", "report.md")
@@ -122,24 +158,24 @@ def test_report_tables_best_layer_csv_json_and_plots(root, tmp_path):
   # One table per family, columns in depth order.
   resnet_header = ("| cell | method | architecture | width | pretext acc. | after_root | block1 | "
                    "block2 | block3 | block4 | pre_logits | best layer | vs random init | "
-                   "wall time |")
+                   "compared with | wall time |")
   vgg_header = ("| cell | method | architecture | width | pretext acc. | block1 | block2 | "
                 "block3 | block4 | block5 | fc6 | pre_logits | best layer | vs random init | "
-                "wall time |")
+                "compared with | wall time |")
   assert resnet_header in md and vgg_header in md
   assert md.index("ResNet / RevNet") < md.index("- VGG")
   # Rows: the method first, then the references; best layer bold; pretext accuracy; wall time.
   rows = [l for l in md.splitlines() if l.startswith("| ") and "resnet50" in l]
   assert rows[0].startswith("| rotation-resnet50_v2-w1 | rotation | resnet50 v2 | 1 | 90.0 | "
                             "30.0 | 32.0 | 34.0 | **50.0** | 38.0 | 40.0 | block3 | +20.0 | "
-                            "12m34s |")
+                            "random_init-resnet50_v2-w1 | 12m34s |")
   assert rows[1].startswith("| *supervised-resnet50_v2-w1* (reference) |")
   assert "**70.0** | pre_logits | +40.0 |" in rows[1]
   assert "| block1 | - |" in rows[2]  # The baseline itself.
   assert rows[2].startswith("| *random_init-resnet50_v2-w1* (baseline) | random_init | "
                             "resnet50 v2 | 1 | - | 10.0 | **30.0** |")
   assert "| rotation-vgg19-w1 | rotation | vgg19 | 1 | 80.0 | 20.0 | 21.0 | 22.0 | **53.0** |" in md
-  assert "| block4 | - |" in md  # No VGG baseline to compare with.
+  assert "| block4 | - | - |" in md  # No VGG baseline to compare with.
   assert "## Failed cells" in md and "unknown task 'jigsaw'" in md
   assert "## Configs" in md and "--run_eval" in md
   assert "- `rotation-vgg19-w1`: `--task=rotation --architecture=vgg19`" in md
@@ -155,6 +191,7 @@ def test_report_tables_best_layer_csv_json_and_plots(root, tmp_path):
   assert float(rot[3]["top1"]) == pytest.approx(0.5)
   assert float(rot[0]["pretext_accuracy"]) == pytest.approx(0.9)
   assert float(rot[0]["best_over_random_init"]) == pytest.approx(0.2)
+  assert rot[0]["compared_with"] == "random_init-resnet50_v2-w1"
   assert rot[0]["kind"] == "pretext" and rot[0]["family"] == "resnet"
 
   data = json.load(open(paths["json"]))
@@ -166,6 +203,7 @@ def test_report_tables_best_layer_csv_json_and_plots(root, tmp_path):
   assert resnet["cells"][0]["best_layer"] == "block3"
   assert resnet["cells"][0]["layers"]["block3"]["top1"] == pytest.approx(0.5)
   assert resnet["cells"][0]["best_over_random_init"] == pytest.approx(0.2)
+  assert resnet["cells"][0]["compared_with"] == "random_init-resnet50_v2-w1"
   assert data["failed"][0]["name"] == "jigsaw-resnet50_v2-w1"
 
   assert len(paths["plots"]) == 2
