@@ -231,6 +231,42 @@ def test_run_linear_eval(tmp_path, monkeypatch, export_dir):
   assert again["layers"] == r["layers"]  # Deterministic given the seed.
 
 
+def test_feature_cache_misses_whenever_the_features_would_differ(tmp_path, monkeypatch):
+  """Through run_linear_eval: the same settings read the cache; a re-export to the same path, a
+  different pool_mode, max_features, layer list or export extract anew (no stale numbers)."""
+  data = FakeData(num_train=60, num_test=30).install(monkeypatch)
+  export = save_export(tmp_path / "export")
+  cache = str(tmp_path / "cache")
+  runs = iter(range(100))
+
+  def evaluate(**overrides):
+    """(results, whether the splits were read) of a fresh evaluation."""
+    data.calls.clear()
+    config = make_config(tmp_path / f"run{next(runs)}", overrides.pop("hub_module", export),
+                         feature_cache_dir=cache, epochs=1, decay_epochs=(), **overrides)
+    results = linear_eval.run_linear_eval(config)
+    read = sorted({c[1] for c in data.calls if c[0] == "data" and not c[2]})
+    return results, read
+
+  first, read = evaluate()
+  assert read == ["test", "train"] and len(os.listdir(cache)) == 2
+  again, read = evaluate()
+  assert read == [] and again["layers"] == first["layers"]  # A hit: nothing read.
+  save_export(tmp_path / "export", seed=1)  # Other weights, written to the same path.
+  reexported, read = evaluate()
+  assert read == ["test", "train"]
+  assert reexported["layers"]["block1"]["loss"] != pytest.approx(first["layers"]["block1"]["loss"])
+  for overrides in (dict(pool_mode="adaptive_avg"), dict(max_features=50),
+                    dict(layers=("block1", "block2")),
+                    dict(hub_module=save_export(tmp_path / "other_export", seed=1))):
+    results, read = evaluate(**overrides)
+    assert read == ["test", "train"], overrides
+  assert results["layers"]["block1"] == reexported["layers"]["block1"]  # Same weights, other path.
+  assert len(os.listdir(cache)) == 2 * 6  # 6 distinct feature sets, train and test each.
+  _, read = evaluate(max_features=50)
+  assert read == []  # Each of them is kept.
+
+
 def test_random_init_baseline(tmp_path, monkeypatch):
   """The random-init baseline goes through the same path as an export."""
   import models  # pylint: disable=g-import-not-at-top
