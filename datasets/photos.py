@@ -108,8 +108,10 @@ def prepare(root: str, train_per_class: int = 300, test_per_class: int = 100, si
   photos.json. A `root` holding anything else is refused, never overwritten."""
   classes = list(classes or CLASSES)
   unknown = [c for c in classes if c not in CLASSES]
-  if unknown or len(set(classes)) != len(classes) or len(classes) < 2:
-    raise ValueError(f"classes {classes!r}: at least 2 distinct of {', '.join(CLASSES)}")
+  if unknown:
+    raise ValueError(f"unknown photo classes {unknown}; valid choices: {', '.join(CLASSES)}")
+  if len(set(classes)) != len(classes) or len(classes) < 2:
+    raise ValueError(f"classes {classes!r}: give at least 2 distinct ones")
   for name, value in (("train_per_class", train_per_class), ("test_per_class", test_per_class),
                       ("size", size)):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
