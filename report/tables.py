@@ -84,8 +84,11 @@ def baseline_of(cell: CellResult, group: Sequence[CellResult]) -> Optional[CellR
 
 
 def same_input(cell: CellResult, base: CellResult) -> bool:
-  """Whether `base` was evaluated on `cell`'s input: paired so by the grid, or on the same
-  recorded spec."""
+  """Whether `base` was evaluated on `cell`'s input: paired so by the grid (and, where both
+  record their spec, on the same one: a cell of the same name from another root may not be),
+  or on the same recorded spec."""
+  if cell.eval_spec and base.eval_spec and cell.eval_spec != base.eval_spec:
+    return False
   if (cell.state or {}).get("baseline"):
     return cell.state["baseline"] == base.name
   return bool(cell.eval_spec) and cell.eval_spec == base.eval_spec

@@ -140,6 +140,12 @@ def test_each_cell_is_compared_with_the_baseline_on_its_own_input(tmp_path):
   assert gains["rotation-resnet50_v2-w1"] == pytest.approx(0.5 - 0.45)
   md = open(report_lib.make_report([root])[0]["markdown"]).read()
   assert "| +10.0 | random_init-resnet50_v2-w1-input2 |" in md
+  # A baseline of that name on another input (another root's, say) is flagged.
+  by_name["random_init-resnet50_v2-w1-input2"].results["source"]["eval_preprocessing"] = "x"
+  assert report_tables.baseline_label(by_name["exemplar-resnet50_v2-w1"], cells) == (
+      "random_init-resnet50_v2-w1-input2 (other input)")
+  by_name["random_init-resnet50_v2-w1-input2"].results["source"]["eval_preprocessing"] = (
+      standardised)
   # Results without the grid's pairing (a root written before it, or runs outside a grid).
   for name in ("exemplar-resnet50_v2-w1", "rotation-resnet50_v2-w1"):
     del by_name[name].state["baseline"]
