@@ -765,3 +765,17 @@ def test_a_cka_evaluation_is_done_when_its_matrix_is_there(configs, known, tmp_p
   with open(os.path.join(workdir, "linear_eval", "cka.json"), "w") as f:
     json.dump({"matrix": [[1.0]], "config": {"cka_other": "/another/export"}}, f)
   assert not grid_state.step_done(cell, workdir, "eval:linear_eval", state)
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(REPO_ROOT, "configs", "grids"))))
+def test_every_shipped_grid_parses_and_pairs_each_trained_cell_with_a_baseline(name, known):
+  """configs/grids/*.toml with the real flags; each has random-init baselines, one for every
+  trained cell's architecture and width."""
+  grid = gridfile.load_grid(os.path.join(REPO_ROOT, "configs", "grids", name), known)
+  names = set(grid.names())
+  for cell in grid.cells:
+    if cell.pretext_flags is not None:
+      assert cell.baseline in names, cell.name
+      base = grid.cell(cell.baseline)
+      assert (base.architecture, base.mode, base.width) == (cell.architecture, cell.mode,
+                                                            cell.width)
