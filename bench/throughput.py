@@ -158,6 +158,15 @@ def forward_flops(model, logits_of, image_size: int) -> float:
   return float(model_analyzer.profile(graph, options=options).total_float_ops)
 
 
+def flops_text(model, logits_of, size: int, batch: int, secs: float, peak: float) -> str:
+  """The FLOP/s of a training step of `model` (3x its profiled forward FLOPs per image) and
+  their share of the matmul `peak` ('' without a peak)."""
+  if not peak:
+    return ""
+  achieved = 3 * forward_flops(model, logits_of, size) * batch / secs
+  return f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.0%} of peak"
+
+
 def backbones(args, peak: float):
   import models  # pylint: disable=g-import-not-at-top
   size, batch = args.image_size, args.batch_size
@@ -175,8 +184,7 @@ def backbones(args, peak: float):
       secs = measure(f"{name} w{width}", _classifier_step(model, ours, batch, size), args)
       flops = ""
       if (arch, mode) == ("resnet50", "v2"):
-        achieved = 3 * forward_flops(model, ours, size) * batch / secs
-        flops = f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.0%} of peak" if peak else ""
+        flops = flops_text(model, ours, size, batch, secs, peak)
       rows.append((f"{name} w{width}", batch / secs, flops))
   reference = keras.applications.ResNet50V2(weights=None, input_shape=(size, size, 3),
                                             classes=1000, classifier_activation=None)
@@ -184,9 +192,8 @@ def backbones(args, peak: float):
                      args)
   ref_rate = batch / ref_secs
   # Its FLOPs differ from ours: Keras puts each block's stride in its last unit, not its first.
-  achieved = 3 * forward_flops(reference, lambda out: out, size) * batch / ref_secs
   rows.append(("keras ResNet50V2 (= w4)", ref_rate,
-               f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.0%} of peak" if peak else ""))
+               flops_text(reference, lambda out: out, size, batch, ref_secs, peak)))
   print(f"\nTraining step, {size}x{size}, batch {batch} (images/s):")
   print(f"{'model':28s} {'images/s':>9s} {'vs keras':>9s}  FLOP/s")
   ours_w4 = dict((r[0], r[1]) for r in rows).get("resnet50_v2 w4")

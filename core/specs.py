@@ -18,6 +18,12 @@ EVAL_PARAM_FLAGS = ("resize_size", "crop_size", "smaller_size", "grayscale_proba
 SIZE_FLAGS = ("resize_size", "crop_size", "smaller_size")
 
 
+def sets_own_params(flags) -> bool:
+  """Whether an evaluation's flags (a mapping of EVAL_PARAM_FLAGS' values) set a size, and so
+  give all of its preprocessing parameters instead of the export's."""
+  return any(flags.get(k) is not None for k in SIZE_FLAGS)
+
+
 def parse_spec(spec: str) -> List[str]:
   """The op names of a spec; '' is no ops."""
   if not spec or not spec.strip():

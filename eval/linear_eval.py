@@ -68,7 +68,7 @@ def evaluation_kwargs(values: Mapping[str, Any], config_name: str) -> Dict[str, 
   kwargs["architecture"] = values["architecture"] if random_init else None
   if values["weight_decay"] is None:
     kwargs["weight_decay"] = options.OPTIONS["weight_decay"].default_for(config_name)
-  if random_init or any(values[k] is not None for k in specs.SIZE_FLAGS):
+  if random_init or specs.sets_own_params(values):
     kwargs["preprocess_params"] = {k: values[k] for k in specs.EVAL_PARAM_FLAGS}
   return kwargs
 

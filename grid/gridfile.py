@@ -224,8 +224,7 @@ class _Parser(FlagChecker):
     own flags where it sets a size, else those of the pretext training."""
     spec = evaluation.get("eval_preprocessing") or specs.representation_spec(
         str(self.default(pretext, "preprocessing") or ""))
-    source = evaluation if any(evaluation.get(k) is not None for k in specs.SIZE_FLAGS) \
-        else pretext
+    source = evaluation if specs.sets_own_params(evaluation) else pretext
     return dict({k: source[k] for k in specs.EVAL_PARAM_FLAGS if k in source},
                 eval_preprocessing=spec)
 
