@@ -78,7 +78,7 @@ class FeatureExtractor:
     self.max_features = max_features
     self.end_point_shapes: Optional[Dict[str, List[int]]] = None
     self.feature_dims: Optional[Dict[str, int]] = None
-    self._fn = tf.function(self._features, reduce_retracing=True)
+    self._fn = None  # The compiled _features, made by build.
 
   def build(self, example_shape: Sequence[int]):
     """Learns the shapes from one example of shape [H,W,C] (or [P,H,W,C] for patches)."""
@@ -94,6 +94,9 @@ class FeatureExtractor:
       self.end_point_shapes = {name: probe[name].shape.as_list()[1:] for name in self.layers}
       features = self._features(tf.zeros([1] + example_shape, tf.float32))
       self.feature_dims = {name: int(features[name].shape[-1]) for name in self.layers}
+    # One trace for every batch size (a split's last, smaller batch included).
+    self._fn = tf.function(self._features, input_signature=[
+        tf.TensorSpec([None] + example_shape, tf.float32)])
 
   def _end_points(self, images):
     out = self.representation.fn(images)
@@ -106,7 +109,7 @@ class FeatureExtractor:
 
   def __call__(self, images) -> Dict[str, tf.Tensor]:
     images = tf.convert_to_tensor(images, tf.float32)
-    if self.feature_dims is None:
+    if self._fn is None:
       self.build(images.shape[1:])
     return self._fn(images)
 

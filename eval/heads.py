@@ -61,7 +61,10 @@ class FeatureStats:
 
 
 class StatsAccumulator:
-  """Streaming per-feature mean and variance (float64, chunks merged as in Chan et al.)."""
+  """Streaming per-feature mean and variance, chunks merged as in Chan et al.: per chunk, the
+  mean is summed in float64, then the squares of the deviations from it (float32 for float32 or
+  float16 features: no float64 copy of a chunk) are summed in float64; the float64 moments are
+  merged."""
 
   def __init__(self):
     self._count: Dict[str, int] = {}
@@ -70,9 +73,11 @@ class StatsAccumulator:
 
   def update(self, features: Mapping[str, np.ndarray]):
     for name, x in features.items():
-      x = np.asarray(x, np.float64)
-      n_b, mean_b = x.shape[0], x.mean(axis=0)
-      m2_b = ((x - mean_b) ** 2).sum(axis=0)
+      x = np.asarray(x)
+      n_b, mean_b = x.shape[0], x.mean(axis=0, dtype=np.float64)
+      work = np.promote_types(x.dtype, np.float32)  # float16 features deviate in float32.
+      deviations = x.astype(work, copy=False) - mean_b.astype(work)
+      m2_b = np.einsum("ij,ij->j", deviations, deviations, dtype=np.float64)
       if name not in self._count:
         self._count[name], self._mean[name], self._m2[name] = n_b, mean_b, m2_b
         continue
@@ -127,19 +132,25 @@ class Probes:
   def trainable_variables(self):
     return [v for name in self.layers for v in self.heads[name].trainable_variables]
 
-  def logits(self, features: Mapping[str, tf.Tensor], training: bool) -> Dict[str, tf.Tensor]:
-    out = {}
-    for name in self.layers:
-      x = tf.cast(features[name], tf.float32)
-      if self.stats is not None:
-        mean, inv_std = self.stats[name]
-        x = (x - mean) * inv_std
-      out[name] = self.heads[name](x, training=training)
-    return out
+  def standardize(self, name: str, x: tf.Tensor) -> tf.Tensor:
+    """Layer `name`'s features as its head takes them: float32, standardised by `stats`."""
+    x = tf.cast(x, tf.float32)
+    if self.stats is None:
+      return x
+    mean, inv_std = self.stats[name]
+    return (x - mean) * inv_std
 
-  def losses(self, features, labels, training: bool) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
+  def logits(self, features: Mapping[str, tf.Tensor], training: bool,
+             standardized: bool = False) -> Dict[str, tf.Tensor]:
+    """Each head's logits; `standardized`: `features` went through `standardize` already."""
+    return {name: self.heads[name](
+        tf.cast(features[name], tf.float32) if standardized else
+        self.standardize(name, features[name]), training=training) for name in self.layers}
+
+  def losses(self, features, labels, training: bool,
+             standardized: bool = False) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
     """(total loss to minimise, {layer: mean cross-entropy})."""
-    logits = self.logits(features, training)
+    logits = self.logits(features, training, standardized)
     cross_entropy = {
         name: tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits[name]))
         for name in self.layers}
@@ -164,17 +175,20 @@ def train_probes_on_arrays(probes: Probes, optimizer: keras.optimizers.Optimizer
                            batch_size: int, seed: int, num_steps: int) -> Dict[str, float]:
   """`train_probes` over in-memory features (the cached protocol).
 
-  The features are copied once into tensors and each step gathers its batch inside the
-  compiled step, so a step costs the heads' arithmetic, not a host copy of [batch, sum of
-  dims] floats; `ARRAY_STEPS_PER_CALL` steps run in one call. Batches follow `epoch_orders` (a
-  fresh seeded permutation per epoch, the last partial batch dropped).
+  The features are standardised once into tensors (in their own dtype) and each step gathers
+  its batch inside the compiled step, so a step costs the heads' arithmetic, not a host copy of
+  [batch, sum of dims] floats nor their standardisation; `ARRAY_STEPS_PER_CALL` steps run in one
+  call. Batches follow `epoch_orders` (a fresh seeded permutation per epoch, the last partial
+  batch dropped).
   """
-  table = {name: tf.convert_to_tensor(array) for name, array in features.items()}
+  table = {}
+  for name, array in features.items():  # One layer at a time: one extra copy at most.
+    table[name] = tf.cast(probes.standardize(name, tf.convert_to_tensor(array)), array.dtype)
   batches = ((idx, labels[idx]) for order in epoch_orders(len(labels), batch_size, seed)
              for idx in order)
   return train_probes(probes, optimizer, batches, num_steps,
                       feature_fn=lambda idx: {name: tf.gather(t, idx) for name, t in table.items()},
-                      steps_per_call=ARRAY_STEPS_PER_CALL)
+                      steps_per_call=ARRAY_STEPS_PER_CALL, standardized=True)
 
 
 def epoch_orders(num_examples: int, batch_size: int, seed: int):
@@ -191,16 +205,27 @@ def num_train_steps(epochs: float, steps_in_epoch: int) -> int:
   return max(1, int(math.ceil(epochs * steps_in_epoch)))
 
 
+def relaxed_signature(structure, leading: int):
+  """TensorSpecs of the tensors in `structure` with their first `leading` dimensions unknown, for
+  a tf.function that must not trace again for another number of steps or another batch size (a
+  trace of all heads' steps takes as long as hundreds of the steps)."""
+  return list(tf.nest.map_structure(
+      lambda t: tf.TensorSpec([None] * leading + t.shape.as_list()[leading:], t.dtype),
+      structure))
+
+
 def train_probes(probes: Probes, optimizer: keras.optimizers.Optimizer, batches: Iterable,
                  num_steps: int, feature_fn: Optional[Callable] = None,
-                 log_every_s: float = 30.0, steps_per_call: int = 1) -> Dict[str, float]:
+                 log_every_s: float = 30.0, steps_per_call: int = 1,
+                 standardized: bool = False) -> Dict[str, float]:
   """Trains all heads at once for `num_steps` steps over `batches` of (inputs, labels).
 
   Inputs are feature dicts, or whatever `feature_fn` turns into them inside the step: images
   through the frozen backbone (the on-the-fly protocol), or batch indices into cached features
   (`train_probes_on_arrays`). `steps_per_call` consecutive batches (all of the same shapes) are
-  stacked and trained on in one call of the compiled loop, one step after the other. Returns
-  the last step's loss per layer.
+  stacked and trained on in one call of the compiled loop, one step after the other.
+  `standardized`: the features are standardised already (`Probes.standardize`). Returns the last
+  step's loss per layer.
   """
   if steps_per_call < 1:
     raise ValueError(f"steps_per_call must be at least 1, got {steps_per_call}")
@@ -209,15 +234,14 @@ def train_probes(probes: Probes, optimizer: keras.optimizers.Optimizer, batches:
 
   def one_step(inputs, labels):
     features = feature_fn(inputs) if feature_fn is not None else inputs
-    features = {name: tf.stop_gradient(tf.cast(features[name], tf.float32))
-                for name in probes.layers}
+    features = {name: tf.stop_gradient(features[name]) for name in probes.layers}
     with tf.GradientTape() as tape:
-      total, cross_entropy = probes.losses(features, labels, training=True)
+      total, cross_entropy = probes.losses(features, labels, training=True,
+                                           standardized=standardized)
     grads = tape.gradient(total, variables)
     optimizer.apply_gradients(zip(grads, variables))
     return cross_entropy
 
-  @tf.function(reduce_retracing=True)
   def steps(stacked_inputs, stacked_labels):
     losses = {name: tf.zeros([]) for name in probes.layers}
     for i in tf.range(tf.shape(stacked_labels)[0]):
@@ -225,6 +249,7 @@ def train_probes(probes: Probes, optimizer: keras.optimizers.Optimizer, batches:
       losses = one_step(inputs, stacked_labels[i])
     return losses
 
+  compiled = None
   start = last_log = time.time()
   done, losses = 0, {}
   iterator = iter(batches)
@@ -238,7 +263,9 @@ def train_probes(probes: Probes, optimizer: keras.optimizers.Optimizer, batches:
                          f"{num_steps} steps") from None
     inputs = tf.nest.map_structure(lambda *xs: tf.stack(xs), *[c[0] for c in chunk])
     labels = tf.stack([tf.cast(datasets.image_labels(c[1]), tf.int32) for c in chunk])
-    losses = steps(inputs, labels)
+    if compiled is None:  # Traced once: the last, shorter chunk (or batch) reuses the trace.
+      compiled = tf.function(steps, input_signature=relaxed_signature((inputs, labels), 2))
+    losses = compiled(inputs, labels)
     done += len(chunk)
     now = time.time()
     if now - last_log >= log_every_s or done == num_steps:
@@ -255,7 +282,6 @@ def evaluate_probes(probes: Probes, batches: Iterable,
   """Per layer: top1, top5 (top-k with k = min(5, num_classes)) and mean cross-entropy `loss`."""
   k = min(5, probes.num_classes)
 
-  @tf.function(reduce_retracing=True)
   def step(inputs, labels):
     features = feature_fn(inputs) if feature_fn is not None else inputs
     logits = probes.logits(features, training=False)
@@ -269,10 +295,13 @@ def evaluate_probes(probes: Probes, batches: Iterable,
     return out
 
   sums = {name: np.zeros(3, np.float64) for name in probes.layers}
-  count = 0
+  count, compiled = 0, None
   for inputs, labels in batches:
+    inputs = tf.nest.map_structure(tf.convert_to_tensor, inputs)
     labels = tf.cast(datasets.image_labels(labels), tf.int32)
-    for name, value in step(inputs, labels).items():
+    if compiled is None:
+      compiled = tf.function(step, input_signature=relaxed_signature((inputs, labels), 1))
+    for name, value in compiled(inputs, labels).items():
       sums[name] += value.numpy()
     count += int(labels.shape[0])
   if not count:

@@ -49,6 +49,18 @@ def test_heads_learn_informative_layer_only(eval_model):
     assert m["top5"] == 1.0  # k = min(5, 4 classes) = 4: every class is in the top k.
 
 
+def test_heads_train_in_one_trace(monkeypatch):
+  """72 steps run as chunks of 64 and 8 (ARRAY_STEPS_PER_CALL): the shorter chunk reuses the
+  trace of the first (a trace of every head's step costs as much as many steps)."""
+  traces = []
+  losses = heads.Probes.losses
+  monkeypatch.setattr(heads.Probes, "losses",
+                      lambda self, *args, **kwargs: traces.append(1) or losses(self, *args, **kwargs))
+  assert heads.num_train_steps(6, heads.steps_per_epoch(800, 64)) == 72
+  assert train_and_eval("linear")["informative"]["top1"] > 0.97
+  assert len(traces) == 1
+
+
 def test_stats_accumulator_matches_numpy():
   x = np.random.default_rng(0).normal(size=(1000, 5)) * [1, 2, 3, 0, 5] + [0, 10, -3, 7, 1000]
   acc = heads.StatsAccumulator()
@@ -58,6 +70,15 @@ def test_stats_accumulator_matches_numpy():
   np.testing.assert_allclose(stats.mean, x.mean(0), rtol=1e-6)
   np.testing.assert_allclose(stats.inv_std[[0, 1, 2, 4]], 1 / x.std(0)[[0, 1, 2, 4]], rtol=1e-5)
   assert stats.inv_std[3] == 0  # Constant feature: zeroed.
+  # float32 features far from zero (a naive sum of squares in float32 would lose the variance):
+  # deviations from the chunk's mean keep it.
+  y = (x[:, [0, 1, 2, 4]] + 1e4).astype(np.float32)
+  acc = heads.StatsAccumulator()
+  for start in range(0, 1000, 128):
+    acc.update({"b": y[start:start + 128]})
+  stats = acc.result()["b"]
+  np.testing.assert_allclose(stats.mean, y.astype(np.float64).mean(0), rtol=1e-7)
+  np.testing.assert_allclose(stats.inv_std, 1 / y.astype(np.float64).std(0), rtol=1e-4)
 
 
 def test_epoch_orders_are_seeded_permutations():

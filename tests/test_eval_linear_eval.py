@@ -168,6 +168,8 @@ def test_feature_cache(tmp_path, export_dir):
   cache = str(tmp_path / "cache")
   first = features.extract_or_load(extractor, batches, cache, parts, dtype="float16")
   assert first.num_examples == 50 and first.features["block1"].dtype == np.float16
+  # Batches of 16, 16, 16 and 2 examples: one trace of the extraction for all of them.
+  assert extractor._fn.experimental_get_tracing_count() == 1  # pylint: disable=protected-access
   (key,) = os.listdir(cache)
   assert sorted(os.listdir(os.path.join(cache, key))) == [
       "block1.npy", "block2.npy", "labels.npy", "meta.json", "pre_logits.npy"]
