@@ -117,22 +117,35 @@ class FeatureExtractor:
 def extract_features(extractor: FeatureExtractor, batches: Iterable[Mapping[str, Any]],
                      dtype: str = "float32", num_examples: Optional[int] = None,
                      description: str = "", log_every_s: float = 30.0) -> FeatureSet:
-  """One pass over `batches` (dicts with `image` and `label`) -> a FeatureSet in memory."""
+  """One pass over `batches` (dicts with `image` and `label`) -> a FeatureSet in memory.
+
+  With `num_examples`, each layer's batches are copied into one array of that many rows made
+  at the first batch (no second copy to join them; a split that turns out longer has its extra
+  batches joined on at the end, a shorter one is cut)."""
   if dtype not in FEATURE_DTYPES:
     raise ValueError(f"unknown feature dtype {dtype!r}; valid choices: {', '.join(FEATURE_DTYPES)}")
+  tables: Dict[str, np.ndarray] = {}
   chunks: Dict[str, List[np.ndarray]] = {name: [] for name in extractor.layers}
   labels: List[np.ndarray] = []
   start = last_log = time.time()
-  count = 0
+  count = in_tables = 0  # Examples seen; of them, those in `tables`.
   for batch in batches:
     features = extractor(batch["image"])
-    for name in extractor.layers:
-      chunks[name].append(features[name].numpy().astype(dtype, copy=False))
     labels.append(datasets.image_labels(np.asarray(batch["label"])).astype(np.int32))
     if count == 0 and num_examples:
       logging.info("features %s: %d examples will take %.2f GB in memory", description,
                    num_examples, estimated_bytes(num_examples, extractor.feature_dims, dtype) / 1e9)
-    count += len(labels[-1])
+      tables = {name: np.empty([num_examples, dim], dtype)
+                for name, dim in extractor.feature_dims.items()}
+    size = len(labels[-1])
+    fits = in_tables == count and count + size <= (num_examples or 0)
+    for name in extractor.layers:
+      if fits:
+        tables[name][count:count + size] = features[name].numpy()
+      else:
+        chunks[name].append(features[name].numpy().astype(dtype, copy=False))
+    in_tables += size if fits else 0
+    count += size
     now = time.time()
     if now - last_log >= log_every_s:
       last_log = now
@@ -143,7 +156,9 @@ def extract_features(extractor: FeatureExtractor, batches: Iterable[Mapping[str,
     raise ValueError(f"no batches to extract features from ({description or 'empty dataset'})")
   features = {}
   for name in extractor.layers:
-    features[name] = np.concatenate(chunks.pop(name), axis=0)
+    filled = [tables[name][:in_tables]] if in_tables else []
+    parts = filled + chunks.pop(name)
+    features[name] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
   elapsed = time.time() - start
   logging.info("features %s: %d examples in %.1fs (%.1f examples/s), dims %s", description, count,
                elapsed, count / max(elapsed, 1e-9), {k: v.shape[1] for k, v in features.items()})

@@ -61,10 +61,11 @@ class FeatureStats:
 
 
 class StatsAccumulator:
-  """Streaming per-feature mean and variance, chunks merged as in Chan et al.: per chunk, the
-  mean is summed in float64, then the squares of the deviations from it (float32 for float32 or
-  float16 features: no float64 copy of a chunk) are summed in float64; the float64 moments are
-  merged."""
+  """Streaming per-feature mean and variance, chunks merged as in Chan et al. Per chunk, the sum
+  and the sum of squares are accumulated in float64 straight from the features (no copy of a
+  chunk, which for large tables costs more in fresh memory than the arithmetic), and its
+  squared deviations are sum(x^2) - n * mean^2: in float64 that keeps about 16 - 2 * log10(|mean|
+  / std) digits, all of float32's for any |mean| / std below 10^4."""
 
   def __init__(self):
     self._count: Dict[str, int] = {}
@@ -75,9 +76,8 @@ class StatsAccumulator:
     for name, x in features.items():
       x = np.asarray(x)
       n_b, mean_b = x.shape[0], x.mean(axis=0, dtype=np.float64)
-      work = np.promote_types(x.dtype, np.float32)  # float16 features deviate in float32.
-      deviations = x.astype(work, copy=False) - mean_b.astype(work)
-      m2_b = np.einsum("ij,ij->j", deviations, deviations, dtype=np.float64)
+      squares = np.einsum("ij,ij->j", x, x, dtype=np.float64)
+      m2_b = np.maximum(squares - n_b * mean_b ** 2, 0.0)
       if name not in self._count:
         self._count[name], self._mean[name], self._m2[name] = n_b, mean_b, m2_b
         continue
@@ -140,6 +140,16 @@ class Probes:
     mean, inv_std = self.stats[name]
     return (x - mean) * inv_std
 
+  def standardize_in_place(self, features: Mapping[str, np.ndarray]) -> None:
+    """`standardize` of each layer's NumPy array, written into the array (a large table is not
+    copied; float16 stays float16)."""
+    if self.stats is None:
+      return
+    for name in self.layers:
+      mean, inv_std = (t.numpy() for t in self.stats[name])
+      np.subtract(features[name], mean, out=features[name], casting="unsafe")
+      np.multiply(features[name], inv_std, out=features[name], casting="unsafe")
+
   def logits(self, features: Mapping[str, tf.Tensor], training: bool,
              standardized: bool = False) -> Dict[str, tf.Tensor]:
     """Each head's logits; `standardized`: `features` went through `standardize` already."""
@@ -173,17 +183,16 @@ ARRAY_STEPS_PER_CALL = 64
 def train_probes_on_arrays(probes: Probes, optimizer: keras.optimizers.Optimizer,
                            features: Mapping[str, np.ndarray], labels: np.ndarray,
                            batch_size: int, seed: int, num_steps: int) -> Dict[str, float]:
-  """`train_probes` over in-memory features (the cached protocol).
+  """`train_probes` over in-memory features (the cached protocol). **`features` are
+  standardised in place** (`Probes.standardize_in_place`): read anything else from them first.
 
-  The features are standardised once into tensors (in their own dtype) and each step gathers
-  its batch inside the compiled step, so a step costs the heads' arithmetic, not a host copy of
-  [batch, sum of dims] floats nor their standardisation; `ARRAY_STEPS_PER_CALL` steps run in one
-  call. Batches follow `epoch_orders` (a fresh seeded permutation per epoch, the last partial
-  batch dropped).
+  The standardised features are copied once into tensors and each step gathers its batch inside
+  the compiled step, so a step costs the heads' arithmetic, not a host copy of [batch, sum of
+  dims] floats nor their standardisation; `ARRAY_STEPS_PER_CALL` steps run in one call. Batches
+  follow `epoch_orders` (a fresh seeded permutation per epoch, the last partial batch dropped).
   """
-  table = {}
-  for name, array in features.items():  # One layer at a time: one extra copy at most.
-    table[name] = tf.cast(probes.standardize(name, tf.convert_to_tensor(array)), array.dtype)
+  probes.standardize_in_place(features)
+  table = {name: tf.convert_to_tensor(array) for name, array in features.items()}
   batches = ((idx, labels[idx]) for order in epoch_orders(len(labels), batch_size, seed)
              for idx in order)
   return train_probes(probes, optimizer, batches, num_steps,

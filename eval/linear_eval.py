@@ -243,22 +243,24 @@ def run_linear_eval(config: LinearEvalConfig) -> Dict[str, Any]:
                        num_train_examples=train.num_examples)
       logging.info("low-label evaluation: %d labelled training examples", train.num_examples)
 
+  knn = None
+  if config.knn_k:  # First: the cached heads standardise the training features in place.
+    t = time.time()
+    knn = knn_lib.knn_per_layer(train.features, train.labels, test.features, test.labels,
+                                num_classes, config.knn_k, config.knn_temperature)
+    times["knn_s"] = time.time() - t
+
   t = time.time()
   if config.on_the_fly:
     metrics, num_train, dims = _train_on_the_fly(config, data, extractor, num_classes)
     num_val = datasets.get_num_examples(config.dataset, config.val_split, config.data_dir)
   else:
+    num_train, dims, num_val = train.num_examples, train.dims, test.num_examples
     metrics = _train_cached(config, train, test, num_classes)
-    num_train, dims = train.num_examples, train.dims
-    num_val = test.num_examples
   times["head_training_s"] = time.time() - t
 
   layers = {name: dict(dim=dims[name], **metrics[name]) for name in extractor.layers}
-  if config.knn_k:
-    t = time.time()
-    knn = knn_lib.knn_per_layer(train.features, train.labels, test.features, test.labels,
-                                num_classes, config.knn_k, config.knn_temperature)
-    times["knn_s"] = time.time() - t
+  if knn is not None:
     for name in extractor.layers:
       layers[name]["knn_top1"] = knn[name]
   times["total_s"] = time.time() - start
@@ -284,7 +286,7 @@ def describe_source(info: Mapping[str, Any], eval_spec: str) -> Dict[str, Any]:
 
 def _train_cached(config: LinearEvalConfig, train: features_lib.FeatureSet,
                   test: features_lib.FeatureSet, num_classes: int) -> Dict[str, Dict[str, float]]:
-  """Heads trained and evaluated on in-memory features."""
+  """Heads trained and evaluated on in-memory features (`train`'s are standardised in place)."""
   stats = heads_lib.feature_stats(train.features) if config.standardize_features else None
   probes = heads_lib.Probes(train.dims, num_classes, config.eval_model, config.channels_hidden,
                             config.weight_decay, config.random_seed, stats)

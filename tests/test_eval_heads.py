@@ -35,6 +35,9 @@ def train_and_eval(eval_model, standardize=True, epochs=6, weight_decay=1e-4):
                                        decay_epochs=[4], lr_decay_factor=0.1)
   heads.train_probes_on_arrays(probes, optimizer, train, train_labels, 64, 0,
                                heads.num_train_steps(epochs, steps_in_epoch))
+  if standardize:  # In place, as the heads take them.
+    np.testing.assert_allclose(train["informative"].mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(train["informative"].std(0), 1, rtol=1e-4)
   return heads.evaluate_probes(probes, heads.array_eval_batches(test, test_labels, 128))
 
 

@@ -184,6 +184,24 @@ def test_feature_cache(tmp_path, export_dir):
   assert other.features["block1"].dtype == np.float32 and len(os.listdir(cache)) == 2
 
 
+def test_extracted_features_whatever_the_expected_count(export_dir):
+  """The arrays made for `num_examples` rows hold the same features as joined batches, when the
+  split has that many examples, more (the rest joined on) or fewer (cut)."""
+  extractor = features.FeatureExtractor(representation.load_export(export_dir), max_features=200)
+  images, labels = toy_split(50, 0)
+  batches = lambda: ({"image": images[s:s + 16], "label": labels[s:s + 16]}
+                     for s in range(0, 50, 16))
+  want = features.extract_features(extractor, batches())
+  assert want.num_examples == 50
+  for expected in (50, 20, 40, 90):
+    got = features.extract_features(extractor, batches(), dtype="float16", num_examples=expected)
+    np.testing.assert_array_equal(got.labels, labels)
+    for name in LAYERS:
+      assert got.features[name].shape == want.features[name].shape
+      assert got.features[name].dtype == np.float16
+      np.testing.assert_array_equal(got.features[name], want.features[name].astype(np.float16))
+
+
 def test_cached_and_on_the_fly_agree(tmp_path, monkeypatch, export_dir):
   FakeData().install(monkeypatch)
   cached = linear_eval.run_linear_eval(make_config(tmp_path / "a", export_dir))
