@@ -16,6 +16,12 @@ Sections (each prints one table):
              fixed batch (source images/s: a rotation image is 4 backbone images, a jigsaw
              image 9 patches), next to its input pipeline alone on the embedded dataset (source
              images/s, preprocessing included): the pipeline must outrun the step.
+  probes     (not in the default) the per-layer linear evaluation of configs/evaluation/
+             shapes.flags at --probe_epochs, end to end (results.json's times: loading,
+             features, heads, test), with cached features and --on_the_fly, on the first
+             --probe_train_examples / --probe_test_examples images of the embedded dataset: the
+             export --probe_export, or a random-init ResNet-50 v2 at each of --probe_widths on
+             --image_size images; their wall times, ratio and per-layer top-1 side by side.
 Timings skip --warmup_steps calls (tracing) and average the next --steps.
 
 --profile=N traces --steps more calls of every measured step with the TensorFlow profiler and
@@ -255,6 +261,55 @@ def methods_section(args):
           f"{step_secs / pipe_secs:.1f}x")
 
 
+def _probe_run(export: str, width: int, args, on_the_fly: bool):
+  """results.json of one per-layer evaluation (section `probes`)."""
+  import train_and_eval  # pylint: disable=g-import-not-at-top
+  from eval import linear_eval  # pylint: disable=g-import-not-at-top
+  flags = train_and_eval.FLAGS
+  flags.unparse_flags()
+  epochs = args.probe_epochs
+  argv = ["bench", "--flagfile=configs/evaluation/shapes.flags",
+          f"--train_split=train[:{args.probe_train_examples}]",
+          f"--val_split=test[:{args.probe_test_examples}]", f"--epochs={epochs}",
+          f"--decay_epochs={0.6 * epochs:g},{0.8 * epochs:g}"]
+  whole_images = [f"--resize_size={args.image_size}", "--eval_preprocessing=resize,-1_to_1"]
+  if export:
+    argv.append(f"--hub_module={export}")
+  else:
+    argv += ["--hub_module=random_init", "--architecture=resnet50", "--mode=v2",
+             f"--filters_factor={width}"] + whole_images
+  if on_the_fly:  # No augmentation: both protocols see the same features.
+    argv += ["--on_the_fly", "--preprocessing=resize,-1_to_1"]
+    if export:
+      argv.append(f"--resize_size={args.image_size}")
+  with tempfile.TemporaryDirectory(prefix="bench_probes_") as workdir:
+    flags(argv + [f"--workdir={workdir}"])
+    return linear_eval.run_linear_eval(train_and_eval.linear_eval_config_from_flags())
+
+
+def probes_section(args):
+  targets = [(args.probe_export, None)] if args.probe_export else [
+      ("", int(w)) for w in args.probe_widths.split(",")]
+  print(f"\nPer-layer linear probes, {args.probe_epochs:g} epochs, "
+        f"{args.probe_train_examples} training / {args.probe_test_examples} test images "
+        "(seconds: results.json's total_s; features + heads for the cached protocol):")
+  print(f"{'backbone':28s} {'cached':>22s} {'on the fly':>11s} {'ratio':>7s}  "
+        "largest top-1 gap, best layer (cached / on the fly)")
+  for export, width in targets:
+    cached = _probe_run(export, width, args, on_the_fly=False)
+    fly = _probe_run(export, width, args, on_the_fly=True)
+    name = export or f"random init resnet50_v2 w{width}"
+    t = cached["times"]
+    split = f"{t['total_s']:.1f} ({t['feature_extraction_s']:.1f} + {t['head_training_s']:.1f})"
+    top1 = lambda results: {k: 100 * v["top1"] for k, v in results["layers"].items()}
+    a, b = top1(cached), top1(fly)
+    gap = max(abs(a[k] - b[k]) for k in a)
+    best = max(a, key=a.get)
+    print(f"{name[-28:]:28s} {split:>22s} {fly['times']['total_s']:11.1f} "
+          f"{fly['times']['total_s'] / t['total_s']:6.1f}x  {gap:.1f} points, {best} "
+          f"{a[best]:.1f} / {b[best]:.1f}")
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--sections", default="matmul,backbones,methods")
@@ -268,15 +323,22 @@ def main():
   p.add_argument("--matmul_size", type=int, default=2048)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup_steps", type=int, default=2)
+  p.add_argument("--probe_export", default="",
+                 help="Section probes: this export (default: random-init backbones).")
+  p.add_argument("--probe_widths", default="1,4",
+                 help="Section probes: filters_factors of the random-init ResNet-50 v2.")
+  p.add_argument("--probe_epochs", type=float, default=30)
+  p.add_argument("--probe_train_examples", type=int, default=10000)
+  p.add_argument("--probe_test_examples", type=int, default=5000)
   p.add_argument("--profile", type=int, default=0, metavar="N",
                  help="Also profile every measured step: its N costliest op types and ops.")
   p.add_argument("--profile_dir", default="",
                  help="With --profile: keep the traces here (one folder per step).")
   args = p.parse_args()
   sections = args.sections.split(",")
-  unknown = set(sections) - {"matmul", "backbones", "methods"}
+  unknown = set(sections) - {"matmul", "backbones", "methods", "probes"}
   if unknown:
-    p.error(f"unknown sections {sorted(unknown)}; valid: matmul, backbones, methods")
+    p.error(f"unknown sections {sorted(unknown)}; valid: matmul, backbones, methods, probes")
   print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, devices: "
         f"{[d.name for d in tf.config.list_logical_devices()]}")
   peak = 0.0
@@ -287,6 +349,8 @@ def main():
     backbones(args, peak)
   if "methods" in sections:
     methods_section(args)
+  if "probes" in sections:
+    probes_section(args)
 
 
 if __name__ == "__main__":
