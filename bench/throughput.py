@@ -51,6 +51,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 BACKBONES = (("resnet50", "v1"), ("resnet50", "v2"), ("revnet50", "v2"), ("vgg19", "v2"))
 METHODS = ("rotation", "supervised", "jigsaw", "relative_patch_location", "exemplar")
+SECTIONS = ("matmul", "backbones", "methods", "probes")
 
 
 def _timed(fn, steps: int, warmup: int) -> float:
@@ -272,16 +273,15 @@ def _probe_run(export: str, width: int, args, on_the_fly: bool):
           f"--train_split=train[:{args.probe_train_examples}]",
           f"--val_split=test[:{args.probe_test_examples}]", f"--epochs={epochs}",
           f"--decay_epochs={0.6 * epochs:g},{0.8 * epochs:g}"]
-  whole_images = [f"--resize_size={args.image_size}", "--eval_preprocessing=resize,-1_to_1"]
   if export:
     argv.append(f"--hub_module={export}")
   else:
     argv += ["--hub_module=random_init", "--architecture=resnet50", "--mode=v2",
-             f"--filters_factor={width}"] + whole_images
+             f"--filters_factor={width}", "--eval_preprocessing=resize,-1_to_1"]
   if on_the_fly:  # No augmentation: both protocols see the same features.
     argv += ["--on_the_fly", "--preprocessing=resize,-1_to_1"]
-    if export:
-      argv.append(f"--resize_size={args.image_size}")
+  if on_the_fly or not export:  # An export's cached features keep its own sizes.
+    argv.append(f"--resize_size={args.image_size}")
   with tempfile.TemporaryDirectory(prefix="bench_probes_") as workdir:
     flags(argv + [f"--workdir={workdir}"])
     return linear_eval.run_linear_eval(train_and_eval.linear_eval_config_from_flags())
@@ -336,9 +336,9 @@ def main():
                  help="With --profile: keep the traces here (one folder per step).")
   args = p.parse_args()
   sections = args.sections.split(",")
-  unknown = set(sections) - {"matmul", "backbones", "methods", "probes"}
+  unknown = set(sections) - set(SECTIONS)
   if unknown:
-    p.error(f"unknown sections {sorted(unknown)}; valid: matmul, backbones, methods, probes")
+    p.error(f"unknown sections {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
   print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, devices: "
         f"{[d.name for d in tf.config.list_logical_devices()]}")
   peak = 0.0

@@ -77,7 +77,7 @@ def test_stats_accumulator_matches_numpy():
   np.testing.assert_allclose(stats.inv_std[[0, 1, 2, 4]], 1 / x.std(0)[[0, 1, 2, 4]], rtol=1e-5)
   assert stats.inv_std[3] == 0  # Constant feature: zeroed.
   # float32 features far from zero (a naive sum of squares in float32 would lose the variance):
-  # deviations from the chunk's mean keep it.
+  # the float64 sums keep it.
   y = (x[:, [0, 1, 2, 4]] + 1e4).astype(np.float32)
   acc = heads.StatsAccumulator()
   for start in range(0, 1000, 128):

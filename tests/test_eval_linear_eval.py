@@ -159,11 +159,16 @@ def test_export_features_match_module(tmp_path, export_dir):
     rep.select(["block9"])
 
 
+def toy_batches(images, labels, size=16):
+  """The examples as batches of `size` (the last one shorter)."""
+  return ({"image": images[s:s + size], "label": labels[s:s + size]}
+          for s in range(0, len(labels), size))
+
+
 def test_feature_cache(tmp_path, export_dir):
   extractor = features.FeatureExtractor(representation.load_export(export_dir), max_features=200)
   images, labels = toy_split(50, 0)
-  batches = lambda: ({"image": images[s:s + 16], "label": labels[s:s + 16]}
-                     for s in range(0, 50, 16))
+  batches = lambda: toy_batches(images, labels)
   parts = dict(representation="toy", split="train")
   cache = str(tmp_path / "cache")
   first = features.extract_or_load(extractor, batches, cache, parts, dtype="float16")
@@ -189,8 +194,7 @@ def test_extracted_features_whatever_the_expected_count(export_dir):
   split has that many examples, more (the rest joined on) or fewer (cut)."""
   extractor = features.FeatureExtractor(representation.load_export(export_dir), max_features=200)
   images, labels = toy_split(50, 0)
-  batches = lambda: ({"image": images[s:s + 16], "label": labels[s:s + 16]}
-                     for s in range(0, 50, 16))
+  batches = lambda: toy_batches(images, labels)
   want = features.extract_features(extractor, batches())
   assert want.num_examples == 50
   for expected in (50, 20, 40, 90):
