@@ -123,10 +123,7 @@ class Probes:
     self.weight_decay = float(weight_decay)
     self.heads = {name: build(int(dim), num_classes, channels_hidden, seed + 1000 * i)
                   for i, (name, dim) in enumerate(feature_dims.items())}
-    self.stats = None
-    if stats is not None:
-      self.stats = {name: (tf.constant(stats[name].mean), tf.constant(stats[name].inv_std))
-                    for name in self.layers}
+    self.stats = None if stats is None else {name: stats[name] for name in self.layers}
 
   @property
   def trainable_variables(self):
@@ -137,8 +134,7 @@ class Probes:
     x = tf.cast(x, tf.float32)
     if self.stats is None:
       return x
-    mean, inv_std = self.stats[name]
-    return (x - mean) * inv_std
+    return (x - self.stats[name].mean) * self.stats[name].inv_std
 
   def standardize_in_place(self, features: Mapping[str, np.ndarray]) -> None:
     """`standardize` of each layer's NumPy array, written into the array (a large table is not
@@ -146,9 +142,8 @@ class Probes:
     if self.stats is None:
       return
     for name in self.layers:
-      mean, inv_std = (t.numpy() for t in self.stats[name])
-      np.subtract(features[name], mean, out=features[name], casting="unsafe")
-      np.multiply(features[name], inv_std, out=features[name], casting="unsafe")
+      np.subtract(features[name], self.stats[name].mean, out=features[name], casting="unsafe")
+      np.multiply(features[name], self.stats[name].inv_std, out=features[name], casting="unsafe")
 
   def logits(self, features: Mapping[str, tf.Tensor], training: bool,
              standardized: bool = False) -> Dict[str, tf.Tensor]:
