@@ -1,7 +1,8 @@
 """Preprocessing specs as text ('resize,to_gray,crop,crop_patches,standardization'): their op
-names, whether a spec makes patches, the input a representation is evaluated on, and the flags
-of the preprocessing parameters an evaluation takes. Free of TensorFlow, so that the grid runner
-and the report can use it; datasets/preprocess.py maps the names to ops."""
+names, whether a spec makes patches, the input a representation is evaluated on, what a
+deterministic pass of a spec does, and the flags of the preprocessing parameters an evaluation
+takes (and which ops read them). Free of TensorFlow, so that the grid runner and the report can
+use it; datasets/preprocess.py maps the names to ops."""
 
 from typing import List
 
@@ -10,10 +11,21 @@ PATCH_OP = "crop_patches"
 # views) and so make the pretext labels: an export's evaluation input is its training spec
 # without them. The patch methods make their labels in model_fn: their patches stay.
 PRETEXT_OPS = ("rotate", "exemplar_copies", "simclr_views")
+# The ops that change an image only in training (datasets/preprocess.py): a deterministic pass
+# (is_training=False: the test split, and every split of the cached probes) leaves it as it is.
+# to_gray only below probability 1; at 1 it greys every image, in evaluation too.
+TRAINING_ONLY_OPS = ("flip_lr", "to_gray")
 # The flags of the preprocessing parameters that an evaluation takes over an export's (and
 # that make a random-init baseline's input): fields of datasets.PreprocessConfig.
 EVAL_PARAM_FLAGS = ("resize_size", "crop_size", "smaller_size", "grayscale_probability",
                     "splits_per_side", "patch_jitter")
+# The ops of an evaluation spec that read each of those (datasets/preprocess.py; a test checks
+# that no other op's output changes with it): one that no op of a spec reads leaves its input
+# as it is.
+PARAM_READERS = {"resize_size": ("resize",), "smaller_size": ("resize_small",),
+                 "crop_size": ("crop", "central_crop", "inception_crop", "inception_preprocess"),
+                 "grayscale_probability": ("to_gray",), "splits_per_side": ("crop_patches",),
+                 "patch_jitter": ("crop_patches",)}
 # Of those, the sizes: an evaluation that sets one takes all of its parameters from its flags.
 SIZE_FLAGS = ("resize_size", "crop_size", "smaller_size")
 
@@ -45,3 +57,18 @@ def representation_spec(spec: str) -> str:
   """The evaluation preprocessing of an export trained with `spec`: `spec` without the pretext
   ops (the rotations, copies and views that make the pretext labels)."""
   return ",".join(op for op in parse_spec(spec) if op not in PRETEXT_OPS)
+
+
+def deterministic_spec(spec: str, grayscale_probability: float) -> str:
+  """What a deterministic pass (is_training=False) of `spec` does: `spec` without the ops that
+  act only in training. Evaluations that see every image through that pass (the cached probes,
+  CKA) get the same input from two specs with the same deterministic spec and parameters:
+  'resize,flip_lr,-1_to_1' and 'resize,-1_to_1', say."""
+  return ",".join(op for op in parse_spec(spec) if op not in TRAINING_ONLY_OPS
+                  or (op == "to_gray" and grayscale_probability >= 1.0))
+
+
+def params_read(spec: str) -> List[str]:
+  """The parameters of EVAL_PARAM_FLAGS that some op of `spec` reads."""
+  names = set(parse_spec(spec))
+  return [p for p in EVAL_PARAM_FLAGS if names & set(PARAM_READERS[p])]

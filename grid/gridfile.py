@@ -46,7 +46,8 @@ from core.options import RANDOM_INIT
 from grid import slurm_settings
 from grid.cells import Cell, Grid, PRETEXT, SUPERVISED, cell_name, sanitize
 from grid.common import GridError, REPO_ROOT
-from grid.flags import FlagChecker, FlagInfo, RUNNER_FLAGS, flag_value, same_value
+from grid.flags import (FlagChecker, FlagInfo, RUNNER_FLAGS, as_bool, flag_value,
+                        same_value)
 
 DEFAULT_FLAGFILE = "configs/{method}/{dataset}.flags"
 # The flagfiles of an image folder (dataset "folder:<root>") under DEFAULT_FLAGFILE: those of
@@ -172,7 +173,10 @@ class _Parser(FlagChecker):
     cells are evaluated on (eval_input), and each trained cell's `baseline` its name. Tags: none
     for the first whole-image input of an architecture, then "input2", ...; "patches",
     "patches2", ... on patches. random_init_flags that give eval_preprocessing add a baseline on
-    that input too (the first, untagged)."""
+    that input too (the first, untagged). Where every evaluation sees its images through the
+    deterministic pass only (`deterministic_only`), inputs that differ only in ops that act in
+    training alone share a baseline: a cached probe sees 'resize,flip_lr,-1_to_1' and
+    'resize,-1_to_1' alike."""
     where = "[baselines] random_init"
     extra = self.flags(baselines.get("random_init_flags", {}), f"{where}_flags")
     given = {k: v for k, v in extra.items() if k in INPUT_FLAGS}
@@ -184,14 +188,18 @@ class _Parser(FlagChecker):
     shared = {k: v for k, v in extra.items() if k not in INPUT_FLAGS}
     names = list(ctx["evaluations"])
     made: List[Tuple[Tuple[str, Optional[str], Optional[int]], Tuple[Dict[str, Any], ...],
-                     str]] = []
+                     Cell]] = []
     counts: Dict[Tuple[Any, bool], int] = {}
 
-    def baseline(ident, inputs: Tuple[Dict[str, Any], ...]) -> str:
-      for other_ident, other_inputs, name in made:
-        if other_ident == ident and all(self.same_input(a, b) for a, b in
-                                        zip(other_inputs, inputs)):
-          return name
+    def baseline(ident, inputs: Tuple[Dict[str, Any], ...],
+                 deterministic: Tuple[bool, ...]) -> str:
+      """The baseline of `ident` on `inputs` (one per evaluation of `names`), made if new;
+      `deterministic`: per evaluation, whether the one asking sees the deterministic pass only."""
+      for other_ident, other_inputs, other in made:
+        if other_ident == ident and all(
+            self.same_input(a, b, alike and self.deterministic_only(other.evaluations[n]))
+            for a, b, alike, n in zip(other_inputs, inputs, deterministic, names)):
+          return other.name
       patches = specs.makes_patches(str(inputs[0].get("eval_preprocessing") or ""))
       counts[ident, patches] = count = counts.get((ident, patches), 0) + 1
       base = "patches" if patches else "input"
@@ -202,19 +210,20 @@ class _Parser(FlagChecker):
         cell.evaluations[eval_name] = dict(
             {k: v for k, v in cell.evaluations[eval_name].items() if k not in INPUT_FLAGS},
             **flags)
-      made.append((ident, inputs, cell.name))
+      made.append((ident, inputs, cell))
       add(cell)
       return cell.name
 
     if given:
       for ident in identities:
-        baseline(ident, tuple(dict(given) for _ in names))
+        baseline(ident, tuple(dict(given) for _ in names), (False,) * len(names))
     for c in trained:
       try:
         inputs = tuple(self.eval_input(c.pretext_flags, c.evaluations[n]) for n in names)
       except ValueError as e:  # A malformed --preprocessing.
         self.fail(c.origin, str(e))
-      c.baseline = baseline((c.architecture, c.mode, c.width), inputs)
+      c.baseline = baseline((c.architecture, c.mode, c.width), inputs,
+                            tuple(self.deterministic_only(c.evaluations[n]) for n in names))
 
   def eval_input(self, pretext: Mapping[str, Any], evaluation: Mapping[str, Any]
                  ) -> Dict[str, Any]:
@@ -228,9 +237,25 @@ class _Parser(FlagChecker):
     return dict({k: source[k] for k in specs.EVAL_PARAM_FLAGS if k in source},
                 eval_preprocessing=spec)
 
-  def same_input(self, a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Whether two inputs' flags are the same, unset ones at their defaults."""
-    return all(same_value(self.default(a, k), self.default(b, k)) for k in INPUT_FLAGS)
+  def same_input(self, a: Mapping[str, Any], b: Mapping[str, Any],
+                 deterministic: bool = False) -> bool:
+    """Whether two inputs are the same: the same spec and the same values (unset ones at their
+    defaults) of the parameters its ops read; `deterministic`: for evaluations that see the
+    deterministic pass only, the specs as that pass runs them (specs.deterministic_spec)."""
+    def spec(flags):
+      text = str(self.default(flags, "eval_preprocessing") or "")
+      gray = float(self.default(flags, "grayscale_probability"))
+      return specs.deterministic_spec(text, gray) if deterministic else text
+
+    return spec(a) == spec(b) and all(same_value(self.default(a, k), self.default(b, k))
+                                      for k in specs.params_read(spec(a)))
+
+  def deterministic_only(self, evaluation: Mapping[str, Any]) -> bool:
+    """Whether an evaluation sees every image through the deterministic pass (is_training=False):
+    the cached probes and CKA do; fine-tuning and the on-the-fly probes pass their training
+    images through the training preprocessing."""
+    task = str(self.default(evaluation, "task"))
+    return task != "fine_tune" and not as_bool(self.default(evaluation, "on_the_fly"))
 
   def evaluation(self, entry: Any, where: str, required_name: bool = False
                  ) -> Tuple[str, Dict[str, Any]]:

@@ -92,6 +92,12 @@ class CellResult:
     return str((self.results.get("source") or {}).get("eval_preprocessing")
                or (self.results.get("config") or {}).get("eval_preprocessing") or "")
 
+  @property
+  def deterministic_input(self) -> bool:
+    """Whether its images all went through the deterministic preprocessing (the cached probes;
+    not the on-the-fly ones, nor fine-tuning)."""
+    return evaluation_key(self.results)[4] == "cached"
+
   def arch_label(self) -> str:
     return f"{self.architecture} {self.mode}" if self.mode else self.architecture
 

@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from core import architectures
 from core import options
+from core import specs
 from core.durations import format_duration
 from core.options import RANDOM_INIT
 from report.cells import CellResult, KIND_LABELS, sort_cells
@@ -87,11 +88,19 @@ def same_input(cell: CellResult, base: CellResult) -> bool:
   """Whether `base` was evaluated on `cell`'s input: paired so by the grid (and, where both
   record their spec, on the same one: a cell of the same name from another root may not be),
   or on the same recorded spec."""
-  if cell.eval_spec and base.eval_spec and cell.eval_spec != base.eval_spec:
-    return False
   if (cell.state or {}).get("baseline"):
-    return cell.state["baseline"] == base.name
+    return cell.state["baseline"] == base.name and _specs_agree(cell, base)
   return bool(cell.eval_spec) and cell.eval_spec == base.eval_spec
+
+
+def _specs_agree(cell: CellResult, base: CellResult) -> bool:
+  """Whether the recorded specs of a cell and the baseline the grid paired it with agree: the
+  same, or, for the cached probes, the same as their deterministic pass runs them (no flips and,
+  below probability 1, no to_gray; the grid compared the real probability)."""
+  if not (cell.eval_spec and base.eval_spec) or cell.eval_spec == base.eval_spec:
+    return True
+  return cell.deterministic_input and (specs.deterministic_spec(cell.eval_spec, 0.0) ==
+                                       specs.deterministic_spec(base.eval_spec, 0.0))
 
 
 def baseline_label(cell: CellResult, group: Sequence[CellResult]) -> str:

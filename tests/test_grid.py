@@ -282,6 +282,42 @@ def test_every_trained_cell_gets_a_baseline_on_its_own_evaluation_input(configs,
     gridfile.load_grid(write_grid(configs, bad + cells), known, base_dir=str(configs))
 
 
+def test_inputs_alike_to_the_cached_probes_share_a_baseline(configs, known):
+  """Specs that differ only in ops that act in training alone (flip_lr; to_gray below
+  probability 1) give the cached probes the same input, so one baseline; not so on the fly."""
+  base = GRID.split("[[cells]]")[0].replace("supervised = true", "supervised = false")
+  cells = """
+      [[cells]]
+      method = ["rotation", "supervised"]
+      flags = { filters_factor = 1, preprocessing = "resize,flip_lr,-1_to_1,rotate" }
+      [[cells]]
+      method = "supervised"
+      flags = { filters_factor = 1 }
+      tag = "plain"
+      [[cells]]
+      method = "rotation"
+      flags = { filters_factor = 1, preprocessing = "to_gray,resize,-1_to_1,rotate", \
+                grayscale_probability = 1.0 }
+      tag = "grey"
+      """
+  pairs = lambda g: {c.name: c.baseline for c in g.cells if c.kind != "random_init"}
+  grid = gridfile.load_grid(write_grid(configs, base + cells), known, base_dir=str(configs))
+  assert pairs(grid) == {
+      "rotation-resnet50_v2-w1": "random_init-resnet50_v2-w1",
+      "supervised-resnet50_v2-w1": "random_init-resnet50_v2-w1",
+      "supervised-resnet50_v2-w1-plain": "random_init-resnet50_v2-w1",  # resize,-1_to_1
+      "rotation-resnet50_v2-w1-grey": "random_init-resnet50_v2-w1-input2"}  # Grey at test.
+  assert grid.cell("random_init-resnet50_v2-w1").eval_flags["eval_preprocessing"] == (
+      "resize,flip_lr,-1_to_1")
+  # On the fly, the probes train on flipped images: the plain cell gets a baseline of its own.
+  fly = base.replace('train_split = "train[:100]"',
+                     'train_split = "train[:100]"\non_the_fly = true')
+  grid = gridfile.load_grid(write_grid(configs, fly + cells), known, base_dir=str(configs))
+  assert pairs(grid)["supervised-resnet50_v2-w1-plain"] == "random_init-resnet50_v2-w1-input2"
+  assert grid.cell("random_init-resnet50_v2-w1-input2").eval_flags["eval_preprocessing"] == (
+      "resize,-1_to_1")
+
+
 def test_other_axes_and_tags_make_names(configs, known):
   path = write_grid(configs, """
       [defaults]

@@ -240,3 +240,63 @@ def test_evaluation_input_drops_the_ops_that_make_pretext_examples():
   fields = set(PreprocessConfig.__dataclass_fields__)
   assert set(specs.EVAL_PARAM_FLAGS) <= fields and set(specs.SIZE_FLAGS) <= set(
       specs.EVAL_PARAM_FLAGS)
+
+
+def test_deterministic_spec_drops_exactly_the_ops_that_act_only_in_training():
+  from core import specs  # pylint: disable=g-import-not-at-top
+  image = _image()
+  always_gray = PreprocessConfig(grayscale_probability=1.0)
+  for name in specs.TRAINING_ONLY_OPS:
+    # Identity in a deterministic pass, at a probability below 1 ...
+    np.testing.assert_array_equal(_apply(name, image, False)["image"], image)
+    # ... but not in training: some of 16 seeded draws changes the image.
+    changed = [not np.array_equal(_apply_in_dataset(name, image, True, n=16)[i]["image"], image)
+               for i in range(16)]
+    assert any(changed), name
+  # At probability 1 to_gray greys the evaluation images too, and stays in the spec.
+  grey = _apply("to_gray", image, False, always_gray)["image"]
+  assert not np.allclose(grey, image) and np.allclose(grey[..., 0], grey[..., 2])
+  assert specs.deterministic_spec("resize,flip_lr,-1_to_1", 0.0) == "resize,-1_to_1"
+  patches = "to_gray,crop,flip_lr,crop_patches,standardization"
+  assert specs.deterministic_spec(patches, 0.66) == "crop,crop_patches,standardization"
+  assert specs.deterministic_spec(patches, 1.0) == "to_gray,crop,crop_patches,standardization"
+  # Every other op does something in a deterministic pass (here on a 40x30 image with values
+  # in [-0.5, 1.5]: the crops, resizes and patches change its shape, the value maps its values).
+  wide = image * 2.0 - 0.5
+  sizes = PreprocessConfig(resize_size=(20, 16), smaller_size=24, crop_size=12, splits_per_side=2)
+  for name in PREPROCESS_OPS.names():
+    if name not in specs.TRAINING_ONLY_OPS and name not in specs.PRETEXT_OPS:
+      out = _apply(name, wide, False, sizes)["image"]
+      assert out.shape != wide.shape or not np.allclose(out, wide), name
+
+
+def test_an_op_changes_with_no_parameter_but_those_it_is_said_to_read():
+  """core/specs.PARAM_READERS, against the ops: changing any other parameter of
+  EVAL_PARAM_FLAGS leaves an op's output as it is, in the deterministic pass and, with the same
+  seed, in training."""
+  from core import specs  # pylint: disable=g-import-not-at-top
+  image = _image() * 2.0 - 0.5
+  base = dict(resize_size=(20, 16), smaller_size=24, crop_size=12, grayscale_probability=0.5,
+              splits_per_side=2, patch_jitter=2)
+  other = dict(resize_size=(18, 14), smaller_size=22, crop_size=10, grayscale_probability=0.8,
+               splits_per_side=3, patch_jitter=1)
+  assert set(base) == set(other) == set(specs.EVAL_PARAM_FLAGS) == set(specs.PARAM_READERS)
+
+  def run(name, is_training, config):
+    tf.random.set_seed(5)
+    return _apply_in_dataset(name, image, is_training, config, n=2)
+
+  read = 0
+  for name in PREPROCESS_OPS.names():
+    if name in specs.PRETEXT_OPS:
+      continue
+    before = {t: run(name, t, PreprocessConfig(**base)) for t in (False, True)}
+    for param in specs.EVAL_PARAM_FLAGS:
+      if name in specs.PARAM_READERS[param]:
+        read += 1
+        continue
+      changed = PreprocessConfig(**dict(base, **{param: other[param]}))
+      for is_training in (False, True):
+        for a, b in zip(before[is_training], run(name, is_training, changed)):
+          np.testing.assert_array_equal(a["image"], b["image"], err_msg=f"{name} {param}")
+  assert read == sum(len(ops) for ops in specs.PARAM_READERS.values())

@@ -157,6 +157,27 @@ def test_each_cell_is_compared_with_the_baseline_on_its_own_input(tmp_path):
       "random_init-resnet50_v2-w1 (other input)")
 
 
+def test_a_baseline_alike_to_the_cached_probes_is_not_flagged(tmp_path):
+  """The grid pairs 'resize,-1_to_1' with a baseline on 'resize,flip_lr,-1_to_1' for the cached
+  probes (the deterministic pass does not flip); on the fly the inputs differ."""
+  root = str(tmp_path / "root")
+  write_cell(root, "simclr-resnet50_v2-w1", "pretext", "simclr", "resnet50", 1,
+             resnet_values(3, 0.3), pretext_acc=0.5, eval_spec="resize,-1_to_1",
+             baseline="random_init-resnet50_v2-w1")
+  write_cell(root, "random_init-resnet50_v2-w1", "random_init", "random_init", "resnet50", 1,
+             resnet_values(0, 0.25), eval_spec="resize,flip_lr,-1_to_1")
+  cells, _ = report_lib.load_cells([root])
+  simclr = next(c for c in cells if c.kind != "random_init")
+  assert report_tables.baseline_label(simclr, cells) == "random_init-resnet50_v2-w1"
+  simclr.results["source"]["eval_preprocessing"] = "resize,standardization"
+  assert report_tables.baseline_label(simclr, cells) == (
+      "random_init-resnet50_v2-w1 (other input)")
+  simclr.results["source"]["eval_preprocessing"] = "resize,-1_to_1"
+  simclr.results["config"]["on_the_fly"] = True
+  assert report_tables.baseline_label(simclr, cells) == (
+      "random_init-resnet50_v2-w1 (other input)")
+
+
 def test_report_tables_best_layer_csv_json_and_plots(root, tmp_path):
   paths, summary = report_lib.make_report([root])
   assert paths["markdown"] == os.path.join(root, "report", "report.md")
