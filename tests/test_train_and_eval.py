@@ -18,8 +18,10 @@ from core import files
 from core.config import Config
 from core.errors import ConfigError
 from tests.conftest import REPO_ROOT
+import methods
 import train_and_eval
 from training import export as export_lib
+from training import trainer as trainer_lib
 
 
 def small_config(workdir, data_dir, **overrides) -> Config:
@@ -142,6 +144,21 @@ def test_run_eval_writes_pretext_results(trained):
   assert 0 < saved["times"]["training_s"] < saved["times"]["total_s"]
   with open(os.path.join(config.export_dir, "export_info.json")) as f:
     assert json.load(f)["run"]["git"] == run["git"]
+
+
+def test_a_finished_run_evaluates_again_on_any_split(trained, tmp_path):
+  """scripts/pretext_accuracy.py's path: the run's config.json and last checkpoint give its
+  pretext metrics again, exactly, and on another split; a folder without a run is refused."""
+  config, results = trained
+  again = trainer_lib.load_run_config(config.workdir)
+  assert again == config
+  trainer = trainer_lib.Trainer(again, methods.get_method(again.task), print_fn=_quiet)
+  assert trainer.restore() == results["step"]
+  assert trainer.evaluate() == results["eval_metrics"]
+  other = trainer.evaluate("train[:16]")
+  assert other["num_examples"] == 16 * 4 and 0.0 <= other["accuracy"] <= 1.0
+  with pytest.raises(ConfigError, match="holds no pretext run"):
+    trainer_lib.load_run_config(str(tmp_path))
 
 
 def test_supervised_trains_and_exports(tmp_path, shapes_data_dir):

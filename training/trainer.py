@@ -27,6 +27,19 @@ from training import run_record
 from training import schedules
 
 
+def load_run_config(workdir: str, **changes) -> Config:
+  """The config of the pretext run in `workdir` (its config.json, as train_and_eval.py wrote it),
+  with `changes`; a ConfigError where the folder holds no run."""
+  saved = files.read_json(os.path.join(workdir, files.CONFIG_FILE))
+  if not isinstance(saved, dict):
+    raise ConfigError(f"{workdir} holds no pretext run (no {files.CONFIG_FILE}); give the "
+                      "--workdir of a train_and_eval.py run")
+  fields = {f.name for f in dataclasses.fields(Config)}
+  values = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields}
+  values.update(workdir=workdir, **changes)  # Its checkpoints where it is now.
+  return Config(**values)
+
+
 class NonFiniteLossError(RuntimeError):
   """Training produced a NaN or infinite loss."""
 
