@@ -22,7 +22,7 @@ from datasets.sources import DATASETS, get_source
 
 __all__ = [
     "get_data", "get_dataset_info", "get_num_examples", "get_preprocess_fn", "validate_spec",
-    "image_labels",
+    "image_labels", "split_labels",
     "register_op", "PreprocessConfig", "DatasetInfo", "DatasetNotPreparedError", "DATASETS",
     "PREPROCESS_OPS",
 ]
@@ -36,6 +36,14 @@ def get_dataset_info(dataset: str, data_dir: Optional[str] = None) -> DatasetInf
 def get_num_examples(dataset: str, split: str, data_dir: Optional[str] = None) -> int:
   """Examples in `split`: a split name or a TFDS slice like 'train[:90%]' or 'train[:1000]'."""
   return get_source(dataset).num_examples(split, data_dir)
+
+
+def split_labels(dataset: str, split: str, data_dir: Optional[str] = None) -> np.ndarray:
+  """The labels of `split`'s examples in its stored order, the positions that `get_data`'s
+  `indices` refer to; read without decoding an image."""
+  raw = get_source(dataset).read(split, data_dir=data_dir, shuffle_files=False, seed=None)
+  batches = raw.records.map(lambda record: record["label"]).batch(4096)
+  return np.concatenate([np.zeros([0], np.int64)] + [b.numpy() for b in batches])
 
 
 def image_labels(labels):

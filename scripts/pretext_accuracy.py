@@ -5,9 +5,10 @@
   .venv/bin/python scripts/pretext_accuracy.py --workdir=workdirs/rotation_shapes --split=train
   .venv/bin/python scripts/pretext_accuracy.py --workdir=<a run on the photos> \
       --dataset=folder:workdirs/photos_seed1 --split=train
+  .venv/bin/python scripts/pretext_accuracy.py --workdir=<a run on the photos> --by_class
 
-Against the held-out split, it tells memorising from learning the task: README, "Real
-photographs".
+Against the held-out split, it tells memorising from learning the task, and --by_class (each
+class's images alone) on which classes it is learnt: README, "Real photographs".
 """
 
 import dataclasses
@@ -29,6 +30,8 @@ flags.DEFINE_string("workdir", None, "The --workdir of a train_and_eval.py prete
 flags.DEFINE_string("split", None, "The split to evaluate on (default: the run's --val_split).")
 flags.DEFINE_string("dataset", None, "The dataset of that split (default: the run's).")
 flags.DEFINE_string("data_dir", None, "Its data_dir (default: the run's, for its own dataset).")
+flags.DEFINE_bool("by_class", False, "Also evaluate the images of each class of the split alone "
+                  "(their dataset labels): on which classes the pretext task generalises.")
 flags.DEFINE_bool("json", False, "Print the metrics as one JSON object.")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
@@ -57,16 +60,29 @@ def main(argv):
     if not step:
       raise ConfigError(f"{FLAGS.workdir} holds no checkpoint to evaluate")
     metrics = trainer.evaluate(split)
+    by_class = None
+    if FLAGS.by_class:
+      names = trainer.info.class_names
+      by_class = {names[k]: m for k, m in trainer.evaluate_by_label(split).items()}
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   if FLAGS.json:
-    print(json.dumps(dict(task=config.task, dataset=config.dataset, split=split, step=step,
-                          metrics=metrics)))
-  else:
-    print(f"{config.task} at step {step} on {config.dataset}:{split}: " + ", ".join(
-        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(metrics.items())))
+    record = dict(task=config.task, dataset=config.dataset, split=split, step=step,
+                  metrics=metrics)
+    if by_class is not None:
+      record["by_class"] = by_class
+    print(json.dumps(record))
+    return 0
+  print(f"{config.task} at step {step} on {config.dataset}:{split}: {_line(metrics)}")
+  for name, m in (by_class or {}).items():
+    print(f"  {name}: {_line(m)}")
   return 0
+
+
+def _line(metrics) -> str:
+  return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                   for k, v in sorted(metrics.items()))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 
 import datasets
 from datasets import (DatasetNotPreparedError, PreprocessConfig, get_data, get_dataset_info,
-                      get_num_examples, get_preprocess_fn)
+                      get_num_examples, get_preprocess_fn, split_labels)
 from datasets import folder
 from datasets.sources import write_tfds_metadata
 from tests.conftest import REPO_ROOT
@@ -369,6 +369,9 @@ def test_folder_end_to_end(image_folder):
                                                    batch_size=8, preprocess_fn=fn))
                  for l in b["label"]]
   assert sorted(test_labels) == [0, 0, 2]  # emu is class 2 in every split.
+  # In stored order (an evaluation's), read without decoding: what get_data's indices select.
+  assert split_labels(name, "train").tolist() == labels
+  assert split_labels(name, "train[-3:]+test").tolist() == labels[-3:] + test_labels
   # Slices split the files, every class in each part.
   first = _batches(get_data(name, "train[:50%]", is_training=False, batch_size=8,
                             preprocess_fn=fn))

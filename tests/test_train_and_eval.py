@@ -161,6 +161,49 @@ def test_a_finished_run_evaluates_again_on_any_split(trained, tmp_path):
     trainer_lib.load_run_config(str(tmp_path))
 
 
+def test_pretext_accuracy_by_class_covers_each_class_once(trained):
+  """Trainer.evaluate_by_label (scripts/pretext_accuracy.py --by_class): each label's images
+  alone, as the split's labels say, whose weighted means are the whole split's metrics."""
+  import datasets  # pylint: disable=g-import-not-at-top
+  config, _ = trained
+  split = "train[:40]"
+  labels = np.concatenate([b["label"].numpy() for b in datasets.get_data(
+      config.dataset, split, is_training=False, preprocess_fn=None, batch_size=16,
+      data_dir=config.data_dir)])
+  # The labels in stored order, without decoding, and the images at one label's positions.
+  np.testing.assert_array_equal(datasets.split_labels(config.dataset, split, config.data_dir),
+                                labels)
+  label = int(np.bincount(labels).argmax())
+  picked = np.concatenate([b["label"].numpy() for b in datasets.get_data(
+      config.dataset, split, is_training=False, preprocess_fn=None, batch_size=16,
+      data_dir=config.data_dir, indices=np.flatnonzero(labels == label))])
+  assert len(picked) == np.sum(labels == label) and np.all(picked == label)
+  trainer = trainer_lib.Trainer(config, methods.get_method(config.task), print_fn=_quiet)
+  trainer.restore()
+  whole = trainer.evaluate(split)
+  by_label = trainer.evaluate_by_label(split)
+  counts = {int(k): int(n) for k, n in zip(*np.unique(labels, return_counts=True))}
+  assert len(counts) > 1
+  assert {k: m["num_examples"] for k, m in by_label.items()} == {
+      k: 4 * n for k, n in counts.items()}  # Four rotations of each of its images.
+  for name in ("accuracy", "loss"):
+    mean = sum(m[name] * m["num_examples"] for m in by_label.values()) / whole["num_examples"]
+    assert mean == pytest.approx(whole[name], rel=1e-5)
+  # One class alone is what its positions in the split give.
+  assert trainer.evaluate(split, np.flatnonzero(labels == label)) == by_label[label]
+  # The script: the same numbers under the dataset's class names.
+  out = subprocess.run(
+      [sys.executable, "scripts/pretext_accuracy.py", f"--workdir={config.workdir}",
+       f"--split={split}", "--by_class", "--json"], cwd=REPO_ROOT, check=True,
+      capture_output=True, text=True).stdout
+  record = json.loads(out.strip().splitlines()[-1])
+  names = trainer.info.class_names
+  assert record["metrics"]["num_examples"] == whole["num_examples"]
+  assert sorted(record["by_class"]) == sorted(names[k] for k in by_label)
+  for k, m in by_label.items():
+    assert record["by_class"][names[k]] == pytest.approx(m, rel=1e-6)
+
+
 def test_supervised_trains_and_exports(tmp_path, shapes_data_dir):
   config = small_config(tmp_path / "wd", shapes_data_dir, task="supervised",
                         preprocessing="resize,flip_lr,-1_to_1", run_eval=True)

@@ -5,6 +5,7 @@ It knows nothing of the method it runs beyond the contract of methods/base.py.
 
 import contextlib
 import dataclasses
+import functools
 import glob
 import math
 import os
@@ -14,6 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import keras
+import numpy as np
 import tensorflow as tf
 
 from core import files
@@ -151,7 +153,8 @@ def kept_steps(plan: Plan, every_epochs: Optional[float], at_steps: Sequence[int
   return sorted(steps)
 
 
-def _distributed_data(config: Config, strategy, split: str, is_training: bool, global_batch: int):
+def _distributed_data(config: Config, strategy, split: str, is_training: bool, global_batch: int,
+                      indices: Optional[Sequence[int]] = None):
   preprocess_fn = datasets.get_preprocess_fn(config.preprocessing, is_training,
                                              datasets.PreprocessConfig.of(config))
 
@@ -160,7 +163,7 @@ def _distributed_data(config: Config, strategy, split: str, is_training: bool, g
         config.dataset, split, is_training=is_training, preprocess_fn=preprocess_fn,
         batch_size=input_context.get_per_replica_batch_size(global_batch),
         data_dir=config.data_dir, shuffle_buffer=config.shuffle_buffer, seed=config.random_seed,
-        input_context=input_context)
+        input_context=input_context, indices=indices)
 
   return strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -400,13 +403,32 @@ class Trainer:
       shutil.rmtree(self.scratch_dir, ignore_errors=True)
     return TrainState(self.model, step, plan, self.image_shape, metrics)
 
-  def evaluate(self, split: Optional[str] = None) -> Dict[str, float]:
-    """Mean of the method's per-example metrics over a whole split (deterministic preprocessing)."""
+  def evaluate(self, split: Optional[str] = None,
+               indices: Optional[Sequence[int]] = None) -> Dict[str, float]:
+    """Mean of the method's per-example metrics over a whole split (deterministic preprocessing),
+    or over its images at `indices` (positions in the split's stored order) alone."""
     config = self.config
     split = split or config.val_split
     data = _distributed_data(config, self.strategy, split, False,
-                             config.eval_batch_size or config.batch_size)
-    method, model, strategy = self.method, self.model, self.strategy
+                             config.eval_batch_size or config.batch_size, indices)
+    acc = _MetricAccumulator()
+    t0, batches = time.time(), 0
+    for batch in data:
+      acc.add(*self._eval_step(batch))
+      batches += 1
+    metrics = acc.means()
+    metrics["num_examples"] = int(next(iter(acc.counts.values()), 0))
+    subset = "" if indices is None else f" ({len(indices)} images)"
+    self.print_fn(f"evaluated {config.task} on {config.dataset}:{split}{subset} in {batches} "
+                  f"batches, {time.time() - t0:.1f}s: " + " ".join(f"{k} {v:.4f}" for k, v in
+                                                                   sorted(metrics.items())))
+    return metrics
+
+  @functools.cached_property
+  def _eval_step(self):
+    """One traced evaluation step for every `evaluate` call: sums and counts of the method's
+    per-example metrics over a batch."""
+    config, method, model, strategy = self.config, self.method, self.model, self.strategy
 
     @tf.function
     def eval_step(batch):
@@ -416,14 +438,13 @@ class Trainer:
       return ({k: strategy.reduce("SUM", v, axis=None) for k, v in s.items()},
               {k: strategy.reduce("SUM", v, axis=None) for k, v in c.items()})
 
-    acc = _MetricAccumulator()
-    t0, batches = time.time(), 0
-    for batch in data:
-      acc.add(*eval_step(batch))
-      batches += 1
-    metrics = acc.means()
-    metrics["num_examples"] = int(next(iter(acc.counts.values()), 0))
-    self.print_fn(f"evaluated {config.task} on {config.dataset}:{split} in {batches} batches, "
-                  f"{time.time() - t0:.1f}s: " + " ".join(f"{k} {v:.4f}" for k, v in
-                                                          sorted(metrics.items())))
-    return metrics
+    return eval_step
+
+  def evaluate_by_label(self, split: Optional[str] = None) -> Dict[int, Dict[str, float]]:
+    """`evaluate` on the images of each dataset label of `split` alone, by label: e.g. which
+    classes a pretext task generalises on. Their means, weighted by `num_examples`, are the
+    whole split's."""
+    config = self.config
+    split = split or config.val_split
+    labels = datasets.split_labels(config.dataset, split, config.data_dir)
+    return {int(k): self.evaluate(split, np.flatnonzero(labels == k)) for k in np.unique(labels)}
