@@ -134,12 +134,12 @@ def _features(backbone: keras.Model, images: tf.Tensor, training: bool) -> tf.Te
   return backbone(images, training=training)[HEAD_LAYER]
 
 
-def labelled_subset(config: FineTuneConfig, data: linear_eval.EvalData) -> Optional[np.ndarray]:
-  """Positions of the labelled training examples (None: all), as the low-label probes draw them."""
+def labelled_subset(config: FineTuneConfig) -> Optional[np.ndarray]:
+  """Positions of the labelled training examples (None: all), as the low-label probes draw them;
+  the training split's labels are read without decoding its images."""
   if not linear_eval.is_low_label(config):
     return None
-  labels = np.concatenate([datasets.image_labels(b["label"].numpy())
-                           for b in data.batches(config.train_split, is_training=False)])
+  labels = datasets.split_labels(config.dataset, config.train_split, config.data_dir)
   return low_label_lib.low_label_indices(labels, config.train_fraction,
                                          config.examples_per_class, config.random_seed)
 
@@ -165,7 +165,7 @@ def fine_tune(config: FineTuneConfig, print_fn=logging.info) -> Outcome:
                       f"{data.eval_spec!r} must both cut patches or both not: the backbone is "
                       "trained and tested on the same kind of input")
   num_classes = int(datasets.get_dataset_info(config.dataset, config.data_dir).num_classes)
-  indices = labelled_subset(config, data)
+  indices = labelled_subset(config)
   num_train = (len(indices) if indices is not None else
                datasets.get_num_examples(config.dataset, config.train_split, config.data_dir))
   steps_in_epoch = heads_lib.steps_per_epoch(num_train, config.batch_size)

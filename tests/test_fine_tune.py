@@ -128,15 +128,15 @@ def test_labelled_subset_is_fixed_class_balanced_seeded_and_all_that_trains(
   config = ft_config(tmp_path, shapes_data_dir, supervised_export, examples_per_class=3)
   _, info = fine_tune.load_backbone(config)
   data = linear_eval.eval_data(config, info)
-  indices = fine_tune.labelled_subset(config, data)
+  indices = fine_tune.labelled_subset(config)
   batches = list(data.batches("train", is_training=False))
   labels = np.concatenate([b["label"].numpy() for b in batches])
   images = np.concatenate([b["image"].numpy() for b in batches])
   assert len(indices) == 30 and len(set(indices.tolist())) == 30
   np.testing.assert_array_equal(np.bincount(labels[indices], minlength=10), [3] * 10)
-  np.testing.assert_array_equal(fine_tune.labelled_subset(config, data), indices)
+  np.testing.assert_array_equal(fine_tune.labelled_subset(config), indices)
   other = fine_tune.labelled_subset(ft_config(tmp_path, shapes_data_dir, supervised_export,
-                                              examples_per_class=3, random_seed=1), data)
+                                              examples_per_class=3, random_seed=1))
   assert set(other.tolist()) != set(indices.tolist())
   # Training reads those 30 images and no other (the spec has no random op here).
   wanted = {images[i].tobytes() for i in indices}
@@ -147,7 +147,7 @@ def test_labelled_subset_is_fixed_class_balanced_seeded_and_all_that_trains(
   fraction = ft_config(tmp_path, shapes_data_dir, supervised_export, examples_per_class=None,
                        train_fraction=0.1)
   counts = np.bincount(labels, minlength=10)
-  subset = fine_tune.labelled_subset(fraction, data)
+  subset = fine_tune.labelled_subset(fraction)
   np.testing.assert_array_equal(np.bincount(labels[subset], minlength=10),
                                 np.maximum(1, np.floor(0.1 * counts + 0.5)).astype(int))
 
