@@ -1,10 +1,12 @@
 """The files that runs and grids leave, by name; writing them so that a crash never leaves a
 half-written one, and reading them back."""
 
+import datetime
+import hashlib
 import json
 import os
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 # A pretext workdir: its config, its pretext evaluation, its export (with the export's info).
 CONFIG_FILE = "config.json"
@@ -19,6 +21,14 @@ SERIES_EXPORTS_DIR = "exports"
 SERIES_FILE = "series.json"
 # The folders a pretext run leaves in its workdir (no evaluation may be named as one of them).
 RUN_DIRS = ("checkpoints", "train", EXPORT_DIR, KEPT_CHECKPOINTS_DIR, SERIES_EXPORTS_DIR)
+# What a pretext run leaves that holds its training (a workdir without any of them has trained
+# nothing that another run's settings could be mistaken for).
+TRAINED_OUTPUTS = ("checkpoints", EXPORT_DIR, KEPT_CHECKPOINTS_DIR, SERIES_EXPORTS_DIR,
+                   PRETEXT_RESULTS_FILE)
+# Where outputs made with other settings are moved rather than reused or overwritten:
+# <folder>/replaced/<UTC time>/ (train_and_eval.py --restart, an evaluation of another config or
+# export, a grid cell whose settings changed). Nothing reads results from there.
+REPLACED_DIR = "replaced"
 # An evaluation's workdir: the per-layer probes' or fine-tuning's results; a layer similarity's.
 RESULTS_FILE = "results.json"
 CKA_FILE = "cka.json"
@@ -84,6 +94,51 @@ def read_export_info(export_dir: str, missing_ok: bool = False) -> Dict[str, Any
       return json.load(f)
     except json.JSONDecodeError as e:
       raise ValueError(f"{path!r} is not valid JSON: {e}") from None
+
+
+def move_aside(folder: str, names: Optional[Sequence[str]] = None) -> Optional[str]:
+  """Moves the entries `names` of `folder` (None: all but REPLACED_DIR) that exist into
+  <folder>/replaced/<UTC time>/, keeping their names; returns that folder, or None where there
+  was nothing to move. Renames only: nothing is copied or deleted."""
+  if not os.path.isdir(folder):
+    return None
+  present = sorted(n for n in (os.listdir(folder) if names is None else names)
+                   if n != REPLACED_DIR and os.path.lexists(os.path.join(folder, n)))
+  if not present:
+    return None
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+  base = dest = os.path.join(folder, REPLACED_DIR, stamp)
+  count = 1
+  while os.path.exists(dest):
+    count += 1
+    dest = f"{base}-{count}"
+  os.makedirs(dest)
+  for name in present:
+    os.rename(os.path.join(folder, name), os.path.join(dest, name))
+  return dest
+
+
+def export_fingerprint(export_dir: str) -> Optional[str]:
+  """What identifies an export's content: a digest of its variables' index (which holds a
+  checksum of every tensor, so any other weights change it), its export_info.json without the
+  run record, and, for a SavedModel made elsewhere (no export_info.json), its graph. The same
+  for a copy of the export anywhere; None where there is no export. Evaluation results and
+  caches record it, so that they are reused only for the export they measured."""
+  if not os.path.exists(os.path.join(export_dir, "saved_model.pb")):
+    return None
+  digest = hashlib.sha256()
+  index = os.path.join(export_dir, "variables", "variables.index")
+  if os.path.exists(index):
+    with open(index, "rb") as f:
+      digest.update(f.read())
+  info = read_json(os.path.join(export_dir, EXPORT_INFO_FILE))
+  if isinstance(info, dict):
+    info.pop("run", None)
+    digest.update(json.dumps(info, sort_keys=True, default=str).encode())
+  else:
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+      digest.update(f.read())
+  return digest.hexdigest()[:16]
 
 
 def evaluation_file(task: str) -> str:

@@ -41,7 +41,9 @@ class Option:
   a tuple of floats), ints (the same, integers >= 0) or shape (H,W,C -> a tuple). `check`:
   positive, nonnegative, probability ([0, 1]) or fraction ((0, 1]); None passes where the
   default is None. `eval_default`: the evaluation configs' default (per-layer evaluation and
-  fine-tuning) where it differs.
+  fine-tuning) where it differs. `affects_results` False: paths, logging, cadences, and how the
+  same computation is run (strategy, XLA, op determinism); such options are not part of a
+  workdir's identity, a grid cell's fingerprint or the comparison of results (NON_RESULT).
   """
   name: str
   kind: str
@@ -119,7 +121,8 @@ _OPTIONS = [
            "ImageNet, 0 on CIFAR-size images.", configs=_P, check="probability"),
     # Model.
     Option("architecture", "string", "resnet50", "Backbone: "
-           f"{', '.join(architectures.ARCHITECTURES)}.", eval_default=None),
+           f"{', '.join(architectures.ARCHITECTURES)}.", eval_default=None,
+           choices=tuple(architectures.ARCHITECTURES)),
     Option("filters_factor", "int", None, "Width factor (standard width: 4 for ResNet and "
            "RevNet, 8 for VGG; default).", check="positive"),
     Option("mode", "enum", "v2", "ResNet version: v1 post-activation, v2 pre-activation.",
@@ -176,9 +179,9 @@ _OPTIONS = [
            "TF_CONFIG, or the tasks of the SLURM job step when srun started it; run the same "
            "command on each, with a --workdir they all see) or tpu (TPU_NAME, default the local "
            "TPU). With more than one replica, batch norm statistics are synchronised across "
-           "replicas.", configs=_P, choices=STRATEGIES),
+           "replicas.", configs=_P, choices=STRATEGIES, affects_results=False),
     Option("jit_compile", "bool", False, "XLA-compile the training step (slower on CPU).",
-           configs=_P),
+           configs=_P, affects_results=False),
     Option("precision", "string", "float32", "float32, mixed_float16 or mixed_bfloat16: the "
            "compute dtype. mixed_* keep float32 variables and compute in 16 bits (GPU: "
            "mixed_float16, with dynamic loss scaling; TPU and recent GPUs: mixed_bfloat16). "
@@ -240,6 +243,10 @@ OPTIONS: Dict[str, Option] = {o.name: o for o in _OPTIONS}
 ALIASES: Dict[str, str] = {alias: o.name for o in _OPTIONS for alias in o.aliases}
 # Option names (aliases included) whose value does not change a run's results.
 NON_RESULT = tuple(n for o in _OPTIONS if not o.affects_results for n in (o.name,) + o.aliases)
+# Pretext options that act only after training, on what every run redoes from the last
+# checkpoint (the pretext evaluation, the export): a workdir's training can go on under other
+# values of them, and the files they shape are rewritten with the new ones.
+AFTER_TRAINING = ("run_eval", "val_split", "serving_input_shape")
 
 
 def of(config: str) -> List[Option]:
@@ -356,9 +363,96 @@ def check_values(config: Any, config_name: str) -> None:
       require(isinstance(value, (int, float)) and 0 < value <= 1,
              f"--{name} must be in (0, 1], got {value!r}")
   require(config.warmup_epochs <= config.epochs,
-         f"--warmup_epochs must be in [0, --epochs={config.epochs}], got {config.warmup_epochs}")
+         f"--warmup_epochs={config.warmup_epochs:g} is longer than the run (--epochs="
+         f"{config.epochs:g}); pass --warmup_epochs between 0 and {config.epochs:g}")
   decay = list(config.decay_epochs)
   require(decay == sorted(decay), f"--decay_epochs must be increasing, got {decay}")
+  late = [e for e in decay if e >= config.epochs]
+  require(not late, f"--decay_epochs={','.join(f'{e:g}' for e in decay)}: "
+          f"{', '.join(f'{e:g}' for e in late)} at or after the end of the run (--epochs="
+          f"{config.epochs:g}) would never act; pass decays below {config.epochs:g}"
+          + (f" (--decay_epochs={','.join(f'{e:g}' for e in decay if e < config.epochs)})"
+             if len(late) < len(decay) else " or --decay_epochs= for none"))
+
+
+# ----------------------------------------------------------------------------- identity
+def _comparable(value: Any) -> Any:
+  """A value as JSON holds it (tuples as lists, whole floats as ints), for comparing a config
+  with one read back from a file."""
+  if isinstance(value, (tuple, list)):
+    return [_comparable(v) for v in value]
+  if isinstance(value, float) and value.is_integer():
+    return int(value)
+  return value
+
+
+def result_differences(before: Mapping[str, Any], after: Mapping[str, Any], config: str,
+                       ignore: Sequence[str] = ()) -> List[Tuple[str, Any, Any]]:
+  """(option, before, after) of each option of `config` that changes results (not NON_RESULT)
+  and differs between two configs as dicts (a config's to_dict(), or its JSON read back; an
+  option missing from one has its default there), in table order; `ignore`: names left out."""
+  out = []
+  for option in of(config):
+    if not option.affects_results or option.name in ignore:
+      continue
+    default = option.default_for(config)
+    old = _comparable(before.get(option.name, default))
+    new = _comparable(after.get(option.name, default))
+    if old != new:
+      out.append((option.name, before.get(option.name, default),
+                  after.get(option.name, default)))
+  return out
+
+
+def format_differences(differences: Sequence[Tuple[str, Any, Any]]) -> str:
+  """`lr 0.1 -> 0.0005, mode 'v2' -> 'v1'`."""
+  def shown(value):
+    if isinstance(value, (list, tuple)):
+      return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) or "(none)"
+    if isinstance(value, float):
+      return f"{value:g}"
+    try:
+      return f"{float(value):g}" if isinstance(value, str) else repr(value)
+    except ValueError:
+      return repr(value)
+  return ", ".join(f"{name} {shown(old)} -> {shown(new)}" for name, old, new in differences)
+
+
+# ----------------------------------------------------------------------------- schedules
+SCHEDULE_EPOCHS = ("warmup_epochs", "decay_epochs")
+
+
+def scale_schedule(base: Mapping[str, Any], given: Mapping[str, Any]
+                   ) -> Tuple[Dict[str, Any], Optional[str]]:
+  """A schedule written for one length, run at another: where `given` (flags set over a
+  flagfile, e.g. on the command line or in a grid file) sets --epochs to other than `base` (the
+  flagfile's flags) does and sets neither --warmup_epochs nor --decay_epochs, the flagfile's
+  warm-up and decays scale with it, so that a short (smoke) run keeps the schedule's shape.
+  Returns (the scaled flags, a note saying what was scaled) or ({}, None). Values are flag
+  values (numbers, strings, lists)."""
+  if "epochs" not in given or "epochs" not in base or any(k in given for k in SCHEDULE_EPOCHS):
+    return {}, None
+  old = to_value(OPTIONS["epochs"], float(base["epochs"]))
+  new = to_value(OPTIONS["epochs"], float(given["epochs"]))
+  if old <= 0 or new == old:
+    return {}, None
+  def scale(epoch: float) -> float:
+    return float(f"{epoch * new / old:.6g}")
+
+  scaled, parts = {}, []
+  warmup = float(base.get("warmup_epochs") or 0.0)
+  if warmup:
+    scaled["warmup_epochs"] = scale(warmup)
+    parts.append(f"--warmup_epochs {warmup:g} -> {scale(warmup):g}")
+  decays = to_value(OPTIONS["decay_epochs"], base.get("decay_epochs") or ())
+  if decays:
+    scaled["decay_epochs"] = tuple(scale(e) for e in decays)
+    parts.append(f"--decay_epochs {','.join(f'{e:g}' for e in decays)} -> "
+                 f"{','.join(f'{scale(e):g}' for e in decays)}")
+  if not parts:
+    return {}, None
+  return scaled, (f"--epochs={new:g} over the flagfile's {old:g}: {' and '.join(parts)}, scaled "
+                  "with it (set them to choose your own)")
 
 
 # --------------------------------------------------------------------------- flags, configs

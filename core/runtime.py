@@ -25,3 +25,34 @@ def set_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
 def settings(environ: MutableMapping[str, str] = os.environ) -> dict:
   """The values of `DEFAULTS`' variables in this process, for run records."""
   return {name: environ.get(name) for name in DEFAULTS}
+
+
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _ProjectInfoOnly:
+  """A logging filter: warnings and errors of every module, INFO and DEBUG of the project's own
+  modules only (not of TensorFlow, TFDS or other installed packages)."""
+
+  def filter(self, record) -> bool:
+    path = getattr(record, "pathname", "") or ""
+    return record.levelno >= 30 or (path.startswith(_PROJECT_ROOT + os.sep) and
+                                    "site-packages" not in path)
+
+
+def quiet_logs(verbose: bool = False) -> None:
+  """The entry points' log output: the project's progress lines, and every library's warnings;
+  TensorFlow's and TFDS's INFO lines only with `verbose`. (TensorFlow's C++ INFO lines follow
+  TF_CPP_MIN_LOG_LEVEL, which the entry points set to 1 unless it is set.)"""
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.INFO)
+  handler = absl_logging.get_absl_handler()
+  for old in [f for f in handler.filters if isinstance(f, _ProjectInfoOnly)]:
+    handler.removeFilter(old)
+  tf_logger = logging.getLogger("tensorflow")
+  for old in [f for f in tf_logger.filters if isinstance(f, _ProjectInfoOnly)]:
+    tf_logger.removeFilter(old)
+  if not verbose:
+    handler.addFilter(_ProjectInfoOnly())
+    tf_logger.addFilter(_ProjectInfoOnly())
