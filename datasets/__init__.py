@@ -9,7 +9,7 @@ Dataset names: see datasets/sources.py (`DATASETS`, `folder:<root>`, TFDS names)
 preprocessing ops: datasets/preprocess.py (`PREPROCESS_OPS`).
 """
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -22,7 +22,7 @@ from datasets.sources import DATASETS, get_source
 
 __all__ = [
     "get_data", "get_dataset_info", "get_num_examples", "get_preprocess_fn", "validate_spec",
-    "image_labels", "split_labels",
+    "image_labels", "split_classes", "split_labels",
     "register_op", "PreprocessConfig", "DatasetInfo", "DatasetNotPreparedError", "DATASETS",
     "PREPROCESS_OPS",
 ]
@@ -36,6 +36,13 @@ def get_dataset_info(dataset: str, data_dir: Optional[str] = None) -> DatasetInf
 def get_num_examples(dataset: str, split: str, data_dir: Optional[str] = None) -> int:
   """Examples in `split`: a split name or a TFDS slice like 'train[:90%]' or 'train[:1000]'."""
   return get_source(dataset).num_examples(split, data_dir)
+
+
+def split_classes(dataset: str, split: str, data_dir: Optional[str] = None
+                  ) -> Optional[List[str]]:
+  """The classes `split` holds examples of, where known without reading it (image folders);
+  None elsewhere."""
+  return get_source(dataset).split_classes(split, data_dir)
 
 
 def split_labels(dataset: str, split: str, data_dir: Optional[str] = None) -> np.ndarray:

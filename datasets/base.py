@@ -47,6 +47,12 @@ class Source:
     """Examples in `split`, a split name or a TFDS-style slice like 'train[:90%]'."""
     return split_size(self.name, split, self.info(data_dir).splits)
 
+  def split_classes(self, split: str, data_dir: Optional[str] = None) -> Optional[List[str]]:
+    """The names of the classes that `split` holds examples of, where that is known without
+    reading its examples (an image folder's listing); None where it is not."""
+    del split, data_dir
+    return None
+
   def read(self, split: str, *, data_dir: Optional[str], shuffle_files: bool,
            seed: Optional[int], shard: Shard = None) -> "RawSplit":
     """The raw records of `split` (this shard's part of it) and how to decode them."""

@@ -72,7 +72,9 @@ class FolderSource(Source):
   def _splits(self) -> List[str]:
     if not os.path.isdir(self.root):
       raise ValueError(f"image folder root {self.root} does not exist or is not a directory "
-                       f"(dataset {self.name!r}); expected {_LAYOUT}")
+                       f"(dataset {self.name!r}); expected {_LAYOUT}. The suite's real-photo "
+                       f"folder is made by `.venv/bin/python scripts/prepare_photos.py "
+                       f"--out={self.root}`")
     splits = [name for name, is_dir in _entries(self.root) if is_dir]
     if not splits:
       raise ValueError(f"image folder root {self.root} has no split folders; expected "
@@ -126,13 +128,23 @@ class FolderSource(Source):
                        splits=sizes, image_shape=None,
                        train_split="train" if "train" in sizes else None, eval_split=eval_split)
 
-  def read(self, split: str, *, data_dir: Optional[str], shuffle_files: bool,
-           seed: Optional[int], shard: Shard = None) -> RawSplit:
-    del data_dir
+  def _slice_files(self, split: str) -> List[Tuple[str, int]]:
+    """(path, label) of the images of a split string ('train[:90%]+test'), in its order."""
     sizes = self._sizes(split)
     files = []
     for name, start, stop in split_instructions(self.name, split, sizes):
       files += self.files(name)[start:stop]
+    return files
+
+  def split_classes(self, split: str, data_dir: Optional[str] = None) -> List[str]:
+    del data_dir
+    names = self.class_names()
+    return [names[label] for label in sorted({label for _, label in self._slice_files(split)})]
+
+  def read(self, split: str, *, data_dir: Optional[str], shuffle_files: bool,
+           seed: Optional[int], shard: Shard = None) -> RawSplit:
+    del data_dir
+    files = self._slice_files(split)
     if shard is not None:
       files = files[shard[1]::shard[0]]
     paths = [path for path, _ in files]

@@ -108,7 +108,7 @@ class TfdsSource(Source):
     keys = list(features.keys()) if isinstance(features, tfds.features.FeaturesDict) else []
     image = features["image"] if "image" in keys else None
     if not (isinstance(image, tfds.features.Image) or (
-        isinstance(image, tfds.features.Tensor) and tf.as_dtype(image.dtype) == tf.uint8
+        isinstance(image, tfds.features.Tensor) and image.tf_dtype == tf.uint8
         and len(image.shape) == 3)):
       raise ValueError(f"dataset {self.name!r} has no 'image' feature with uint8 [H,W,C] images "
                        f"(features: {', '.join(keys)}); only image classification sets work here")

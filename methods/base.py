@@ -6,6 +6,8 @@ A method module exposes (the preprocessing ops that make its labels are core/spe
     per-example input of `image_shape` as the data pipeline yields it (e.g. [4,H,W,C] for rotation).
   model_fn(model, batch, mode, config) -> ModelSpec, mode one of MODES.
   serving_input_shape(image_shape): the [H,W,C] of one image as the backbone sees it.
+  USES_LABELS (optional, default False): True where it trains on the dataset's labels, which
+    then need at least two classes.
 """
 
 import dataclasses

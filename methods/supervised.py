@@ -5,6 +5,8 @@ import tensorflow as tf
 from methods import base
 import models
 
+USES_LABELS = True  # Trains on the dataset's labels: at least two classes (training/validation.py).
+
 
 def validate(config) -> None:
   del config  # Any single-image preprocessing works; build_model checks the input rank.

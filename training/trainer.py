@@ -10,6 +10,7 @@ import glob
 import math
 import os
 import shutil
+import signal
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -19,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from core import files
+from core import interrupts
 from core.config import Config
 from core.errors import ConfigError
 from core.durations import format_duration
@@ -27,6 +29,12 @@ from methods import base
 from training import cluster
 from training import run_record
 from training import schedules
+
+
+# How long one call of the training step runs (after the first): how soon a signal that asks
+# to stop is acted on, and the grain of the progress lines' timing.
+CHUNK_SECONDS = 1.0
+PROGRESS_SECONDS = 30.0  # Between the progress lines of an evaluation.
 
 
 def load_run_config(workdir: str, **changes) -> Config:
@@ -46,6 +54,16 @@ class NonFiniteLossError(RuntimeError):
   """Training produced a NaN or infinite loss."""
 
 
+def check_strategy(name: str) -> None:
+  """ValueError where this process cannot make the strategy `name` (a multi-worker one without
+  its cluster); it makes nothing."""
+  if name == "multi_worker" and not (os.environ.get("TF_CONFIG") or cluster.in_slurm_step()):
+    raise ValueError("--strategy=multi_worker needs TF_CONFIG in the environment of every "
+                     "worker, e.g. {\"cluster\": {\"worker\": [\"host1:2222\", "
+                     "\"host2:2222\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}, "
+                     "or to be started by SLURM's srun (one task per worker)")
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
   """The tf.distribute strategy called `name`.
 
@@ -62,15 +80,11 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
     return tf.distribute.MirroredStrategy(devices)
   if name == "multi_worker":
+    check_strategy(name)
     if os.environ.get("TF_CONFIG"):
       return tf.distribute.MultiWorkerMirroredStrategy()
-    if cluster.in_slurm_step():
-      return tf.distribute.MultiWorkerMirroredStrategy(
-          cluster_resolver=cluster.slurm_cluster_resolver())
-    raise ValueError("--strategy=multi_worker needs TF_CONFIG in the environment of every "
-                     "worker, e.g. {\"cluster\": {\"worker\": [\"host1:2222\", "
-                     "\"host2:2222\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}, "
-                     "or to be started by SLURM's srun (one task per worker)")
+    return tf.distribute.MultiWorkerMirroredStrategy(
+        cluster_resolver=cluster.slurm_cluster_resolver())
   if name == "tpu":
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
         tpu=os.environ.get("TPU_NAME", "local"))
@@ -304,12 +318,19 @@ class Trainer:
 
     return train_steps
 
-  def _all_agree(self, flag: bool) -> bool:
-    """`flag` if any worker has it: saving is collective, so every worker must decide alike."""
+  def _agree(self, flag: bool, chunk: int) -> Tuple[bool, int]:
+    """(`flag` if any worker has it, the workers' mean of `chunk`): under a multi-worker strategy
+    saving is collective and every worker must call the training step with the same number of
+    steps, so every worker must decide alike; elsewhere the values as they are."""
     if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
-      return flag
-    votes = self.strategy.run(lambda: tf.constant(int(flag)))
-    return bool(self.strategy.reduce("SUM", votes, axis=None) > 0)
+      return flag, chunk
+    votes = self.strategy.run(lambda: tf.constant([float(flag), float(chunk)]))
+    total = self.strategy.reduce("SUM", votes, axis=None).numpy()
+    return bool(total[0] > 0), max(1, int(total[1] / self.strategy.num_replicas_in_sync))
+
+  def _all_agree(self, flag: bool) -> bool:
+    """`flag` if any worker has it (see `_agree`)."""
+    return self._agree(flag, 1)[0]
 
   def _steps_to_next_stop(self, step: int) -> int:
     """Steps until the next log line, step-based checkpoint or the end, whichever comes first."""
@@ -342,8 +363,14 @@ class Trainer:
     """Restores the weights (and step) of a kept checkpoint; the optimizer keeps its state."""
     self.kept_checkpoint.restore(path).assert_existing_objects_matched()
 
-  def train(self) -> TrainState:
-    """Trains from the latest checkpoint to the planned step count."""
+  def train(self, stop: Optional[interrupts.StopOnSignal] = None) -> TrainState:
+    """Trains from the latest checkpoint to the planned step count.
+
+    The steps run in calls of about CHUNK_SECONDS each (the first, which traces the step, is one
+    step and is left out of the speed and the ETA). With `stop`, a signal that asks to stop is
+    acted on at the end of the call it arrives in: a checkpoint of that step is saved and
+    `interrupts.Interrupted` raised, so that the same command resumes from that very step.
+    """
     config, plan = self.config, self.plan
     start = self.restore()
     if start >= plan.total_steps:
@@ -362,42 +389,68 @@ class Trainer:
     step, metrics = start, {}
     last_save_step, last_save_time = start, time.time()
     timed_steps, timed_secs = 0, 0.0  # Excludes the first call, which traces the graph.
-    while step < plan.total_steps:
-      num = self._steps_to_next_stop(step)
-      t = time.time()
-      acc = _MetricAccumulator()
-      acc.add(*train_steps(iterator, tf.constant(num)))
-      metrics = acc.means()
-      elapsed = time.time() - t
-      step = int(self.step.numpy())
-      if not all(math.isfinite(v) for v in metrics.values()):
-        raise NonFiniteLossError(
-            f"non-finite loss between steps {step - num + 1} and {step} "
-            f"({', '.join(f'{k}={v}' for k, v in sorted(metrics.items()))}); stopped without "
-            f"saving, the last checkpoint ({self.manager.latest_checkpoint}) is intact")
-      if step - num > start:
-        timed_steps, timed_secs = timed_steps + num, timed_secs + elapsed
-      rate = (timed_steps if timed_steps else num) * config.batch_size / max(
-          timed_secs if timed_steps else elapsed, 1e-9)
-      lr = float(self.optimizer.learning_rate)
-      with writer.as_default(step=step):
-        for k, v in metrics.items():
-          tf.summary.scalar(k, v)
-        tf.summary.scalar("learning_rate", lr)
-        tf.summary.scalar("images_per_sec", rate)
-      eta = (plan.total_steps - step) * config.batch_size / max(rate, 1e-9)
-      shown = " ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
-      self.print_fn(f"step {step}/{plan.total_steps} (epoch {step / plan.steps_per_epoch:.2f}) "
-                    f"{shown} lr {lr:.4g} | {rate:.0f} img/s | ETA {format_duration(eta)}")
-      steps_due = (config.save_checkpoints_steps and
-                   step - last_save_step >= config.save_checkpoints_steps)
-      secs_due = self._all_agree(config.save_checkpoints_secs is not None and
-                                 time.time() - last_save_time >= config.save_checkpoints_secs)
-      # The kept checkpoint first: a run killed between the two saves resumes before this step.
-      self._keep(step)
-      if steps_due or secs_due or step >= plan.total_steps:
-        self.manager.save(checkpoint_number=step)
-        last_save_step, last_save_time = step, time.time()
+    chunk = 1
+    with contextlib.ExitStack() as saving:
+      while step < plan.total_steps:
+        first, target = step + 1, step + self._steps_to_next_stop(step)
+        acc = _MetricAccumulator()
+        while step < target:
+          num = min(chunk, target - step)
+          t = time.time()
+          acc.add(*train_steps(iterator, tf.constant(num)))
+          elapsed = time.time() - t
+          traced = step > start
+          step = int(self.step.numpy())
+          if traced:
+            timed_steps, timed_secs = timed_steps + num, timed_secs + elapsed
+          elif stop is not None:
+            saving.enter_context(stop.saving())  # There is progress to save from now on.
+          wanted = max(1, int(CHUNK_SECONDS * timed_steps / max(timed_secs, 1e-9))) \
+              if timed_steps else 1
+          stopping, chunk = self._agree(stop is not None and stop.requested is not None,
+                                        wanted)
+          if stopping:
+            writer.flush()
+            if not all(math.isfinite(v) for v in acc.means().values()):
+              raise NonFiniteLossError(
+                  f"non-finite loss between steps {first} and {step}; stopped without saving, "
+                  f"the last checkpoint ({self.manager.latest_checkpoint}) is intact")
+            saved = self.manager.save(checkpoint_number=step) if step > last_save_step \
+                else self.manager.latest_checkpoint
+            raise interrupts.Interrupted(
+                stop.requested or signal.SIGTERM,
+                f"at step {step} of {plan.total_steps}: saved {saved}")
+        metrics = acc.means()
+        if not all(math.isfinite(v) for v in metrics.values()):
+          raise NonFiniteLossError(
+              f"non-finite loss between steps {first} and {step} "
+              f"({', '.join(f'{k}={v}' for k, v in sorted(metrics.items()))}); stopped without "
+              f"saving, the last checkpoint ({self.manager.latest_checkpoint}) is intact")
+        lr = float(self.optimizer.learning_rate)
+        rate = timed_steps * config.batch_size / max(timed_secs, 1e-9) if timed_steps else None
+        with writer.as_default(step=step):
+          for k, v in metrics.items():
+            tf.summary.scalar(k, v)
+          tf.summary.scalar("learning_rate", lr)
+          if rate is not None:
+            tf.summary.scalar("images_per_sec", rate)
+        if rate is None:  # Only the first, traced step so far.
+          speed = "- img/s | ETA -"
+        else:
+          eta = (plan.total_steps - step) * config.batch_size / max(rate, 1e-9)
+          speed = f"{rate:.0f} img/s | ETA {format_duration(eta)}"
+        shown = " ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+        self.print_fn(f"step {step}/{plan.total_steps} (epoch {step / plan.steps_per_epoch:.2f}) "
+                      f"{shown} lr {lr:.4g} | {speed}")
+        steps_due = (config.save_checkpoints_steps and
+                     step - last_save_step >= config.save_checkpoints_steps)
+        secs_due = self._all_agree(config.save_checkpoints_secs is not None and
+                                   time.time() - last_save_time >= config.save_checkpoints_secs)
+        # The kept checkpoint first: a run killed between the two saves resumes before this step.
+        self._keep(step)
+        if steps_due or secs_due or step >= plan.total_steps:
+          self.manager.save(checkpoint_number=step)
+          last_save_step, last_save_time = step, time.time()
     writer.flush()
     if self.scratch_dir:
       shutil.rmtree(self.scratch_dir, ignore_errors=True)
@@ -409,13 +462,22 @@ class Trainer:
     or over its images at `indices` (positions in the split's stored order) alone."""
     config = self.config
     split = split or config.val_split
-    data = _distributed_data(config, self.strategy, split, False,
-                             config.eval_batch_size or config.batch_size, indices)
+    global_batch = config.eval_batch_size or config.batch_size
+    data = _distributed_data(config, self.strategy, split, False, global_batch, indices)
+    num = (len(indices) if indices is not None else
+           datasets.get_num_examples(config.dataset, split, config.data_dir))
+    total = math.ceil(num / global_batch)
+    self.print_fn(f"evaluating {config.task} on {config.dataset}:{split}: {num} images, "
+                  f"{total} batches")
     acc = _MetricAccumulator()
-    t0, batches = time.time(), 0
+    t0, batches, shown = time.time(), 0, time.time()
     for batch in data:
       acc.add(*self._eval_step(batch))
       batches += 1
+      if time.time() - shown >= PROGRESS_SECONDS and batches < total:
+        shown = time.time()
+        eta = (shown - t0) / batches * (total - batches)
+        self.print_fn(f"evaluation: batch {batches}/{total} | ETA {format_duration(eta)}")
     metrics = acc.means()
     metrics["num_examples"] = int(next(iter(acc.counts.values()), 0))
     subset = "" if indices is None else f" ({len(indices)} images)"

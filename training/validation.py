@@ -39,13 +39,55 @@ def validate(config: Config, check_data: bool = True) -> None:
     raise ConfigError(f"--preprocessing={config.preprocessing!r}: {e}") from None
   method.validate(config)
   if check_data:
-    try:
-      info = datasets.get_dataset_info(config.dataset, config.data_dir)
-    except ValueError as e:
-      raise ConfigError(f"--dataset={config.dataset!r}: {e}") from None
-    for flag, split in (("train_split", config.train_split), ("val_split", config.val_split)):
-      try:
-        datasets.get_num_examples(config.dataset, split, config.data_dir)
-      except ValueError as e:
-        raise ConfigError(f"--{flag}={split!r}: {e}; splits of {config.dataset}: "
-                          f"{', '.join(info.splits)}") from None
+    check_split(config.dataset, config.data_dir, "train_split", config.train_split,
+                at_least=config.batch_size,
+                why=f"one training batch (--batch_size={config.batch_size})")
+    check_split(config.dataset, config.data_dir, "val_split", config.val_split,
+                at_least=1 if config.run_eval else 0, why="the pretext evaluation (--run_eval)")
+    if getattr(method, "USES_LABELS", False):
+      check_classes(config.dataset, config.data_dir, {"train_split": config.train_split},
+                    f"--task={config.task} trains on the labels")
+
+
+def dataset_info(dataset: str, data_dir):
+  """The dataset's info (datasets.get_dataset_info), or a ConfigError naming --dataset."""
+  try:
+    return datasets.get_dataset_info(dataset, data_dir)
+  except ValueError as e:
+    raise ConfigError(f"--dataset={dataset!r}: {e}") from None
+
+
+def check_split(dataset: str, data_dir, flag: str, split: str, at_least: int = 1,
+                why: str = "") -> int:
+  """The examples of `split` (the value of --`flag`); a ConfigError naming the flag, the value
+  and the dataset's splits where it does not exist or has fewer than `at_least` (for `why`)."""
+  info = dataset_info(dataset, data_dir)
+  try:
+    num = datasets.get_num_examples(dataset, split, data_dir)
+  except ValueError as e:
+    raise ConfigError(f"--{flag}={split!r}: {e}; splits of {dataset}: "
+                      f"{', '.join(f'{k} ({v} examples)' for k, v in info.splits.items())}"
+                      ) from None
+  if num < at_least:
+    have = "no examples" if num == 0 else f"{num} example{'s' * (num != 1)}"
+    raise ConfigError(f"--{flag}={split!r} of {dataset} has {have}; {why} needs at least "
+                      f"{at_least}; splits of {dataset}: "
+                      f"{', '.join(f'{k} ({v} examples)' for k, v in info.splits.items())}")
+  return num
+
+
+def check_classes(dataset: str, data_dir, splits, why: str) -> None:
+  """At least two classes in the dataset and in each split of `splits` ({flag: split}) whose
+  classes can be counted without reading it (image folders); a ConfigError saying `why` they
+  are needed otherwise."""
+  info = dataset_info(dataset, data_dir)
+  if info.num_classes < 2:
+    names = f" ({', '.join(info.class_names)})" if info.class_names else ""
+    raise ConfigError(f"--dataset={dataset!r} has {info.num_classes} class{names}: {why}, which "
+                      "needs at least 2")
+  for flag, split in splits.items():
+    present = datasets.split_classes(dataset, split, data_dir)
+    if present is not None and len(present) < 2:
+      raise ConfigError(f"--{flag}={split!r} of {dataset} holds images of "
+                        f"{len(present)} class{'' if len(present) == 1 else 'es'} "
+                        f"({', '.join(present) or 'none'}): {why}, which needs at least 2")
