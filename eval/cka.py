@@ -42,6 +42,7 @@ from eval import linear_eval
 from eval import representation as representation_lib
 from eval import results as results_lib
 from training import run_record
+from training import validation
 
 FORMAT_VERSION = 1
 MIN_BATCH = 4  # The unbiased HSIC estimator needs n > 3.
@@ -118,11 +119,15 @@ def cka(features_a: Iterable[Mapping[str, np.ndarray]],
 
 
 # ----------------------------------------------------------------------------- the evaluation
-def validate_config(config) -> None:
+def validate_config(config, check_data: bool = True, export_pending: bool = False) -> None:
   linear_eval.validate_source(config, options.EVAL)
   batch = config.eval_batch_size or config.batch_size
   require(batch >= MIN_BATCH, f"--eval_batch_size={batch}: the unbiased CKA estimator needs "
           f"minibatches of at least {MIN_BATCH} examples (a few hundred is usual)")
+  linear_eval.check_sources(config, export_pending, check_data, probe_data=False)
+  if check_data:
+    validation.check_split(config.dataset, config.data_dir, "val_split", config.val_split,
+                           at_least=MIN_BATCH, why="the unbiased CKA estimator")
 
 
 def _other_config(config):

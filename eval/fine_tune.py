@@ -17,6 +17,7 @@ they are removed once results.json is written (schema: eval/results.py, evaluati
 "fine_tune", one layer: pre_logits, the layer the head sits on).
 """
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -29,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from core import files
+from core import interrupts
 from core import options
 from core import specs
 from core.errors import ConfigError
@@ -70,9 +72,12 @@ def config_from_values(values: Mapping[str, Any]) -> "FineTuneConfig":
   return FineTuneConfig(**linear_eval.evaluation_kwargs(values, options.FINE_TUNE))
 
 
-def validate_config(config: FineTuneConfig) -> None:
-  """Raises ConfigError naming the field, the value and the valid choices."""
+def validate_config(config: FineTuneConfig, check_data: bool = True,
+                    export_pending: bool = False) -> None:
+  """Raises ConfigError naming the field, the value and the valid choices; with `check_data`,
+  also for the data (linear_eval.check_probe_data)."""
   linear_eval.validate_source(config, options.FINE_TUNE)
+  linear_eval.check_sources(config, export_pending, check_data)
 
 
 def load_backbone(config: FineTuneConfig):
@@ -152,12 +157,15 @@ class Outcome:
   head: keras.layers.Layer
 
 
-def fine_tune(config: FineTuneConfig, print_fn=logging.info) -> Outcome:
+def fine_tune(config: FineTuneConfig, print_fn=logging.info,
+              stop: Optional[interrupts.StopOnSignal] = None) -> Outcome:
   """Fine-tunes (resuming from the workdir's checkpoints) and tests; writes nothing but the
-  checkpoints. `run_fine_tune` is the evaluation."""
+  checkpoints. `run_fine_tune` is the evaluation. With `stop`, a signal that asks to stop saves
+  a checkpoint of the current step and raises interrupts.Interrupted."""
   start = time.time()
   validate_config(config)
   run_record.make_repeatable(config.random_seed, config.deterministic)
+  fingerprint = linear_eval.source_fingerprint(config)
   backbone, info = load_backbone(config)
   data = linear_eval.eval_data(config, info)
   if specs.makes_patches(data.train_spec) != specs.makes_patches(data.eval_spec):
@@ -188,7 +196,7 @@ def fine_tune(config: FineTuneConfig, print_fn=logging.info) -> Outcome:
   step = tf.Variable(0, dtype=tf.int64, trainable=False)
   checkpoint = tf.train.Checkpoint(backbone=backbone, head=head, backbone_optimizer=backbone_opt,
                                    head_optimizer=head_opt, step=step)
-  manager = _checkpoints(config, checkpoint, step)
+  manager = _checkpoints(config, checkpoint, step, fingerprint)
   if manager.latest_checkpoint:
     checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     print_fn(f"restored {manager.latest_checkpoint} at step {int(step.numpy())}")
@@ -211,26 +219,34 @@ def fine_tune(config: FineTuneConfig, print_fn=logging.info) -> Outcome:
            f"{int(step.numpy())} to {total_steps}")
   t, last_save, losses = time.time(), time.time(), []
   iterator = iter(data.batches(config.train_split, is_training=True, indices=indices))
-  while int(step.numpy()) < total_steps:
-    batch = next(iterator)
-    losses.append(float(train_step(batch["image"], datasets.image_labels(batch["label"]))))
-    done = int(step.numpy())
-    if done % config.log_every_steps == 0 or done == total_steps:
-      print_fn(f"step {done}/{total_steps} loss {np.mean(losses[-config.log_every_steps:]):.4f}"
-               f" | {time.time() - t:.0f}s")
-    if not np.isfinite(losses[-1]):
-      raise FloatingPointError(f"fine-tuning diverged at step {done} (loss {losses[-1]}); "
-                               "lower --lr / --backbone_lr")
-    secs = config.save_checkpoints_secs
-    if (secs is not None and time.time() - last_save >= secs) or done == total_steps:
-      manager.save(checkpoint_number=done)
-      last_save = time.time()
+  with contextlib.ExitStack() as saving:
+    while int(step.numpy()) < total_steps:
+      batch = next(iterator)
+      losses.append(float(train_step(batch["image"], datasets.image_labels(batch["label"]))))
+      done = int(step.numpy())
+      if done % config.log_every_steps == 0 or done == total_steps:
+        print_fn(f"step {done}/{total_steps} loss "
+                 f"{np.mean(losses[-config.log_every_steps:]):.4f} | {time.time() - t:.0f}s")
+      if not np.isfinite(losses[-1]):
+        raise FloatingPointError(f"fine-tuning diverged at step {done} (loss {losses[-1]}); "
+                                 "lower --lr / --backbone_lr")
+      secs = config.save_checkpoints_secs
+      if (secs is not None and time.time() - last_save >= secs) or done == total_steps:
+        manager.save(checkpoint_number=done)
+        last_save = time.time()
+      if stop is not None and len(losses) == 1:
+        saving.enter_context(stop.saving())  # There is progress to save from now on.
+      if stop is not None and stop.requested is not None and done < total_steps:
+        saved = manager.save(checkpoint_number=done)
+        raise interrupts.Interrupted(stop.requested,
+                                     f"at fine-tuning step {done} of {total_steps}: saved {saved}")
   training_s = time.time() - t
 
   t = time.time()
   metrics = _test(config, data, backbone, head)
   layers = {HEAD_LAYER: dict(dim=int(head.kernel.shape[0]), **metrics)}
-  source = dict(info, hub_module=info.get("source"), eval_preprocessing=data.eval_spec)
+  source = dict(info, hub_module=info.get("source"), eval_preprocessing=data.eval_spec,
+                fingerprint=fingerprint)
   dataset = dict(name=config.dataset, train_split=config.train_split,
                  val_split=config.val_split, num_classes=num_classes,
                  num_train_examples=num_train, num_val_examples=metrics.pop("num_examples"))
@@ -248,13 +264,16 @@ def fine_tune(config: FineTuneConfig, print_fn=logging.info) -> Outcome:
   return Outcome(results, backbone, head)
 
 
-def _checkpoints(config: FineTuneConfig, checkpoint, step) -> tf.train.CheckpointManager:
-  """The workdir's fine-tuning checkpoints; those of another config are removed first."""
+def _checkpoints(config: FineTuneConfig, checkpoint, step, fingerprint: Optional[str]
+                 ) -> tf.train.CheckpointManager:
+  """The workdir's fine-tuning checkpoints; those of another config or backbone (they are
+  removed once results are written, so they hold no result) are removed first."""
   directory = config.checkpoint_dir
   stamp = os.path.join(directory, files.CONFIG_FILE)
-  wanted = results_lib.comparable_config(config)
+  wanted = dict(results_lib.comparable_config(config), backbone_fingerprint=fingerprint)
   if os.path.isdir(directory) and (files.read_json(stamp) or {}) != wanted:
-    logging.info("%s holds checkpoints of another fine-tuning config; starting afresh", directory)
+    logging.info("%s holds checkpoints of another fine-tuning config or backbone; starting "
+                 "afresh", directory)
     shutil.rmtree(directory)
   os.makedirs(directory, exist_ok=True)
   files.write_json_atomic(stamp, wanted)
@@ -282,15 +301,16 @@ def _test(config, data: linear_eval.EvalData, backbone, head) -> Dict[str, float
   return dict(top1=top1, top5=top5, loss=loss, num_examples=count)
 
 
-def run_fine_tune(config: FineTuneConfig, print_fn=logging.info) -> Dict[str, Any]:
-  """The evaluation: results.json in the workdir (skipped when results of the same config are
-  there, unless `force`)."""
+def run_fine_tune(config: FineTuneConfig, print_fn=logging.info,
+                  stop: Optional[interrupts.StopOnSignal] = None) -> Dict[str, Any]:
+  """The evaluation: results.json in the workdir (skipped when results of the same config and
+  backbone are there, unless `force`; those of another are moved aside)."""
   validate_config(config)
-  if not config.force and results_lib.results_exist(config.workdir, config):
-    logging.info("results for this config exist in %s; skipping (force=True re-runs)",
-                 config.workdir)
-    return results_lib.read_results(config.workdir)
-  outcome = fine_tune(config, print_fn)
+  reused = results_lib.skip_or_set_aside(config.workdir, config,
+                                         linear_eval.source_fingerprint(config), print_fn)
+  if reused is not None:
+    return reused
+  outcome = fine_tune(config, print_fn, stop)
   results_lib.write_results(config.workdir, outcome.results)
   shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
   return outcome.results

@@ -19,6 +19,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from absl import logging
 import keras
 
+from core import files
 from core import options
 from core import specs
 from core.errors import ConfigError
@@ -33,6 +34,7 @@ from eval import representation as representation_lib
 from eval import results as results_lib
 from training import run_record
 from training import schedules
+from training import validation
 
 
 class _EvalConfigMethods:
@@ -79,28 +81,61 @@ def config_from_values(values: Mapping[str, Any]) -> "LinearEvalConfig":
 
 
 def validate_source(config, config_name: str) -> None:
-  """The checks that every evaluation of an export (per-layer, fine-tuning) shares: where the
-  results go, the data, the backbone, every option's value, the labelled subset."""
+  """The checks of its values that every evaluation of an export (per-layer, fine-tuning, CKA)
+  shares: where the results go, the backbone (an export or, for the baseline, an architecture),
+  every option's value, the labelled subset. Then each evaluation's own, then
+  `check_sources`."""
   require(bool(config.workdir), "--workdir is required: the directory for results.json")
   require(bool(config.dataset), "--dataset is required, e.g. 'shapes' or 'imagenet2012'")
-  if config.hub_module is None:
-    require(bool(config.architecture), "give hub_module (an export directory) or, for the "
-            "random-init baseline, architecture (e.g. resnet50)")
-    require(bool(config.eval_preprocessing), "the random-init baseline has no export to take "
-            "the preprocessing from: set eval_preprocessing, e.g. 'resize,-1_to_1'")
-  else:
-    require(isinstance(config.hub_module, str) and bool(config.hub_module),
-            f"hub_module must be an export directory, got {config.hub_module!r}")
   options.check_values(config, config_name)
   require(config.train_fraction is None or config.examples_per_class is None,
           f"give at most one of train_fraction ({config.train_fraction}) and "
           f"examples_per_class ({config.examples_per_class})")
   require(config.preprocess_params is None or isinstance(config.preprocess_params, dict),
           f"preprocess_params must be a dict or None, got {config.preprocess_params!r}")
+  if config.hub_module is None:
+    require(bool(config.architecture), "give --hub_module (an export directory) or, for the "
+            f"random-init baseline, --hub_module={options.RANDOM_INIT} and --architecture "
+            f"(one of {', '.join(options.OPTIONS['architecture'].choices)})")
+    require(bool(config.eval_preprocessing), "the random-init baseline has no export to take "
+            "the preprocessing from: set eval_preprocessing, e.g. 'resize,-1_to_1'")
+  else:
+    require(isinstance(config.hub_module, str) and bool(config.hub_module),
+            f"hub_module must be an export directory, got {config.hub_module!r}")
 
 
-def validate_config(config: LinearEvalConfig) -> None:
-  """Raises ConfigError naming the field, the value and the valid choices."""
+def check_sources(config, export_pending: bool = False, check_data: bool = True,
+                  probe_data: bool = True) -> None:
+  """After an evaluation's own checks: that its export is there (unless `export_pending`: a step
+  before this one writes it), and with `check_data` that its data is (`probe_data`: as
+  `check_probe_data`, else the --val_split alone)."""
+  if config.hub_module is not None and not export_pending:
+    path = representation_lib.export_dir_of(config.hub_module)
+    require(os.path.isdir(path), f"--hub_module={config.hub_module}: no such directory; give "
+            "the export/ folder that pretext training writes in its workdir (or the workdir)")
+    require(os.path.exists(os.path.join(path, "saved_model.pb")),
+            f"--hub_module={config.hub_module} is not an export: {path} has no saved_model.pb "
+            f"(it holds: {', '.join(sorted(os.listdir(path))[:12]) or 'nothing'}); give the "
+            "export/ folder that pretext training writes in its workdir")
+  if check_data and probe_data:
+    check_probe_data(config)
+
+
+def check_probe_data(config) -> None:
+  """The data of a classifier trained on one split and tested on another (probes,
+  fine-tuning): both splits there and not empty, and at least two classes."""
+  for flag in ("train_split", "val_split"):
+    validation.check_split(config.dataset, config.data_dir, flag, getattr(config, flag),
+                           why="the evaluation")
+  validation.check_classes(config.dataset, config.data_dir,
+                           {"train_split": config.train_split, "val_split": config.val_split},
+                           "a classifier of the classes")
+
+
+def validate_config(config: LinearEvalConfig, check_data: bool = True,
+                    export_pending: bool = False) -> None:
+  """Raises ConfigError naming the field, the value and the valid choices; with `check_data`,
+  also for the data (`check_probe_data`)."""
   validate_source(config, options.EVAL)
   require(config.feature_dtype in features_lib.FEATURE_DTYPES,
           f"feature_dtype={config.feature_dtype!r} is not valid; choices: "
@@ -116,22 +151,45 @@ def validate_config(config: LinearEvalConfig) -> None:
                                     all(isinstance(n, str) for n in config.layers)),
           f"layers must be None (all) or a non-empty list of end point names, got "
           f"{config.layers!r}")
+  check_sources(config, export_pending, check_data)
 
 
 def is_low_label(config) -> bool:
   return config.train_fraction is not None or config.examples_per_class is not None
 
 
+def _random_init_kwargs(config) -> Dict[str, Any]:
+  """The model settings of a random-init backbone beyond architecture, width and version."""
+  return dict(last_relu=config.last_relu,
+              **representation_lib.backbone_strides(config.eval_preprocessing or ""))
+
+
 def load_representation(config: LinearEvalConfig) -> representation_lib.Representation:
-  """The backbone under evaluation, restricted to `config.layers`."""
+  """The backbone under evaluation, restricted to `config.layers`; a ConfigError where the
+  export cannot be used."""
   if config.hub_module is not None:
-    rep = representation_lib.load_export(config.hub_module)
+    try:
+      rep = representation_lib.load_export(config.hub_module)
+    except (OSError, ValueError) as e:
+      raise ConfigError(f"--hub_module={config.hub_module}: {e}") from None
   else:
     rep = representation_lib.random_init(
         config.architecture, filters_factor=config.filters_factor, mode=config.mode,
-        seed=config.random_seed, last_relu=config.last_relu,
-        **representation_lib.backbone_strides(config.eval_preprocessing or ""))
-  return rep.select(config.layers)
+        seed=config.random_seed, **_random_init_kwargs(config))
+  try:
+    return rep.select(config.layers)
+  except ValueError as e:
+    raise ConfigError(f"layers: {e}") from None
+
+
+def source_fingerprint(config) -> Optional[str]:
+  """The fingerprint of the backbone an evaluation config names (None: no export there), as its
+  Representation has it, without loading it."""
+  if config.hub_module is not None:
+    return files.export_fingerprint(representation_lib.export_dir_of(config.hub_module))
+  return representation_lib.random_init_fingerprint(
+      config.architecture, config.filters_factor, config.mode, config.random_seed,
+      _random_init_kwargs(config))
 
 
 def _preprocess_config(params: Dict[str, Any]):
@@ -203,10 +261,10 @@ def run_linear_eval(config: LinearEvalConfig) -> Dict[str, Any]:
   """Evaluates every layer; writes and returns the results (see eval/results.py)."""
   start = time.time()
   validate_config(config)
-  if not config.force and results_lib.results_exist(config.workdir, config):
-    logging.info("results for this config exist in %s; skipping (force=True re-runs)",
-                 config.workdir)
-    return results_lib.read_results(config.workdir)
+  reused = results_lib.skip_or_set_aside(config.workdir, config, source_fingerprint(config),
+                                         logging.info)
+  if reused is not None:
+    return reused
 
   run_record.make_repeatable(config.random_seed, config.deterministic)
   rep = load_representation(config)
@@ -265,15 +323,14 @@ def run_linear_eval(config: LinearEvalConfig) -> Dict[str, Any]:
       layers[name]["knn_top1"] = knn[name]
   times["total_s"] = time.time() - start
 
-  source = describe_source(rep.info, eval_spec)
+  source = dict(describe_source(rep.info, eval_spec), fingerprint=rep.fingerprint)
   dataset = dict(name=config.dataset, train_split=config.train_split,
                  val_split=config.val_split, num_classes=num_classes,
                  num_train_examples=num_train, num_val_examples=num_val)
   results = results_lib.build_results(
       config.to_dict(), source, dataset, extractor.layers, layers, times, low_label,
       run=run_record.record(config.random_seed, deterministic=config.deterministic))
-  path = results_lib.write_results(config.workdir, results)
-  logging.info("per-layer results (%s):\n%s", path, results_lib.format_table(results))
+  results_lib.write_results(config.workdir, results)
   return results
 
 

@@ -5,6 +5,7 @@ Both an export (`load_export`) and the random-init baseline (`random_init`) beco
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -104,7 +105,7 @@ def load_export(path: str) -> Representation:
   for key in ("task", "architecture", "filters_factor", "mode"):
     info.setdefault(key, None)
   return Representation(fn=fn, layers=list(layers), info=info,
-                        fingerprint=_export_fingerprint(path))
+                        fingerprint=files.export_fingerprint(path))
 
 
 def backbone_strides(eval_spec: str) -> Dict[str, Any]:
@@ -135,15 +136,14 @@ def random_init(architecture: str, filters_factor: int = 4, mode: Optional[str] 
   fn.model = model  # For callers that want the variables.
   info = dict(source=options.RANDOM_INIT, task=options.RANDOM_INIT, architecture=architecture,
               filters_factor=filters_factor, mode=mode)
-  fingerprint = json.dumps(dict(info, seed=seed, kwargs=model_kwargs), sort_keys=True, default=str)
-  return Representation(fn=fn, layers=layers, info=info, fingerprint=fingerprint)
+  return Representation(fn=fn, layers=layers, info=info, fingerprint=random_init_fingerprint(
+      architecture, filters_factor, mode, seed, model_kwargs))
 
 
-def _export_fingerprint(path: str) -> str:
-  """Path and modification times of the export's files: changes when the export is rewritten."""
-  stamps = []
-  for name in ("saved_model.pb", EXPORT_INFO_FILE, os.path.join("variables", "variables.index")):
-    full = os.path.join(path, name)
-    if os.path.exists(full):
-      stamps.append(f"{name}:{os.stat(full).st_mtime_ns}")
-  return os.path.abspath(path) + "|" + "|".join(stamps)
+def random_init_fingerprint(architecture: str, filters_factor, mode, seed: int,
+                            model_kwargs: Dict[str, Any]) -> str:
+  """What identifies a random-init backbone (`random_init`'s arguments): its weights follow from
+  them."""
+  text = json.dumps(dict(architecture=architecture, filters_factor=filters_factor, mode=mode,
+                         seed=seed, kwargs=model_kwargs), sort_keys=True, default=str)
+  return f"{options.RANDOM_INIT}-" + hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -6,7 +6,10 @@ Schema (format_version 1):
     "evaluation": "linear_eval" | "fine_tune",
     "config": {...},                   every field of the evaluation's config
     "source": {"hub_module": <export path> | "random_init", "task", "architecture",
-               "filters_factor", "mode", "eval_preprocessing": the spec the features came from},
+               "filters_factor", "mode", "eval_preprocessing": the spec the features came from,
+               "fingerprint": the backbone's (core/files.export_fingerprint of the export, or
+               eval/representation.random_init_fingerprint): the results are reused only for
+               the same one},
     "dataset": {"name", "train_split", "val_split", "num_classes",
                 "num_train_examples",  examples the heads were trained on
                 "num_val_examples"},
@@ -29,7 +32,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from absl import logging
 
@@ -71,7 +74,7 @@ def build_results(config: Mapping[str, Any], source: Mapping[str, Any],
       "config": _jsonable(dict(config)),
       "source": {key: source.get(key) for key in
                  ("hub_module", "task", "architecture", "filters_factor", "mode",
-                  "eval_preprocessing")},
+                  "eval_preprocessing", "fingerprint")},
       "dataset": dict(dataset),
       "low_label": dict(low_label) if low_label else None,
       "layer_order": list(layer_order),
@@ -109,12 +112,32 @@ def comparable_config(config: Any) -> Dict[str, Any]:
   return {key: value for key, value in data.items() if key not in options.NON_RESULT}
 
 
-def results_exist(workdir: str, config: Any) -> bool:
-  """Whether `workdir` holds complete results of an evaluation with the same config."""
+def results_exist(workdir: str, config: Any, fingerprint: Optional[str]) -> bool:
+  """Whether `workdir` holds complete results of an evaluation with the same config, of the
+  backbone with this fingerprint (`source.fingerprint`)."""
   results = read_results(workdir)
   if not results or "layers" not in results or "config" not in results:
     return False
-  return comparable_config(results["config"]) == comparable_config(config)
+  return (fingerprint is not None and (results.get("source") or {}).get("fingerprint") ==
+          fingerprint and comparable_config(results["config"]) == comparable_config(config))
+
+
+def skip_or_set_aside(workdir: str, config: Any, fingerprint: Optional[str],
+                      print_fn: Callable[[str], None]) -> Optional[Dict[str, Any]]:
+  """Before an evaluation: its results where `workdir` holds those of the same config and
+  backbone (and `config.force` is off), to be reused; else None, a results.json of another
+  config or backbone having been moved to <workdir>/replaced/<time>/ (never overwritten)."""
+  if not config.force and results_exist(workdir, config, fingerprint):
+    print_fn(f"results of this config and backbone exist in {workdir}; reusing them (--force "
+             "re-runs)")
+    return read_results(workdir)
+  previous = read_results(workdir)
+  if previous is not None and not (
+      (previous.get("source") or {}).get("fingerprint") == fingerprint and
+      comparable_config(previous.get("config") or {}) == comparable_config(config)):
+    moved = files.move_aside(workdir, [RESULTS_FILE])
+    print_fn(f"{workdir} held results of another config or backbone: moved to {moved}")
+  return None
 
 
 def format_table(results: Mapping[str, Any]) -> str:

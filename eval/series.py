@@ -8,8 +8,8 @@
 The pretext run exports each kept checkpoint to <pretext workdir>/exports/step_<N> (with its
 step, epoch and pretext metrics). This evaluation probes each of them as --task=linear_eval does
 (the cached protocol: features per checkpoint), into <workdir>/step_<N>/results.json, a
-checkpoint whose results are there and newer than its export being skipped (an interrupted
-series resumes), then writes <workdir>/series.json:
+checkpoint whose results of that very export are there being skipped (an interrupted series
+resumes), then writes <workdir>/series.json:
 
   {"format_version": 1, "evaluation": "probe_series", "source": {"hub_module": the pretext
    workdir | "random_init", "task", "architecture", "filters_factor", "mode"},
@@ -70,13 +70,9 @@ def series_exports(hub_module: str) -> List[Tuple[int, str]]:
   return sorted(found)
 
 
-def _point_done(point_dir: str, export_dir: str, config) -> bool:
-  """Results of the same config, written after the export they probe."""
-  if not results_lib.results_exist(point_dir, config):
-    return False
-  results_mtime = os.path.getmtime(os.path.join(point_dir, files.RESULTS_FILE))
-  return export_dir is None or results_mtime >= os.path.getmtime(
-      os.path.join(export_dir, "saved_model.pb"))
+def _point_done(point_dir: str, config) -> bool:
+  """Results of the same config, of the export (its fingerprint) that the point probes."""
+  return results_lib.results_exist(point_dir, config, linear_eval.source_fingerprint(config))
 
 
 def run_probe_series(config, print_fn=logging.info) -> Dict[str, Any]:
@@ -92,7 +88,7 @@ def run_probe_series(config, print_fn=logging.info) -> Dict[str, Any]:
     point_dir = os.path.join(config.workdir, files.step_dir_name(step))
     point_config = dataclasses.replace(config, workdir=point_dir, force=False,
                                        hub_module=export_dir or config.hub_module)
-    if _point_done(point_dir, export_dir, point_config):
+    if _point_done(point_dir, point_config):
       results = results_lib.read_results(point_dir)
       print_fn(f"step {step} ({i + 1}/{len(points)}): probed earlier")
     else:
