@@ -38,12 +38,21 @@ from core import options  # pylint: disable=g-import-not-at-top
 FLAGS = flags.FLAGS
 # Every option (core/options.py) as a flag of this program.
 options.define_flags(FLAGS, module_name=sys.argv[0] if __name__ == "__main__" else __name__)
-
-# Settings that must match an earlier run in the same workdir for its checkpoints to be resumed
-# (precision: the checkpoint of a mixed_float16 run holds a loss-scale optimizer). A config.json
-# written before a field existed is read with the field's default.
-_IDENTITY_FIELDS = ("task", "architecture", "filters_factor", "mode", "last_relu", "dataset",
-                    "precision")
+# Flags of this program alone, which act on how it runs, not on what a run computes.
+_MODULE = sys.argv[0] if __name__ == "__main__" else __name__
+flags.DEFINE_boolean("restart", False, "Pretext training: move the run already in --workdir "
+                     "(everything in the folder) to <workdir>/replaced/<time>/ and train from step "
+                     "0. Needed where it was trained with other settings.", module_name=_MODULE)
+flags.DEFINE_boolean("check_only", False, "Run every check of this command (flags, data, "
+                     "export, workdir) and write nothing: exit status 0 where it would start.",
+                     module_name=_MODULE)
+flags.DEFINE_string("check_steps", None, "A JSON file of commands (a list of {name, args, "
+                    "export_pending, restart}), each checked as --check_only checks it, in one "
+                    "process; prints {\"errors\": [{name, error}]} last (benchmark.py's check of "
+                    "a grid before it starts).", module_name=_MODULE)
+flags.DEFINE_boolean("verbose", False, "Also TensorFlow's and TFDS's INFO log lines.",
+                     module_name=_MODULE)
+PROGRAM_FLAGS = ("restart", "check_only", "check_steps", "verbose")
 
 
 def config_from_flags():
@@ -52,43 +61,132 @@ def config_from_flags():
   return Config(**options.config_kwargs(options.values_from_flags(FLAGS), options.PRETEXT))
 
 
-def linear_eval_config_from_flags():
-  """The flags as one LinearEvalConfig (--task=linear_eval)."""
-  from eval import linear_eval  # pylint: disable=g-import-not-at-top
-  return linear_eval.config_from_values(options.values_from_flags(FLAGS))
+def _flag_sources(argv):
+  """(the flags that flagfiles set, the flags the command line sets last), name -> value as
+  written, from the arguments (`--flagfile` expanded as absl does)."""
+  in_files, given = {}, {}
+  for arg in argv:
+    if not arg.startswith("-"):
+      continue
+    name, eq, value = arg.lstrip("-").partition("=")
+    if name == "flagfile":
+      for sub in flags.FlagValues().read_flags_from_files([arg]):
+        sub_name, sub_eq, sub_value = sub.lstrip("-").partition("=")
+        in_files[sub_name] = sub_value if sub_eq else True
+        given.pop(sub_name, None)
+    else:
+      given[options.ALIASES.get(name, name)] = value if eq else True
+  return in_files, given
 
 
-def fine_tune_config_from_flags():
-  """The flags as one FineTuneConfig (--task=fine_tune)."""
-  from eval import fine_tune  # pylint: disable=g-import-not-at-top
-  return fine_tune.config_from_values(options.values_from_flags(FLAGS))
+def option_values(flag_values, argv):
+  """(every option's value, a note) from parsed flags and the arguments they came from: an
+  --epochs set over a flagfile's scales the flagfile's warm-up and decays
+  (options.scale_schedule; the note says so)."""
+  values = options.values_from_flags(flag_values)
+  scaled, note = options.scale_schedule(*_flag_sources(argv))
+  values.update(scaled)
+  return values, note
 
 
-def _check_workdir(config):
-  """Creates the workdir, or checks that the run already in it has the same identity."""
+def _trained(workdir: str):
+  """The outputs in `workdir` that hold a pretext run's training (core/files.TRAINED_OUTPUTS)."""
+  from core import files  # pylint: disable=g-import-not-at-top
+  found = []
+  for name in files.TRAINED_OUTPUTS:
+    path = os.path.join(workdir, name)
+    if os.path.isfile(path) or (os.path.isdir(path) and os.listdir(path)):
+      found.append(name)
+  return found
+
+
+def _checkpoint_step(workdir: str):
+  """The step of the workdir's latest checkpoint (the trainer numbers them by step), or None."""
+  import re  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "checkpoints", "checkpoint")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    match = re.search(r'^model_checkpoint_path: ".*ckpt-(\d+)"', f.read(), re.M)
+  return int(match.group(1)) if match else None
+
+
+def check_workdir(config, plan, restart: bool = False):
+  """What to do with the run already in config.workdir, decided from its files alone; writes
+  nothing. Returns (move, note): `move` the reason to move its contents to
+  <workdir>/replaced/<time>/ before training from step 0 (None: keep them, resuming where the
+  run is the same), `note` a line to print. A ConfigError, with each differing option, where
+  the workdir holds training made with other settings that change results
+  (options.result_differences; those of options.AFTER_TRAINING aside) and --restart is off.
+  The one change it goes on under is a longer or shorter --epochs on the step schedule, from a
+  checkpoint no later than the new end: the rates up to there are the same."""
+  from core import files  # pylint: disable=g-import-not-at-top
   from core.errors import ConfigError  # pylint: disable=g-import-not-at-top
-  from core.files import CONFIG_FILE, write_json_atomic  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
-  path = os.path.join(config.workdir, CONFIG_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
-    defaults = {f.name: f.default for f in dataclasses.fields(config)}
-    for field in _IDENTITY_FIELDS:
-      before = previous.get(field, defaults[field])
-      if before != getattr(config, field):
-        raise ConfigError(
-            f"--workdir={config.workdir} holds a run with {field}={before!r}, not "
-            f"{getattr(config, field)!r}; use another --workdir to start a new run")
+  from training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  workdir = config.workdir
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir={workdir} is a file, not a directory")
+  has_config = os.path.exists(os.path.join(workdir, files.CONFIG_FILE))
+  trained = _trained(workdir)
+  if not has_config and not trained:
+    return None, None
+  if restart:
+    return "--restart: the earlier run", None
+  if not has_config:
+    raise ConfigError(f"--workdir={workdir} holds {', '.join(trained)} but no "
+                      f"{files.CONFIG_FILE}, so what trained them is unknown; use another "
+                      "--workdir, or --restart to move them to "
+                      f"{os.path.join(workdir, files.REPLACED_DIR)}/<time>/ and train from step 0")
+  previous = trainer_lib.load_run_config(workdir)
+
+  def resolved(c):
+    return dict(c.to_dict(), filters_factor=c.resolved_filters_factor(),
+                weight_decay=c.resolved_weight_decay())
+
+  differences = options.result_differences(resolved(previous), resolved(config),
+                                           options.PRETEXT, ignore=options.AFTER_TRAINING)
+  if not differences:
+    return None, None
+  changed = options.format_differences(differences)
+  if not trained:
+    return (f"the earlier run in {workdir} ({changed}) trained nothing: its files", None)
+  step = _checkpoint_step(workdir)
+  if [name for name, _, _ in differences] == ["epochs"] and config.lr_schedule == "step" and (
+      step is None or step <= plan.total_steps):
+    return None, (f"--epochs {previous.epochs:g} -> {config.epochs:g}: training goes on from "
+                  f"step {step or 0} to {plan.total_steps} (the step schedule is the same up to "
+                  "there)")
+  at = f", up to step {step}" if step is not None else ""
+  raise ConfigError(
+      f"--workdir={workdir} holds a run trained with other settings ({changed}{at}); going on "
+      "would label that training with the new ones. Use another --workdir, or add --restart to "
+      f"move the earlier run to {os.path.join(workdir, files.REPLACED_DIR)}/<time>/ and train "
+      "from step 0")
+
+
+def check_pretext(config, restart: bool = False):
+  """Every check of a pretext run before any work, writing nothing: its values, names, data
+  and splits (training/validation.py), the strategy's environment, the plan's steps, the
+  workdir. Returns (plan, check_workdir's (move, note))."""
+  from core.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from training import validation  # pylint: disable=g-import-not-at-top
+  validation.validate(config)
   try:
-    os.makedirs(config.workdir, exist_ok=True)
-    write_json_atomic(path, config.to_dict())
-  except OSError as e:
-    raise ConfigError(f"--workdir={config.workdir} is not writable: {e}") from None
+    trainer_lib.check_strategy(config.strategy)
+    plan = trainer_lib.make_plan(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  trainer_lib.kept_steps(plan, config.eval_every_epochs, config.eval_at_steps)
+  return plan, check_workdir(config, plan, restart)
 
 
-def run(config, print_fn=print):
-  """One pretext experiment: train (resuming), optionally evaluate, export. Returns its results."""
+def run(config, print_fn=print, restart: bool = False, stop=None):
+  """One pretext experiment: train (resuming), optionally evaluate, export. Returns its results.
+
+  Every check comes first (`check_pretext`); config.json is written once the trainer is built,
+  so a run refused or failing before it leaves the workdir as it was (but for a --restart,
+  which moves the earlier run aside). `stop`: the entry point's interrupts.StopOnSignal."""
   from core import config as config_lib  # pylint: disable=g-import-not-at-top
   from core import files  # pylint: disable=g-import-not-at-top
   from core import specs  # pylint: disable=g-import-not-at-top
@@ -99,19 +197,28 @@ def run(config, print_fn=print):
   from training import export as export_lib  # pylint: disable=g-import-not-at-top
   from training import run_record  # pylint: disable=g-import-not-at-top
   from training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
-  from training import validation  # pylint: disable=g-import-not-at-top
 
-  validation.validate(config)
+  _, (move, note) = check_pretext(config, restart)
   try:
     strategy = trainer_lib.make_strategy(config.strategy)
-  except ValueError as e:  # e.g. multi_worker without TF_CONFIG.
+  except ValueError as e:
     raise ConfigError(str(e)) from None
+  if stop is not None:
+    stop.install()  # Over the SIGTERM handler of TensorFlow's multi-worker runtime.
   config_lib.check_replicas(config, strategy.num_replicas_in_sync)
-  _check_workdir(config)
+  if note:
+    print_fn(f"note: {note}")
   method = methods.get_method(config.task)
+  if move and trainer_lib.worker_id(strategy) is None:  # The chief moves, the others see it.
+    print_fn(f"{move} moved to {files.move_aside(config.workdir)}")
   start = time.time()
   trainer = trainer_lib.Trainer(config, method, strategy, print_fn=print_fn)
-  state = trainer.train()
+  try:
+    os.makedirs(config.workdir, exist_ok=True)
+    files.write_json_atomic(os.path.join(config.workdir, files.CONFIG_FILE), config.to_dict())
+  except OSError as e:
+    raise ConfigError(f"--workdir={config.workdir} is not writable: {e}") from None
+  state = trainer.train(stop)
   times = {"training_s": time.time() - start}
   results = {"step": state.step, "train_metrics": state.metrics}
   # Under multi_worker every worker evaluates and exports (both collective); only the chief keeps
@@ -132,6 +239,7 @@ def run(config, print_fn=print):
       "run": run_record.record(config.random_seed, strategy, config.deterministic),
   }
   export_dir = os.path.join(scratch, "export") if scratch else config.export_dir
+  print_fn(f"exporting step {state.step} to {config.export_dir}")
   results["export_dir"] = export_lib.export(state.model, export_dir, image_shape, info,
                                             backbone=method_base.backbone_of(state.model))
   times["export_s"] = time.time() - t
@@ -144,13 +252,18 @@ def run(config, print_fn=print):
     shutil.rmtree(scratch, ignore_errors=True)
     results["export_dir"] = config.export_dir
   print_fn(f"exported to {results['export_dir']}")
+  pretext_results = os.path.join(config.workdir, files.PRETEXT_RESULTS_FILE)
   if config.run_eval and not scratch:
     times["total_s"] = time.time() - start
     files.write_json_atomic(
-        os.path.join(config.workdir, files.PRETEXT_RESULTS_FILE),
+        pretext_results,
         {"config": config.to_dict(), "step": state.step, "split": config.val_split,
          "metrics": results["eval_metrics"], "times": times,
          "run": run_record.record(config.random_seed, strategy, config.deterministic)})
+  elif not scratch and os.path.exists(pretext_results):
+    # Of an earlier run of this workdir with --run_eval: not of this step, nor these settings.
+    moved = files.move_aside(config.workdir, [files.PRETEXT_RESULTS_FILE])
+    print_fn(f"{files.PRETEXT_RESULTS_FILE} of an earlier run moved to {moved}")
   return results
 
 
@@ -188,37 +301,123 @@ def _export_kept(trainer, info, image_shape, print_fn, final=(None, None)):
   return exported
 
 
+def evaluation_config(values):
+  """The config of an evaluation task (options.EVALUATION_TASKS) of the option values."""
+  from core.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from eval import fine_tune  # pylint: disable=g-import-not-at-top
+  from eval import linear_eval  # pylint: disable=g-import-not-at-top
+  task = values["task"]
+  if not values["hub_module"]:
+    raise ConfigError(f"--task={task} needs --hub_module: an export directory "
+                      f"(<pretext workdir>/export) or '{options.RANDOM_INIT}' for the baseline")
+  if options.EVALUATION_TASKS[task] == options.FINE_TUNE:
+    return fine_tune.config_from_values(values)
+  return linear_eval.config_from_values(values)
+
+
+def check(values, restart: bool = False, export_pending: bool = False) -> None:
+  """Every check of the command of `values` (option values) before any work; writes nothing.
+  `export_pending`: an evaluation's export is written by a step before it (a grid cell), so it
+  is not looked at."""
+  from core.config import Config  # pylint: disable=g-import-not-at-top
+  task = values["task"]
+  if task not in options.EVALUATION_TASKS:
+    check_pretext(Config(**options.config_kwargs(values, options.PRETEXT)), restart)
+    return
+  from eval import cka  # pylint: disable=g-import-not-at-top
+  from eval import fine_tune  # pylint: disable=g-import-not-at-top
+  from eval import linear_eval  # pylint: disable=g-import-not-at-top
+  config = evaluation_config(values)
+  validate = {"fine_tune": fine_tune.validate_config, "cka": cka.validate_config}.get(
+      task, linear_eval.validate_config)
+  validate(config, export_pending=export_pending)
+
+
+def check_steps(path: str) -> list:
+  """`check` of every command in the JSON file `path` (flag_check_steps); the failures as
+  [{name, error}]."""
+  import json  # pylint: disable=g-import-not-at-top
+  from core.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  with open(path) as f:
+    entries = json.load(f)
+  errors = []
+  for entry in entries:
+    flag_values = flags.FlagValues()
+    options.define_flags(flag_values)
+    try:
+      try:
+        flag_values(["check"] + list(entry["args"]))
+      except flags.Error as e:
+        raise ConfigError(str(e)) from None
+      values, _ = option_values(flag_values, entry["args"])
+      check(values, restart=entry.get("restart", False),
+            export_pending=entry.get("export_pending", False))
+    except ConfigError as e:
+      errors.append({"name": entry["name"], "error": str(e)})
+  return errors
+
+
+def _interrupted_line(signum: int, detail: str = "") -> str:
+  """The one line of a run stopped by a signal: what was kept and how to go on."""
+  from core import interrupts  # pylint: disable=g-import-not-at-top
+  line = f"interrupted by {interrupts.signal_name(signum)}"
+  if detail:
+    return f"{line} {detail}; the same command resumes from there"
+  step = _checkpoint_step(FLAGS.workdir) if FLAGS.workdir else None
+  if step is not None and FLAGS.task not in options.EVALUATION_TASKS:
+    return f"{line}; the checkpoint of step {step} is kept: the same command resumes from it"
+  return f"{line}; nothing half-written was left: the same command starts it again"
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from core import files  # pylint: disable=g-import-not-at-top
+  from core import interrupts  # pylint: disable=g-import-not-at-top
   from core.errors import ConfigError  # pylint: disable=g-import-not-at-top
-  try:
-    if FLAGS.task in options.EVALUATION_TASKS:
-      from eval import fine_tune  # pylint: disable=g-import-not-at-top
-      from eval import linear_eval  # pylint: disable=g-import-not-at-top
-      from eval import results as results_lib  # pylint: disable=g-import-not-at-top
-      if not FLAGS.hub_module:
-        raise ConfigError(f"--task={FLAGS.task} needs --hub_module: an export directory "
-                          f"(<pretext workdir>/export) or '{options.RANDOM_INIT}' for the "
-                          "baseline")
-      if FLAGS.task == "cka":
-        from eval import cka  # pylint: disable=g-import-not-at-top
-        cka.run_cka(linear_eval_config_from_flags(), print_fn=print)
-      else:
-        if FLAGS.task == "linear_eval":
-          results = linear_eval.run_linear_eval(linear_eval_config_from_flags())
-        elif FLAGS.task == "probe_series":
-          from eval import series  # pylint: disable=g-import-not-at-top
-          results = series.run_probe_series(linear_eval_config_from_flags(), print_fn=print)
+  runtime.quiet_logs(FLAGS.verbose)
+  with interrupts.StopOnSignal(_interrupted_line) as stop:
+    try:
+      if FLAGS.check_steps:
+        import json  # pylint: disable=g-import-not-at-top
+        errors = check_steps(FLAGS.check_steps)
+        print(json.dumps({"errors": errors}))
+        sys.exit(1 if errors else 0)
+      values, note = option_values(FLAGS, sys.argv[1:])
+      if note:
+        print(f"note: {note}")
+      if FLAGS.check_only:
+        check(values, restart=FLAGS.restart)
+        print(f"checked: --task={values['task']} would start")
+        return
+      task = values["task"]
+      if task in options.EVALUATION_TASKS:
+        from eval import fine_tune  # pylint: disable=g-import-not-at-top
+        from eval import linear_eval  # pylint: disable=g-import-not-at-top
+        from eval import results as results_lib  # pylint: disable=g-import-not-at-top
+        config = evaluation_config(values)
+        if task == "cka":
+          from eval import cka  # pylint: disable=g-import-not-at-top
+          cka.run_cka(config, print_fn=print)
         else:
-          results = fine_tune.run_fine_tune(fine_tune_config_from_flags(), print_fn=print)
-        print(results_lib.format_table(results))
-      print(f"results: {os.path.join(FLAGS.workdir, files.evaluation_file(FLAGS.task))}")
-    else:
-      run(config_from_flags())
-  except ConfigError as e:
-    sys.exit(f"error: {e}")
+          if task == "linear_eval":
+            results = linear_eval.run_linear_eval(config)
+          elif task == "probe_series":
+            from eval import series  # pylint: disable=g-import-not-at-top
+            results = series.run_probe_series(config, print_fn=print)
+          else:
+            results = fine_tune.run_fine_tune(config, print_fn=print, stop=stop)
+          print(results_lib.format_table(results))
+        print(f"results: {os.path.join(FLAGS.workdir, files.evaluation_file(task))}")
+      else:
+        from core.config import Config  # pylint: disable=g-import-not-at-top
+        run(Config(**options.config_kwargs(values, options.PRETEXT)), restart=FLAGS.restart,
+            stop=stop)
+    except ConfigError as e:
+      sys.exit(f"error: {e}")
+    except interrupts.Interrupted as e:
+      print(_interrupted_line(e.signum, e.detail), file=sys.stderr)
+      sys.exit(interrupts.exit_code(e.signum))
 
 
 if __name__ == "__main__":
