@@ -92,6 +92,7 @@ def run(argv) -> int:
   from grid import flags as flags_lib  # pylint: disable=g-import-not-at-top
   from grid import gridfile  # pylint: disable=g-import-not-at-top
   from grid import local  # pylint: disable=g-import-not-at-top
+  from grid import preflight  # pylint: disable=g-import-not-at-top
   from grid import slurm  # pylint: disable=g-import-not-at-top
   from grid import slurm_cluster  # pylint: disable=g-import-not-at-top
   from grid import runner as runner_lib  # pylint: disable=g-import-not-at-top
@@ -155,6 +156,13 @@ def run(argv) -> int:
       return EXIT_OK
     if FLAGS.executor == "slurm":
       executor.check(cells)  # Before anything is submitted.
+    problems = preflight.check(cells, root, command)  # Before any cell starts.
+    if problems:
+      for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+      print(f"{len(problems)} problem(s) in the steps of {grid.path}, found before they run; "
+            "nothing was run", file=sys.stderr)
+      return EXIT_USAGE
     statuses = runner.run(cells)
   except (common.GridError, slurm_cluster.ClusterError) as e:
     return _error(str(e))

@@ -45,7 +45,7 @@ from core import specs
 from core.options import RANDOM_INIT
 from grid import slurm_settings
 from grid.cells import Cell, Grid, PRETEXT, SUPERVISED, cell_name, sanitize
-from grid.common import GridError, REPO_ROOT
+from grid.common import GridError, REPO_ROOT, SLURM_DIR
 from grid.flags import (FlagChecker, FlagInfo, RUNNER_FLAGS, as_bool, flag_value,
                         same_value)
 
@@ -74,6 +74,23 @@ class _Parser(FlagChecker):
     super().__init__(path, known, base_dir)
     self.data = data
     self.overrides = dict(overrides)
+    # Per evaluation: its flagfile's flags, and those the grid file sets over them.
+    self.eval_flagfiles: Dict[str, Dict[str, Any]] = {}
+    self.eval_given: Dict[str, Dict[str, Any]] = {}
+
+  def fit_schedule(self, flagfile: Mapping[str, Any], flags: Dict[str, Any],
+                   given: Mapping[str, Any], where: str) -> Dict[str, Any]:
+    """`flags` (a flagfile's, with `given` set over them) with the flagfile's warm-up and decays
+    scaled to an --epochs that `given` sets (core/options.scale_schedule), as train_and_eval.py
+    does for flags given over a flagfile."""
+    try:
+      scaled, _ = options.scale_schedule(flagfile, given)
+    except (ValueError, TypeError) as e:
+      self.fail(where, f"epochs: {e}")
+    for name, value in scaled.items():
+      flags[name] = ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else \
+          f"{value:g}"
+    return flags
 
   def default(self, flags: Mapping[str, Any], name: str) -> Any:
     if name in flags:
@@ -265,7 +282,7 @@ class _Parser(FlagChecker):
     if name is None and required_name:
       self.fail(where, "no name: each evaluation needs one, e.g. name = \"imagenet_linear\"")
     name = DEFAULT_EVALUATION if name is None else name
-    reserved = ("pretext", "report") + files.RUN_DIRS
+    reserved = ("pretext", "report", files.REPLACED_DIR, SLURM_DIR) + files.RUN_DIRS
     if not isinstance(name, str) or not name or sanitize(name) != name or name in reserved:
       self.fail(where, f"name = {name!r}: a directory name of letters, digits, '.', '_', '+', "
                 f"'=' (not {', '.join(reserved)})")
@@ -273,8 +290,10 @@ class _Parser(FlagChecker):
     flags = {}
     if flagfile is not None:
       flags = self.read_flagfile(str(flagfile), f"{where} flagfile")
-    flags.update(self.defaults)
-    flags.update(self.flags(entry, where))
+    self.eval_flagfiles[name] = dict(flags)
+    given = {**self.defaults, **self.flags(entry, where)}
+    self.eval_given[name] = given
+    flags.update(given)
     flags.setdefault("task", "linear_eval")
     if flags["task"] not in options.EVALUATION_TASKS:
       self.fail(where, f"task = {flags['task']!r}: an evaluation runs one of "
@@ -372,6 +391,9 @@ class _Parser(FlagChecker):
                     "from: set eval_preprocessing (and resize_size ...) in "
                     "[baselines] random_init_flags or the cell's flags")
         evaluations[eval_name] = evals
+      for eval_name, flags in evaluations.items():
+        self.fit_schedule(self.eval_flagfiles[eval_name], flags,
+                          {**self.eval_given[eval_name], **eval_flags}, where)
       extra = [(k, v) for k, v in point.items() if k not in ("architecture", "mode",
                                                             "filters_factor")]
       name = cell_name(RANDOM_INIT, arch, mode, width, extra, tag)
@@ -389,10 +411,9 @@ class _Parser(FlagChecker):
     if "{dataset}" in path:
       self.fail(where, f"flagfile {flagfile!r} needs the dataset: set dataset in [defaults] or "
                 "give the cell a flagfile")
-    pretext = self.read_flagfile(path, where)
-    pretext.update(ctx["defaults"])
-    pretext.update(ctx["pretext"])
-    pretext.update(flags)
+    from_file = self.read_flagfile(path, where)
+    given = {**ctx["defaults"], **ctx["pretext"], **flags}
+    pretext = self.fit_schedule(from_file, dict(from_file, **given), given, where)
     pretext.setdefault("task", method)
     pretext.setdefault("run_eval", True)
     if pretext["task"] in options.EVALUATION_TASKS:
@@ -403,7 +424,9 @@ class _Parser(FlagChecker):
                                                           "filters_factor")]
     name = cell_name(method, arch, mode, width, extra, tag)
     kind = SUPERVISED if pretext["task"] == "supervised" else PRETEXT
-    evaluations = {n: dict(base, **eval_flags) for n, base in ctx["evaluations"].items()}
+    evaluations = {n: self.fit_schedule(self.eval_flagfiles[n], {**base, **eval_flags},
+                                        {**self.eval_given[n], **eval_flags}, where)
+                   for n, base in ctx["evaluations"].items()}
     series = [n for n, e in evaluations.items() if e.get("task") == "probe_series"]
     if series and not (pretext.get("eval_every_epochs") or pretext.get("eval_at_steps")):
       self.fail(where, f"evaluation {series[0]!r} (task = \"probe_series\") probes the "

@@ -164,10 +164,14 @@ def describe(cells: Sequence[Cell], root: str, show_commands: bool = False,
       state = "done"
     else:
       state = entry.get("status", "pending")
-      if state == "done":  # Done with other settings: it would run again.
-        state = "changed (will re-run)"
+      change = state_lib.describe_change(c, files.read_json(os.path.join(workdir, CELL_FILE))
+                                         or {})
       if state == "failed":
         state += f" ({entry.get('error', '')[:80]})"
+      if change:  # Run with other settings: what was made is moved aside when it runs again.
+        state = change if state in ("done", "pending") else f"{state}; {change}"
+      elif state == "done":  # Its files are gone or do not match.
+        state = "pending (its results are missing or not of its export)"
     if entry.get("job_id") and state != "done":
       job_state = (jobs or {}).get(entry["job_id"], {}).get("state", entry.get("job_state"))
       state += f" (SLURM job {entry['job_id']}, {job_state or '?'})"

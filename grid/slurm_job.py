@@ -17,6 +17,7 @@ import time
 from typing import Any, Dict, Mapping, Sequence
 
 from core import files
+from core import interrupts
 from core.files import CELL_FILE
 from core.options import flags_to_args
 from grid import slurm_settings
@@ -72,8 +73,10 @@ def run(cell: Cell, root: str, command: Sequence[str], grid_info: Mapping[str, A
     files.write_json_atomic(path, record)
     raise
   status = outcome["status"]
-  if status == "failed" and outcome.get("exit_code", 0) < 0:
-    status = "interrupted"  # A step killed by a signal: scancel, preemption, the OOM killer.
+  if status == "failed" and interrupts.stopped_by_signal(outcome.get("exit_code")):
+    # A step stopped by a signal (scancel, preemption, the time limit: it saved its step first,
+    # core/interrupts.py) or killed by one (the OOM killer).
+    status = "interrupted"
   record.update(outcome, status=status, ended=now())
   files.write_json_atomic(path, record)
   return outcome

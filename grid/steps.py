@@ -17,7 +17,7 @@ from core.files import CELL_FILE, LOG_FILE, RESULTS_FILE
 from core.options import flags_to_args
 from grid.cells import Cell
 from grid.common import REPO_ROOT, now
-from grid.state import cell_done, step_done
+from grid.state import cell_done, describe_change, set_aside, step_done
 
 # on_step(cell, step): a step starts; on_line(cell, step, line): a line it printed.
 StepFn = Callable[[Cell, str], None]
@@ -35,13 +35,18 @@ def error_line(lines: Sequence[str]) -> str:
   return "(no output)"
 
 
+# How long a step may take to stop after SIGTERM (a training step saves a checkpoint of the
+# step it is at: core/interrupts.py) before it is killed.
+STOP_WAIT_S = 60
+
+
 def stop(proc: subprocess.Popen) -> None:
-  """Stops a step's process: SIGTERM, then SIGKILL after 10 s."""
+  """Stops a step's process: SIGTERM, then SIGKILL after STOP_WAIT_S."""
   if proc.poll() is not None:
     return
   proc.terminate()
   try:
-    proc.wait(timeout=10)
+    proc.wait(timeout=STOP_WAIT_S)
   except subprocess.TimeoutExpired:
     proc.kill()
     proc.wait()
@@ -96,25 +101,27 @@ class StepRunner:
     state_path = os.path.join(workdir, CELL_FILE)
     state = files.read_json(state_path) or {}
     fingerprints = cell.fingerprints()
+    # What was made with other settings is moved aside, never resumed or shown as this cell's:
+    # everything where the pretext settings changed (it retrains from step 0), else the
+    # changed evaluations' folders.
+    changed, moved = set_aside(cell, workdir, state)
+    if changed:
+      self._log(workdir, f"=== {now()} {describe_change(cell, state)}: the outputs of "
+                f"{', '.join(changed)} moved to {moved} ===")
+      if "pretext" in changed:
+        state = {}
+      else:
+        for step in changed:
+          state["steps"].pop(step, None)
     state.update(cell.to_dict(), grid=dict(grid_info))
     steps_state = state.setdefault("steps", {})
     cell_start = time.time()
-    ran_pretext = False
     for step, flags in cell.steps(workdir):
       if step_done(cell, workdir, step, state):
         self._log(workdir, f"=== {now()} step {step}: done earlier with the same settings; "
                   "skipped ===")
         continue
-      previous = steps_state.get(step) or {}
       entry = dict(fingerprint=fingerprints[step], done=False, started=now(), **(record or {}))
-      if step.startswith("eval:"):
-        # results.json of an earlier export must not be reused: linear_eval compares only the
-        # evaluation config (the export path stays the same), so it is told to recompute.
-        entry["force"] = bool(ran_pretext or (previous.get("force") and not previous.get("done"))
-                              or previous.get("fingerprint") not in (None, fingerprints[step]))
-        if entry["force"]:
-          flags = dict(flags, force=True)
-      ran_pretext = ran_pretext or step == "pretext"
       steps_state[step] = entry
       files.write_json_atomic(state_path, state, default=str)
       argv = self.command + flags_to_args(dict(flags, **(runtime_flags or {}).get(step, {})))
@@ -178,6 +185,10 @@ class StepRunner:
           raise KeyboardInterrupt
       except BaseException:
         stop(proc)
+        try:  # What it printed while it stopped: how far it got, what it saved.
+          log.write(proc.stdout.read())
+        except (OSError, ValueError):
+          pass
         log.write(f"=== {now()} interrupted ===\n")
         raise
       finally:

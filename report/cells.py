@@ -23,7 +23,7 @@ from core.options import RANDOM_INIT
 
 
 # Folders of a cell that hold no results of its own.
-SKIPPED_DIRS = ("report",) + files.RUN_DIRS
+SKIPPED_DIRS = ("report", files.REPLACED_DIR) + files.RUN_DIRS
 KIND_ORDER = {"pretext": 0, "supervised": 1, RANDOM_INIT: 2}
 FINE_TUNED = "fine_tune"  # results.json's "evaluation" of eval/fine_tune.py.
 KIND_LABELS = {"pretext": "", "supervised": "reference", RANDOM_INIT: "baseline"}
