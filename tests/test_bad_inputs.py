@@ -1,16 +1,21 @@
-"""Bad inputs not covered next to their parts (an empty split, a workdir that cannot be written,
-a full disk while writing a result file) get a clear error and lose nothing written; result
-files are readable like any other new file."""
+"""Bad inputs not covered next to their parts (empty splits, a workdir that cannot be written, a
+full disk while writing a result file, a split or an architecture an evaluation cannot use, one
+class where labels are learnt, a schedule that does not fit the run) get one clear error before
+any work and lose nothing written; result files are readable like any other new file."""
 
+import dataclasses
 import errno
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from core import files
 from core.errors import ConfigError
 import datasets
+from tests.conftest import REPO_ROOT
 from tests.test_train_and_eval import small_config
 import train_and_eval
 
@@ -24,9 +29,12 @@ def test_an_empty_split_is_named(shapes_data_dir):
 
 def test_a_split_smaller_than_the_batch_fails_before_training(tmp_path, shapes_data_dir):
   config = small_config(tmp_path / "wd", shapes_data_dir, train_split="train[:4]", batch_size=8)
-  with pytest.raises(ValueError, match=r"--train_split='train\[:4\]' of shapes_small has 4 "
-                                       r"examples, fewer than --batch_size=8"):
+  with pytest.raises(ConfigError, match=r"--train_split='train\[:4\]' of shapes_small has 4 "
+                                        r"examples; one training batch \(--batch_size=8\) needs "
+                                        r"at least 8; splits of shapes_small: train \(1000 "
+                                        r"examples\), test \(300 examples\)"):
     train_and_eval.run(config, print_fn=lambda _: None)
+  assert not os.path.exists(tmp_path / "wd")
 
 
 def test_a_workdir_that_cannot_be_created_is_one_clear_error(tmp_path, shapes_data_dir):
@@ -69,3 +77,126 @@ def test_multi_worker_without_tf_config_is_one_clear_error(tmp_path, shapes_data
   with pytest.raises(ConfigError, match="--strategy=multi_worker needs TF_CONFIG"):
     train_and_eval.run(config, print_fn=lambda _: None)
   assert not os.path.exists(tmp_path / "wd")
+
+
+# ------------------------------------------------------------------ every error before the work
+def _no_data_read(monkeypatch):
+  """Makes reading any split an error: the checks must come first."""
+  def read(*args, **kwargs):
+    raise AssertionError(f"a split was read: {args} {kwargs}")
+  monkeypatch.setattr(datasets, "get_data", read)
+
+
+def _probe(tmp_path, data_dir, **overrides):
+  from eval import linear_eval  # pylint: disable=g-import-not-at-top
+  settings = dict(workdir=str(tmp_path / "probe"), dataset="shapes_small", data_dir=data_dir,
+                  hub_module=None, architecture="vgg19", filters_factor=1,
+                  eval_preprocessing="resize,-1_to_1", preprocess_params={"resize_size": (32, 32)},
+                  train_split="train[:64]", val_split="test[:32]", batch_size=32, epochs=1)
+  settings.update(overrides)
+  return linear_eval.LinearEvalConfig(**settings)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(val_split="validation"), r"^--val_split='validation': dataset 'shapes_small' has no "
+     r"split 'validation'; splits: test, train; splits of shapes_small: train \(1000 examples\), "
+     r"test \(300 examples\)$"),
+    (dict(train_split="train[:0]"), r"^--train_split='train\[:0\]' of shapes_small has no "
+     r"examples; the evaluation needs at least 1"),
+    (dict(architecture="vgg16"), r"^--architecture='vgg16' is not valid; choices: resnet50, "
+     r"revnet50, vgg19$"),
+    (dict(hub_module="/no/such/export"), r"^--hub_module=/no/such/export: no such directory"),
+])
+def test_evaluation_errors_come_before_any_split_is_read(tmp_path, shapes_data_dir, monkeypatch,
+                                                         overrides, message):
+  from eval import fine_tune, linear_eval  # pylint: disable=g-import-not-at-top
+  _no_data_read(monkeypatch)
+  config = _probe(tmp_path, shapes_data_dir, **overrides)
+  with pytest.raises(ConfigError, match=message):
+    linear_eval.run_linear_eval(config)
+  ft = fine_tune.FineTuneConfig(**{k: v for k, v in config.to_dict().items()
+                                   if k in fine_tune.FineTuneConfig.__dataclass_fields__})
+  with pytest.raises(ConfigError, match=message):
+    fine_tune.run_fine_tune(ft)
+  assert not os.path.exists(config.workdir)
+
+
+def _one_class_folder(root):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  for split, count in (("train", 16), ("test", 8)):
+    os.makedirs(root / split / "cats")
+    for i in range(count):
+      Image.fromarray(np.full((32, 32, 3), 8 * i, np.uint8)).save(root / split / "cats" / f"{i}.png")
+  return f"folder:{root}"
+
+
+def test_one_class_is_refused_where_labels_are_learnt_before_any_work(tmp_path, monkeypatch,
+                                                                      shapes_data_dir):
+  """A supervised run or a probe on one class would reach accuracy 1.0 and mean nothing; a
+  self-supervised method needs no labels and runs."""
+  from eval import linear_eval  # pylint: disable=g-import-not-at-top
+  from training import validation  # pylint: disable=g-import-not-at-top
+  dataset = _one_class_folder(tmp_path / "images")
+  config = small_config(tmp_path / "wd", shapes_data_dir, dataset=dataset, task="supervised",
+                        preprocessing="resize,-1_to_1", train_split="train", val_split="test")
+  with pytest.raises(ConfigError, match=r"has 1 class \(cats\): --task=supervised trains on the "
+                                        r"labels, which needs at least 2$"):
+    train_and_eval.run(config, print_fn=lambda _: None)
+  assert not os.path.exists(tmp_path / "wd")
+  validation.validate(dataclasses.replace(config, task="rotation",
+                                          preprocessing="resize,-1_to_1,rotate"))
+  _no_data_read(monkeypatch)
+  with pytest.raises(ConfigError, match=r"has 1 class \(cats\): a classifier of the classes, "
+                                        r"which needs at least 2"):
+    linear_eval.run_linear_eval(_probe(tmp_path, None, dataset=dataset, train_split="train",
+                                       val_split="test"))
+
+
+def test_empty_splits_are_refused_before_anything_is_written(tmp_path, shapes_data_dir):
+  """An empty training split, or an empty test split with --run_eval (found before training, not
+  after it with no export); the corrected command then runs in the same workdir."""
+  workdir = tmp_path / "wd"
+  for split, message in (
+      (dict(train_split="train[:0]"), r"--train_split='train\[:0\]' of shapes_small has no "
+       r"examples; one training batch \(--batch_size=8\) needs at least 8"),
+      (dict(val_split="test[:0]", run_eval=True), r"--val_split='test\[:0\]' of shapes_small has "
+       r"no examples; the pretext evaluation \(--run_eval\) needs at least 1")):
+    with pytest.raises(ConfigError, match=message):
+      train_and_eval.run(small_config(workdir, shapes_data_dir, **split), print_fn=lambda _: None)
+    assert not os.path.exists(workdir)
+  assert train_and_eval.run(small_config(workdir, shapes_data_dir),
+                            print_fn=lambda _: None)["step"] == 2
+
+
+def _cli(*args, timeout=120):
+  return subprocess.run([sys.executable, "train_and_eval.py", *args], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_command_line_gives_one_line_and_scales_a_short_schedule(tmp_path, shapes_data_dir):
+  """On the command line: an evaluation error is one line, exit status 1, no traceback; the
+  flagfile's warm-up and decays follow an --epochs given over it (a smoke run), with a note; a
+  decay after the end that the command itself gives is refused with the values to pass."""
+  proc = _cli("--flagfile=configs/evaluation/shapes.flags", "--hub_module=random_init",
+              "--architecture=vgg19", "--eval_preprocessing=resize,-1_to_1", "--resize_size=32",
+              "--dataset=shapes_small", f"--data_dir={shapes_data_dir}",
+              "--val_split=validation", f"--workdir={tmp_path}/probe")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      "error: --val_split='validation': dataset 'shapes_small' has no split 'validation'")
+  assert not os.path.exists(tmp_path / "probe")
+  train = ("--flagfile=configs/rotation/shapes.flags", "--dataset=shapes_small",
+           f"--data_dir={shapes_data_dir}", f"--workdir={tmp_path}/rot", "--check_only")
+  proc = _cli(*train, "--epochs=0.02")
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.splitlines() == [
+      "note: --epochs=0.02 over the flagfile's 2: --warmup_epochs 0.1 -> 0.001 and "
+      "--decay_epochs 1.6 -> 0.016, scaled with it (set them to choose your own)",
+      "checked: --task=rotation would start"]
+  proc = _cli(*train, "--epochs=0.02", "--decay_epochs=0.01,0.03", "--warmup_epochs=0")
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "error: --decay_epochs=0.01,0.03: 0.03 at or after the end of the run (--epochs=0.02) "
+      "would never act; pass decays below 0.02 (--decay_epochs=0.01)")
+  assert not os.path.exists(tmp_path / "rot")

@@ -6,12 +6,14 @@ backbone is a tiny SavedModel with a `representation` signature written to tmp_p
 
 import json
 import os
+import shutil
 import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from core import files
 from core.errors import ConfigError
 import datasets
 from eval import features
@@ -88,6 +90,8 @@ class FakeData:
     monkeypatch.setattr(datasets, "get_dataset_info", lambda dataset, data_dir=None:
                         types.SimpleNamespace(num_classes=NUM_CLASSES), raising=False)
     monkeypatch.setattr(datasets, "validate_spec", lambda spec, config: [], raising=False)
+    monkeypatch.setattr(datasets, "split_classes", lambda dataset, split, data_dir=None: None,
+                        raising=False)
     return self
 
   def get_preprocess_fn(self, spec, is_training, config):
@@ -230,7 +234,8 @@ def test_run_linear_eval(tmp_path, monkeypatch, export_dir):
   assert ("preprocess", "toy_eval", False) in data.calls  # The export's eval preprocessing.
   assert r["source"] == dict(hub_module=os.path.abspath(export_dir), task="toy",
                              architecture="toy", filters_factor=1, mode="v2",
-                             eval_preprocessing="toy_eval")
+                             eval_preprocessing="toy_eval",
+                             fingerprint=files.export_fingerprint(export_dir))
   assert r["layer_order"] == LAYERS
   assert r["low_label"] == dict(train_fraction=None, examples_per_class=20, seed=0,
                                 num_train_examples=60)
@@ -281,12 +286,15 @@ def test_feature_cache_misses_whenever_the_features_would_differ(tmp_path, monke
   assert read == ["test", "train"]
   assert reexported["layers"]["block1"]["loss"] != pytest.approx(first["layers"]["block1"]["loss"])
   for overrides in (dict(pool_mode="adaptive_avg"), dict(max_features=50),
-                    dict(layers=("block1", "block2")),
-                    dict(hub_module=save_export(tmp_path / "other_export", seed=1))):
+                    dict(layers=("block1", "block2"))):
     results, read = evaluate(**overrides)
     assert read == ["test", "train"], overrides
-  assert results["layers"]["block1"] == reexported["layers"]["block1"]  # Same weights, other path.
-  assert len(os.listdir(cache)) == 2 * 6  # 6 distinct feature sets, train and test each.
+  assert len(os.listdir(cache)) == 2 * 5  # 5 distinct feature sets, train and test each.
+  # A copy of an export elsewhere is the same export (core/files.export_fingerprint).
+  shutil.copytree(tmp_path / "export", tmp_path / "copy")
+  copied, read = evaluate(hub_module=str(tmp_path / "copy"))
+  assert read == [] and copied["layers"] == reexported["layers"]
+  assert copied["source"]["fingerprint"] == reexported["source"]["fingerprint"]
   _, read = evaluate(max_features=50)
   assert read == []  # Each of them is kept.
 
@@ -301,7 +309,8 @@ def test_random_init_baseline(tmp_path, monkeypatch):
   r = linear_eval.run_linear_eval(config)
   assert r["source"] == dict(hub_module="random_init", task="random_init",
                              architecture="resnet50", filters_factor=1, mode="v2",
-                             eval_preprocessing="resize,-1_to_1")
+                             eval_preprocessing="resize,-1_to_1",
+                             fingerprint=linear_eval.source_fingerprint(config))
   assert r["layer_order"] == models.end_point_names("resnet50")
   assert r["layers"]["block4"]["dim"] == 512 and r["layers"]["block1"]["dim"] == 4096
   assert all(0 <= e["top1"] <= 1 for e in r["layers"].values())
@@ -331,7 +340,7 @@ def test_random_init_on_patches_has_the_patch_methods_strides(tmp_path):
     (dict(train_fraction=0.1, examples_per_class=3), "at most one of train_fraction"),
     (dict(train_fraction=0.0), r"train_fraction must be in \(0, 1\]"),
     (dict(knn_k=0), "knn_k must be a positive integer or None"),
-    (dict(hub_module=None), "give hub_module"),
+    (dict(hub_module=None), "give --hub_module"),
     (dict(hub_module=None, architecture="resnet50"), "set eval_preprocessing"),
     (dict(batch_size=0), "batch_size must be a positive integer, got 0"),
     (dict(decay_epochs=(3, 1)), "decay_epochs must be increasing"),
@@ -342,10 +351,21 @@ def test_config_validation(tmp_path, overrides, message):
     linear_eval.validate_config(make_config(tmp_path, "/some/export", **overrides))
 
 
-def test_run_with_missing_export(tmp_path, monkeypatch):
-  FakeData().install(monkeypatch)
-  with pytest.raises(FileNotFoundError, match="no backbone export"):
-    linear_eval.run_linear_eval(make_config(tmp_path, str(tmp_path / "missing")))
+def test_bad_exports_fail_before_any_data_is_read(tmp_path, monkeypatch):
+  """A missing export, a folder that is not one, an export without the representation
+  signature: one ConfigError line each, before a split is read, and no results.json."""
+  data = FakeData().install(monkeypatch)
+  os.makedirs(tmp_path / "not_an_export" / "variables")
+  no_rep = save_export(tmp_path / "no_rep", with_representation=False)
+  for hub, message in ((tmp_path / "missing", r"missing: no such directory; give the export/"),
+                       (tmp_path / "not_an_export", r"is not an export: .* has no "
+                                                    r"saved_model.pb \(it holds: variables\)"),
+                       (no_rep, r"no_rep: export .* has no 'representation' signature")):
+    config = make_config(tmp_path / "wd", str(hub))
+    with pytest.raises(ConfigError, match=message):
+      linear_eval.run_linear_eval(config)
+    assert not [c for c in data.calls if c[0] == "data"]
+    assert not os.path.exists(os.path.join(config.workdir, "results.json"))
 
 
 def test_real_data_pipeline(tmp_path, export_dir):

@@ -1,11 +1,21 @@
 """results.json: schema, atomic writing, skipping cells already evaluated, the text table."""
 
+import dataclasses
 import json
 import os
 
 import pytest
 
 from eval import results
+
+
+@dataclasses.dataclass
+class Config:
+  """An evaluation config's fields as results.py reads them."""
+  dataset: str
+  lr: float
+  workdir: str
+  force: bool
 
 
 def make_results(config=None, knn=False):
@@ -20,7 +30,7 @@ def make_results(config=None, knn=False):
   return results.build_results(
       config, dict(hub_module="/w/export", task="rotation", architecture="resnet50",
                    filters_factor=4, mode="v2", eval_preprocessing="resize,-1_to_1",
-                   extra="dropped"),
+                   fingerprint="0123456789abcdef", extra="dropped"),
       dict(name="shapes", train_split="train", val_split="test", num_classes=10,
            num_train_examples=100, num_val_examples=50),
       ["block1", "block2", "pre_logits"], layers,
@@ -33,7 +43,8 @@ def test_schema():
                     "layer_order", "layers", "best_layer", "times", "run"}
   assert r["evaluation"] == "linear_eval" and r["run"] is None  # Given by the evaluation.
   assert r["source"] == dict(hub_module="/w/export", task="rotation", architecture="resnet50",
-                             filters_factor=4, mode="v2", eval_preprocessing="resize,-1_to_1")
+                             filters_factor=4, mode="v2", eval_preprocessing="resize,-1_to_1",
+                             fingerprint="0123456789abcdef")
   assert r["config"]["decay_epochs"] == [10.0, 20.0]
   assert r["layer_order"] == ["block1", "block2", "pre_logits"]
   assert set(r["layers"]["block1"]) == {"dim", "top1", "top5", "loss", "knn_top1"}
@@ -74,16 +85,47 @@ def test_results_exist(tmp_path):
   workdir = str(tmp_path)
   config = {"dataset": "shapes", "lr": 0.1, "decay_epochs": (10.0, 20.0), "workdir": workdir,
             "force": False, "feature_cache_dir": None}
-  assert not results.results_exist(workdir, config)
+  fingerprint = "0123456789abcdef"
+  assert not results.results_exist(workdir, config, fingerprint)
   results.write_results(workdir, make_results(config))
-  assert results.results_exist(workdir, config)
+  assert results.results_exist(workdir, config, fingerprint)
   # Fields that do not change the results do not count.
   assert results.results_exist(workdir, dict(config, workdir="/elsewhere", force=True,
-                                             feature_cache_dir="/cache"))
-  assert not results.results_exist(workdir, dict(config, lr=0.2))
+                                             feature_cache_dir="/cache"), fingerprint)
+  assert not results.results_exist(workdir, dict(config, lr=0.2), fingerprint)
+  # Of another export (or of one nothing identifies): not these results.
+  assert not results.results_exist(workdir, config, "fedcba9876543210")
+  assert not results.results_exist(workdir, config, None)
   with open(os.path.join(workdir, "results.json"), "w") as f:
     f.write("{truncated")
-  assert not results.results_exist(workdir, config)
+  assert not results.results_exist(workdir, config, fingerprint)
+
+
+def test_results_of_another_config_or_export_are_set_aside_not_overwritten(tmp_path):
+  workdir = str(tmp_path)
+  config = Config("shapes", 0.1, workdir, False)
+  fingerprint, lines = "0123456789abcdef", []
+  earlier = make_results(dataclasses.asdict(config))
+  results.write_results(workdir, earlier)
+  assert results.skip_or_set_aside(workdir, config, fingerprint, lines.append) == earlier
+  assert lines == [f"results of this config and backbone exist in {workdir}; reusing them "
+                   "(--force re-runs)"]
+  # --force: recomputed in place (the same settings).
+  assert results.skip_or_set_aside(workdir, dataclasses.replace(config, force=True),
+                                   fingerprint, lines.append) is None
+  assert os.listdir(workdir) == ["results.json"]
+  # Another export, then another config: each time the file moves aside, whole.
+  for other_config, other_fingerprint in ((config, "fedcba9876543210"),
+                                          (dataclasses.replace(config, lr=0.2), fingerprint)):
+    lines.clear()
+    assert results.skip_or_set_aside(workdir, other_config, other_fingerprint,
+                                     lines.append) is None
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+    moved = lines[0].rsplit(" ", 1)[1]
+    assert lines == [f"{workdir} held results of another config or backbone: moved to {moved}"]
+    assert json.load(open(os.path.join(moved, "results.json"))) == earlier
+    results.write_results(workdir, earlier)
+  assert len(os.listdir(os.path.join(workdir, "replaced"))) == 2
 
 
 def test_format_table():

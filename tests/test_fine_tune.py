@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from core import files
 from core import options
 from core.config import Config
 from core.errors import ConfigError
@@ -187,6 +188,8 @@ def test_pretrained_backbone_beats_random_init_on_five_labels_per_class(
   top1 = {k: r["layers"]["pre_logits"]["top1"] for k, r in results.items()}
   assert top1["pretrained"] > top1["random_init"] + 0.05, top1
   assert random["source"]["task"] == options.RANDOM_INIT
+  # Tied to the export it measured: reused only for that one (eval/results.skip_or_set_aside).
+  assert pretrained["source"]["fingerprint"] == files.export_fingerprint(supervised_export)
   # The same config again: the results are reused, not recomputed.
   mtime = os.stat(tmp_path / "pretrained" / "results.json").st_mtime_ns
   fine_tune.run_fine_tune(ft_config(tmp_path / "pretrained", shapes_data_dir, supervised_export))

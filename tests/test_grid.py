@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from core import files
 from core import options
 from grid import flags as flags_lib
 from grid import gridfile
@@ -25,6 +26,8 @@ from tests.conftest import REPO_ROOT
 # A stand-in for train_and_eval.py: writes the files a real step writes, in no time.
 FAKE_STEP = textwrap.dedent("""
     import json, os, sys
+    sys.path.insert(0, os.getcwd())  # The project (steps run in its root).
+    from core import files
     args = {}
     for a in sys.argv[1:]:
       name, eq, value = a[2:].partition("=")
@@ -77,8 +80,11 @@ FAKE_STEP = textwrap.dedent("""
     layers = {n: {"dim": 8, "top1": 0.5 - 0.05 * abs(i - peak), "top5": 0.9, "loss": 1.0}
               for i, n in enumerate(order)}
     config = {k: v for k, v in args.items() if k not in ("task", "force")}
+    fingerprint = (None if args["hub_module"] == "random_init" else
+                   files.export_fingerprint(args["hub_module"]))
     results = {"format_version": 1, "config": config,
-               "source": {"hub_module": args["hub_module"], "architecture": arch},
+               "source": {"hub_module": args["hub_module"], "architecture": arch,
+                          "fingerprint": fingerprint},
                "dataset": {"name": args.get("dataset"), "train_split": args.get("train_split"),
                            "val_split": args.get("val_split")},
                "layer_order": order, "layers": layers,
@@ -156,8 +162,9 @@ def test_expansion_names_and_precedence(configs, known):
   # flagfile < [defaults] < [pretext] < the cell's flags.
   assert rot.pretext_flags["epochs"] == "1" and rot.pretext_flags["lr"] == "0.05"
   assert rot.pretext_flags["filters_factor"] == "1" and rot.pretext_flags["run_eval"] is True
+  # The evaluation flagfile's decays (6, 8 of 10 epochs) scale with the cell's 5 epochs.
   assert rot.eval_flags == {"task": "linear_eval", "dataset": "toy", "epochs": "5",
-                            "decay_epochs": "6,8", "train_split": "train[:100]"}
+                            "decay_epochs": "3,4", "train_split": "train[:100]"}
   steps = rot.steps("/r/rotation-vgg19-w1")
   assert [s for s, _ in steps] == ["pretext", "eval:linear_eval"]
   assert steps[1][1]["hub_module"] == "/r/rotation-vgg19-w1/export"
@@ -556,21 +563,51 @@ def test_runner_runs_skips_and_resumes(configs, known, fake_runner, tmp_path):
   assert [_task(a) for a in calls] == ["rotation", "linear_eval", "linear_eval"]
   assert "--force" not in calls[-1]
 
-  # Changed pretext settings: training runs again and the evaluation is forced to recompute.
-  grid2 = gridfile.load_grid(write_grid(configs, GRID.replace("epochs = 1", "epochs = 2")),
+  # Changed evaluation settings: its old results move aside, the pretext step is kept.
+  cell = root / "rotation-vgg19-w1"
+  grid2 = gridfile.load_grid(write_grid(configs, GRID.replace("eval_flags = { epochs = 5 }",
+                                                              "eval_flags = { epochs = 4 }")),
                              known, base_dir=str(configs))
+  assert "changed: evaluation linear_eval re-runs" in runner_lib.describe(
+      select_cells(grid2, ["rotation-vgg19-w1"]), str(root))
   runner, _ = fake_runner(root)
   runner.run(select_cells(grid2, ["rotation-vgg19-w1"]))
   calls = _calls(root, "rotation-vgg19-w1")
-  assert [_task(a) for a in calls[3:]] == ["rotation", "linear_eval"]
-  assert "--epochs=2" in calls[3] and "--force" in calls[4]
+  assert [_task(a) for a in calls[3:]] == ["linear_eval"] and "--epochs=4" in calls[3]
+  (aside,) = os.listdir(cell / "replaced")
+  assert os.listdir(cell / "replaced" / aside) == ["linear_eval"]
+  old = json.loads((cell / "replaced" / aside / "linear_eval" / "results.json").read_text())
+  assert old["config"]["epochs"] == "5"  # Kept whole, under the settings that made it.
+
+  # Changed pretext settings: everything the cell made moves aside (the logs stay) and it
+  # trains from step 0; nothing is forced, nothing of the old run is read.
+  grid3 = gridfile.load_grid(write_grid(configs, GRID.replace("epochs = 1", "epochs = 2")),
+                             known, base_dir=str(configs))
+  listed = runner_lib.describe(select_cells(grid3, ["rotation-vgg19-w1"]), str(root))
+  assert "changed: epochs 1 -> 2; retrains from step 0" in listed, listed
+  runner, _ = fake_runner(root)
+  runner.run(select_cells(grid3, ["rotation-vgg19-w1"]))
+  calls = _calls(root, "rotation-vgg19-w1")
+  assert [_task(a) for a in calls] == ["rotation", "linear_eval"]
+  assert "--epochs=2" in calls[0] and not any("--force" in a for a in calls)
+  (second,) = set(os.listdir(cell / "replaced")) - {aside}
+  assert sorted(os.listdir(cell / "replaced" / second)) == [
+      "calls.txt", "cell.json", "export", "linear_eval", "pretext_results.json", "times.txt"]
+  state = json.loads((cell / "replaced" / second / "cell.json").read_text())
+  assert state["pretext_flags"]["epochs"] == "1"
+  assert json.loads((cell / "cell.json").read_text())["pretext_flags"]["epochs"] == "2"
+  assert "changed: epochs 1 -> 2; retrains from step 0: the outputs of pretext" in (
+      cell / "log.txt").read_text()
+  assert grid_state.cell_done(grid3.cell("rotation-vgg19-w1"), str(cell))
 
 
 def test_a_root_written_before_the_grid_package_is_skipped_and_resumed(configs, known,
                                                                      fake_runner, tmp_path):
   """tests/data/root_18fe8a7 holds two cells of GRID written by the grid runner of commit
-  18fe8a7 (core/grid.py, before grid/) with FAKE_STEP. Both are done as they are; with the
-  evaluation's settings changed, only the evaluation runs again."""
+  18fe8a7 (core/grid.py, before grid/) with FAKE_STEP. The random-init cell is done as it is;
+  the trained cell's evaluation runs again, since its results do not record which export they
+  measured (their fingerprint). With the evaluation's settings changed, only the evaluation
+  runs again."""
   root = tmp_path / "root"
   shutil.copytree(os.path.join(REPO_ROOT, "tests", "data", "root_18fe8a7"), root)
   names = ["rotation-vgg19-w1", "random_init-vgg19-w1"]
@@ -580,16 +617,18 @@ def test_a_root_written_before_the_grid_package_is_skipped_and_resumed(configs, 
   grid = gridfile.load_grid(write_grid(configs, then), known, base_dir=str(configs))
   runner, lines = fake_runner(root)
   statuses = runner.run(select_cells(grid, names))
-  assert "2 already done, 0 to run" in lines[0]
-  assert all(statuses[n]["status"] == "done" and statuses[n]["reused"] for n in names)
-  assert [_task(a) for a in _calls(root, "rotation-vgg19-w1")] == ["rotation", "linear_eval"]
+  assert "1 already done, 1 to run" in lines[0]
+  assert all(statuses[n]["status"] == "done" for n in names)
+  assert statuses["random_init-vgg19-w1"]["reused"]
+  assert [_task(a) for a in _calls(root, "rotation-vgg19-w1")] == [
+      "rotation", "linear_eval", "linear_eval"]
   changed = gridfile.load_grid(write_grid(configs, then.replace("eval_flags = { epochs = 5 }",
                                                                 "eval_flags = { epochs = 6 }")),
                                known, base_dir=str(configs))
   runner, lines = fake_runner(root)
   runner.run(select_cells(changed, names))
   calls = _calls(root, "rotation-vgg19-w1")
-  assert [_task(a) for a in calls] == ["rotation", "linear_eval", "linear_eval"]
+  assert [_task(a) for a in calls] == ["rotation", "linear_eval", "linear_eval", "linear_eval"]
   assert "--epochs=6" in calls[-1]
   assert len(_calls(root, "random_init-vgg19-w1")) == 1  # Its evaluation did not change.
 
@@ -624,7 +663,7 @@ def test_failing_cell_is_recorded_and_the_rest_go_on(configs, known, fake_runner
   assert all(s["status"] == "done" for s in statuses.values())
   calls = _calls(root, "rotation-resnet50_v2-w1")
   assert [_task(a) for a in calls] == ["rotation", "linear_eval", "linear_eval"]
-  assert "--force" in calls[-1]  # The failed evaluation followed a new export.
+  assert "--force" not in calls[-1]  # The evaluation itself tells an export it has not seen.
   status = json.loads((root / "grid_status.json").read_text())
   assert "error" not in status["cells"]["rotation-resnet50_v2-w1"]
 
@@ -795,11 +834,22 @@ def test_a_cka_evaluation_is_done_when_its_matrix_is_there(configs, known, tmp_p
                                           "fingerprint": cell.fingerprints()["eval:linear_eval"]}}}
   os.makedirs(os.path.join(workdir, "linear_eval"))
   assert not grid_state.step_done(cell, workdir, "eval:linear_eval", state)
+  os.makedirs(os.path.join(workdir, "export", "variables"))
+  for name, text in (("saved_model.pb", "graph"), ("variables/variables.index", "weights")):
+    with open(os.path.join(workdir, "export", name), "w") as f:
+      f.write(text)
+  fingerprint = files.export_fingerprint(os.path.join(workdir, "export"))
   with open(os.path.join(workdir, "linear_eval", "cka.json"), "w") as f:
-    json.dump({"matrix": [[1.0]], "config": {"cka_other": "random_init"}}, f)
+    json.dump({"matrix": [[1.0]], "config": {"cka_other": "random_init"},
+               "fingerprints": [fingerprint, "random_init-0"]}, f)
   assert grid_state.step_done(cell, workdir, "eval:linear_eval", state)
+  with open(os.path.join(workdir, "export", "variables", "variables.index"), "w") as f:
+    f.write("other weights")  # Another export since: its matrix is not of this one.
+  assert not grid_state.step_done(cell, workdir, "eval:linear_eval", state)
   with open(os.path.join(workdir, "linear_eval", "cka.json"), "w") as f:
-    json.dump({"matrix": [[1.0]], "config": {"cka_other": "/another/export"}}, f)
+    json.dump({"matrix": [[1.0]], "config": {"cka_other": "/another/export"},
+               "fingerprints": [files.export_fingerprint(os.path.join(workdir, "export")),
+                                "x"]}, f)
   assert not grid_state.step_done(cell, workdir, "eval:linear_eval", state)
 
 

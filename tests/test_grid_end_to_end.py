@@ -84,7 +84,7 @@ flags = { preprocessing = "resize,-1_to_1" }
 method = "rotation"
 tag = "broken"
 flagfile = "configs/rotation/shapes.flags"
-flags = { preprocessing = "resize,-1_to_1,rotate", val_split = "nosuchsplit" }
+flags = { preprocessing = "resize,-1_to_1,rotate", lr = 1e30 }
 """
 NAMES = ["rotation-vgg19-w1", "supervised-vgg19-w1", "rotation-vgg19-w1-broken",
          "random_init-vgg19-w1"]
@@ -155,7 +155,7 @@ def test_real_cells_end_to_end(local_run):
   assert json.load(open(os.path.join(cell, "cell.json")))["baseline"] == "random_init-vgg19-w1"
   broken = _status(root)["rotation-vgg19-w1-broken"]
   assert broken["status"] == "failed" and broken["exit_code"] == 1
-  assert "--val_split='nosuchsplit'" in broken["error"]
+  assert "non-finite loss" in broken["error"]
   report = open(os.path.join(root, "report", "report.md")).read()
   assert "| rotation-vgg19-w1 | rotation | vgg19 | 1 |" in report
   assert re.search(r"\| rotation-vgg19-w1 \|.*\| [+-]\d+\.\d \| random_init-vgg19-w1 \|",
@@ -171,7 +171,7 @@ def test_real_cells_end_to_end(local_run):
 
 
 def test_grid_on_slurm_gives_the_local_numbers_detached_then_attached(local_run, slurm_root):
-  """Two trained cells, a baseline and a cell that fails (an unknown split): --detach submits
+  """Two trained cells, a baseline and a cell that fails (its loss diverges): --detach submits
   one job per cell and exits; the same command attaches to those jobs (no second job for any
   cell) and writes the report when the last ends. Every cell has the numbers of the local
   executor (one CPU per cell in both), the failing cell fails once, without retries."""
@@ -205,7 +205,7 @@ def test_grid_on_slurm_gives_the_local_numbers_detached_then_attached(local_run,
     assert _numbers(slurm_root, name) == _numbers(local_root, name), name
   broken = status["rotation-vgg19-w1-broken"]
   assert broken["status"] == "failed" and broken["failed_step"] == "pretext"
-  assert broken["exit_code"] == 1 and "nosuchsplit" in broken["error"]
+  assert broken["exit_code"] == 1 and "non-finite loss" in broken["error"]
   assert broken["attempts"][0]["outcome"] == "failed"
   assert _status(local_root)["rotation-vgg19-w1-broken"]["error"] == broken["error"]
   assert all(status[n]["status"] == "done" and status[n]["attempts"][0]["state"] == "COMPLETED"
@@ -224,3 +224,37 @@ def test_grid_on_slurm_gives_the_local_numbers_detached_then_attached(local_run,
   assert len(rows(report)) == 2 and rows(report) == rows(local_report)
   print(f"\nsmall grid: submit to report {slurm_s:.0f} s on SLURM, {local_run['seconds']:.0f} s "
         "locally (--jobs=2)")
+
+
+BAD = """
+[[cells]]
+method = "rotation"
+flagfile = "configs/rotation/shapes.flags"
+flags = { preprocessing = "resize,flip,-1_to_1,rotate" }
+[[cells]]
+method = "supervised"
+flagfile = "configs/supervised/shapes.flags"
+flags = { preprocessing = "resize,-1_to_1", dataset = "folder:{missing}" }
+"""
+
+
+def test_a_grid_that_would_fail_is_refused_before_any_cell_starts(tmp_path, shapes_data_dir):
+  """Each step's own checks (an unknown op, an image folder not made yet, with the command that
+  makes the suite's), for every cell, before the first starts: one line per problem naming the
+  steps, exit status 2, nothing written in the root."""
+  grid = _grid(tmp_path, shapes_data_dir, BAD.replace("{missing}", str(tmp_path / "photos")))
+  root = tmp_path / "root"
+  proc = _benchmark(f"--grid={grid}", f"--root={root}")
+  assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert len(errors) == 2, proc.stderr
+  assert re.match(r"error: --preprocessing='resize,flip,-1_to_1,rotate': unknown preprocessing "
+                  r"op 'flip' in spec .*; valid ops: .*flip_lr.* \(rotation-vgg19-w1, step "
+                  r"pretext\)$", errors[0]), errors[0]
+  assert errors[1].startswith(f"error: --dataset='folder:{tmp_path}/photos': image folder root "
+                              f"{tmp_path}/photos does not exist")
+  assert f"scripts/prepare_photos.py --out={tmp_path}/photos" in errors[1]
+  assert errors[1].endswith("(supervised-vgg19-w1, step pretext)")
+  assert f"2 problem(s) in the steps of {grid}, found before they run; nothing was run" in (
+      proc.stderr)
+  assert not root.exists()

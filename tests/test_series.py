@@ -112,6 +112,19 @@ def test_the_series_probes_every_checkpoint_resumes_and_is_reported(run_with_ser
   with open(os.path.join(eval_config.workdir, "series.json")) as f:
     assert json.load(f)["points"][2]["top1"] == points[2]["top1"]  # Same seed, same probe.
   assert again["layers"] == results["layers"]
+  # A checkpoint exported again (here: its export_info changed) is another export: its probe is
+  # redone, the old results set aside; the others are read back.
+  info_path = os.path.join(config.workdir, "exports", "step_00000004", "export_info.json")
+  info = json.load(open(info_path))
+  with open(info_path, "w") as f:
+    json.dump(dict(info, epoch=0.5000001), f)
+  lines.clear()
+  series.run_probe_series(eval_config, print_fn=lines.append)
+  assert sum("probed earlier" in l for l in lines) == 4
+  assert any(l.startswith("step 4 (2/5): best layer") for l in lines), lines
+  assert os.listdir(os.path.join(eval_config.workdir, "step_00000004", "replaced"))
+  with open(info_path, "w") as f:
+    json.dump(info, f)
 
   paths, _ = report_lib.make_report([str(root)])
   text = open(paths["markdown"]).read()

@@ -23,7 +23,7 @@ from grid import slurm_settings
 from grid.cells import Cell
 from grid.common import GridError
 from tests.conftest import REPO_ROOT
-from tests.test_grid_end_to_end import (CELLS, POLL, _benchmark, _grid, _status, _write,
+from tests.test_grid_end_to_end import (BAD, CELLS, POLL, _benchmark, _grid, _status, _write,
                                          attached_runner)
 from tests.test_train_and_eval import _RUN, small_config
 
@@ -31,17 +31,19 @@ from tests.test_train_and_eval import _RUN, small_config
 def test_cancelled_multi_worker_job_is_resubmitted_and_resumes(tmp_path, shapes_data_dir,
                                                                slurm_root):
   """scancel of a 2-task (multi-worker) cell's job in the middle of its training, once it has
-  saved a checkpoint (at step 10 of 100): the runner resubmits it, the cell resumes from that
-  checkpoint and ends at the planned step, and the status file holds both attempts. The cancel
-  follows the checkpoint state, which TensorFlow writes straight to disk; the job's log reaches
-  the file later, by which time a fast machine had trained to the end."""
+  saved a checkpoint (at step 14 of 100): both workers save the step the signal arrives at and
+  stop; the runner resubmits the job, the cell resumes from exactly that step (not the last
+  periodic checkpoint, every 7 steps) and ends at the planned step, and the status file holds
+  both attempts. The cancel follows the checkpoint state, which TensorFlow writes straight to
+  disk; the job's log reaches the file later, by which time a fast machine had trained to the
+  end."""
   grid = _grid(tmp_path, shapes_data_dir, """
 [[cells]]
 method = "rotation"
 flagfile = "configs/rotation/shapes.flags"
 flags = { preprocessing = "resize,-1_to_1,rotate", train_split = "train[:400]", epochs = 2 }
 slurm = { tasks_per_node = 2 }
-""", pretext="save_checkpoints_steps = 5\nlog_every_steps = 5", baselines=False)
+""", pretext="save_checkpoints_steps = 7\nlog_every_steps = 5", baselines=False)
   cell = os.path.join(slurm_root, "rotation-vgg19-w1")
   proc = subprocess.Popen([sys.executable, "benchmark.py", f"--grid={grid}",
                            f"--root={slurm_root}", *POLL], cwd=REPO_ROOT, text=True,
@@ -49,17 +51,17 @@ slurm = { tasks_per_node = 2 }
   try:
     checkpoint = os.path.join(cell, "checkpoints", "checkpoint")
 
-    def reached_step_10() -> bool:
+    def reached_step_14() -> bool:
       if not os.path.exists(checkpoint):
         return False
       with open(checkpoint) as f:
         saved = re.findall(r'model_checkpoint_path: ".*ckpt-(\d+)"', f.read())
-      return bool(saved) and int(saved[0]) >= 10
+      return bool(saved) and int(saved[0]) >= 14
 
     deadline = time.time() + 300
-    while not reached_step_10() and time.time() < deadline and proc.poll() is None:
+    while not reached_step_14() and time.time() < deadline and proc.poll() is None:
       time.sleep(0.1)
-    assert reached_step_10(), "no checkpoint by step 10"
+    assert reached_step_14(), "no checkpoint by step 14"
     first = _status(slurm_root)["rotation-vgg19-w1"]["job_id"]
     subprocess.run(["scancel", first], check=True)
     second = _benchmark(f"--grid={grid}", f"--root={slurm_root}", *POLL)
@@ -79,16 +81,32 @@ slurm = { tasks_per_node = 2 }
   with open(os.path.join(cell, "log.txt")) as f:
     log = f.read()
   first_attempt, second_attempt = log.split("\nrestored ", 1)
-  assert "step 100/100" not in first_attempt  # Stopped mid-training (its log may end early).
+  assert "step 100/100" not in first_attempt  # Stopped mid-training.
+  stopped = int(re.search(r"^interrupted by SIGTERM at step (\d+) of 100: saved ",
+                          first_attempt, re.M).group(1))
   restored = int(second_attempt.split("\n", 1)[0].rsplit(" ", 1)[1])
-  assert 10 <= restored < 100 and restored % 5 == 0, restored
+  assert 14 <= restored == stopped < 100, (restored, stopped)
   assert "2 replica(s)" in first_attempt and "2 replica(s)" in second_attempt
-  assert f"step {restored + 5}/100 " in second_attempt and "step 100/100" in second_attempt
+  assert f"from step {restored} to 100" in second_attempt and "step 100/100" in second_attempt
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   assert tf.train.latest_checkpoint(os.path.join(cell, "checkpoints")).endswith("-100")
   with open(os.path.join(cell, "export", "export_info.json")) as f:
     assert json.load(f)["step"] == 100
   assert not [p for p in os.listdir(cell) if p.startswith("worker")]  # Only the chief's files.
+
+
+def test_a_grid_that_would_fail_is_refused_before_anything_is_submitted(tmp_path,
+                                                                        shapes_data_dir,
+                                                                        slurm_root):
+  """The steps' own checks run before the first job is submitted, as with the local executor
+  (tests/test_grid_end_to_end.py): exit status 2, no job, nothing in the root."""
+  grid = _grid(tmp_path, shapes_data_dir, BAD.replace("{missing}", str(tmp_path / "photos")))
+  proc = _benchmark(f"--grid={grid}", f"--root={slurm_root}", *POLL)
+  assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert "unknown preprocessing op 'flip'" in proc.stderr
+  assert "scripts/prepare_photos.py" in proc.stderr and "nothing was run" in proc.stderr
+  assert not [j for j in slurm_cluster.queue().values() if slurm_root in j["comment"]]
+  assert not os.path.exists(slurm_root)
 
 
 def test_srun_multi_worker_training_ends_with_the_same_weights(tmp_path, shapes_data_dir,

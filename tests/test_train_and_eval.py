@@ -58,24 +58,6 @@ def test_rotation_loss_drops_when_fitting_a_small_split(tmp_path, shapes_data_di
   assert any("img/s" in l and "ETA" in l for l in lines)
 
 
-def test_training_resumes_from_the_latest_checkpoint(tmp_path, shapes_data_dir):
-  config = small_config(tmp_path / "wd", shapes_data_dir, save_checkpoints_steps=1)
-  assert train_and_eval.run(config, print_fn=_quiet)["step"] == 2
-  lines = []
-  longer = dataclasses.replace(config, epochs=2)
-  assert train_and_eval.run(longer, print_fn=lines.append)["step"] == 4
-  assert any("restored" in l and "at step 2" in l for l in lines), lines
-  assert [l.split()[1] for l in lines if l.startswith("step ")] == ["3/4", "4/4"]
-  # Already complete: nothing is trained again.
-  # The export was replaced by the one of the longer run, with nothing left beside it.
-  assert export_lib.load_export_info(config.export_dir)["step"] == 4
-  assert sorted(os.listdir(config.workdir)) == ["checkpoints", "config.json", "export", "train"]
-  # Already complete: nothing is trained again.
-  lines.clear()
-  assert train_and_eval.run(longer, print_fn=lines.append)["step"] == 4
-  assert any("already complete" in l for l in lines)
-
-
 def test_train_step_matches_a_hand_written_sgd_step(tmp_path, shapes_data_dir):
   """Two trainer steps equal two steps of SGD with momentum on loss + wd * sum(w**2) / 2."""
   import keras  # pylint: disable=g-import-not-at-top
@@ -281,8 +263,11 @@ def test_batch_size_must_split_over_replicas(tmp_path, shapes_data_dir):
 
 def test_workdir_of_another_run_is_refused(trained):
   config, _ = trained
-  with pytest.raises(ConfigError, match="holds a run with architecture='vgg19', not 'resnet50'"):
-    train_and_eval.run(dataclasses.replace(config, architecture="resnet50"), print_fn=_quiet)
+  with pytest.raises(ConfigError, match=r"holds a run trained with other settings \(architecture "
+                                        r"'vgg19' -> 'resnet50', filters_factor 1 -> 4, "
+                                        r"weight_decay 0\.0005 -> 0\.0001, up to step 2\)"):
+    train_and_eval.run(dataclasses.replace(config, architecture="resnet50", filters_factor=None),
+                       print_fn=_quiet)
 
 
 def _driver(args, data_dir, **kwargs):
@@ -518,19 +503,18 @@ def test_sigkill_at_random_moments_then_finish(tmp_path, shapes_data_dir):
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, shapes_data_dir):
   from training.trainer import NonFiniteLossError  # pylint: disable=g-import-not-at-top
-  config = small_config(tmp_path / "wd", shapes_data_dir, save_checkpoints_steps=1)
-  assert train_and_eval.run(config, print_fn=_quiet)["step"] == 2
-  # A learning rate that overflows the weights at the first step of the longer run.
-  exploding = dataclasses.replace(config, epochs=3, lr=1e38, warmup_epochs=0)
+  # A rate that overflows the weights from the second epoch on (steps 3 to 6 of 2 per epoch).
+  config = small_config(tmp_path / "wd", shapes_data_dir, save_checkpoints_steps=1, epochs=3,
+                        decay_epochs=(1.0,), lr_decay_factor=1e38)
   with pytest.raises(NonFiniteLossError, match=r"non-finite loss between steps (\d+) and \1 .*"
                                                r"the last checkpoint .*ckpt-(\d+)\) is intact"):
-    train_and_eval.run(exploding, print_fn=_quiet)
+    train_and_eval.run(config, print_fn=_quiet)
   latest = tf.train.latest_checkpoint(config.checkpoint_dir)
   step = int(latest.rsplit("-", 1)[1])
   assert 2 <= step < 6
   reader = tf.train.load_checkpoint(latest)
   assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == step
-  assert export_lib.load_export_info(config.export_dir)["step"] == 2  # The old export stays.
+  assert not os.path.exists(config.export_dir)  # Nothing exported from a diverged run.
 
 
 def test_deterministic_runs_give_the_same_losses_and_probes(tmp_path, shapes_data_dir):
