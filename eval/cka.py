@@ -163,6 +163,7 @@ def _side(config, name: str) -> Tuple[representation_lib.Representation, linear_
           f"{', '.join(rep.layers)}")
   rep = rep.select(config.layers)
   data = linear_eval.eval_data(config, rep.info)
+  linear_eval.check_input(rep, data, config.val_split)
   extractor = features_lib.FeatureExtractor(rep, config.pool_mode, config.combine_patches,
                                             config.max_features)
   return rep, data, extractor

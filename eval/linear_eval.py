@@ -246,6 +246,25 @@ def eval_data(config, info: Mapping[str, Any]) -> EvalData:
   return data
 
 
+def check_input(rep: representation_lib.Representation, data: EvalData, split: str) -> None:
+  """That the backbone takes the images the evaluation preprocessing makes (the sizes its export's
+  signature fixes; per patch for patch inputs), from the pipeline's element shape, before any
+  image is read; a ConfigError naming both otherwise."""
+  want = rep.info.get("input_shape")
+  spec = getattr(data.batches(split, is_training=False), "element_spec", None)
+  if not want or not isinstance(spec, dict) or "image" not in spec:
+    return
+  shape = spec["image"].shape.as_list()[1:]
+  shape = shape[1:] if len(shape) == 4 else shape  # [P, h, w, C]: each patch goes in alone.
+  if len(shape) != len(want) or any(w is not None and s is not None and w != s
+                                    for w, s in zip(want, shape)):
+    shown = lambda dims: "x".join("?" if d is None else str(d) for d in dims)
+    raise ConfigError(
+        f"--hub_module={rep.info.get('source')} takes images of {shown(want)} (its export's "
+        f"input), but the evaluation preprocessing {data.eval_spec!r} makes {shown(shape)}; set "
+        "--eval_preprocessing and its sizes to what the export takes")
+
+
 def _repeat(make_batches):
   """Batches of a (possibly finite) dataset, re-iterated for as long as asked."""
   while True:
@@ -269,6 +288,7 @@ def run_linear_eval(config: LinearEvalConfig) -> Dict[str, Any]:
   run_record.make_repeatable(config.random_seed, config.deterministic)
   rep = load_representation(config)
   data = eval_data(config, rep.info)
+  check_input(rep, data, config.val_split)
   if not config.on_the_fly and config.preprocessing:
     logging.warning("preprocessing=%r is only used with on_the_fly; the cached protocol uses "
                     "eval_preprocessing=%r for both splits", config.preprocessing, data.eval_spec)

@@ -99,8 +99,8 @@ def _probe(tmp_path, data_dir, **overrides):
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(val_split="validation"), r"^--val_split='validation': dataset 'shapes_small' has no "
-     r"split 'validation'; splits: test, train; splits of shapes_small: train \(1000 examples\), "
-     r"test \(300 examples\)$"),
+     r"split 'validation'; splits of shapes_small: train \(1000 examples\), test \(300 "
+     r"examples\)$"),
     (dict(train_split="train[:0]"), r"^--train_split='train\[:0\]' of shapes_small has no "
      r"examples; the evaluation needs at least 1"),
     (dict(architecture="vgg16"), r"^--architecture='vgg16' is not valid; choices: resnet50, "
@@ -200,3 +200,23 @@ def test_the_command_line_gives_one_line_and_scales_a_short_schedule(tmp_path, s
       "error: --decay_epochs=0.01,0.03: 0.03 at or after the end of the run (--epochs=0.02) "
       "would never act; pass decays below 0.02 (--decay_epochs=0.01)")
   assert not os.path.exists(tmp_path / "rot")
+
+
+def test_an_export_fed_images_of_another_size_is_refused_before_extraction(tmp_path,
+                                                                           shapes_data_dir):
+  """An export whose signature fixes its input size (here 8x8) and an evaluation
+  preprocessing that makes other images: one line before any image is read (not a TypeError at
+  the first batch); patches of its size pass, each patch going in alone."""
+  from eval import linear_eval  # pylint: disable=g-import-not-at-top
+  from tests.test_eval_linear_eval import save_export  # pylint: disable=g-import-not-at-top
+  config = _probe(tmp_path, shapes_data_dir, hub_module=save_export(tmp_path / "export"),
+                  architecture=None, preprocess_params={"resize_size": (16, 16)})
+  with pytest.raises(ConfigError, match=r"takes images of 8x8x3 \(its export's input\), but the "
+                                        r"evaluation preprocessing 'resize,-1_to_1' makes "
+                                        r"16x16x3; set --eval_preprocessing"):
+    linear_eval.run_linear_eval(config)
+  assert not os.path.exists(config.workdir)
+  patches = dataclasses.replace(config, eval_preprocessing="resize,crop_patches,-1_to_1",
+                                preprocess_params={"resize_size": (16, 16), "splits_per_side": 2})
+  rep = linear_eval.load_representation(patches)
+  linear_eval.check_input(rep, linear_eval.eval_data(patches, rep.info), patches.val_split)

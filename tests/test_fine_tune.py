@@ -4,6 +4,7 @@ beating random init on a few labels."""
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from core import files
+from core import interrupts
 from core import options
 from core.config import Config
 from core.errors import ConfigError
@@ -122,6 +124,30 @@ def test_a_second_run_resumes_from_its_checkpoint_and_another_config_starts_afre
   fine_tune.fine_tune(ft_config(tmp_path / "ft", shapes_data_dir, supervised_export, epochs=2,
                                 random_seed=3), print_fn=lines.append)
   assert not any("restored" in l for l in lines) and any(l.startswith("step 4/4") for l in lines)
+
+
+def test_a_signal_saves_the_fine_tuning_step_it_arrives_at(tmp_path, shapes_data_dir,
+                                                         supervised_export):
+  """SIGTERM at step 2 of 4 (sent by the progress line of step 2): the checkpoint of step 2 is
+  saved and Interrupted raised, without results; the same config resumes from step 2."""
+  config = ft_config(tmp_path / "ft", shapes_data_dir, supervised_export, epochs=2,
+                     log_every_steps=1)
+  lines = []
+
+  def print_fn(line):
+    lines.append(line)
+    if line.startswith("step 2/"):
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  with interrupts.StopOnSignal() as stop:
+    with pytest.raises(interrupts.Interrupted, match=r"interrupted by SIGTERM at fine-tuning step "
+                                                     r"2 of 4: saved .*ckpt-2$"):
+      fine_tune.run_fine_tune(config, print_fn=print_fn, stop=stop)
+  assert not os.path.exists(os.path.join(config.workdir, "results.json"))
+  lines.clear()
+  fine_tune.fine_tune(config, print_fn=lines.append)
+  assert any(l.startswith("restored") and l.endswith("at step 2") for l in lines), lines
+  assert [l.split()[1] for l in lines if l.startswith("step ")] == ["3/4", "4/4"]
 
 
 def test_labelled_subset_is_fixed_class_balanced_seeded_and_all_that_trains(

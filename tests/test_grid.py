@@ -389,6 +389,9 @@ def test_an_image_folder_grid_starts_from_the_embedded_flagfiles(tmp_path, known
      r"mean 'epochs'\?\)"),
     ("[[cells]]\nmethod = 'rotation'\naxes = { mode = ['v1', 'v3'] }\n",
      r"#1 \(method 'rotation'\), axes: mode = 'v3' is not valid; choices: v1, v2"),
+    ("[[cells]]\nmethod = 'rotation'\naxes = { architecture = ['resnet50', 'vgg16'] }\n",
+     r"#1 \(method 'rotation'\), axes: architecture = 'vgg16' is not valid; choices: resnet50, "
+     r"revnet50, vgg19$"),
     ("[[cells]]\nmethod = 'rotation'\naxes = { filters_factor = 2 }\n",
      r"axes: filters_factor = 2: an axis is a non-empty list"),
     ("[[cells]]\nmethod = 'jigsaw'\n",
