@@ -283,8 +283,10 @@ def _probe_run(export: str, width: int, args, on_the_fly: bool):
   if on_the_fly or not export:  # An export's cached features keep its own sizes.
     argv.append(f"--resize_size={args.image_size}")
   with tempfile.TemporaryDirectory(prefix="bench_probes_") as workdir:
-    flags(argv + [f"--workdir={workdir}"])
-    return linear_eval.run_linear_eval(train_and_eval.linear_eval_config_from_flags())
+    argv.append(f"--workdir={workdir}")
+    flags(argv)
+    values, _ = train_and_eval.option_values(flags, argv[1:])
+    return linear_eval.run_linear_eval(train_and_eval.evaluation_config(values))
 
 
 def probes_section(args):

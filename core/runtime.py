@@ -31,19 +31,23 @@ _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _ProjectInfoOnly:
-  """A logging filter: warnings and errors of every module, INFO and DEBUG of the project's own
-  modules only (not of TensorFlow, TFDS or other installed packages)."""
+  """A logging filter: the project's own records; of installed packages (TensorFlow, TFDS, ...)
+  only warnings and errors, and of those not the notes that an API they use themselves is
+  deprecated (TFDS's own reader logs one per pipeline), which nobody running the suite can act
+  on."""
 
   def filter(self, record) -> bool:
     path = getattr(record, "pathname", "") or ""
-    return record.levelno >= 30 or (path.startswith(_PROJECT_ROOT + os.sep) and
-                                    "site-packages" not in path)
+    if path.startswith(_PROJECT_ROOT + os.sep) and "site-packages" not in path:
+      return True
+    return record.levelno >= 30 and "deprecated" not in str(record.msg)
 
 
 def quiet_logs(verbose: bool = False) -> None:
-  """The entry points' log output: the project's progress lines, and every library's warnings;
-  TensorFlow's and TFDS's INFO lines only with `verbose`. (TensorFlow's C++ INFO lines follow
-  TF_CPP_MIN_LOG_LEVEL, which the entry points set to 1 unless it is set.)"""
+  """The entry points' log output: the project's progress lines, and the libraries' warnings
+  (`_ProjectInfoOnly`); everything of TensorFlow's and TFDS's, their INFO lines too, with
+  `verbose`. (TensorFlow's C++ INFO lines follow TF_CPP_MIN_LOG_LEVEL, which the entry points
+  set to 1 unless it is set.)"""
   import logging  # pylint: disable=g-import-not-at-top
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.INFO)

@@ -82,10 +82,26 @@ def run(cell: Cell, root: str, command: Sequence[str], grid_info: Mapping[str, A
   return outcome
 
 
+# How long a task other than 0 waits for task 0 to have set the cell up (grid/steps.run_cell:
+# what was made with other settings moved aside, the pretext step recorded).
+WORKER_WAIT_S = 600
+
+
 def _run_worker(cell: Cell, workdir: str, steps: StepRunner, runtime, job_id: str,
                 rank: int) -> Dict[str, Any]:
-  """A task other than 0 of a multi-worker job: the pretext training, if task 0 runs it."""
-  state = files.read_json(os.path.join(workdir, CELL_FILE)) or {}
+  """A task other than 0 of a multi-worker job: the pretext training, if task 0 runs it, once
+  task 0 has recorded that step with the cell's settings (so that it never starts on outputs of
+  other settings that task 0 is about to move aside)."""
+  wanted = cell.fingerprints().get("pretext")
+  deadline = time.time() + WORKER_WAIT_S
+  while True:
+    state = files.read_json(os.path.join(workdir, CELL_FILE)) or {}
+    if ((state.get("steps") or {}).get("pretext") or {}).get("fingerprint") == wanted:
+      break
+    if time.time() > deadline:
+      return dict(status="failed", exit_code=None, wall_s=0.0,
+                  error=f"task 0 did not record the pretext step in {WORKER_WAIT_S} s")
+    time.sleep(0.5)
   for step, flags in cell.steps(workdir):
     if step != "pretext" or step_done(cell, workdir, step, state):
       continue

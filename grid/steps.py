@@ -84,6 +84,9 @@ class StepRunner:
     with self._lock:
       self.stopping = True
       procs = list(self._procs)
+    for proc in procs:  # All at once: each saves the step it is at meanwhile.
+      if proc.poll() is None:
+        proc.terminate()
     for proc in procs:
       stop(proc)
 
