@@ -101,13 +101,19 @@ class FakeData:
   def get_data(self, dataset, split, *, is_training, preprocess_fn, batch_size, data_dir=None,
                shuffle_buffer=None, seed=0, indices=None):
     assert indices is None  # The per-layer evaluation reads whole splits.
-    self.calls.append(("data", split, is_training))
     images, labels = self.splits[split]
-    if is_training:  # Endless, shuffled, full batches.
-      return ({"image": images[idx], "label": labels[idx]}
-              for order in heads.epoch_orders(len(labels), batch_size, seed) for idx in order)
-    return ({"image": images[s:s + batch_size], "label": labels[s:s + batch_size]}
-            for s in range(0, len(labels), batch_size))
+
+    def batches():  # A split counts as read once its first batch is asked for.
+      self.calls.append(("data", split, is_training))
+      if is_training:  # Endless, shuffled, full batches.
+        for order in heads.epoch_orders(len(labels), batch_size, seed):
+          for idx in order:
+            yield {"image": images[idx], "label": labels[idx]}
+      else:
+        for s in range(0, len(labels), batch_size):
+          yield {"image": images[s:s + batch_size], "label": labels[s:s + batch_size]}
+
+    return batches()
 
 
 @pytest.fixture(scope="module")

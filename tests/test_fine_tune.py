@@ -131,7 +131,7 @@ def test_a_signal_saves_the_fine_tuning_step_it_arrives_at(tmp_path, shapes_data
   """SIGTERM at step 2 of 4 (sent by the progress line of step 2): the checkpoint of step 2 is
   saved and Interrupted raised, without results; the same config resumes from step 2."""
   config = ft_config(tmp_path / "ft", shapes_data_dir, supervised_export, epochs=2,
-                     log_every_steps=1)
+                     log_every_steps=1, val_split="test[:50]")
   lines = []
 
   def print_fn(line):

@@ -62,16 +62,20 @@ def check_split(dataset: str, data_dir, flag: str, split: str, at_least: int = 1
   """The examples of `split` (the value of --`flag`); a ConfigError naming the flag, the value
   and the dataset's splits where it does not exist or has fewer than `at_least` (for `why`)."""
   info = dataset_info(dataset, data_dir)
-  splits = f"splits of {dataset}: " + ", ".join(f"{k} ({v} examples)"
-                                                for k, v in info.splits.items())
+
+  def splits() -> str:
+    return f"splits of {dataset}: " + ", ".join(f"{k} ({v} examples)"
+                                                 for k, v in info.splits.items())
+
   try:
     num = datasets.get_num_examples(dataset, split, data_dir)
   except ValueError as e:
-    raise ConfigError(f"--{flag}={split!r}: {str(e).split('; splits: ')[0]}; {splits}") from None
+    raise ConfigError(f"--{flag}={split!r}: {str(e).split('; splits: ')[0]}; {splits()}"
+                      ) from None
   if num < at_least:
     have = "no examples" if num == 0 else f"{num} example{'s' * (num != 1)}"
     raise ConfigError(f"--{flag}={split!r} of {dataset} has {have}; {why} needs at least "
-                      f"{at_least}; {splits}")
+                      f"{at_least}; {splits()}")
   return num
 
 
