@@ -1,0 +1,95 @@
+"""The ImageNet-shaped dataset made here (datasets/imagenet_like.py): imagenet2012 in TFDS's own
+format, prepared by TFDS's own builder, with JPEGs of ImageNet's sizes cut from real
+photographs, on which the suite's ImageNet pipelines run as on the real set."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import datasets
+from datasets import imagenet_like
+
+
+@pytest.fixture(scope="module")
+def imagenet_dir(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("imagenet_like"))
+  info = imagenet_like.prepare(data_dir, classes=4, train_per_class=6, val_per_class=3)
+  return data_dir, info
+
+
+def _raw(data_dir, split):
+  """(JPEG bytes, label, file name) of every example of a split, as stored."""
+  builder = tfds.builder("imagenet2012", data_dir=data_dir)
+  ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+  return [(ex["image"].numpy(), int(ex["label"]), ex["file_name"].numpy().decode()) for ex in ds]
+
+
+def test_it_is_imagenet2012_in_tfds_format(imagenet_dir):
+  data_dir, info = imagenet_dir
+  builder = tfds.builder("imagenet2012", data_dir=data_dir)
+  features = builder.info.features
+  assert isinstance(features["image"], tfds.features.Image)
+  assert features["image"].encoding_format == "jpeg"
+  assert features["label"].num_classes == imagenet_like.NUM_CLASSES == 1000
+  assert {k: v.num_examples for k, v in builder.info.splits.items()} == {
+      "train": 24, "validation": 12}
+  wnids = imagenet_like.wnids()
+  chosen = [wnids.index(w) for w in imagenet_like.class_wnids(4)]
+  assert chosen == [0, 250, 500, 750] and list(info["counts"]["train"]) == [wnids[i]
+                                                                          for i in chosen]
+  train = _raw(data_dir, "train")
+  assert sorted({label for _, label, _ in train}) == chosen
+  assert all(name.startswith(wnids[label] + "_") for _, label, name in train)
+  # A validation image's label is the one ILSVRC2012's list gives its file number.
+  val_wnids = imagenet_like.validation_wnids()
+  for _, label, name in _raw(data_dir, "validation"):
+    number = int(name[len("ILSVRC2012_val_"):-len(".JPEG")])
+    assert val_wnids[number - 1] == wnids[label]
+  info_file = os.path.join(data_dir, "imagenet2012", imagenet_like.INFO_FILE)
+  mtime = os.stat(info_file).st_mtime_ns
+  assert imagenet_like.prepare(data_dir, classes=4, train_per_class=6, val_per_class=3) == info
+  assert os.stat(info_file).st_mtime_ns == mtime  # The same settings: kept as it is.
+
+
+def test_its_jpegs_have_imagenets_sizes(imagenet_dir):
+  data_dir, _ = imagenet_dir
+  examples = _raw(data_dir, "train") + _raw(data_dir, "validation")
+  sizes = [len(jpeg) for jpeg, _, _ in examples]
+  assert all(jpeg[:2] == b"\xff\xd8" for jpeg, _, _ in examples)  # JPEG files, stored as they are.
+  assert 60e3 < np.mean(sizes) < 140e3, np.mean(sizes)
+  for jpeg, _, _ in examples:
+    h, w, c = tf.io.decode_jpeg(jpeg).shape
+    assert c == 3 and 300 <= max(h, w) <= 500 and 0.74 <= w / h <= 1.36, (h, w)
+
+
+def test_the_imagenet_pipelines_run_on_it(imagenet_dir):
+  """The training and evaluation preprocessing of the ImageNet flagfiles, at 224."""
+  data_dir, _ = imagenet_dir
+  config = datasets.PreprocessConfig(crop_size=(224, 224), smaller_size=256)
+  for split, spec, training in (("train", "inception_preprocess", True),
+                                ("validation", "resize_small,central_crop,-1_to_1", False)):
+    ds = datasets.get_data("imagenet2012", split, is_training=training, batch_size=4,
+                           preprocess_fn=datasets.get_preprocess_fn(spec, training, config),
+                           data_dir=data_dir)
+    batch = next(iter(ds))
+    assert batch["image"].shape == (4, 224, 224, 3) and batch["image"].dtype == tf.float32
+    assert set(batch["label"].numpy()) <= {0, 250, 500, 750}
+  assert datasets.get_dataset_info("imagenet2012", data_dir).num_classes == 1000
+
+
+def test_another_imagenet_and_bad_settings_are_refused(tmp_path):
+  real = tmp_path / "imagenet2012" / "5.1.0"
+  os.makedirs(real)
+  (real / "dataset_info.json").write_text("{}")
+  with pytest.raises(FileExistsError, match="holds an imagenet2012 this script did not make"):
+    imagenet_like.prepare(str(tmp_path), classes=2, train_per_class=1, val_per_class=1)
+  assert os.listdir(tmp_path / "imagenet2012") == ["5.1.0"]
+  assert (real / "dataset_info.json").read_text() == "{}"
+  with pytest.raises(ValueError, match=r"classes must be an integer from 1 to 16, got 17 \(one "
+                                       r"photograph per class\)"):
+    imagenet_like.prepare(str(tmp_path / "other"), classes=17)
+  with pytest.raises(ValueError, match=r"val_per_class must be an integer from 1 to 50, got 51"):
+    imagenet_like.prepare(str(tmp_path / "other"), val_per_class=51)
