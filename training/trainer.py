@@ -415,6 +415,7 @@ class Trainer:
               raise NonFiniteLossError(
                   f"non-finite loss between steps {first} and {step}; stopped without saving, "
                   f"the last checkpoint ({self.manager.latest_checkpoint}) is intact")
+            self._keep(step)  # Where the call ended at a kept step (probes over training).
             saved = self.manager.save(checkpoint_number=step) if step > last_save_step \
                 else self.manager.latest_checkpoint
             raise interrupts.Interrupted(
