@@ -105,16 +105,23 @@ class StopOnSignal:
     del frame
     if self.requested is not None:
       if signum == signal.SIGINT:
-        sys.stderr.write(f"\n{signal_name(signum)} again: exiting at once, without saving\n")
-        sys.stderr.flush()
+        _say(f"\n{signal_name(signum)} again: exiting at once, without saving")
         os._exit(exit_code(signum))  # pylint: disable=protected-access
       return  # Stopping already.
     self.requested = signum
     if not self._saving:
-      sys.stdout.flush()
-      sys.stderr.write(self.exit_line(signum) + "\n")
-      sys.stderr.flush()
+      try:  # The handler may have interrupted a write to either stream.
+        sys.stdout.flush()
+        line = self.exit_line(signum)
+      except Exception:  # pylint: disable=broad-except
+        line = f"interrupted by {signal_name(signum)}"
+      _say(line)
       os._exit(exit_code(signum))  # pylint: disable=protected-access
-    sys.stderr.write(f"{signal_name(signum)}: saving a checkpoint at the current step, then "
-                     "stopping (Ctrl-C again to exit at once, without saving)\n")
-    sys.stderr.flush()
+    _say(f"{signal_name(signum)}: saving a checkpoint at the current step, then stopping (Ctrl-C "
+         "again to exit at once, without saving)")
+
+
+def _say(line: str) -> None:
+  """A line to stderr from a signal handler: straight to the file descriptor, since the handler
+  may have interrupted a write to sys.stderr (which is not reentrant)."""
+  os.write(2, (line + "\n").encode())
