@@ -3,6 +3,7 @@ export it leaves alone), the labelled subset, the random-init baseline, and a pr
 beating random init on a few labels."""
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -220,6 +221,13 @@ def test_pretrained_backbone_beats_random_init_on_five_labels_per_class(
   mtime = os.stat(tmp_path / "pretrained" / "results.json").st_mtime_ns
   fine_tune.run_fine_tune(ft_config(tmp_path / "pretrained", shapes_data_dir, supervised_export))
   assert os.stat(tmp_path / "pretrained" / "results.json").st_mtime_ns == mtime
+  # Another config in the same workdir: fine-tuned anew, the earlier results moved aside whole.
+  other = fine_tune.run_fine_tune(ft_config(tmp_path / "pretrained", shapes_data_dir,
+                                            supervised_export, epochs=1, val_split="test[:50]"))
+  assert other["config"]["epochs"] == 1 and other["dataset"]["num_val_examples"] == 50
+  (aside,) = os.listdir(tmp_path / "pretrained" / "replaced")
+  with open(tmp_path / "pretrained" / "replaced" / aside / "results.json") as f:
+    assert json.load(f) == pretrained
 
 
 def test_bad_settings_fail_with_one_line(tmp_path, shapes_data_dir, supervised_export):
