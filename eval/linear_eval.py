@@ -259,10 +259,17 @@ def check_input(rep: representation_lib.Representation, data: EvalData, split: s
   if len(shape) != len(want) or any(w is not None and s is not None and w != s
                                     for w, s in zip(want, shape)):
     shown = lambda dims: "x".join("?" if d is None else str(d) for d in dims)
+    hint = "set --eval_preprocessing and its sizes to what the export takes"
+    own = str(rep.info.get("eval_preprocessing") or "")
+    if specs.makes_patches(own) and not specs.makes_patches(data.eval_spec):
+      hint = (f"its export takes patches (trained on {own!r}): probe it on patches of each "
+              f"image, each patch alone: an --eval_preprocessing with {specs.PATCH_OP!r} and sizes "
+              f"that cut {shown(want)} patches (on ImageNet: "
+              "--flagfile=configs/evaluation/imagenet_patches.flags)")
     raise ConfigError(
         f"--hub_module={rep.info.get('source')} takes images of {shown(want)} (its export's "
-        f"input), but the evaluation preprocessing {data.eval_spec!r} makes {shown(shape)}; set "
-        "--eval_preprocessing and its sizes to what the export takes")
+        f"input), but the evaluation preprocessing {data.eval_spec!r} makes {shown(shape)}; "
+        f"{hint}")
 
 
 def _repeat(make_batches):

@@ -13,7 +13,10 @@ Grid file sections (all optional but [[cells]]):
                 an image folder, dataset "folder:<root>", "configs/{method}/shapes.flags").
   [evaluation]  the per-layer evaluation of every cell: flagfile (an evaluation flagfile: task
                 linear_eval, the default, or fine_tune), name (default "linear_eval": results
-                go to <cell>/<name>/results.json), flags.
+                go to <cell>/<name>/results.json), flags; patch_flagfile: the same evaluation's
+                flagfile for the cells whose training cuts patches (the patch methods: their
+                exports take patches, probed each patch alone and combined per layer), and for
+                the random-init baselines on those patches.
   [[evaluations]] instead of [evaluation]: several evaluations of every cell, each as above with
                 its own name (e.g. one on ImageNet, one on Places).
   [baselines]   random_init (bool): a random-init baseline per architecture, width and
@@ -77,6 +80,17 @@ class _Parser(FlagChecker):
     # Per evaluation: its flagfile's flags, and those the grid file sets over them.
     self.eval_flagfiles: Dict[str, Dict[str, Any]] = {}
     self.eval_given: Dict[str, Dict[str, Any]] = {}
+    # Per evaluation with a patch_flagfile: (its flags, the effective flags over them) for the
+    # cells whose exports take patches.
+    self.eval_patches: Dict[str, Tuple[Dict[str, Any], Dict[str, Any]]] = {}
+
+  def evaluation_base(self, name: str, flags: Dict[str, Any], patches: bool
+                      ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(flagfile flags, effective flags) of evaluation `name` for a cell whose export takes
+    patches (`patches`) or whole images: its patch_flagfile's for patches where it has one."""
+    if patches and name in self.eval_patches:
+      return self.eval_patches[name]
+    return self.eval_flagfiles[name], flags
 
   def fit_schedule(self, flagfile: Mapping[str, Any], flags: Dict[str, Any],
                    given: Mapping[str, Any], where: str) -> Dict[str, Any]:
@@ -287,6 +301,7 @@ class _Parser(FlagChecker):
       self.fail(where, f"name = {name!r}: a directory name of letters, digits, '.', '_', '+', "
                 f"'=' (not {', '.join(reserved)})")
     flagfile = entry.pop("flagfile", None)
+    patch_flagfile = entry.pop("patch_flagfile", None)
     flags = {}
     if flagfile is not None:
       flags = self.read_flagfile(str(flagfile), f"{where} flagfile")
@@ -298,6 +313,17 @@ class _Parser(FlagChecker):
     if flags["task"] not in options.EVALUATION_TASKS:
       self.fail(where, f"task = {flags['task']!r}: an evaluation runs one of "
                 f"{', '.join(options.EVALUATION_TASKS)}")
+    if patch_flagfile is not None:
+      from_file = self.read_flagfile(str(patch_flagfile), f"{where} patch_flagfile")
+      patch_flags = dict(from_file, **given)
+      patch_flags.setdefault("task", "linear_eval")
+      spec = str(self.default(patch_flags, "eval_preprocessing") or "")
+      if patch_flags["task"] != flags["task"] or not specs.makes_patches(spec):
+        self.fail(where, f"patch_flagfile {patch_flagfile}: the flagfile of the same evaluation "
+                  f"(task {flags['task']}) for exports that take patches, so its "
+                  f"eval_preprocessing cuts them ({specs.PATCH_OP}); it has task "
+                  f"{patch_flags['task']} and eval_preprocessing {spec!r}")
+      self.eval_patches[name] = (from_file, patch_flags)
     return name, flags
 
   def expand(self, entry: Any, index: int, ctx) -> List[Cell]:
@@ -378,8 +404,11 @@ class _Parser(FlagChecker):
     if method == RANDOM_INIT:
       first = dict(next(iter(ctx["evaluations"].values())), **eval_flags)
       arch, mode, width = self.identity(first, where)
-      evaluations = {}
+      evaluations, flagfiles = {}, {}
       for eval_name, base in ctx["evaluations"].items():
+        spec = eval_flags.get("eval_preprocessing", base.get("eval_preprocessing"))
+        flagfiles[eval_name], base = self.evaluation_base(
+            eval_name, base, specs.makes_patches(str(spec or "")))
         evals = dict(base, **eval_flags)
         evals["architecture"] = arch
         if width is not None:
@@ -392,7 +421,7 @@ class _Parser(FlagChecker):
                     "[baselines] random_init_flags or the cell's flags")
         evaluations[eval_name] = evals
       for eval_name, flags in evaluations.items():
-        self.fit_schedule(self.eval_flagfiles[eval_name], flags,
+        self.fit_schedule(flagfiles[eval_name], flags,
                           {**self.eval_given[eval_name], **eval_flags}, where)
       extra = [(k, v) for k, v in point.items() if k not in ("architecture", "mode",
                                                             "filters_factor")]
@@ -424,9 +453,12 @@ class _Parser(FlagChecker):
                                                           "filters_factor")]
     name = cell_name(method, arch, mode, width, extra, tag)
     kind = SUPERVISED if pretext["task"] == "supervised" else PRETEXT
-    evaluations = {n: self.fit_schedule(self.eval_flagfiles[n], {**base, **eval_flags},
-                                        {**self.eval_given[n], **eval_flags}, where)
-                   for n, base in ctx["evaluations"].items()}
+    patches = specs.makes_patches(str(self.default(pretext, "preprocessing") or ""))
+    evaluations = {}
+    for n, base in ctx["evaluations"].items():
+      flagfile_flags, base = self.evaluation_base(n, base, patches)
+      evaluations[n] = self.fit_schedule(flagfile_flags, {**base, **eval_flags},
+                                         {**self.eval_given[n], **eval_flags}, where)
     series = [n for n, e in evaluations.items() if e.get("task") == "probe_series"]
     if series and not (pretext.get("eval_every_epochs") or pretext.get("eval_at_steps")):
       self.fail(where, f"evaluation {series[0]!r} (task = \"probe_series\") probes the "

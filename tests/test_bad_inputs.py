@@ -219,4 +219,11 @@ def test_an_export_fed_images_of_another_size_is_refused_before_extraction(tmp_p
   patches = dataclasses.replace(config, eval_preprocessing="resize,crop_patches,-1_to_1",
                                 preprocess_params={"resize_size": (16, 16), "splits_per_side": 2})
   rep = linear_eval.load_representation(patches)
+  # A patch method's export on whole images: the message says how to probe it on patches.
+  rep.info["eval_preprocessing"] = "resize,crop,crop_patches,standardization"
+  with pytest.raises(ConfigError, match=r"makes 16x16x3; its export takes patches \(trained on "
+                                        r"'resize,crop,crop_patches,standardization'\): probe it "
+                                        r"on patches .* cut 8x8x3 patches \(on ImageNet: "
+                                        r"--flagfile=configs/evaluation/imagenet_patches.flags"):
+    linear_eval.check_input(rep, linear_eval.eval_data(config, rep.info), config.val_split)
   linear_eval.check_input(rep, linear_eval.eval_data(patches, rep.info), patches.val_split)

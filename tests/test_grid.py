@@ -1,5 +1,6 @@
 """The grid: parsing and naming, errors, the runner (skip, resume, failures), benchmark.py."""
 
+import collections
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import pytest
 
 from core import files
 from core import options
+from core import specs
 from grid import flags as flags_lib
 from grid import gridfile
 from grid import local
@@ -868,3 +870,45 @@ def test_every_shipped_grid_parses_and_pairs_each_trained_cell_with_a_baseline(n
       base = grid.cell(cell.baseline)
       assert (base.architecture, base.mode, base.width) == (cell.architecture, cell.mode,
                                                             cell.width)
+
+
+def test_the_paper_grid_probes_the_patch_methods_on_patches_of_their_export_size(known):
+  """imagenet_paper.toml: 77 trained cells and 14 random-init baselines on whole images and 14 on
+  the patch methods' patches (91, as its header says). Each patch method's cell is probed on
+  3x3 patches of the size its export takes, with the baseline of its architecture and width on
+  the same patches; the other cells on whole 224x224 images."""
+  from datasets.preprocess import patch_geometry  # The grid layer itself never imports TF.
+  grid = gridfile.load_grid(os.path.join(REPO_ROOT, "configs", "grids", "imagenet_paper.toml"),
+                            known)
+  kinds = collections.Counter(
+      (c.kind, c.name.endswith("-patches")) for c in grid.cells)
+  assert len(grid.cells) == 91
+  assert kinds[("random_init", True)] == kinds[("random_init", False)] == 14
+  for cell in grid.cells:
+    if cell.pretext_flags is None:
+      continue
+    flags = cell.evaluations["linear_eval"]
+    base = grid.cell(cell.baseline).evaluations["linear_eval"]
+    patches = cell.method in ("jigsaw", "relative_patch_location")
+    assert specs.makes_patches(flags["eval_preprocessing"]) == patches, cell.name
+    assert cell.baseline.endswith("-patches") == patches, cell.name
+    for key in gridfile.INPUT_FLAGS + ("combine_patches", "pool_mode", "epochs", "lr"):
+      assert base.get(key) == flags.get(key), (cell.name, key)
+    if patches:
+      pretext = cell.pretext_flags
+      trained = patch_geometry(int(pretext["crop_size"]), int(pretext["crop_size"]),
+                               int(pretext["splits_per_side"]), int(pretext["patch_jitter"]))
+      probed = patch_geometry(int(flags["crop_size"]), int(flags["crop_size"]),
+                              int(flags["splits_per_side"]), int(flags["patch_jitter"]))
+      assert trained[2:] == probed[2:] == (64, 64), cell.name
+    else:
+      assert flags["crop_size"] == "224", cell.name
+
+
+def test_a_patch_flagfile_must_cut_patches(tmp_path, known):
+  path = tmp_path / "g.toml"
+  path.write_text('[evaluation]\nflagfile = "configs/evaluation/shapes.flags"\n'
+                  'patch_flagfile = "configs/evaluation/shapes.flags"\n'
+                  '[[cells]]\nmethod = "jigsaw"\n')
+  with pytest.raises(GridError, match="patch_flagfile .*cuts them .*crop_patches"):
+    gridfile.load_grid(str(path), known)
