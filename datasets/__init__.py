@@ -47,10 +47,9 @@ def split_classes(dataset: str, split: str, data_dir: Optional[str] = None
 
 def split_labels(dataset: str, split: str, data_dir: Optional[str] = None) -> np.ndarray:
   """The labels of `split`'s examples in its stored order, the positions that `get_data`'s
-  `indices` refer to; read without decoding an image."""
-  raw = get_source(dataset).read(split, data_dir=data_dir, shuffle_files=False, seed=None)
-  batches = raw.records.map(lambda record: record["label"]).batch(4096)
-  return np.concatenate([np.zeros([0], np.int64)] + [b.numpy() for b in batches])
+  `indices` refer to; read without reading an image where the storage allows (TFRecord
+  files: datasets/records.py)."""
+  return get_source(dataset).labels(split, data_dir)
 
 
 def image_labels(labels):
@@ -92,7 +91,8 @@ def get_data(dataset: str, split: str, *, is_training: bool,
   With an `input_context` of several input pipelines, each reads a disjoint part of
   the split and `batch_size` is the per-replica batch. `indices`: only the examples at these
   positions of the split in its stored order (the order of an evaluation pass), e.g. a
-  labelled subset; the files are then read in that order and only the examples shuffled.
+  labelled subset; only those records are read (TFRecord files, image folders), in that order,
+  and in training shuffled.
   """
   if not isinstance(batch_size, int) or batch_size <= 0:
     raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -102,20 +102,21 @@ def get_data(dataset: str, split: str, *, is_training: bool,
   shard = None
   if input_context is not None and input_context.num_input_pipelines > 1:
     shard = (input_context.num_input_pipelines, input_context.input_pipeline_id)
-  if source.num_examples(split, data_dir) == 0:
+  size = source.num_examples(split, data_dir)
+  if size == 0:
     raise ValueError(f"dataset {dataset!r} split {split!r} has no examples")
 
-  if indices is not None and shard is not None:
-    raise ValueError("indices (a subset of the split) cannot be combined with several input "
-                     "pipelines")
-  raw = source.read(split, data_dir=data_dir, shuffle_files=is_training and indices is None,
-                    seed=seed, shard=shard)
-  ds = raw.records
   if indices is not None:
-    keep = np.zeros([source.num_examples(split, data_dir)], bool)
-    keep[np.asarray(indices, np.int64)] = True
-    keep = tf.constant(keep)
-    ds = ds.enumerate().filter(lambda i, _: keep[i]).map(lambda _, record: record)
+    if shard is not None:
+      raise ValueError("indices (a subset of the split) cannot be combined with several input "
+                       "pipelines")
+    indices = np.unique(np.asarray(indices, np.int64))
+    if len(indices) and (indices[0] < 0 or indices[-1] >= size):
+      raise ValueError(f"indices must be positions 0 .. {size - 1} of dataset {dataset!r} "
+                       f"split {split!r}; got {indices[0]} .. {indices[-1]}")
+  raw = source.read(split, data_dir=data_dir, shuffle_files=is_training and indices is None,
+                    seed=seed, shard=shard, indices=indices)
+  ds = raw.records
   if is_training and shuffle_buffer > 1:
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   if repeat:

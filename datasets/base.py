@@ -6,6 +6,7 @@ import dataclasses
 import types
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -54,9 +55,19 @@ class Source:
     return None
 
   def read(self, split: str, *, data_dir: Optional[str], shuffle_files: bool,
-           seed: Optional[int], shard: Shard = None) -> "RawSplit":
-    """The raw records of `split` (this shard's part of it) and how to decode them."""
+           seed: Optional[int], shard: Shard = None,
+           indices: Optional[np.ndarray] = None) -> "RawSplit":
+    """The raw records of `split` (this shard's part of it) and how to decode them.
+    `indices`: only the records at these positions of the split in its stored order, in that
+    order (sorted, unique), read without reading the others where the storage allows."""
     raise NotImplementedError
+
+  def labels(self, split: str, data_dir: Optional[str] = None) -> np.ndarray:
+    """The labels of `split`'s examples in its stored order (int64 [N]), without decoding an
+    image; sources whose raw records hold the image bytes override it to skip them."""
+    raw = self.read(split, data_dir=data_dir, shuffle_files=False, seed=None)
+    batches = raw.records.map(lambda record: record["label"]).batch(4096)
+    return np.concatenate([np.zeros([0], np.int64)] + [b.numpy() for b in batches])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +76,19 @@ class RawSplit:
   `decode(records, num_parallel_calls)` -> {'image': uint8 [H,W,C], 'label': int}."""
   records: tf.data.Dataset
   decode: Callable[[tf.data.Dataset, Any], tf.data.Dataset]
+
+
+def select_records(records: tf.data.Dataset, indices: Optional[np.ndarray]
+                   ) -> tf.data.Dataset:
+  """`records` at `indices` (positions in its order; None: all), by reading and dropping the
+  others: for sources whose records are cheap to read (paths)."""
+  if indices is None:
+    return records
+  keep = np.zeros([int(indices[-1]) + 1 if len(indices) else 0], bool)
+  keep[indices] = True
+  keep = tf.constant(keep)
+  size = int(keep.shape[0])
+  return records.take(size).enumerate().filter(lambda i, _: keep[i]).map(lambda _, r: r)
 
 
 def split_instructions(dataset: str, split: str, sizes: Dict[str, int]) -> list:

@@ -19,6 +19,7 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from datasets.base import (DatasetInfo, RawSplit, Shard, Source, split_instructions, split_names,
@@ -141,10 +142,17 @@ class FolderSource(Source):
     names = self.class_names()
     return [names[label] for label in sorted({label for _, label in self._slice_files(split)})]
 
+  def labels(self, split: str, data_dir: Optional[str] = None) -> np.ndarray:
+    del data_dir
+    return np.array([label for _, label in self._slice_files(split)], np.int64)
+
   def read(self, split: str, *, data_dir: Optional[str], shuffle_files: bool,
-           seed: Optional[int], shard: Shard = None) -> RawSplit:
+           seed: Optional[int], shard: Shard = None,
+           indices: Optional[np.ndarray] = None) -> RawSplit:
     del data_dir
     files = self._slice_files(split)
+    if indices is not None:
+      files = [files[i] for i in indices]
     if shard is not None:
       files = files[shard[1]::shard[0]]
     paths = [path for path, _ in files]

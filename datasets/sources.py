@@ -24,16 +24,18 @@ Splits may be sliced as in TFDS: 'train[:90%]', 'train[90%:]', 'train[:1000]'.
 import fcntl
 import os
 import re
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from core import options
 from core.registry import Registry
+from datasets import records as records_lib
 from datasets.base import (DatasetInfo, DatasetNotPreparedError, RawSplit, Shard, Source,
-                           split_instructions, split_size)
+                           select_records, split_instructions, split_size)
 
 DATASETS: Registry[Source] = Registry("dataset")
 
@@ -123,8 +125,39 @@ class TfdsSource(Source):
     sizes = {name: int(s.num_examples) for name, s in builder.info.splits.items()}
     return split_size(self.name, split, sizes)
 
+  def _record_files(self, builder, split: str) -> Optional[List[Tuple[str, int, int]]]:
+    """[(path, skip, take)]: the TFRecord files that hold `split`, in its stored order, and its
+    records in each; None where it is not stored so (another file format; the mock data of
+    tests, which has no files)."""
+    if builder.info.file_format != tfds.core.FileFormat.TFRECORD:
+      return None
+    files = []
+    for instruction in builder.info.splits[split].file_instructions:
+      path = os.fspath(instruction.filename)
+      if not tf.io.gfile.exists(path):
+        return None
+      take = instruction.take
+      files.append((path, instruction.skip,
+                    instruction.examples_in_shard - instruction.skip if take < 0 else take))
+    return files
+
+  def labels(self, split: str, data_dir: Optional[str] = None) -> np.ndarray:
+    """From each record's label feature alone: the frames' heads, the entries' heads and keys,
+    and the label's entry are read; the image bytes are not (datasets/records.py)."""
+    builder = self.builder(data_dir)
+    sizes = {name: int(s.num_examples) for name, s in builder.info.splits.items()}
+    split_instructions(self.name, split, sizes)
+    files = self._record_files(builder, split)
+    if files is None:
+      return super().labels(split, data_dir)
+    _, label = self._features(builder)
+    return np.concatenate([np.zeros([0], np.int64)] + [
+        records_lib.int64_features(path, records_lib.file_spans(path, skip, take), label)
+        for path, skip, take in files])
+
   def read(self, split: str, *, data_dir: Optional[str], shuffle_files: bool,
-           seed: Optional[int], shard: Shard = None) -> RawSplit:
+           seed: Optional[int], shard: Shard = None,
+           indices: Optional[np.ndarray] = None) -> RawSplit:
     builder = self.builder(data_dir)
     sizes = {name: int(s.num_examples) for name, s in builder.info.splits.items()}
     split_instructions(self.name, split, sizes)  # A clear error for a bad split.
@@ -134,10 +167,26 @@ class TfdsSource(Source):
     # Encoded images are decoded after the shuffle: a buffer of them takes less memory.
     feature = builder.info.features[image]
     encoded = isinstance(feature, tfds.features.Image)
-    records = builder.as_dataset(
-        split=split, shuffle_files=shuffle_files,
-        decoders={image: tfds.decode.SkipDecoding()} if encoded else None,
-        read_config=tfds.ReadConfig(shuffle_seed=seed))
+    files = self._record_files(builder, split) if indices is not None and encoded else None
+    if files is not None:  # The chosen records alone, found from the frames' heads.
+      spans = [records_lib.file_spans(path, skip, take) for path, skip, take in files]
+      which = np.concatenate([np.full([len(s)], i, np.int64) for i, s in enumerate(spans)])
+      spans = np.concatenate(spans)
+      parse = {image: tf.io.FixedLenFeature([], tf.string),
+               label: tf.io.FixedLenFeature([], tf.int64)}
+      records = records_lib.read_records([path for path, _, _ in files], which[indices],
+                                         spans[indices])
+      records = records.map(lambda serialized: tf.io.parse_single_example(serialized, parse))
+    else:
+      # Unshuffled, the files are read one after the other (TFDS interleaves 16 by default):
+      # the stored order, as `labels` and `indices` count it.
+      read_config = tfds.ReadConfig(shuffle_seed=seed) if shuffle_files else tfds.ReadConfig(
+          interleave_cycle_length=1)
+      records = builder.as_dataset(
+          split=split, shuffle_files=shuffle_files,
+          decoders={image: tfds.decode.SkipDecoding()} if encoded else None,
+          read_config=read_config)
+      records = select_records(records, indices)
     records = records.map(lambda ex: {"image": ex[image], "label": ex[label]})
 
     def decode(ds: tf.data.Dataset, num_parallel_calls) -> tf.data.Dataset:

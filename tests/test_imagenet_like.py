@@ -93,3 +93,53 @@ def test_another_imagenet_and_bad_settings_are_refused(tmp_path):
     imagenet_like.prepare(str(tmp_path / "other"), classes=17)
   with pytest.raises(ValueError, match=r"val_per_class must be an integer from 1 to 50, got 51"):
     imagenet_like.prepare(str(tmp_path / "other"), val_per_class=51)
+
+
+def _bytes_read() -> int:
+  """Bytes this process has read through system calls so far (/proc/self/io rchar): every
+  read, TensorFlow's included, whether or not from the page cache."""
+  with open("/proc/self/io") as f:
+    return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+
+
+def test_labels_and_a_labelled_subset_are_read_without_the_other_images(tmp_path_factory):
+  """split_labels reads each record's label, not its image: under 1% of the split's bytes, the
+  same labels as the decoded pipeline's, also for a split over two files. A pass over a 1%
+  subset (get_data's indices, as fine-tuning on 1% of the labels reads it) reads under 2% of
+  the split's bytes and yields exactly those examples of the full pass."""
+  data_dir = str(tmp_path_factory.mktemp("imagenet_like_200"))
+  imagenet_like.prepare(data_dir, classes=4, train_per_class=50, val_per_class=3)
+  files = tf.io.gfile.glob(os.path.join(data_dir, "imagenet2012", "*", "*-train.tfrecord*"))
+  split_bytes = sum(os.path.getsize(f) for f in files)
+  preprocess = datasets.get_preprocess_fn("resize", False, datasets.PreprocessConfig(
+      resize_size=(16, 16)))
+
+  def passes(split, indices=None):
+    ds = datasets.get_data("imagenet2012", split, is_training=False, preprocess_fn=preprocess,
+                           batch_size=8, data_dir=data_dir, indices=indices)
+    batches = [(b["image"].numpy(), b["label"].numpy()) for b in ds]
+    return np.concatenate([i for i, _ in batches]), np.concatenate([l for _, l in batches])
+
+  datasets.split_labels("imagenet2012", "validation", data_dir)  # Imports, metadata.
+  before = _bytes_read()
+  labels = datasets.split_labels("imagenet2012", "train", data_dir)
+  read = _bytes_read() - before
+  images, decoded = passes("train")
+  assert len(labels) == 200 and np.array_equal(labels, decoded)
+  print(f"labels: {read} of {split_bytes} bytes")
+  assert read < 0.01 * split_bytes, (read, split_bytes)
+  np.testing.assert_array_equal(datasets.split_labels("imagenet2012", "train[-5:]+validation",
+                                                      data_dir),
+                                passes("train[-5:]+validation")[1])
+
+  subset = np.array([151, 7])  # 1% of 200, in any order.
+  passes("train", subset)  # Its pipeline traced once.
+  before = _bytes_read()
+  sub_images, sub_labels = passes("train", subset)
+  read = _bytes_read() - before
+  print(f"subset pass: {read} of {split_bytes} bytes")
+  assert read < 0.02 * split_bytes, (read, split_bytes)
+  np.testing.assert_array_equal(sub_images, images[[7, 151]])
+  np.testing.assert_array_equal(sub_labels, decoded[[7, 151]])
+  with pytest.raises(ValueError, match=r"indices must be positions 0 \.\. 199 .*got 7 \.\. 200"):
+    passes("train", [7, 200])
