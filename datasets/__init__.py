@@ -121,18 +121,24 @@ def get_data(dataset: str, split: str, *, is_training: bool,
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
-  ds = raw.decode(ds, num_parallel_calls)
 
-  def process(example):
-    example = {"image": _to_float_rgb(example["image"]),
-               "label": tf.cast(example["label"], tf.int32)}
-    if preprocess_fn is not None:
-      example = preprocess_fn(example)
+  def process(example, preprocess):
+    if preprocess is not None:
+      example = preprocess(example)
     if example["label"].dtype != tf.int32:
       example = {**example, "label": tf.cast(example["label"], tf.int32)}
     return example
 
-  ds = ds.map(process, num_parallel_calls=num_parallel_calls)
+  from_jpeg = getattr(preprocess_fn, "from_jpeg", None)
+  if raw.jpeg and from_jpeg is not None:  # Decoding only the region the crop keeps.
+    ds = ds.map(lambda record: process(
+        {"image": record["image"], "label": tf.cast(record["label"], tf.int32)}, from_jpeg),
+                num_parallel_calls=num_parallel_calls)
+  else:
+    ds = raw.decode(ds, num_parallel_calls)
+    ds = ds.map(lambda example: process(
+        {"image": _to_float_rgb(example["image"]), "label": tf.cast(example["label"], tf.int32)},
+        preprocess_fn), num_parallel_calls=num_parallel_calls)
   shape = ds.element_spec["image"].shape
   if shape.rank is None or None in shape.as_list()[-3:-1]:
     raise ValueError(

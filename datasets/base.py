@@ -73,9 +73,12 @@ class Source:
 @dataclasses.dataclass(frozen=True)
 class RawSplit:
   """Records cheap to shuffle (encoded images, paths), and the transform
-  `decode(records, num_parallel_calls)` -> {'image': uint8 [H,W,C], 'label': int}."""
+  `decode(records, num_parallel_calls)` -> {'image': uint8 [H,W,C], 'label': int}.
+  `jpeg`: the records' `image` is a JPEG's bytes, which preprocessing that starts with a crop
+  may decode in part instead (datasets/preprocess.py, JPEG_PREFIXES)."""
   records: tf.data.Dataset
   decode: Callable[[tf.data.Dataset, Any], tf.data.Dataset]
+  jpeg: bool = False
 
 
 def select_records(records: tf.data.Dataset, indices: Optional[np.ndarray]

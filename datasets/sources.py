@@ -196,7 +196,8 @@ class TfdsSource(Source):
                                 "label": ex["label"]},
                     num_parallel_calls=num_parallel_calls)
 
-    return RawSplit(records, decode)
+    return RawSplit(records, decode,
+                    jpeg=encoded and getattr(feature, "encoding_format", None) == "jpeg")
 
 
 def write_tfds_metadata(data_dir: str, name: str, split_sizes: Dict[str, int]) -> str:

@@ -143,3 +143,56 @@ def test_labels_and_a_labelled_subset_are_read_without_the_other_images(tmp_path
   np.testing.assert_array_equal(sub_labels, decoded[[7, 151]])
   with pytest.raises(ValueError, match=r"indices must be positions 0 \.\. 199 .*got 7 \.\. 200"):
     passes("train", [7, 200])
+
+
+def _jpeg_and_whole_decode(data_dir, split, spec, config):
+  """The images of `spec` by the JPEG path (decoding the crop's region) and by decoding whole
+  images, over one pass of `split` in evaluation."""
+  fn = datasets.get_preprocess_fn(spec, False, config)
+  assert fn.from_jpeg is not None
+  return [np.concatenate([b["image"].numpy() for b in datasets.get_data(
+      "imagenet2012", split, is_training=False, preprocess_fn=f, batch_size=6,
+      data_dir=data_dir)]) for f in (fn, lambda example: fn(example))]
+
+
+@pytest.mark.parametrize("spec, sizes", [
+    ("inception_crop", dict(crop_size=224)),
+    ("inception_preprocess", dict(crop_size=(200, 180))),
+    ("central_crop,-1_to_1", dict(crop_size=224)),
+    ("crop", dict(crop_size=(210, 200)))])
+def test_crops_decoded_from_their_region_equal_the_whole_images(imagenet_dir, spec, sizes):
+  """The crops read from the JPEG's region equal those of the whole decoded image but at their
+  first and last column, where the region's subsampled colour has fewer neighbours."""
+  data_dir, _ = imagenet_dir
+  config = datasets.PreprocessConfig(**sizes)
+  region, whole = _jpeg_and_whole_decode(data_dir, "train", spec, config)
+  assert region.shape == whole.shape and len(region) == 24
+  diff = np.abs(region - whole).max(axis=-1)
+  np.testing.assert_array_less(diff[:, :, 1:-1], 1e-4)
+  assert diff[:, :, [0, -1]].mean() < 0.02
+
+
+def test_the_evaluation_crop_is_resized_from_its_region_within_a_source_pixel(imagenet_dir):
+  """resize_small,central_crop on JPEGs: the region under the crop, its corners rounded to
+  source pixels, decoded alone and resized; within a source pixel of the footprint of the crop
+  of the whole image resized."""
+  data_dir, _ = imagenet_dir
+  config = datasets.PreprocessConfig(smaller_size=256, crop_size=224)
+  region, whole = _jpeg_and_whole_decode(data_dir, "validation", "resize_small,central_crop",
+                                         config)
+  expected = []
+  for jpeg, _, _ in _raw(data_dir, "validation"):
+    image = tf.image.convert_image_dtype(tf.io.decode_jpeg(jpeg, channels=3), tf.float32)
+    shape = np.array(image.shape[:2])
+    resized = np.maximum(np.round(shape * 256 / shape.min()), 256).astype(int)
+    ratio = shape / resized
+    footprint = (resized - 224) // 2 * ratio, 224 * ratio  # Its corner and size, in source pixels.
+    start, size = np.round(footprint[0]).astype(int), np.round(footprint[1]).astype(int)
+    assert np.all(np.abs(start - footprint[0]) <= 0.5) and np.all(
+        np.abs(start + size - footprint[0] - footprint[1]) <= 1.0)
+    crop = image[start[0]:start[0] + size[0], start[1]:start[1] + size[1]]
+    expected.append(tf.image.resize(crop, (224, 224)).numpy())
+  diff = np.abs(region - np.stack(expected)).max(axis=-1)
+  np.testing.assert_array_less(diff[:, :, 1:-1], 1e-4)
+  # Against the whole image resized: the same picture, resampled a fraction of a pixel apart.
+  assert np.abs(region - whole).mean() < 0.03
