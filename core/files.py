@@ -31,6 +31,8 @@ TRAINED_OUTPUTS = ("checkpoints", EXPORT_DIR, KEPT_CHECKPOINTS_DIR, SERIES_EXPOR
 REPLACED_DIR = "replaced"
 # An evaluation's workdir: the per-layer probes' or fine-tuning's results; a layer similarity's.
 RESULTS_FILE = "results.json"
+# An evaluation's features on disk while it runs (--feature_cache=workdir or keep).
+FEATURE_CACHE_DIR = "feature_cache"
 CKA_FILE = "cka.json"
 # A grid root: its status file; in each cell's folder, the cell's record and its steps' output.
 STATUS_FILE = "grid_status.json"

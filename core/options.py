@@ -30,6 +30,7 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 EVAL_MODELS = ("linear", "mlp")
 POOL_MODES = ("adaptive_max", "adaptive_avg", "max", "avg")
 COMBINE_MODES = ("avg_pool", "max_pool", "concat")
+FEATURE_CACHES = ("memory", "workdir", "keep")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,8 +235,14 @@ _OPTIONS = [
            "each class (low-label evaluation).", configs=_E + _F, check="fraction"),
     Option("examples_per_class", "int", None, "linear_eval, fine_tune: train on this many "
            "examples of each class (low-label evaluation).", configs=_E + _F, check="positive"),
-    Option("feature_cache_dir", "string", None, "linear_eval: directory to cache extracted "
-           "features in (default: memory only).", configs=_E, affects_results=False),
+    Option("feature_cache", "enum", "memory", "linear_eval: where the extracted features are "
+           "kept: memory only; workdir: also in <workdir>/feature_cache while the evaluation runs "
+           "(an interrupted one goes on without extracting again), removed once results.json is "
+           "written; keep: the same, kept.", configs=_E, choices=FEATURE_CACHES,
+           affects_results=False),
+    Option("feature_cache_dir", "string", None, "linear_eval: a directory of your own to cache "
+           "extracted features in, shared by evaluations and kept (instead of --feature_cache).",
+           configs=_E, affects_results=False),
     Option("force", "bool", False, "linear_eval, fine_tune: re-run even if results for the "
            "same config exist.", configs=_E + _F, affects_results=False),
 ]

@@ -13,6 +13,7 @@ Writes `<workdir>/results.json` (schema: eval/results.py) and returns the same d
 
 import dataclasses
 import os
+import shutil
 import time
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -137,6 +138,9 @@ def validate_config(config: LinearEvalConfig, check_data: bool = True,
   """Raises ConfigError naming the field, the value and the valid choices; with `check_data`,
   also for the data (`check_probe_data`)."""
   validate_source(config, options.EVAL)
+  require(not (config.feature_cache_dir and config.feature_cache != "memory"),
+          f"--feature_cache={config.feature_cache} and --feature_cache_dir="
+          f"{config.feature_cache_dir}: give one (the folder of your own is shared and kept)")
   require(config.feature_dtype in features_lib.FEATURE_DTYPES,
           f"feature_dtype={config.feature_dtype!r} is not valid; choices: "
           f"{', '.join(features_lib.FEATURE_DTYPES)}")
@@ -305,10 +309,12 @@ def run_linear_eval(config: LinearEvalConfig) -> Dict[str, Any]:
                                             config.max_features)
   keras.utils.set_random_seed(config.random_seed)
 
+  cache_dir = feature_cache_dir(config)
+
   def features_of(split):
     num = datasets.get_num_examples(config.dataset, split, config.data_dir)
     return features_lib.extract_or_load(
-        extractor, lambda: data.batches(split, is_training=False), config.feature_cache_dir,
+        extractor, lambda: data.batches(split, is_training=False), cache_dir,
         data.cache_parts(rep, split), dtype=config.feature_dtype, num_examples=num,
         description=f"{config.dataset}/{split}")
 
@@ -358,7 +364,20 @@ def run_linear_eval(config: LinearEvalConfig) -> Dict[str, Any]:
       config.to_dict(), source, dataset, extractor.layers, layers, times, low_label,
       run=run_record.record(config.random_seed, deterministic=config.deterministic))
   results_lib.write_results(config.workdir, results)
+  if config.feature_cache == "workdir" and cache_dir and os.path.isdir(cache_dir):
+    shutil.rmtree(cache_dir)
+    logging.info("removed the feature cache %s (--feature_cache=keep keeps it)", cache_dir)
   return results
+
+
+def feature_cache_dir(config: LinearEvalConfig) -> Optional[str]:
+  """Where the features of an evaluation are cached on disk: --feature_cache_dir, or
+  <workdir>/feature_cache with --feature_cache=workdir or keep; None: in memory only."""
+  if config.feature_cache_dir:
+    return config.feature_cache_dir
+  if config.feature_cache == "memory":
+    return None
+  return os.path.join(config.workdir, files.FEATURE_CACHE_DIR)
 
 
 def describe_source(info: Mapping[str, Any], eval_spec: str) -> Dict[str, Any]:

@@ -4,6 +4,7 @@ The data layer is replaced by a small in-memory fake of the `datasets` API (monk
 backbone is a tiny SavedModel with a `representation` signature written to tmp_path.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -303,6 +304,37 @@ def test_feature_cache_misses_whenever_the_features_would_differ(tmp_path, monke
   assert copied["source"]["fingerprint"] == reexported["source"]["fingerprint"]
   _, read = evaluate(max_features=50)
   assert read == []  # Each of them is kept.
+
+
+def test_the_workdir_feature_cache_outlives_a_failure_and_goes_with_the_results(tmp_path,
+                                                                                 monkeypatch):
+  """--feature_cache=workdir: features on disk in <workdir>/feature_cache while the evaluation
+  runs; after a failure in the heads the same command extracts nothing again, and once
+  results.json is written the cache is gone. keep: it stays. With --feature_cache_dir: refused."""
+  data = FakeData(num_train=60, num_test=30).install(monkeypatch)
+  export = save_export(tmp_path / "export")
+  workdir = tmp_path / "eval"
+  config = make_config(tmp_path, export, feature_cache="workdir", epochs=1, decay_epochs=())
+  train_cached = linear_eval._train_cached  # pylint: disable=protected-access
+
+  def fail(*args, **kwargs):
+    raise RuntimeError("the heads failed")
+  monkeypatch.setattr(linear_eval, "_train_cached", fail)
+  with pytest.raises(RuntimeError, match="the heads failed"):
+    linear_eval.run_linear_eval(config)
+  assert len(os.listdir(workdir / "feature_cache")) == 2  # Train and test.
+  monkeypatch.setattr(linear_eval, "_train_cached", train_cached)
+  data.calls.clear()
+  results = linear_eval.run_linear_eval(config)
+  assert not [c for c in data.calls if c[0] == "data" and not c[2]]  # Nothing read again.
+  assert sorted(os.listdir(workdir)) == ["results.json"]
+  kept = make_config(tmp_path / "kept", export, feature_cache="keep", epochs=1, decay_epochs=())
+  assert linear_eval.run_linear_eval(kept)["layers"] == results["layers"]
+  assert len(os.listdir(tmp_path / "kept" / "eval" / "feature_cache")) == 2
+  both = dataclasses.replace(config, feature_cache_dir=str(tmp_path / "cache"))
+  with pytest.raises(ConfigError, match="--feature_cache=workdir and --feature_cache_dir=.*give "
+                                        "one"):
+    linear_eval.validate_config(both, check_data=False)
 
 
 def test_random_init_baseline(tmp_path, monkeypatch):
