@@ -180,14 +180,15 @@ _OPTIONS = [
            "TF_CONFIG, or the tasks of the SLURM job step when srun started it; run the same "
            "command on each, with a --workdir they all see) or tpu (TPU_NAME, default the local "
            "TPU). With more than one replica, batch norm statistics are synchronised across "
-           "replicas.", configs=_P, choices=STRATEGIES, affects_results=False),
+           "replicas. fine_tune: the same, its --batch_size global.", configs=_P + _F,
+           choices=STRATEGIES, affects_results=False),
     Option("jit_compile", "bool", False, "XLA-compile the training step (slower on CPU).",
            configs=_P, affects_results=False),
     Option("precision", "string", "float32", "float32, mixed_float16 or mixed_bfloat16: the "
            "compute dtype. mixed_* keep float32 variables and compute in 16 bits (GPU: "
            "mixed_float16, with dynamic loss scaling; TPU and recent GPUs: mixed_bfloat16). "
-           "Slower on CPU. A workdir keeps the precision it was started with.", configs=_P,
-           choices=PRECISIONS),
+           "Slower on CPU. A workdir keeps the precision it was started with. fine_tune: "
+           "float32 or mixed_bfloat16.", configs=_P + _F, choices=PRECISIONS),
     Option("save_checkpoints_steps", "int", None, "Save a checkpoint every N steps.",
            configs=_P, check="positive", affects_results=False),
     Option("save_checkpoints_secs", "float", 600.0, "Save a checkpoint every N seconds.",

@@ -14,7 +14,10 @@ Inputs of patch methods ([P,h,w,C] per example) are embedded patch by patch and 
 pre_logits averaged. The head starts at zero; the backbone and the head have their own rates
 (`backbone_lr`, `lr`) on one schedule. Checkpoints in <workdir>/checkpoints make it resumable;
 they are removed once results.json is written (schema: eval/results.py, evaluation
-"fine_tune", one layer: pre_logits, the layer the head sits on).
+"fine_tune", one layer: pre_logits, the layer the head sits on). Under --strategy (mirrored,
+multi_worker) `batch_size` is the global batch, each replica trains on its share with batch norm
+synchronised and the gradients summed, and the test split is shared out; --precision computes in
+mixed_bfloat16 (float32 variables, the loss in float32).
 """
 
 import contextlib
@@ -43,10 +46,12 @@ from eval import results as results_lib
 import models
 from training import run_record
 from training import schedules
+from training import trainer as trainer_lib
 
 EVALUATION = "fine_tune"
 HEAD_LAYER = "pre_logits"   # The end point the new head sits on.
 BACKBONE_CHECKPOINT_KEYS = ("backbone", "model")  # Where an export (older ones: "model") keeps it.
+PRECISIONS = ("float32", "mixed_bfloat16")  # Those it runs in (no loss scaling).
 
 
 class _FineTuneConfigMethods:
@@ -77,6 +82,14 @@ def validate_config(config: FineTuneConfig, check_data: bool = True,
   """Raises ConfigError naming the field, the value and the valid choices; with `check_data`,
   also for the data (linear_eval.check_probe_data)."""
   linear_eval.validate_source(config, options.FINE_TUNE)
+  if config.precision not in PRECISIONS:
+    raise ConfigError(f"--precision={config.precision}: fine-tuning runs in "
+                      f"{' or '.join(PRECISIONS)} (mixed_float16's loss scaling is not done for "
+                      "its two optimizers)")
+  try:
+    trainer_lib.check_strategy(config.strategy)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   linear_eval.check_sources(config, export_pending, check_data)
 
 
@@ -100,6 +113,8 @@ def load_backbone(config: FineTuneConfig):
                               filters_factor=info.get("filters_factor"),
                               mode=info.get("mode") or "v2",
                               last_relu=info.get("last_relu", True),
+                              # Batch norm over the global batch, as the pretext training has it.
+                              sync_bn=config.strategy != "default",
                               **representation_lib.backbone_strides(spec))
   # Built at once, right after seeding (Keras draws initial weights when a layer is built): the
   # random-init backbone of a seed is the one the per-layer evaluation's baseline has. The
@@ -164,9 +179,17 @@ def fine_tune(config: FineTuneConfig, print_fn=logging.info,
   a checkpoint of the current step and raises interrupts.Interrupted."""
   start = time.time()
   validate_config(config)
+  strategy = trainer_lib.make_strategy(config.strategy)
+  if stop is not None:
+    stop.install()  # Over the SIGTERM handler of TensorFlow's multi-worker runtime.
+  replicas = strategy.num_replicas_in_sync
+  if config.batch_size % replicas:
+    raise ConfigError(f"--batch_size={config.batch_size} is the global batch: it must divide "
+                      f"by the {replicas} replicas of --strategy={config.strategy}")
   run_record.make_repeatable(config.random_seed, config.deterministic)
   fingerprint = linear_eval.source_fingerprint(config)
-  backbone, info = load_backbone(config)
+  with strategy.scope(), trainer_lib.dtype_policy(config.precision):
+    backbone, info = load_backbone(config)
   data = linear_eval.eval_data(config, info)
   if specs.makes_patches(data.train_spec) != specs.makes_patches(data.eval_spec):
     raise ConfigError(f"--preprocessing={data.train_spec!r} and the evaluation preprocessing "
@@ -179,50 +202,68 @@ def fine_tune(config: FineTuneConfig, print_fn=logging.info,
   steps_in_epoch = heads_lib.steps_per_epoch(num_train, config.batch_size)
   total_steps = heads_lib.num_train_steps(config.epochs, steps_in_epoch)
 
-  keras.utils.set_random_seed(config.random_seed)
-  head = keras.layers.Dense(num_classes, kernel_initializer="zeros", name="head")
-  head.build((None, info["feature_dim"]))
-
   def optimizer(lr):
     return schedules.make_optimizer(config.optimizer, lr, config.batch_size,
                                     config.lr_scale_batch_size, steps_in_epoch,
                                     config.warmup_epochs, config.decay_epochs,
                                     config.lr_decay_factor, config.lr_schedule, config.epochs)
 
-  backbone_opt, head_opt = optimizer(config.backbone_lr or config.lr), optimizer(config.lr)
-  backbone_vars, head_vars = backbone.trainable_variables, head.trainable_variables
-  backbone_opt.build(backbone_vars)
-  head_opt.build(head_vars)
-  step = tf.Variable(0, dtype=tf.int64, trainable=False)
+  with strategy.scope():
+    keras.utils.set_random_seed(config.random_seed)
+    with trainer_lib.dtype_policy(config.precision):
+      head = keras.layers.Dense(num_classes, kernel_initializer="zeros", name="head")
+      head.build((None, info["feature_dim"]))
+    backbone_opt, head_opt = optimizer(config.backbone_lr or config.lr), optimizer(config.lr)
+    backbone_vars, head_vars = backbone.trainable_variables, head.trainable_variables
+    backbone_opt.build(backbone_vars)
+    head_opt.build(head_vars)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False)
   checkpoint = tf.train.Checkpoint(backbone=backbone, head=head, backbone_optimizer=backbone_opt,
                                    head_optimizer=head_opt, step=step)
-  manager = _checkpoints(config, checkpoint, step, fingerprint)
-  if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    print_fn(f"restored {manager.latest_checkpoint} at step {int(step.numpy())}")
+  scratch = trainer_lib.worker_scratch_dir(config, trainer_lib.worker_id(strategy))
+  manager = _checkpoints(config, checkpoint, step, fingerprint, scratch)
+  latest = tf.train.latest_checkpoint(config.checkpoint_dir)  # The chief's, on every worker.
+  if latest:
+    checkpoint.restore(latest).assert_existing_objects_matched()
+    print_fn(f"restored {latest} at step {int(step.numpy())}")
 
-  @tf.function
-  def train_step(images, labels):
+  def step_fn(images, labels):
+    labels = datasets.image_labels(labels)
     with tf.GradientTape() as tape:
       logits = head(_features(backbone, images, True))
       loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
           labels=labels, logits=tf.cast(logits, tf.float32)))
       total = loss + schedules.l2_decay(backbone_vars + head_vars, config.weight_decay)
-    grads = tape.gradient(total, backbone_vars + head_vars)
+      # Each replica's mean over its part of the global batch; the replicas' gradients add up.
+      scaled = total / replicas
+    grads = tape.gradient(scaled, backbone_vars + head_vars)
     backbone_opt.apply_gradients(zip(grads[:len(backbone_vars)], backbone_vars))
     head_opt.apply_gradients(zip(grads[len(backbone_vars):], head_vars))
+    return loss / replicas
+
+  @tf.function
+  def train_step(iterator):
+    batch = next(iterator)
+    loss = strategy.run(step_fn, args=(batch["image"], batch["label"]))
     step.assign_add(1)
-    return loss
+    return strategy.reduce("SUM", loss, axis=None)
+
+  def dataset_fn(context):
+    subset, shard = indices, context
+    if indices is not None and context.num_input_pipelines > 1:  # Each pipeline its share.
+      subset, shard = indices[context.input_pipeline_id::context.num_input_pipelines], None
+    return data.batches(config.train_split, is_training=True, indices=subset,
+                        batch_size=context.get_per_replica_batch_size(config.batch_size),
+                        input_context=shard)
 
   print_fn(f"fine-tuning {info.get('task')} {info['architecture']} on {config.dataset}:"
            f"{config.train_split} ({num_train} labelled examples) from step "
-           f"{int(step.numpy())} to {total_steps}")
+           f"{int(step.numpy())} to {total_steps}, {replicas} replica(s)")
   t, last_save, losses = time.time(), time.time(), []
-  iterator = iter(data.batches(config.train_split, is_training=True, indices=indices))
+  iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
   with contextlib.ExitStack() as saving:
     while int(step.numpy()) < total_steps:
-      batch = next(iterator)
-      losses.append(float(train_step(batch["image"], datasets.image_labels(batch["label"]))))
+      losses.append(float(train_step(iterator)))
       done = int(step.numpy())
       if done % config.log_every_steps == 0 or done == total_steps:
         print_fn(f"step {done}/{total_steps} loss "
@@ -242,8 +283,10 @@ def fine_tune(config: FineTuneConfig, print_fn=logging.info,
                                      f"at fine-tuning step {done} of {total_steps}: saved {saved}")
   training_s = time.time() - t
 
+  if scratch:
+    shutil.rmtree(scratch, ignore_errors=True)
   t = time.time()
-  metrics = _test(config, data, backbone, head)
+  metrics = _test(config, data, backbone, head, strategy)
   layers = {HEAD_LAYER: dict(dim=int(head.kernel.shape[0]), **metrics)}
   source = dict(info, hub_module=info.get("source"), eval_preprocessing=data.eval_spec,
                 fingerprint=fingerprint)
@@ -264,10 +307,14 @@ def fine_tune(config: FineTuneConfig, print_fn=logging.info,
   return Outcome(results, backbone, head)
 
 
-def _checkpoints(config: FineTuneConfig, checkpoint, step, fingerprint: Optional[str]
-                 ) -> tf.train.CheckpointManager:
+def _checkpoints(config: FineTuneConfig, checkpoint, step, fingerprint: Optional[str],
+                 scratch: Optional[str] = None) -> tf.train.CheckpointManager:
   """The workdir's fine-tuning checkpoints; those of another config or backbone (they are
-  removed once results are written, so they hold no result) are removed first."""
+  removed once results are written, so they hold no result) are removed first. `scratch`: a
+  multi-worker run's other workers save there (saving is collective) and keep nothing."""
+  if scratch:
+    return tf.train.CheckpointManager(checkpoint, os.path.join(scratch, "checkpoints"),
+                                      max_to_keep=1, step_counter=step)
   directory = config.checkpoint_dir
   stamp = os.path.join(directory, files.CONFIG_FILE)
   wanted = dict(results_lib.comparable_config(config), backbone_fingerprint=fingerprint)
@@ -280,25 +327,35 @@ def _checkpoints(config: FineTuneConfig, checkpoint, step, fingerprint: Optional
   return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=1, step_counter=step)
 
 
-def _test(config, data: linear_eval.EvalData, backbone, head) -> Dict[str, float]:
-  """top1, top5 and mean loss over the whole test split (batch norm in inference mode)."""
+def _test(config, data: linear_eval.EvalData, backbone, head,
+          strategy: Optional[tf.distribute.Strategy] = None) -> Dict[str, float]:
+  """top1, top5 and mean loss over the whole test split (batch norm in inference mode), each
+  replica on its part of every batch."""
+  strategy = strategy or tf.distribute.get_strategy()
 
-  @tf.function
-  def test_step(images, labels):
+  def step_fn(images, labels):
+    labels = datasets.image_labels(labels)
     logits = tf.cast(head(_features(backbone, images, False)), tf.float32)
     loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     k = min(5, logits.shape[-1])
-    return (tf.reduce_sum(loss),
-            tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)),
-            tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32)))
+    return tf.stack([
+        tf.reduce_sum(loss),
+        tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)),
+        tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32)),
+        tf.cast(tf.shape(labels)[0], tf.float32)])
 
-  sums, count = np.zeros(3), 0
-  for batch in data.batches(config.val_split, is_training=False):
-    labels = datasets.image_labels(batch["label"])
-    sums += np.array([float(v) for v in test_step(batch["image"], labels)])
-    count += int(labels.shape[0])
-  loss, top1, top5 = sums / max(count, 1)
-  return dict(top1=top1, top5=top5, loss=loss, num_examples=count)
+  @tf.function
+  def test_step(batch):
+    sums = strategy.run(step_fn, args=(batch["image"], batch["label"]))
+    return strategy.reduce("SUM", sums, axis=None)
+
+  batches = strategy.distribute_datasets_from_function(  # eval_batch_size per replica.
+      lambda context: data.batches(config.val_split, is_training=False, input_context=context))
+  sums = np.zeros(4)
+  for batch in batches:
+    sums += test_step(batch).numpy()
+  loss, top1, top5 = sums[:3] / max(sums[3], 1)
+  return dict(top1=top1, top5=top5, loss=loss, num_examples=int(sums[3]))
 
 
 def run_fine_tune(config: FineTuneConfig, print_fn=logging.info,

@@ -210,15 +210,20 @@ class EvalData:
     self.eval_spec, self.train_spec, self.params = eval_spec, train_spec, params
     self.preprocess_config = _preprocess_config(params)
 
-  def batches(self, split: str, is_training: bool, indices=None):
+  def batches(self, split: str, is_training: bool, indices=None, batch_size=None,
+              input_context=None):
+    """`batch_size`: per input pipeline (default: the config's); `input_context`: this
+    pipeline's part of the split, as in datasets.get_data."""
     c = self.config
     spec = self.train_spec if is_training else self.eval_spec
     preprocess_fn = datasets.get_preprocess_fn(spec, is_training, self.preprocess_config)
     kwargs = dict(shuffle_buffer=c.shuffle_buffer, seed=c.random_seed) if is_training else {}
+    if batch_size is None:
+      batch_size = c.batch_size if is_training else (c.eval_batch_size or c.batch_size)
     return datasets.get_data(
         c.dataset, split, is_training=is_training, preprocess_fn=preprocess_fn,
-        batch_size=c.batch_size if is_training else (c.eval_batch_size or c.batch_size),
-        data_dir=c.data_dir, indices=indices, **kwargs)
+        batch_size=batch_size, data_dir=c.data_dir, indices=indices,
+        input_context=input_context, **kwargs)
 
   def cache_parts(self, rep, split: str) -> Dict[str, Any]:
     c = self.config

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -246,3 +247,59 @@ def test_bad_settings_fail_with_one_line(tmp_path, shapes_data_dir, supervised_e
       timeout=120)
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1].startswith("error: --hub_module=")
+
+
+_FT_RUN = textwrap.dedent("""
+    import json, os, sys
+    from core import runtime
+    runtime.set_defaults()
+    import tensorflow as tf
+    if os.environ.get("LOGICAL_CPUS"):
+      cpu = tf.config.list_physical_devices("CPU")[0]
+      tf.config.set_logical_device_configuration(
+          cpu, [tf.config.LogicalDeviceConfiguration()] * int(os.environ["LOGICAL_CPUS"]))
+    from eval import fine_tune
+    from tests.test_fine_tune import ft_config
+    values = json.loads(sys.argv[1])
+    config = ft_config(values.pop("workdir"), values.pop("data_dir"), None, **values)
+    lines = []
+    results = fine_tune.fine_tune(config, print_fn=lines.append).results
+    print(json.dumps({"lines": lines, "layer": results["layers"]["pre_logits"],
+                      "val": results["dataset"]["num_val_examples"]}))
+    """)
+
+
+def _fine_tune_in_subprocess(tmp_path, data_dir, name, env=None, **values):
+  values = dict(values, workdir=str(tmp_path / name), data_dir=data_dir)
+  proc = subprocess.run([sys.executable, "-c", _FT_RUN, json.dumps(values)], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ, **(env or {})))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  out["losses"] = [float(l.split(" loss ")[1].split()[0]) for l in out["lines"]
+                   if l.startswith("step ")]
+  return out
+
+
+def test_fine_tuning_on_two_replicas_follows_one_and_runs_in_bfloat16(tmp_path, shapes_data_dir):
+  """--strategy=mirrored on two logical CPUs at the same global batch: the same losses step by
+  step as on one device (each replica half the batch, the gradients summed, batch norm
+  synchronised) and the same test; --precision=mixed_bfloat16 trains and tests too."""
+  settings = dict(batch_size=20, examples_per_class=4, epochs=2, log_every_steps=1,
+                  val_split="test[:150]", eval_batch_size=40)
+  one = _fine_tune_in_subprocess(tmp_path, shapes_data_dir, "one", **settings)
+  two = _fine_tune_in_subprocess(tmp_path, shapes_data_dir, "two", env={"LOGICAL_CPUS": "2"},
+                                 strategy="mirrored", **settings)
+  assert any("2 replica(s)" in l for l in two["lines"])
+  assert len(one["losses"]) == len(two["losses"]) == 4
+  np.testing.assert_allclose(two["losses"], one["losses"], atol=1e-2)
+  assert one["val"] == two["val"] == 150  # Every test image once, over both replicas.
+  assert two["layer"]["top1"] == pytest.approx(one["layer"]["top1"], abs=0.02)
+  half = _fine_tune_in_subprocess(tmp_path, shapes_data_dir, "bf16",
+                                  precision="mixed_bfloat16", **settings)
+  assert np.all(np.isfinite(half["losses"])) and half["val"] == 150
+  np.testing.assert_allclose(half["losses"][0], one["losses"][0], atol=0.05)
+  with pytest.raises(ConfigError, match="--precision=mixed_float16: fine-tuning runs in "
+                                        "float32 or mixed_bfloat16"):
+    fine_tune.validate_config(ft_config(tmp_path / "f16", shapes_data_dir, None,
+                                        precision="mixed_float16"), check_data=False)
