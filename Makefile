@@ -1,10 +1,16 @@
 # All set-up happens here: the first target that needs Python creates .venv and installs the pinned
 # dependencies into it. Nothing is installed outside the project folder.
+# GPU=1: the GPU build of the same TensorFlow (tensorflow[and-cuda]: TensorFlow with NVIDIA's
+# CUDA and cuDNN wheels, so nothing else is installed on the machine but the NVIDIA driver)
+# instead of tensorflow-cpu, e.g. `make venv GPU=1` on a GPU node; `make venv` goes back.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+GPU    ?= 0
+BUILD  := $(if $(filter 1,$(GPU)),gpu,cpu)
+STAMP  := $(VENV)/.installed-$(BUILD)
 WORKDIR ?= workdirs
+PIP    := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
 .PHONY: venv demo test clean
 
@@ -12,7 +18,15 @@ venv: $(STAMP)
 
 $(STAMP): requirements.txt requirements-lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -c requirements-lock.txt
+	rm -f $(VENV)/.installed*
+ifeq ($(BUILD),gpu)
+	$(PIP) uninstall -y tensorflow-cpu || true
+	sed 's/^tensorflow-cpu==/tensorflow[and-cuda]==/' requirements.txt > $(VENV)/requirements-gpu.txt
+	$(PIP) install -r $(VENV)/requirements-gpu.txt -c requirements-lock.txt
+else
+	$(PIP) uninstall -y tensorflow || true
+	$(PIP) install -r requirements.txt -c requirements-lock.txt
+endif
 	touch $(STAMP)
 
 # The main job on the embedded dataset: the demo grid (configs/grids/shapes.toml), i.e. every

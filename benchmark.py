@@ -44,6 +44,12 @@ flags.DEFINE_boolean("report_only", False, "Only (re)make the report from the re
 flags.DEFINE_boolean("report", True, "Make the report after running.")
 flags.DEFINE_string("report_dir", None, "Where the report goes (default: <first root>/report).")
 flags.DEFINE_string("data_dir", None, "TFDS data directory for every step, over the grid's.")
+flags.DEFINE_boolean("smoke", False, "A smoke run of the grid: every cell and step as the grid "
+                     "file has them (image sizes, preprocessing, patches, precision, evaluations, "
+                     "baselines, the report) on a few images and steps, each width divided by the "
+                     "architecture's standard one (grid/gridfile.py, SMOKE_*); default root "
+                     "workdirs/grid_<name>_smoke. E.g. the ImageNet grids on the ImageNet-shaped "
+                     "set: --data_dir=workdirs/imagenet_like (scripts/prepare_imagenet_like.py).")
 flags.DEFINE_boolean("stream_logs", False, "Echo every step's output (it always goes to "
                      "<cell>/log.txt); default: progress lines only.")
 flags.DEFINE_boolean("fail_fast", False, "Stop at the first failed cell (default: go on).")
@@ -109,11 +115,12 @@ def run(argv) -> int:
   known = flags_lib.known_flags()
   overrides = {"data_dir": os.path.abspath(FLAGS.data_dir)} if FLAGS.data_dir else {}
   try:
-    grid = gridfile.load_grid(FLAGS.grid, known, overrides=overrides)
+    grid = gridfile.load_grid(FLAGS.grid, known, overrides=overrides, smoke=FLAGS.smoke)
     cells = select_cells(grid, FLAGS.cells, FLAGS.only_method, FLAGS.only_architecture)
   except common.GridError as e:
     return _error(str(e))
-  roots = FLAGS.root or [os.path.join("workdirs", f"grid_{grid.name}")]
+  roots = FLAGS.root or [os.path.join(
+      "workdirs", f"grid_{grid.name}" + ("_smoke" if FLAGS.smoke else ""))]
   title = f"Grid {grid.name}" + (f": {grid.description}" if grid.description else "")
   if FLAGS.report_only:
     return _report(roots, title)

@@ -390,6 +390,10 @@ def main(argv):
         check(values, restart=FLAGS.restart)
         print(f"checked: --task={values['task']} would start")
         return
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      gpu_note = runtime.unseen_gpu_note(len(tf.config.list_physical_devices("GPU")))
+      if gpu_note:
+        print(f"note: {gpu_note}")
       task = values["task"]
       if task in options.EVALUATION_TASKS:
         from eval import fine_tune  # pylint: disable=g-import-not-at-top

@@ -60,3 +60,26 @@ def quiet_logs(verbose: bool = False) -> None:
   if not verbose:
     handler.addFilter(_ProjectInfoOnly())
     tf_logger.addFilter(_ProjectInfoOnly())
+
+
+# Where an NVIDIA driver shows the machine's GPUs.
+NVIDIA_DEVICES = "/dev/nvidia[0-9]*"
+
+
+def unseen_gpu_note(visible_gpus: int, devices: str = NVIDIA_DEVICES) -> str:
+  """A line for a machine with NVIDIA GPUs (`devices`, a glob) of which TensorFlow sees none
+  (`visible_gpus`): why, and what to do; '' otherwise."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  found = sorted(glob.glob(devices))
+  if visible_gpus or not found:
+    return ""
+  try:
+    importlib.metadata.version("tensorflow-cpu")
+    why = ("the CPU build of TensorFlow (tensorflow-cpu) is installed: `make venv GPU=1` "
+           "installs the GPU build of the same version")
+  except importlib.metadata.PackageNotFoundError:
+    why = ("TensorFlow could not load CUDA (run with TF_CPP_MIN_LOG_LEVEL=0 to see why; "
+           "`make venv GPU=1` installs the CUDA and cuDNN wheels it needs)")
+  return (f"this machine has {len(found)} NVIDIA GPU(s) ({', '.join(found)}) but TensorFlow "
+          f"sees none and runs on the CPU: {why}")

@@ -67,16 +67,26 @@ BASELINE_KEYS = ("random_init", "random_init_flags", "random_init_slurm", "super
 INPUT_FLAGS = ("eval_preprocessing",) + specs.EVAL_PARAM_FLAGS
 CELL_KEYS = ("method", "flagfile", "flags", "axes", "exclude", "eval_flags", "tag", "slurm")
 
+# A smoke run (benchmark.py --smoke): every cell and step as the grid file has them (image sizes,
+# preprocessing, patch settings, precision, evaluations and their inputs, baselines) but a few
+# images and steps, and each width divided by the architecture's standard width (ResNet-50 w4 ->
+# w1, w16 -> w4; VGG19 w8 -> w1). Splits are cut to their first images; --epochs=1 over them
+# scales the flagfiles' warm-up and decays.
+SMOKE_PRETEXT = dict(train=16, val=16, batch_size=8)
+SMOKE_PROBE = dict(train=64, val=32, batch_size=16)
+SMOKE_FINE_TUNE = dict(val=32, batch_size=8)  # On its whole training split: a fraction of it.
+
 
 
 class _Parser(FlagChecker):
   """Turns a parsed TOML grid into cells; every error names the file, the cell and the key."""
 
   def __init__(self, path: str, data: Mapping[str, Any], known: Optional[Mapping[str, FlagInfo]],
-               base_dir: str, overrides: Mapping[str, Any]):
+               base_dir: str, overrides: Mapping[str, Any], smoke: bool = False):
     super().__init__(path, known, base_dir)
     self.data = data
     self.overrides = dict(overrides)
+    self.smoke = smoke
     # Per evaluation: its flagfile's flags, and those the grid file sets over them.
     self.eval_flagfiles: Dict[str, Dict[str, Any]] = {}
     self.eval_given: Dict[str, Dict[str, Any]] = {}
@@ -91,6 +101,31 @@ class _Parser(FlagChecker):
     if patches and name in self.eval_patches:
       return self.eval_patches[name]
     return self.eval_flagfiles[name], flags
+
+  def smoke_width(self, arch: str, width: Optional[int]) -> Optional[int]:
+    """A smoke run's width of a cell of `width` (module constants)."""
+    standard = architectures.standard_width(arch)
+    if not self.smoke or width is None or not standard:
+      return width
+    return max(1, round(width / standard))
+
+  def smoke_flags(self, flags: Mapping[str, Any], sizes: Mapping[str, int], where: str
+                  ) -> Dict[str, Any]:
+    """The flags a smoke run sets over a step's `flags`: its splits' first images, the batch
+    sizes, one epoch (empty outside a smoke run)."""
+    if not self.smoke:
+      return {}
+    smoke = dict(epochs="1", batch_size=str(sizes["batch_size"]),
+                 eval_batch_size=str(sizes["batch_size"]))
+    for key in ("train", "val"):
+      if key not in sizes:
+        continue
+      split = str(self.default(flags, f"{key}_split") or "")
+      if not split or "[" in split or "+" in split:
+        self.fail(where, f"{key}_split = {split!r}: a smoke run cuts a split to its first "
+                  "images, so it needs a split's plain name (e.g. \"train\")")
+      smoke[f"{key}_split"] = f"{split}[:{sizes[key]}]"
+    return smoke
 
   def fit_schedule(self, flagfile: Mapping[str, Any], flags: Dict[str, Any],
                    given: Mapping[str, Any], where: str) -> Dict[str, Any]:
@@ -190,7 +225,8 @@ class _Parser(FlagChecker):
       extra = self.flags(baselines.get("supervised_flags", {}), f"{where}_flags")
       for arch, mode, width in identities:
         overrides = dict(extra, **_identity_flags(arch, mode, width))
-        add(self.make_cell("supervised", flagfile, overrides, {}, {}, None, where, ctx))
+        add(self.make_cell("supervised", flagfile, overrides, {}, {}, None, where, ctx,
+                           scale_width=False))
     if baselines.get("random_init"):  # For the supervised baselines too.
       self.add_random_init(baselines, [c for c in cells if c.pretext_flags is not None],
                            identities, add, ctx)
@@ -236,7 +272,8 @@ class _Parser(FlagChecker):
       base = "patches" if patches else "input"
       tag = f"{base}{count}" if count > 1 else (base if patches else None)
       overrides = dict(shared, **inputs[0], **_identity_flags(*ident))
-      cell = self.make_cell(RANDOM_INIT, None, {}, {}, overrides, tag, where, ctx)
+      cell = self.make_cell(RANDOM_INIT, None, {}, {}, overrides, tag, where, ctx,
+                            scale_width=False)
       for eval_name, flags in zip(names, inputs):  # Each evaluation on its own input.
         cell.evaluations[eval_name] = dict(
             {k: v for k, v in cell.evaluations[eval_name].items() if k not in INPUT_FLAGS},
@@ -397,19 +434,29 @@ class _Parser(FlagChecker):
       self.fail(where, "every combination of the axes is excluded")
     return cells
 
+  def smoke_evaluation(self, flags: Mapping[str, Any], where: str) -> Dict[str, Any]:
+    """smoke_flags of an evaluation step: fine-tuning keeps its training split (its labelled
+    fraction is drawn from it), the probes take its first images."""
+    fine_tune = self.default(flags, "task") == "fine_tune"
+    return self.smoke_flags(flags, SMOKE_FINE_TUNE if fine_tune else SMOKE_PROBE, where)
+
   def make_cell(self, method: str, flagfile: Optional[str], flags: Mapping[str, Any],
                 point: Mapping[str, Any], eval_flags: Mapping[str, Any], tag: Optional[str],
-                where: str, ctx) -> Cell:
-    """One cell: its effective flags (flagfile < defaults < [pretext] < flags), its name."""
+                where: str, ctx, scale_width: bool = True) -> Cell:
+    """One cell: its effective flags (flagfile < defaults < [pretext] < flags), its name.
+    `scale_width`: a smoke run's width from the cell's (baselines take their cells' as made)."""
     if method == RANDOM_INIT:
       first = dict(next(iter(ctx["evaluations"].values())), **eval_flags)
       arch, mode, width = self.identity(first, where)
-      evaluations, flagfiles = {}, {}
+      if scale_width:
+        width = self.smoke_width(arch, width)
+      evaluations, flagfiles, smoke = {}, {}, {}
       for eval_name, base in ctx["evaluations"].items():
         spec = eval_flags.get("eval_preprocessing", base.get("eval_preprocessing"))
         flagfiles[eval_name], base = self.evaluation_base(
             eval_name, base, specs.makes_patches(str(spec or "")))
-        evals = dict(base, **eval_flags)
+        smoke[eval_name] = self.smoke_evaluation(dict(base, **eval_flags), where)
+        evals = dict(base, **eval_flags, **smoke[eval_name])
         evals["architecture"] = arch
         if width is not None:
           evals["filters_factor"] = str(width)
@@ -422,7 +469,7 @@ class _Parser(FlagChecker):
         evaluations[eval_name] = evals
       for eval_name, flags in evaluations.items():
         self.fit_schedule(flagfiles[eval_name], flags,
-                          {**self.eval_given[eval_name], **eval_flags}, where)
+                          {**self.eval_given[eval_name], **eval_flags, **smoke[eval_name]}, where)
       extra = [(k, v) for k, v in point.items() if k not in ("architecture", "mode",
                                                             "filters_factor")]
       name = cell_name(RANDOM_INIT, arch, mode, width, extra, tag)
@@ -442,6 +489,12 @@ class _Parser(FlagChecker):
                 "give the cell a flagfile")
     from_file = self.read_flagfile(path, where)
     given = {**ctx["defaults"], **ctx["pretext"], **flags}
+    if self.smoke:
+      merged = dict(from_file, **given)
+      arch, _, width = self.identity(merged, where)
+      if scale_width and width is not None:
+        given["filters_factor"] = str(self.smoke_width(arch, width))
+      given.update(self.smoke_flags(merged, SMOKE_PRETEXT, where))
     pretext = self.fit_schedule(from_file, dict(from_file, **given), given, where)
     pretext.setdefault("task", method)
     pretext.setdefault("run_eval", True)
@@ -457,8 +510,9 @@ class _Parser(FlagChecker):
     evaluations = {}
     for n, base in ctx["evaluations"].items():
       flagfile_flags, base = self.evaluation_base(n, base, patches)
-      evaluations[n] = self.fit_schedule(flagfile_flags, {**base, **eval_flags},
-                                         {**self.eval_given[n], **eval_flags}, where)
+      extra = dict(eval_flags, **self.smoke_evaluation({**base, **eval_flags}, where))
+      evaluations[n] = self.fit_schedule(flagfile_flags, {**base, **extra},
+                                         {**self.eval_given[n], **extra}, where)
     series = [n for n, e in evaluations.items() if e.get("task") == "probe_series"]
     if series and not (pretext.get("eval_every_epochs") or pretext.get("eval_at_steps")):
       self.fail(where, f"evaluation {series[0]!r} (task = \"probe_series\") probes the "
@@ -491,9 +545,11 @@ def _identity_flags(arch: str, mode: Optional[str], width: Optional[int]) -> Dic
 
 
 def load_grid(path: str, known: Optional[Mapping[str, FlagInfo]] = None,
-              base_dir: str = REPO_ROOT, overrides: Optional[Mapping[str, Any]] = None) -> Grid:
+              base_dir: str = REPO_ROOT, overrides: Optional[Mapping[str, Any]] = None,
+              smoke: bool = False) -> Grid:
   """Parses and expands a grid file. `known`: train_and_eval.py's flags (None: not checked);
-  `overrides`: flags over [defaults] (e.g. data_dir from the command line)."""
+  `overrides`: flags over [defaults] (e.g. data_dir from the command line); `smoke`: its smoke
+  run (SMOKE_PRETEXT ...)."""
   try:
     with open(path, "rb") as f:
       data = tomllib.load(f)
@@ -501,4 +557,4 @@ def load_grid(path: str, known: Optional[Mapping[str, FlagInfo]] = None,
     raise GridError(f"cannot read grid file {path}: {e.strerror}") from None
   except tomllib.TOMLDecodeError as e:
     raise GridError(f"{path}: not valid TOML: {e}") from None
-  return _Parser(path, data, known, base_dir, overrides or {}).parse()
+  return _Parser(path, data, known, base_dir, overrides or {}, smoke).parse()
