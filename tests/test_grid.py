@@ -912,3 +912,37 @@ def test_a_patch_flagfile_must_cut_patches(tmp_path, known):
                   '[[cells]]\nmethod = "jigsaw"\n')
   with pytest.raises(GridError, match="patch_flagfile .*cuts them .*crop_patches"):
     gridfile.load_grid(str(path), known)
+
+
+def test_a_smoke_run_keeps_every_cell_and_setting_but_the_amount_of_work(known):
+  """--smoke: the same cells (widths divided by the standard width in their names), the same
+  image sizes, preprocessing, patches, precision and evaluation inputs; splits cut to their
+  first images, small batches, one epoch with the flagfiles' schedules scaled to it."""
+  path = os.path.join(REPO_ROOT, "configs", "grids", "imagenet_paper.toml")
+  full, smoke = gridfile.load_grid(path, known), gridfile.load_grid(path, known, smoke=True)
+  assert len(smoke.cells) == len(full.cells) == 91
+  renamed = {c.name: s for c, s in zip(full.cells, smoke.cells)}
+  assert renamed["rotation-resnet50_v2-w16"].name == "rotation-resnet50_v2-w4"
+  assert renamed["jigsaw-vgg19-w16"].name == "jigsaw-vgg19-w2"
+  assert renamed["random_init-resnet50_v1-w12-patches"].name == "random_init-resnet50_v1-w3-patches"
+  kept = ("crop_size", "resize_size", "preprocessing", "splits_per_side", "patch_jitter",
+          "precision", "lr")
+  for cell, small in zip(full.cells, smoke.cells):
+    if small.pretext_flags is not None:
+      assert smoke.cell(small.baseline).name == renamed[cell.baseline].name
+      flags = small.pretext_flags
+      assert (flags["train_split"], flags["val_split"], flags["batch_size"], flags["epochs"]) == (
+          "train[:16]", "validation[:16]", "8", "1")
+      assert all(flags.get(k) == cell.pretext_flags.get(k) for k in kept), cell.name
+      scale = 1 / float(cell.pretext_flags["epochs"])
+      assert float(flags["warmup_epochs"]) == pytest.approx(
+          float(cell.pretext_flags["warmup_epochs"]) * scale, rel=1e-4)
+    probe = small.evaluations["linear_eval"]
+    assert (probe["train_split"], probe["val_split"], probe["epochs"]) == (
+        "train[:64]", "validation[:32]", "1")
+    for key in gridfile.INPUT_FLAGS + ("combine_patches", "pool_mode"):
+      assert probe.get(key) == cell.evaluations["linear_eval"].get(key), (cell.name, key)
+  semi = gridfile.load_grid(os.path.join(REPO_ROOT, "configs", "grids",
+                                         "imagenet_semi_supervised.toml"), known, smoke=True)
+  tune = semi.cell("rotation-resnet50_v1-w1").evaluations["fine_tune_1pct"]
+  assert (tune["train_split"], tune["train_fraction"], tune["batch_size"]) == ("train", "0.01", "8")

@@ -258,3 +258,35 @@ def test_a_grid_that_would_fail_is_refused_before_any_cell_starts(tmp_path, shap
   assert f"2 problem(s) in the steps of {grid}, found before they run; nothing was run" in (
       proc.stderr)
   assert not root.exists()
+
+
+def test_the_paper_grids_smoke_run_probes_a_patch_method_on_its_patches(tmp_path):
+  """benchmark.py --smoke on configs/grids/imagenet_paper.toml as it is, on an ImageNet-shaped
+  set: a jigsaw cell trained on 64x64 patches of 255x255 crops at 292, exported, probed on 3x3
+  patches of the central 192x192 of each image resized to 224 (imagenet_patches.flags) next to
+  its random-init baseline on the same patches, then the report with both."""
+  from datasets import imagenet_like  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path / "imagenet"
+  imagenet_like.prepare(str(data_dir), classes=4, train_per_class=16, val_per_class=8)
+  root = tmp_path / "root"
+  proc = _benchmark("--grid=configs/grids/imagenet_paper.toml", "--smoke", f"--root={root}",
+                    f"--data_dir={data_dir}", "--jobs=2",
+                    "--cells=jigsaw-resnet50_v1-w1,random_init-resnet50_v1-w1-patches",
+                    timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  with open(root / "jigsaw-resnet50_v1-w1" / "export" / "export_info.json") as f:
+    assert json.load(f)["input_shape"] == [64, 64, 3]
+  layers = {}
+  for cell in ("jigsaw-resnet50_v1-w1", "random_init-resnet50_v1-w1-patches"):
+    with open(root / cell / "linear_eval" / "results.json") as f:
+      results = json.load(f)
+    assert results["source"]["eval_preprocessing"] == (
+        "resize_small,central_crop,crop_patches,standardization")
+    assert results["config"]["preprocess_params"]["crop_size"] in ([192, 192], 192)
+    assert results["dataset"]["num_train_examples"] == 64
+    assert not os.path.exists(root / cell / "linear_eval" / "feature_cache")  # Removed when done.
+    layers[cell] = {k: v["dim"] for k, v in results["layers"].items()}
+  trained, baseline = layers.values()
+  assert {k: v for k, v in trained.items() if k in baseline} == baseline  # The same backbone.
+  report = (root / "report" / "report.md").read_text()
+  assert "jigsaw-resnet50_v1-w1" in report and "random_init-resnet50_v1-w1-patches" in report
