@@ -84,7 +84,8 @@ class RawSplit:
 def select_records(records: tf.data.Dataset, indices: Optional[np.ndarray]
                    ) -> tf.data.Dataset:
   """`records` at `indices` (positions in its order; None: all), by reading and dropping the
-  others: for sources whose records are cheap to read (paths)."""
+  others up to the last one: where a source cannot read chosen records alone (storage other
+  than TFRecord files, the mock data of tests)."""
   if indices is None:
     return records
   keep = np.zeros([int(indices[-1]) + 1 if len(indices) else 0], bool)
