@@ -118,6 +118,8 @@ def check_sources(config, export_pending: bool = False, check_data: bool = True,
             f"--hub_module={config.hub_module} is not an export: {path} has no saved_model.pb "
             f"(it holds: {', '.join(sorted(os.listdir(path))[:12]) or 'nothing'}); give the "
             "export/ folder that pretext training writes in its workdir")
+  if config.eval_preprocessing and config.preprocess_params is not None:
+    eval_data(config, {})  # Its input is known without the export: ops and parameters checked.
   if check_data and probe_data:
     check_probe_data(config)
 

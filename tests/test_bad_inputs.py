@@ -106,6 +106,11 @@ def _probe(tmp_path, data_dir, **overrides):
     (dict(architecture="vgg16"), r"^--architecture='vgg16' is not valid; choices: resnet50, "
      r"revnet50, vgg19$"),
     (dict(hub_module="/no/such/export"), r"^--hub_module=/no/such/export: no such directory"),
+    # An input known without the export (the baseline's), whose op lacks its parameter.
+    (dict(eval_preprocessing="resize_small,central_crop,-1_to_1",
+          preprocess_params={"crop_size": (24, 24)}),
+     r"^eval_preprocessing='resize_small,central_crop,-1_to_1': preprocessing op 'resize_small' "
+     r"needs smaller_size, which is not set"),
 ])
 def test_evaluation_errors_come_before_any_split_is_read(tmp_path, shapes_data_dir, monkeypatch,
                                                          overrides, message):
