@@ -239,15 +239,16 @@ flags = { preprocessing = "resize,-1_to_1", dataset = "folder:{missing}" }
 
 
 def test_a_grid_that_would_fail_is_refused_before_any_cell_starts(tmp_path, shapes_data_dir):
-  """Each step's own checks (an unknown op, an image folder not made yet, with the command that
-  makes the suite's), for every cell, before the first starts: one line per problem naming the
-  steps, exit status 2, nothing written in the root."""
+  """Each step's own checks (an unknown op, in a pretext step and in its baseline's probe, an
+  image folder not made yet, with the command that makes the suite's), for every cell, before
+  the first starts: one line per problem naming the steps, exit status 2, nothing written in
+  the root."""
   grid = _grid(tmp_path, shapes_data_dir, BAD.replace("{missing}", str(tmp_path / "photos")))
   root = tmp_path / "root"
   proc = _benchmark(f"--grid={grid}", f"--root={root}")
   assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
-  assert len(errors) == 2, proc.stderr
+  assert len(errors) == 3, proc.stderr
   assert re.match(r"error: --preprocessing='resize,flip,-1_to_1,rotate': unknown preprocessing "
                   r"op 'flip' in spec .*; valid ops: .*flip_lr.* \(rotation-vgg19-w1, step "
                   r"pretext\)$", errors[0]), errors[0]
@@ -255,7 +256,11 @@ def test_a_grid_that_would_fail_is_refused_before_any_cell_starts(tmp_path, shap
                               f"{tmp_path}/photos does not exist")
   assert f"scripts/prepare_photos.py --out={tmp_path}/photos" in errors[1]
   assert errors[1].endswith("(supervised-vgg19-w1, step pretext)")
-  assert f"2 problem(s) in the steps of {grid}, found before they run; nothing was run" in (
+  # The rotation cell's random-init baseline probes the same input: its spec is known without
+  # an export, so its own check finds the op too.
+  assert re.match(r"error: eval_preprocessing='resize,flip,-1_to_1': unknown preprocessing op "
+                  r"'flip' .* \(random_init-vgg19-w1, step eval:linear_eval\)$", errors[2])
+  assert f"3 problem(s) in the steps of {grid}, found before they run; nothing was run" in (
       proc.stderr)
   assert not root.exists()
 
