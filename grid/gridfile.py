@@ -38,6 +38,7 @@ eval_flags, its axis values. method = "random_init" makes evaluation-only baseli
 
 import itertools
 import os
+import re
 import tomllib
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -121,10 +122,15 @@ class _Parser(FlagChecker):
       if key not in sizes:
         continue
       split = str(self.default(flags, f"{key}_split") or "")
-      if not split or "[" in split or "+" in split:
+      # A split's name, or its first examples ("train[:5000]", "train[:90%]").
+      match = re.fullmatch(r"([\w.-]+)(?:\[:(\d+)(%?)\])?", split)
+      if not match:
         self.fail(where, f"{key}_split = {split!r}: a smoke run cuts a split to its first "
-                  "images, so it needs a split's plain name (e.g. \"train\")")
-      smoke[f"{key}_split"] = f"{split}[:{sizes[key]}]"
+                  "images, so it needs a split's name or its first examples (e.g. \"train\", "
+                  "\"train[:90%]\")")
+      name, count, percent = match.groups()
+      first = sizes[key] if count is None or percent else min(sizes[key], int(count))
+      smoke[f"{key}_split"] = f"{name}[:{first}]"
     return smoke
 
   def fit_schedule(self, flagfile: Mapping[str, Any], flags: Dict[str, Any],

@@ -946,3 +946,7 @@ def test_a_smoke_run_keeps_every_cell_and_setting_but_the_amount_of_work(known):
                                          "imagenet_semi_supervised.toml"), known, smoke=True)
   tune = semi.cell("rotation-resnet50_v1-w1").evaluations["fine_tune_1pct"]
   assert (tune["train_split"], tune["train_fraction"], tune["batch_size"]) == ("train", "0.01", "8")
+  # A split given as its first examples keeps being cut from the start.
+  shapes = gridfile.load_grid(os.path.join(REPO_ROOT, "configs", "grids", "shapes.toml"), known,
+                              smoke=True)
+  assert shapes.cells[0].pretext_flags["val_split"] == "test[:16]"
