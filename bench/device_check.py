@@ -1,5 +1,5 @@
 """What only an accelerator can tell, in one run and one table: run it whenever a GPU machine is
-at hand (about 5 minutes on one GPU; tests and CI never need it).
+at hand (sized for a few minutes on one GPU, not yet timed on one; tests and CI never need it).
 
   .venv/bin/python bench/device_check.py            # after `make venv GPU=1`
   .venv/bin/python bench/device_check.py --quick    # a CPU rehearsal of every row, tiny sizes
