@@ -100,7 +100,7 @@ class TfdsSource(Source):
     return DatasetInfo(
         name=self.name, num_classes=int(label_feature.num_classes),
         class_names=list(label_feature.names),
-        splits={name: int(s.num_examples) for name, s in builder.info.splits.items()},
+        splits=_split_sizes(builder),
         image_shape=image_shape, train_split=self.train_split, eval_split=self.eval_split)
 
   def _features(self, builder) -> Tuple[str, str]:
@@ -121,9 +121,13 @@ class TfdsSource(Source):
     return "image", "label"
 
   def num_examples(self, split: str, data_dir: Optional[str] = None) -> int:
+    return split_size(self.name, split, _split_sizes(self.builder(data_dir)))
+
+  def _checked_builder(self, split: str, data_dir: Optional[str]):
+    """The builder, once `split` is known to be a valid split of it (a clear error if not)."""
     builder = self.builder(data_dir)
-    sizes = {name: int(s.num_examples) for name, s in builder.info.splits.items()}
-    return split_size(self.name, split, sizes)
+    split_instructions(self.name, split, _split_sizes(builder))
+    return builder
 
   def _record_files(self, builder, split: str) -> Optional[List[Tuple[str, int, int]]]:
     """[(path, skip, take)]: the TFRecord files that hold `split`, in its stored order, and its
@@ -144,9 +148,7 @@ class TfdsSource(Source):
   def labels(self, split: str, data_dir: Optional[str] = None) -> np.ndarray:
     """From each record's label feature alone: the frames' heads, the entries' heads and keys,
     and the label's entry are read; the image bytes are not (datasets/records.py)."""
-    builder = self.builder(data_dir)
-    sizes = {name: int(s.num_examples) for name, s in builder.info.splits.items()}
-    split_instructions(self.name, split, sizes)
+    builder = self._checked_builder(split, data_dir)
     files = self._record_files(builder, split)
     if files is None:
       return super().labels(split, data_dir)
@@ -158,9 +160,7 @@ class TfdsSource(Source):
   def read(self, split: str, *, data_dir: Optional[str], shuffle_files: bool,
            seed: Optional[int], shard: Shard = None,
            indices: Optional[np.ndarray] = None) -> RawSplit:
-    builder = self.builder(data_dir)
-    sizes = {name: int(s.num_examples) for name, s in builder.info.splits.items()}
-    split_instructions(self.name, split, sizes)  # A clear error for a bad split.
+    builder = self._checked_builder(split, data_dir)
     image, label = self._features(builder)
     if shard is not None:
       split = tfds.even_splits(split, n=shard[0])[shard[1]]
@@ -198,6 +198,11 @@ class TfdsSource(Source):
 
     return RawSplit(records, decode,
                     jpeg=encoded and getattr(feature, "encoding_format", None) == "jpeg")
+
+
+def _split_sizes(builder) -> Dict[str, int]:
+  """Examples per split of a prepared TFDS builder."""
+  return {name: int(s.num_examples) for name, s in builder.info.splits.items()}
 
 
 def write_tfds_metadata(data_dir: str, name: str, split_sizes: Dict[str, int]) -> str:
