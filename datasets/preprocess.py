@@ -316,11 +316,16 @@ def _inception_crop_op(config: PreprocessConfig, is_training: bool) -> OpFn:
   return map_image(lambda image: inception_crop(image, hw, is_training, fraction, min_area))
 
 
+def _after_inception_crop(config: PreprocessConfig, is_training: bool) -> list:
+  """What inception_preprocess does after its crop: a random flip in training, values in
+  [-1, 1] (also on the JPEG path, JPEG_PREFIXES)."""
+  return [_flip_lr_op(config, is_training), _to_minus_one_one_op(config, is_training)]
+
+
 @register_op("inception_preprocess", requires=("crop_size",), geometric=True)
 def _inception_preprocess_op(config: PreprocessConfig, is_training: bool) -> OpFn:
   """inception_crop, a random flip in training, and values in [-1, 1]."""
-  ops = [_inception_crop_op(config, is_training), _flip_lr_op(config, is_training),
-         _to_minus_one_one_op(config, is_training)]
+  ops = [_inception_crop_op(config, is_training)] + _after_inception_crop(config, is_training)
 
   def fn(example):
     for op in ops:
@@ -479,7 +484,7 @@ def _jpeg_inception_crop(config: PreprocessConfig, is_training: bool):
 
 def _jpeg_inception_preprocess(config: PreprocessConfig, is_training: bool):
   crop = _jpeg_inception_crop(config, is_training)
-  rest = [_flip_lr_op(config, is_training), _to_minus_one_one_op(config, is_training)]
+  rest = _after_inception_crop(config, is_training)
 
   def fn(jpeg):
     example = {"image": crop(jpeg)}
