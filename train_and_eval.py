@@ -18,7 +18,6 @@ writes <workdir>/cka.json, the linear CKA between every layer of --hub_module an
 on the images of --val_split.
 """
 
-import dataclasses
 import os
 import shutil
 import sys
@@ -47,9 +46,11 @@ flags.DEFINE_boolean("check_only", False, "Run every check of this command (flag
                      "export, workdir) and write nothing: exit status 0 where it would start.",
                      module_name=_MODULE)
 flags.DEFINE_string("check_steps", None, "A JSON file of commands (a list of {name, args, "
-                    "export_pending, restart}), each checked as --check_only checks it, in one "
-                    "process; prints {\"errors\": [{name, error}]} last (benchmark.py's check of "
-                    "a grid before it starts).", module_name=_MODULE)
+                    "export_pending, restart, replicas, processes, runtime, source_args}), each "
+                    "checked as --check_only checks it and then estimated, in one process; "
+                    "prints {\"errors\": [{name, error}], \"plans\": [...]} last "
+                    "(benchmark.py's check and plan of a grid before it starts).",
+                    module_name=_MODULE)
 flags.DEFINE_boolean("verbose", False, "Also TensorFlow's and TFDS's INFO log lines.",
                      module_name=_MODULE)
 PROGRAM_FLAGS = ("restart", "check_only", "check_steps", "verbose")
@@ -189,9 +190,7 @@ def run(config, print_fn=print, restart: bool = False, stop=None):
   which moves the earlier run aside). `stop`: the entry point's interrupts.StopOnSignal."""
   from core import config as config_lib  # pylint: disable=g-import-not-at-top
   from core import files  # pylint: disable=g-import-not-at-top
-  from core import specs  # pylint: disable=g-import-not-at-top
   from core.errors import ConfigError  # pylint: disable=g-import-not-at-top
-  import datasets  # pylint: disable=g-import-not-at-top
   import methods  # pylint: disable=g-import-not-at-top
   from methods import base as method_base  # pylint: disable=g-import-not-at-top
   from training import export as export_lib  # pylint: disable=g-import-not-at-top
@@ -229,15 +228,9 @@ def run(config, print_fn=print, restart: bool = False, stop=None):
     results["eval_metrics"] = trainer.evaluate()
     times["pretext_eval_s"] = time.time() - t
   t = time.time()
-  image_shape = config.serving_input_shape or method.serving_input_shape(state.image_shape)
-  info = {
-      "task": config.task, "architecture": config.architecture,
-      "filters_factor": config.resolved_filters_factor(), "mode": config.mode,
-      "last_relu": config.last_relu, "dataset": config.dataset, "step": state.step,
-      "eval_preprocessing": specs.representation_spec(config.preprocessing),
-      "preprocess_config": dataclasses.asdict(datasets.PreprocessConfig.of(config)),
-      "run": run_record.record(config.random_seed, strategy, config.deterministic),
-  }
+  info = dict(export_lib.describe(config, state.image_shape), step=state.step,
+              run=run_record.record(config.random_seed, strategy, config.deterministic))
+  image_shape = info.pop("input_shape")  # export() records the shape it exports.
   export_dir = os.path.join(scratch, "export") if scratch else config.export_dir
   print_fn(f"exporting step {state.step} to {config.export_dir}")
   results["export_dir"] = export_lib.export(state.model, export_dir, image_shape, info,
@@ -333,28 +326,76 @@ def check(values, restart: bool = False, export_pending: bool = False) -> None:
   validate(config, export_pending=export_pending)
 
 
-def check_steps(path: str) -> list:
-  """`check` of every command in the JSON file `path` (flag_check_steps); the failures as
-  [{name, error}]."""
+def footprint(values, replicas: int = 1, processes: int = 1, source_values=None):
+  """The estimate (training/footprint.Step) of the command of `values`, its checks passed, on
+  `replicas` devices in `processes` processes; `source_values`: the option values of the pretext
+  step that writes the export it evaluates (a grid cell's). None for a task without one (cka)."""
+  from core.config import Config  # pylint: disable=g-import-not-at-top
+  import datasets  # pylint: disable=g-import-not-at-top
+  from eval import fine_tune  # pylint: disable=g-import-not-at-top
+  from eval import linear_eval  # pylint: disable=g-import-not-at-top
+  from training import export as export_lib  # pylint: disable=g-import-not-at-top
+  from training import footprint as footprint_lib  # pylint: disable=g-import-not-at-top
+  task = values["task"]
+  if task not in options.EVALUATION_TASKS:
+    config = Config(**options.config_kwargs(values, options.PRETEXT))
+    return footprint_lib.pretext(config, replicas, processes)
+  if task == "cka":
+    return None
+  config = evaluation_config(values)
+  pending = None
+  if source_values is not None:
+    source = Config(**options.config_kwargs(source_values, options.PRETEXT))
+    shape = footprint_lib.example_shape(source, source.train_split, True, source.preprocessing,
+                                        datasets.PreprocessConfig.of(source))
+    pending = export_lib.describe(source, shape)
+  info = linear_eval.source_info(config, pending)
+  if options.EVALUATION_TASKS[task] == options.FINE_TUNE:
+    return fine_tune.footprint(config, info, replicas)
+  return linear_eval.footprint(config, info)
+
+
+def _entry_values(args):
+  """The option values of a command's arguments; a ConfigError for bad flags."""
+  from core.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FlagValues()
+  options.define_flags(flag_values)
+  try:
+    flag_values(["check"] + list(args))
+  except flags.Error as e:
+    raise ConfigError(str(e)) from None
+  return option_values(flag_values, args)[0]
+
+
+def check_steps(path: str) -> dict:
+  """`check` of every command in the JSON file `path` (flag_check_steps), then the estimate of
+  each that passed (`footprint`, with the entry's `replicas`, `processes`, `runtime` flags and
+  `source_args`):
+  {"errors": [{name, error}], "plans": [{name, **Step}]}."""
   import json  # pylint: disable=g-import-not-at-top
   from core.errors import ConfigError  # pylint: disable=g-import-not-at-top
   with open(path) as f:
     entries = json.load(f)
-  errors = []
+  errors, plans = [], []
+  refused = set()  # The arguments of the steps refused: no estimate of what they would export.
   for entry in entries:
-    flag_values = flags.FlagValues()
-    options.define_flags(flag_values)
     try:
-      try:
-        flag_values(["check"] + list(entry["args"]))
-      except flags.Error as e:
-        raise ConfigError(str(e)) from None
-      values, _ = option_values(flag_values, entry["args"])
+      values = _entry_values(entry["args"])
       check(values, restart=entry.get("restart", False),
             export_pending=entry.get("export_pending", False))
+      source = entry.get("source_args")
+      if source and tuple(source) in refused:
+        continue
+      # Estimated with the flags its executor adds (checked without: they need its cluster).
+      step = footprint(dict(values, **entry.get("runtime", {})), entry.get("replicas", 1),
+                       entry.get("processes", 1), _entry_values(source) if source else None)
     except ConfigError as e:
       errors.append({"name": entry["name"], "error": str(e)})
-  return errors
+      refused.add(tuple(entry["args"]))
+      continue
+    if step is not None:
+      plans.append(dict(name=entry["name"], **step.to_dict()))
+  return {"errors": errors, "plans": plans}
 
 
 def _interrupted_line(signum: int, detail: str = "") -> str:
@@ -380,9 +421,9 @@ def main(argv):
     try:
       if FLAGS.check_steps:
         import json  # pylint: disable=g-import-not-at-top
-        errors = check_steps(FLAGS.check_steps)
-        print(json.dumps({"errors": errors}))
-        sys.exit(1 if errors else 0)
+        outcome = check_steps(FLAGS.check_steps)
+        print(json.dumps(outcome))
+        sys.exit(1 if outcome["errors"] else 0)
       values, note = option_values(FLAGS, sys.argv[1:])
       if note:
         print(f"note: {note}")

@@ -22,6 +22,7 @@ mixed_bfloat16 (float32 variables, the loss in float32).
 
 import contextlib
 import dataclasses
+import math
 import os
 import shutil
 import time
@@ -32,6 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from core import architectures
 from core import files
 from core import interrupts
 from core import options
@@ -43,7 +45,7 @@ from eval import linear_eval
 from eval import low_label as low_label_lib
 from eval import representation as representation_lib
 from eval import results as results_lib
-import models
+from training import footprint as footprint_lib
 from training import run_record
 from training import schedules
 from training import trainer as trainer_lib
@@ -97,25 +99,16 @@ def load_backbone(config: FineTuneConfig):
   """(the trainable backbone, the export's info) for the config: the export's weights in a
   backbone rebuilt from its facts, or a random-init one. The info also says `feature_dim`, the
   width of the layer the head sits on."""
-  if config.hub_module is None:
-    info = dict(source=options.RANDOM_INIT, task=options.RANDOM_INIT,
-                architecture=config.architecture, filters_factor=config.filters_factor,
-                mode=config.mode, last_relu=config.last_relu)
-  else:
+  if config.hub_module is not None:
     path = representation_lib.export_dir_of(config.hub_module)
     if not os.path.exists(os.path.join(path, "saved_model.pb")):
       raise ConfigError(f"--hub_module={config.hub_module}: no export there (no "
                         "saved_model.pb); give <pretext workdir>/export or the workdir")
-    info = dict(files.read_export_info(path), source=os.path.abspath(path))
+  info = linear_eval.source_info(config)
   spec = config.eval_preprocessing or info.get("eval_preprocessing") or ""
   keras.utils.set_random_seed(config.random_seed)
-  backbone = models.get_model(info["architecture"], num_classes=None,
-                              filters_factor=info.get("filters_factor"),
-                              mode=info.get("mode") or "v2",
-                              last_relu=info.get("last_relu", True),
-                              # Batch norm over the global batch, as the pretext training has it.
-                              sync_bn=config.strategy != "default",
-                              **representation_lib.backbone_strides(spec))
+  # Batch norm over the global batch, as the pretext training has it.
+  backbone = representation_lib.backbone_model(info, spec, sync_bn=config.strategy != "default")
   # Built at once, right after seeding (Keras draws initial weights when a layer is built): the
   # random-init backbone of a seed is the one the per-layer evaluation's baseline has. The
   # variables do not depend on the spatial size.
@@ -152,6 +145,33 @@ def _features(backbone: keras.Model, images: tf.Tensor, training: bool) -> tf.Te
     features = backbone(flat, training=training)[HEAD_LAYER]
     return tf.reduce_mean(tf.reshape(features, [-1, num, features.shape[-1]]), axis=1)
   return backbone(images, training=training)[HEAD_LAYER]
+
+
+def footprint(config: FineTuneConfig, info: Mapping[str, Any], replicas: int
+              ) -> footprint_lib.Step:
+  """The estimate of this fine-tuning (its checks passed) of the backbone `info` describes
+  (linear_eval.source_info) on `replicas` devices of one process: a training step at the global
+  batch shared out, in --precision, with the optimizer's slots; one checkpoint on disk. A
+  ConfigError where the export does not take its training input."""
+  data = linear_eval.eval_data(config, info)
+  shape = footprint_lib.example_shape(config, config.train_split, True, data.train_spec,
+                                      data.preprocess_config)
+  linear_eval.check_input_shape(info, data.train_spec, shape)
+  width = info.get("filters_factor") or architectures.standard_width(info["architecture"])
+  backbone = linear_eval.backbone_footprint(info, data.eval_spec, shape, config.precision,
+                                              training=True,
+                                              sync_bn=config.strategy != "default")
+  examples = config.batch_size / replicas
+  images = examples * (shape[0] if len(shape) == 4 else 1)
+  return footprint_lib.Step(
+      replicas=replicas, params=backbone.params(width),
+      device_bytes=footprint_lib.training_bytes(backbone, width, images, config.optimizer,
+                                                config.precision),
+      host_bytes=footprint_lib.pipeline_bytes(config.batch_size, 4 * math.prod(shape)),
+      disk_bytes=0,  # Its checkpoints are removed once its results are written.
+      scratch_bytes=footprint_lib.checkpoint_bytes(backbone.params(width), config.optimizer),
+      what=f"fine-tuning {info['architecture']} w{width} ({config.precision}) on "
+           f"{footprint_lib.describe_images(examples, shape)} per replica")
 
 
 def labelled_subset(config: FineTuneConfig) -> Optional[np.ndarray]:

@@ -12,6 +12,7 @@ Writes `<workdir>/results.json` (schema: eval/results.py) and returns the same d
 """
 
 import dataclasses
+import math
 import os
 import shutil
 import time
@@ -19,7 +20,10 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from absl import logging
 import keras
+import numpy as np
+import tensorflow as tf
 
+from core import architectures
 from core import files
 from core import options
 from core import specs
@@ -33,6 +37,7 @@ from eval import low_label as low_label_lib
 from eval import pooling
 from eval import representation as representation_lib
 from eval import results as results_lib
+from training import footprint as footprint_lib
 from training import run_record
 from training import schedules
 from training import validation
@@ -261,26 +266,104 @@ def check_input(rep: representation_lib.Representation, data: EvalData, split: s
   """That the backbone takes the images the evaluation preprocessing makes (the sizes its export's
   signature fixes; per patch for patch inputs), from the pipeline's element shape, before any
   image is read; a ConfigError naming both otherwise."""
-  want = rep.info.get("input_shape")
   spec = getattr(data.batches(split, is_training=False), "element_spec", None)
-  if not want or not isinstance(spec, dict) or "image" not in spec:
+  if isinstance(spec, dict) and "image" in spec:
+    check_input_shape(rep.info, data.eval_spec, spec["image"].shape.as_list()[1:])
+
+
+def check_input_shape(info: Mapping[str, Any], eval_spec: str, shape) -> None:
+  """That an export described by `info` (export_info.json) takes examples of `shape` ([H,W,C],
+  or [P,H,W,C]: each patch goes in alone) that `eval_spec` makes; a ConfigError otherwise."""
+  want = info.get("input_shape")
+  if not want:
     return
-  shape = spec["image"].shape.as_list()[1:]
-  shape = shape[1:] if len(shape) == 4 else shape  # [P, h, w, C]: each patch goes in alone.
+  shape = list(shape[1:]) if len(shape) == 4 else list(shape)
   if len(shape) != len(want) or any(w is not None and s is not None and w != s
                                     for w, s in zip(want, shape)):
     shown = lambda dims: "x".join("?" if d is None else str(d) for d in dims)
     hint = "set --eval_preprocessing and its sizes to what the export takes"
-    own = str(rep.info.get("eval_preprocessing") or "")
-    if specs.makes_patches(own) and not specs.makes_patches(data.eval_spec):
+    own = str(info.get("eval_preprocessing") or "")
+    if specs.makes_patches(own) and not specs.makes_patches(eval_spec):
       hint = (f"its export takes patches (trained on {own!r}): probe it on patches of each "
               f"image, each patch alone: an --eval_preprocessing with {specs.PATCH_OP!r} and sizes "
               f"that cut {shown(want)} patches (on ImageNet: "
               "--flagfile=configs/evaluation/imagenet_patches.flags)")
     raise ConfigError(
-        f"--hub_module={rep.info.get('source')} takes images of {shown(want)} (its export's "
-        f"input), but the evaluation preprocessing {data.eval_spec!r} makes {shown(shape)}; "
+        f"--hub_module={info.get('source')} takes images of {shown(want)} (its export's "
+        f"input), but the evaluation preprocessing {eval_spec!r} makes {shown(shape)}; "
         f"{hint}")
+
+
+def source_info(config, pending: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+  """What export_info.json says of the backbone an evaluation config names: the export's,
+  `pending`'s where a step before this one writes the export (training/export.describe), or the
+  random-init baseline's facts."""
+  if config.hub_module is None:
+    return dict(source=options.RANDOM_INIT, task=options.RANDOM_INIT,
+                architecture=config.architecture, filters_factor=config.filters_factor,
+                mode=config.mode, last_relu=config.last_relu)
+  if pending is not None:
+    return dict(pending, source=os.path.abspath(representation_lib.export_dir_of(
+        config.hub_module)))
+  path = representation_lib.export_dir_of(config.hub_module)
+  return dict(files.read_export_info(path), source=os.path.abspath(path))
+
+
+# The cached protocol holds the training split's features about 2.75 times over (the arrays, the
+# tensors its compiled step gathers batches from, their standardisation) and the test split's
+# 1.5 times (the arrays and their batches): measured, bench/footprint.py (tests/test_footprint.py).
+CACHED_TRAIN_COPIES, CACHED_TEST_COPIES = 2.75, 1.5
+
+
+def footprint(config, info: Mapping[str, Any]) -> footprint_lib.Step:
+  """The estimate of this evaluation (its checks passed) of the backbone `info` describes
+  (`source_info`): extraction on one device, the probes' features in host memory, the feature
+  cache on disk. A ConfigError where the export does not take the evaluation's input."""
+  data = eval_data(config, info)
+  shape = footprint_lib.example_shape(config, config.val_split, False, data.eval_spec,
+                                      data.preprocess_config)
+  check_input_shape(info, data.eval_spec, shape)
+  width = info.get("filters_factor") or architectures.standard_width(info["architecture"])
+  backbone = backbone_footprint(info, data.eval_spec, shape, "float32")
+  layers = config.layers or [n for n in backbone.end_point_shapes if n != architectures.LOGITS]
+  shapes = backbone.end_points(width)
+  dims = {name: pooling.pooled_shape(shapes[name], config.pool_mode, config.max_features)
+          for name in layers}
+  per = sum(dims.values()) * (shape[0] if len(shape) == 4 and config.combine_patches == "concat"
+                              else 1) * np.dtype(config.feature_dtype).itemsize
+  num_train = datasets.get_num_examples(config.dataset, config.train_split, config.data_dir)
+  num_val = datasets.get_num_examples(config.dataset, config.val_split, config.data_dir)
+  host = footprint_lib.pipeline_bytes(config.eval_batch_size or config.batch_size,
+                                      4 * math.prod(shape))
+  if not config.on_the_fly:
+    host += per * (CACHED_TRAIN_COPIES * num_train + CACHED_TEST_COPIES * num_val)
+  features = per * (num_train + num_val) if feature_cache_dir(config) else 0
+  batch = config.eval_batch_size or config.batch_size
+  images = batch * (shape[0] if len(shape) == 4 else 1)
+  return footprint_lib.Step(
+      replicas=1, params=backbone.params(width),
+      device_bytes=footprint_lib.inference_bytes(backbone, width, images),
+      host_bytes=int(host),
+      disk_bytes=int(features) if config.feature_cache != "workdir" else 0,
+      scratch_bytes=int(features) if config.feature_cache == "workdir" else 0,
+      what=f"features of {info['architecture']} w{width} for "
+           f"{footprint_lib.describe_images(batch, shape)}; {per * num_train / 2**30:.2f} + "
+           f"{per * num_val / 2**30:.2f} GiB of features of {num_train} + {num_val} examples")
+
+
+def backbone_footprint(info: Mapping[str, Any], eval_spec: str, shape, precision: str,
+                       training: bool = False, sync_bn: bool = False) -> footprint_lib.Backbone:
+  """The measured footprint of the backbone `info` describes, on examples of `shape` (with
+  `training`, of its training step too, its batch norm synchronised with `sync_bn`)."""
+  def build(width):
+    model = representation_lib.backbone_model(dict(info), eval_spec, filters_factor=width,
+                                              sync_bn=sync_bn)
+    model(tf.zeros([1, *shape[-3:]]), training=False)
+    return model
+
+  key = ("evaluation", info["architecture"], info.get("mode"), info.get("last_relu", True),
+         tuple(sorted(representation_lib.backbone_strides(eval_spec).items())), sync_bn)
+  return footprint_lib.measure(key, build, shape, precision, training)
 
 
 def _repeat(make_batches):

@@ -116,6 +116,18 @@ def backbone_strides(eval_spec: str) -> Dict[str, Any]:
   return dict(models.PATCH_STRIDES) if specs.makes_patches(eval_spec) else {}
 
 
+def backbone_model(info: Dict[str, Any], eval_spec: str, filters_factor: Optional[int] = None,
+                   sync_bn: bool = False):
+  """A new (unbuilt) backbone with the facts of an export's `info` (architecture, width, version,
+  last ReLU; the patch strides where `eval_spec` cuts patches), without a head; `filters_factor`
+  over the info's."""
+  import models  # pylint: disable=g-import-not-at-top
+  return models.get_model(info["architecture"], num_classes=None,
+                          filters_factor=filters_factor or info.get("filters_factor"),
+                          mode=info.get("mode") or "v2", last_relu=info.get("last_relu", True),
+                          sync_bn=sync_bn, **backbone_strides(eval_spec))
+
+
 def random_init(architecture: str, filters_factor: int = 4, mode: Optional[str] = None,
                 seed: int = 0, **model_kwargs) -> Representation:
   """A freshly initialised backbone from `models.get_model` (the random-init baseline)."""

@@ -36,6 +36,26 @@ class _ExportModule(tf.Module):
     return {k: tf.cast(v, tf.float32) for k, v in self.model(images, training=False).items()}
 
 
+def describe(config, image_shape: Sequence[int]) -> dict:
+  """What export_info.json says of the backbone that a pretext run of `config` exports, for
+  examples of `image_shape` as its pipeline yields them (before the run: the plan; after it,
+  with the step and the run record, the export's). `input_shape` is the export's input."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import datasets  # pylint: disable=g-import-not-at-top
+  import methods  # pylint: disable=g-import-not-at-top
+  from core import specs  # pylint: disable=g-import-not-at-top
+  method = methods.get_method(config.task)
+  return {
+      "task": config.task, "architecture": config.architecture,
+      "filters_factor": config.resolved_filters_factor(), "mode": config.mode,
+      "last_relu": config.last_relu, "dataset": config.dataset,
+      "eval_preprocessing": specs.representation_spec(config.preprocessing),
+      "preprocess_config": dataclasses.asdict(datasets.PreprocessConfig.of(config)),
+      "input_shape": list(config.serving_input_shape or
+                          method.serving_input_shape(tuple(image_shape))),
+  }
+
+
 def export(model, export_dir: str, image_shape: Sequence[int], info: dict,
            backbone=None) -> str:
   """Writes the SavedModel and export_info.json to `export_dir`, replacing an earlier export.
