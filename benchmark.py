@@ -2,6 +2,7 @@
 
   python benchmark.py --grid=configs/grids/shapes.toml                 # run (resumes), report
   python benchmark.py --grid=configs/grids/shapes.toml --list          # the cells and their state
+  python benchmark.py --grid=configs/grids/imagenet_paper.toml --executor=slurm --plan  # fits?
   python benchmark.py --grid=configs/grids/shapes.toml --cells='rotation-*,random_init-*'
   python benchmark.py --grid=configs/grids/shapes.toml --jobs=2          # two cells at a time
   python benchmark.py --grid=configs/grids/shapes.toml --executor=slurm  # every cell a SLURM job
@@ -11,9 +12,12 @@ Each cell runs in <root>/<cell name>/ (default root: workdirs/grid_<grid name>);
 subprocess of train_and_eval.py whose output goes to <cell>/log.txt. Finished cells are skipped,
 interrupted ones resume. With --executor=slurm every cell is a SLURM job (the grid file's [slurm]
 section says what it asks for); --detach submits and exits, the same command again attaches,
---cancel cancels the jobs. <root>/grid_status.json records every cell's state and errors; the
-report goes to <root>/report/ (report.md, report.csv, report.json, plots). Exit status: 0 when
-every selected cell succeeded, 1 when one failed, 2 for an invalid grid file or flag.
+--cancel cancels the jobs. Before the first cell starts or job is submitted, every step is
+checked and its memory and disk planned against the [slurm] settings or this machine
+(grid/plan.py; --plan prints the plan and runs nothing). <root>/grid_status.json records every
+cell's state and errors; the report goes to <root>/report/ (report.md, report.csv, report.json,
+plots). Exit status: 0 when every selected cell succeeded, 1 when one failed, 2 for an invalid
+grid file or flag, or a step that would fail or not fit.
 """
 
 import os
@@ -38,6 +42,11 @@ flags.DEFINE_list("only_method", [], "Run only the cells of these methods (rando
                   "baselines).")
 flags.DEFINE_list("only_architecture", [], "Run only the cells of these architectures.")
 flags.DEFINE_boolean("list", False, "List the selected cells and their state; run nothing.")
+flags.DEFINE_boolean("plan", False, "Check every step of the selected cells and print the plan: "
+                     "each step's estimated peak memory per device and per node and its disk, "
+                     "against the cell's [slurm] settings (--executor=slurm: gpu_mem, mem) or "
+                     "this machine; run nothing. Exit status 2 when a step cannot fit (every run "
+                     "checks the same before it starts).")
 flags.DEFINE_boolean("show_commands", False, "With --list: also each step's command line.")
 flags.DEFINE_boolean("report_only", False, "Only (re)make the report from the result files in "
                      "--root (one or several roots).")
@@ -90,6 +99,24 @@ def _report(roots, title):
   return EXIT_OK
 
 
+def _check_and_plan(cells, root, command, budget):
+  """(problems, the plan's rows, its disk): the steps' checks and, where they pass, the plan
+  (grid/plan.py)."""
+  from grid import plan as plan_lib  # pylint: disable=g-import-not-at-top
+  from grid import preflight  # pylint: disable=g-import-not-at-top
+  problems, plans, placements = preflight.check(cells, root, command, budget=budget)
+  rows, plan_problems, disk = plan_lib.assess(cells, plans, placements, budget, root)
+  return problems + plan_problems, rows, disk
+
+
+def _print_problems(problems, grid_path):
+  for problem in problems:
+    print(f"error: {problem}", file=sys.stderr)
+  if problems:
+    print(f"{len(problems)} problem(s) in the steps of {grid_path}, found before they run; "
+          "nothing was run", file=sys.stderr)
+
+
 def run(argv) -> int:
   if len(argv) > 1:
     return _error(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -98,7 +125,7 @@ def run(argv) -> int:
   from grid import flags as flags_lib  # pylint: disable=g-import-not-at-top
   from grid import gridfile  # pylint: disable=g-import-not-at-top
   from grid import local  # pylint: disable=g-import-not-at-top
-  from grid import preflight  # pylint: disable=g-import-not-at-top
+  from grid import plan as plan_lib  # pylint: disable=g-import-not-at-top
   from grid import slurm  # pylint: disable=g-import-not-at-top
   from grid import slurm_cluster  # pylint: disable=g-import-not-at-top
   from grid import runner as runner_lib  # pylint: disable=g-import-not-at-top
@@ -141,6 +168,17 @@ def run(argv) -> int:
   if not cells:
     return _error("the selection matches no cell")
   command = [FLAGS.python, common.TRAIN_AND_EVAL]
+  budget = (plan_lib.SlurmBudget(grid.slurm["max_queued"]) if FLAGS.executor == "slurm" else
+            plan_lib.LocalBudget(jobs=FLAGS.jobs))
+  if FLAGS.plan:
+    try:
+      problems, rows, disk = _check_and_plan(cells, root, command, budget)
+    except common.GridError as e:
+      return _error(str(e))
+    if rows:
+      print(plan_lib.table(rows, disk))
+    _print_problems(problems, grid.path)
+    return EXIT_USAGE if problems else EXIT_OK
   if FLAGS.executor == "slurm":
     if FLAGS.jobs != 1:
       return _error(f"--jobs={FLAGS.jobs} is for --executor=local; under SLURM every cell is a "
@@ -163,12 +201,9 @@ def run(argv) -> int:
       return EXIT_OK
     if FLAGS.executor == "slurm":
       executor.check(cells)  # Before anything is submitted.
-    problems = preflight.check(cells, root, command)  # Before any cell starts.
+    problems, _, _ = _check_and_plan(cells, root, command, budget)  # Before any cell starts.
     if problems:
-      for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
-      print(f"{len(problems)} problem(s) in the steps of {grid.path}, found before they run; "
-            "nothing was run", file=sys.stderr)
+      _print_problems(problems, grid.path)
       return EXIT_USAGE
     statuses = runner.run(cells)
   except (common.GridError, slurm_cluster.ClusterError) as e:

@@ -53,8 +53,7 @@ def run(cell: Cell, root: str, command: Sequence[str], grid_info: Mapping[str, A
   job = submitit.JobEnvironment()
   workdir = os.path.join(root, cell.name)
   env = _environment()
-  multi_worker = slurm_settings.num_tasks(cell.slurm) > 1
-  runtime = {"pretext": {"strategy": "multi_worker"}} if multi_worker else {}
+  runtime = slurm_settings.runtime_flags(cell.slurm)
   steps = StepRunner(command, env)
   if job.global_rank > 0:
     return _run_worker(cell, workdir, steps, runtime, job.job_id, job.global_rank)

@@ -10,7 +10,9 @@ scheduler for, and how the grid's jobs are queued and retried.
   tasks_per_node = 1
   cpus_per_task = 8
   gpus_per_node = 1            # a one-node cell's GPUs
-  mem = "64G"                  # sbatch --mem
+  mem = "64G"                  # sbatch --mem (per node)
+  gpu_mem = "80G"              # memory of one of the partition's GPUs: not sent to sbatch; the
+                               # plan (benchmark.py --plan) checks every step's estimate with it
   extra = { constraint = "a100", exclusive = true }   # any other sbatch option
   setup = ["module load cuda/12.4"]                   # shell lines run before the cell
   max_queued = 100             # grid-wide: jobs of this grid queued or running at once
@@ -127,8 +129,8 @@ def _setup(value: Any, key: str) -> list:
 JOB_KEYS: Dict[str, Callable[[Any, str], Any]] = {
     "partition": _name, "account": _name, "qos": _name, "time": _time,
     "nodes": _count, "tasks_per_node": _count, "cpus_per_task": _count,
-    "gpus_per_node": lambda v, k: _count(v, k, 0), "mem": _mem, "extra": _extra,
-    "setup": _setup,
+    "gpus_per_node": lambda v, k: _count(v, k, 0), "mem": _mem, "gpu_mem": _mem,
+    "extra": _extra, "setup": _setup,
 }
 # Grid-wide only.
 GRID_KEYS: Dict[str, Callable[[Any, str], Any]] = {
@@ -169,6 +171,20 @@ def job_settings(*tables: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
 def grid_settings(table: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
   """max_queued and max_retries of a [slurm] table, with their defaults."""
   return dict(GRID_DEFAULTS, **{k: v for k, v in (table or {}).items() if k in GRID_KEYS})
+
+
+def memory_bytes(value: str) -> int:
+  """Bytes of a memory size as sbatch --mem writes it ("480G", "4000M", "4000": megabytes)."""
+  text = str(value).strip().upper()
+  unit = text[-1] if text[-1] in "KMGT" else "M"
+  number = int(text[:-1] if text[-1] in "KMGT" else text)
+  return number << {"K": 10, "M": 20, "G": 30, "T": 40}[unit]
+
+
+def runtime_flags(settings: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
+  """The flags a cell's job adds to its steps, by step: a job of several tasks trains on all of
+  them (--strategy=multi_worker, its cluster from SLURM's environment); the rest runs on task 0."""
+  return {"pretext": {"strategy": "multi_worker"}} if num_tasks(settings) > 1 else {}
 
 
 def num_tasks(settings: Mapping[str, Any]) -> int:
