@@ -1,0 +1,100 @@
+"""The plan's estimates against real runs, in one run: the peak resident memory of pretext runs
+and of cached per-layer probes (the kernel's, from os.wait4), each at two sizes so that what does
+not grow with them (the runtime, the model) cancels out, next to what training/footprint.py and
+eval/linear_eval.footprint estimate for the same commands.
+
+  .venv/bin/python bench/footprint.py [--data_dir=DIR]   # about 3 minutes on 2 cores
+
+Prints one row per case: the growth measured, the growth estimated, and their ratio.
+tests/test_footprint.py runs the same cases and holds each within 25%.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from concurrent import futures
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from core import runtime  # pylint: disable=g-import-not-at-top
+
+runtime.set_defaults()
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRETEXT = ["--flagfile=configs/rotation/shapes.flags", "--resize_size=64", "--norun_eval",
+           "--epochs=0.01", "--filters_factor=1"]
+PROBE = ["--flagfile=configs/evaluation/shapes.flags", "--hub_module=random_init",
+         "--architecture=resnet50", "--filters_factor=1", "--eval_preprocessing=-1_to_1",
+         "--val_split=test[:500]", "--epochs=1", "--feature_cache=keep"]
+# name -> (the flags of both runs, {size: its own flags}): two pretext runs 256 examples apart
+# (x 4 rotations: 1024 images), two probes on 1000 and 4000 training images.
+CASES = {
+    "training resnet50_v1 w1 mixed_bfloat16": (
+        PRETEXT + ["--architecture=resnet50", "--mode=v1", "--precision=mixed_bfloat16"],
+        {32: ["--batch_size=32"], 288: ["--batch_size=288"]}),
+    "training vgg19 w1 float32": (
+        PRETEXT + ["--architecture=vgg19"],
+        {32: ["--batch_size=32"], 288: ["--batch_size=288"]}),
+    "cached probes resnet50 w1": (
+        PROBE, {1000: ["--train_split=train[:1000]"], 4000: ["--train_split=train[:4000]"]}),
+}
+
+
+def peak_rss(args, data_dir):
+  """(exit code, peak resident bytes, stderr's tail) of one train_and_eval.py with `args`."""
+  proc = subprocess.Popen([sys.executable, "train_and_eval.py", *args, f"--data_dir={data_dir}"],
+                          cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  stderr = proc.stderr.read()
+  _, status, usage = os.wait4(proc.pid, 0)
+  proc.returncode = os.waitstatus_to_exitcode(status)  # Reaped here: Popen must not wait.
+  return proc.returncode, usage.ru_maxrss * 1024, stderr.decode()[-3000:]
+
+
+def estimate(args, data_dir):
+  """The estimate (training/footprint.Step) of train_and_eval.py with `args`."""
+  import train_and_eval  # pylint: disable=g-import-not-at-top
+  return train_and_eval.footprint(train_and_eval._entry_values(  # pylint: disable=protected-access
+      list(args) + [f"--data_dir={data_dir}"]))
+
+
+def measure(case: str, data_dir: str, workdir: str):
+  """{size: (estimate, peak bytes)} of the case's two runs (run two at a time); RuntimeError
+  naming the run that failed. The runs write into `workdir`/<size>."""
+  common, sizes = CASES[case]
+  commands = {n: common + extra + [f"--workdir={os.path.join(workdir, str(n))}"]
+              for n, extra in sizes.items()}
+  with futures.ThreadPoolExecutor(2) as pool:
+    done = dict(zip(commands, pool.map(lambda n: peak_rss(commands[n], data_dir), commands)))
+  for n, (code, _, stderr) in done.items():
+    if code:
+      raise RuntimeError(f"{case}, size {n}: exit {code}\n{stderr}")
+  return {n: (estimate(commands[n], data_dir), done[n][1]) for n in commands}
+
+
+def growth(case: str, results) -> tuple:
+  """(measured, estimated) growth in bytes from the smaller run to the larger: host memory for
+  the probes, the device's (the host's on a CPU) for training."""
+  (small, small_peak), (large, large_peak) = (results[n] for n in sorted(results))
+  field = "host_bytes" if case.startswith("cached probes") else "device_bytes"
+  return large_peak - small_peak, getattr(large, field) - getattr(small, field)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--data_dir", default=None, help="TFDS data dir for the embedded shapes set "
+                      "(default: a temporary one, prepared first)")
+  args = parser.parse_args()
+  import datasets  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as tmp:
+    data_dir = args.data_dir or os.path.join(tmp, "tfds")
+    datasets.get_dataset_info("shapes", data_dir)
+    print(f"{'case':42s} {'measured MiB':>13s} {'estimated MiB':>14s} {'ratio':>6s}")
+    for case in CASES:
+      measured, estimated = growth(case, measure(case, data_dir, os.path.join(tmp, case[:8])))
+      print(f"{case:42s} {measured / 2**20:13.0f} {estimated / 2**20:14.0f} "
+            f"{estimated / measured:6.2f}")
+
+
+if __name__ == "__main__":
+  main()
