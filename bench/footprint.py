@@ -91,7 +91,8 @@ def main():
     datasets.get_dataset_info("shapes", data_dir)
     print(f"{'case':42s} {'measured MiB':>13s} {'estimated MiB':>14s} {'ratio':>6s}")
     for case in CASES:
-      measured, estimated = growth(case, measure(case, data_dir, os.path.join(tmp, case[:8])))
+      workdir = os.path.join(tmp, case.replace(" ", "_"))
+      measured, estimated = growth(case, measure(case, data_dir, workdir))
       print(f"{case:42s} {measured / 2**20:13.0f} {estimated / 2**20:14.0f} "
             f"{estimated / measured:6.2f}")
 

@@ -164,7 +164,7 @@ def footprint(config: FineTuneConfig, info: Mapping[str, Any], replicas: int
   examples = config.batch_size / replicas
   images = examples * (shape[0] if len(shape) == 4 else 1)
   return footprint_lib.Step(
-      replicas=replicas, params=backbone.params(width),
+      kind="fine-tuning", replicas=replicas, params=backbone.params(width),
       device_bytes=footprint_lib.training_bytes(backbone, width, images, config.optimizer,
                                                 config.precision),
       host_bytes=footprint_lib.pipeline_bytes(config.batch_size, 4 * math.prod(shape)),

@@ -341,7 +341,7 @@ def footprint(config, info: Mapping[str, Any]) -> footprint_lib.Step:
   batch = config.eval_batch_size or config.batch_size
   images = batch * (shape[0] if len(shape) == 4 else 1)
   return footprint_lib.Step(
-      replicas=1, params=backbone.params(width),
+      kind="extraction", replicas=1, params=backbone.params(width),
       device_bytes=footprint_lib.inference_bytes(backbone, width, images),
       host_bytes=int(host),
       disk_bytes=int(features) if config.feature_cache != "workdir" else 0,

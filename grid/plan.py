@@ -4,10 +4,10 @@ estimates that `train_and_eval.py --check_steps` makes while it checks the steps
 (training/footprint.py), against what the step gets:
 
   - under --executor=slurm, the cell's job ([slurm] and the cell's slurm table): its GPUs, each
-    of `gpu_mem` (the plan's own key, not sent to sbatch: without it GPU memory is not checked;
-    a step must fit in GPU_FIT of it),
-    and `mem` per node. A multi-task job trains on every task (multi-worker: the global batch is
-    shared out over every GPU of the job) and evaluates on task 0 with its share of a node's GPUs;
+    of `gpu_mem` (the plan's own key, not sent to sbatch; a step must fit in GPU_FIT of it, and
+    without it GPU memory is not checked), and `mem` per node. A multi-task job trains on every
+    task (multi-worker: the global batch is shared out over every GPU of the job) and evaluates
+    on task 0 with its share of a node's GPUs;
   - on this machine, its memory (divided among --jobs cells at once) and its GPUs (nvidia-smi).
     A step runs on one device unless its --strategy is mirrored (every GPU).
 Where the steps run on CPUs, the training step's memory is host memory too.
@@ -59,7 +59,8 @@ class Budget:
     del cell, step
     return {}
 
-  def device_fix(self, step: str) -> str:
+  def device_fix(self, kind: str) -> str:
+    """The setting to change for a step of `kind` (training/footprint.KINDS) over a GPU."""
     raise NotImplementedError
 
   def host_fix(self) -> str:
@@ -90,12 +91,14 @@ class SlurmBudget(Budget):
   def runtime_flags(self, cell, step):
     return slurm_settings.runtime_flags(cell.slurm).get(step, {})
 
-  def device_fix(self, step):
-    if step == "pretext":
+  def device_fix(self, kind):
+    if kind == "training":
       return ("give it more GPUs (nodes or gpus_per_node in its slurm table: the global "
               "--batch_size is shared out over them) or set gpu_mem to its GPUs' memory")
-    return ("a smaller batch per GPU (--eval_batch_size for the extraction, --batch_size with "
-            "--strategy=mirrored for fine-tuning), or set gpu_mem to its GPUs' memory")
+    if kind == "fine-tuning":
+      return ("give its process more GPUs (gpus_per_node over tasks_per_node) with "
+              "--strategy=mirrored in its flags, or set gpu_mem to its GPUs' memory")
+    return "a smaller --eval_batch_size, or set gpu_mem to its GPUs' memory"
 
   def host_fix(self):
     return "raise mem in its slurm table (or [slurm])"
@@ -118,9 +121,10 @@ class LocalBudget(Budget):
     return Placement(replicas, 1, 1, replicas, min(self.gpu_bytes) if gpus else None, bool(gpus),
                      self.memory // self.jobs, where)
 
-  def device_fix(self, step):
-    return ("a smaller --batch_size" if step == "pretext" or "fine" in step else
-            "a smaller --eval_batch_size") + " (or a machine with more GPU memory)"
+  def device_fix(self, kind):
+    return ("a smaller --eval_batch_size" if kind == "extraction" else
+            "--strategy=mirrored over more GPUs, or a smaller --batch_size") + (
+                " (or a machine with more GPU memory)")
 
   def host_fix(self):
     return "fewer --jobs, smaller splits, or a machine with more memory"
@@ -189,7 +193,7 @@ def assess(cells: Sequence[Cell], plans: Mapping[str, Mapping[str, Any]],
         problems.append(
             f"{cell.name}, step {step}: needs about {_gib(e['device_bytes'])} GiB per GPU "
             f"({e['what']}, on {p.replicas} GPU(s)), over {GPU_FIT:.0%} of the "
-            f"{_gib(p.gpu_bytes)} GiB of {p.where}; {budget.device_fix(step)}")
+            f"{_gib(p.gpu_bytes)} GiB of {p.where}; {budget.device_fix(e['kind'])}")
       if p.host_bytes and row.node_host_bytes > p.host_bytes:
         problems.append(
             f"{cell.name}, step {step}: needs about {_gib(row.node_host_bytes)} GiB of host "

@@ -103,9 +103,13 @@ def checkpoint_bytes(params: int, optimizer: Optional[str]) -> int:
   return params * 4 * (1 + slots)
 
 
+KINDS = ("training", "fine-tuning", "extraction")
+
+
 @dataclasses.dataclass(frozen=True)
 class Step:
   """A step's estimate; sizes in bytes."""
+  kind: str           # What its devices do: training, fine-tuning or extraction (KINDS).
   replicas: int       # Devices it trains or extracts on.
   params: int         # Of the model it trains or evaluates.
   device_bytes: int   # Per replica, at its peak (host memory where the replicas are CPUs).
@@ -165,7 +169,7 @@ def pretext(config, replicas: int, processes: int) -> Step:
   weights = checkpoint_bytes(params, None)
   disk = (config.keep_checkpoint_max * checkpoint_bytes(params, config.optimizer)
           + weights * (1 + 2 * kept))  # The export; each kept step's weights and export.
-  return Step(replicas=replicas, params=params,
+  return Step(kind="training", replicas=replicas, params=params,
               device_bytes=training_bytes(backbone, width, images, config.optimizer,
                                           config.precision),
               host_bytes=pipeline_bytes(config.batch_size / processes,
