@@ -16,7 +16,8 @@ is traced, not run. From those graphs:
 Training on one replica then holds (`training_bytes`): the float32 variables, their gradients and
 the optimizer's slots (momentum: 1, Adam: 2), a 16-bit copy of the weights under mixed precision,
 and per image the kept bytes plus the backward pass's working tensors (BACKWARD_HEADROOM of
-them). tests/test_footprint.py checks the estimates against the peaks of real runs.
+them). bench/footprint.py measures the estimates against the peaks of real runs (and
+tests/test_footprint.py holds them within 25%).
 """
 
 import dataclasses
@@ -48,7 +49,7 @@ class Backbone:
   variable_dims: Tuple[Tuple[Tuple[int, int], ...], ...]  # Per variable, per dim: (at 1, at 2).
   kept_bytes_per_image: int      # Kept for the backward pass, at width 1.
   input_bytes_per_image: int     # Of those, the input image's (the same at every width).
-  largest_bytes_per_image: int   # The largest kept tensor, at width 1.
+  largest_bytes_per_image: int   # The largest tensor of the forward pass, at width 1.
   end_point_shapes: Dict[str, Tuple[Tuple[int, int], ...]]  # Per dim: (at 1, at 2), no batch.
   compute_bytes: int             # Bytes of a value in the compute dtype (2 under mixed precision).
 
