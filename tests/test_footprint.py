@@ -44,8 +44,8 @@ def test_the_cached_probes_memory_and_feature_cache_are_as_estimated(shapes_data
   results = bench.measure(case, shapes_data_dir, str(tmp_path))
   measured, estimated = bench.growth(case, results)
   assert measured > 2 ** 28 and _within(estimated, measured), (estimated, measured)
-  large, _ = results[4000]
-  assert _within(large.disk_bytes, _size(f"{tmp_path}/4000/feature_cache/**/*.npy"))
+  large, _ = results[8000]
+  assert _within(large.disk_bytes, _size(f"{tmp_path}/8000/feature_cache/**/*.npy"))
 
 
 @pytest.mark.parametrize("architecture", ["resnet50", "revnet50", "vgg19"])
