@@ -42,14 +42,28 @@ CASES = {
 }
 
 
+# Runs a command as its child and reports the child's peak RSS. A child forked from a large
+# process (a test session) carries that process's pages until it executes its program, and the
+# kernel counts them in its peak; forked from this small one, it carries a few MB.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+  os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+sys.stderr.write(f"\\npeak_rss_kib={usage.ru_maxrss}\\n")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def peak_rss(args, data_dir):
   """(exit code, peak resident bytes, stderr's tail) of one train_and_eval.py with `args`."""
-  proc = subprocess.Popen([sys.executable, "train_and_eval.py", *args, f"--data_dir={data_dir}"],
-                          cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  stderr = proc.stderr.read()
-  _, status, usage = os.wait4(proc.pid, 0)
-  proc.returncode = os.waitstatus_to_exitcode(status)  # Reaped here: Popen must not wait.
-  return proc.returncode, usage.ru_maxrss * 1024, stderr.decode()[-3000:]
+  proc = subprocess.run([sys.executable, "-c", _LAUNCHER, sys.executable, "train_and_eval.py",
+                         *args, f"--data_dir={data_dir}"], cwd=REPO_ROOT,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+  peak = [line for line in proc.stderr.splitlines() if line.startswith("peak_rss_kib=")]
+  kib = int(peak[-1].split("=")[1]) if peak else 0
+  return proc.returncode, kib * 1024, proc.stderr[-3000:]
 
 
 def estimate(args, data_dir):
