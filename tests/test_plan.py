@@ -47,12 +47,12 @@ def test_the_imagenet_grids_fit_their_slurm_settings_at_imagenet_size(
     if r.step == "eval:linear_eval":  # ImageNet's features, held in host memory.
       assert 150 * gib < r.node_host_bytes <= p.host_bytes, r
   by = {(r.cell, r.step): r for r in rows}
-  if "simclr-resnet50_v1-w16" in by:
+  if patterns:  # The paper grid: SimCLR at 4x on 8 nodes of 8 GPUs, the global batch over all.
     simclr = by["simclr-resnet50_v1-w16", "pretext"]
-    assert simclr.placement.replicas == 64  # 8 nodes of 8: the global batch over all of them.
-    assert "128 examples x 2 images of 224x224x3 per replica" in simclr.estimate["what"]
-  for name in ("simclr-resnet50_v1-w4", "random_init-resnet50_v1-w4"):
-    if (name, "eval:fine_tune_1pct") in by:  # Mirrored over the node's 8 GPUs.
+    assert simclr.placement.replicas == 64
+    assert "64 examples x 2 images of 224x224x3 per replica" in simclr.estimate["what"]
+  else:  # Fine-tuning mirrored over a node's 8 GPUs.
+    for name in ("simclr-resnet50_v1-w4", "random_init-resnet50_v1-w4"):
       assert by[name, "eval:fine_tune_1pct"].placement.replicas == 8
 
 
