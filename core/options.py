@@ -31,6 +31,7 @@ EVAL_MODELS = ("linear", "mlp")
 POOL_MODES = ("adaptive_max", "adaptive_avg", "max", "avg")
 COMBINE_MODES = ("avg_pool", "max_pool", "concat")
 FEATURE_CACHES = ("memory", "workdir", "keep")
+FEATURE_DTYPES = ("float32", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +159,7 @@ _OPTIONS = [
            "trust coefficient 0.001, batch norm and biases not adapted: SimCLR's).",
            configs=_P + _F, choices=OPTIMIZERS),
     Option("lr", "float", 0.1, "Learning rate for a batch of --lr_scale_batch_size (fine_tune: "
-           "of the new head).", check="positive"),
+           "of the new head; linear_eval: --probe_lrs).", configs=_P + _F, check="positive"),
     Option("backbone_lr", "float", None, "fine_tune: learning rate of the backbone, for a batch "
            "of --lr_scale_batch_size (default: --lr).", configs=_F, check="positive"),
     Option("lr_scale_batch_size", "int", 256, "Batch size --lr is given for; the rate is scaled "
@@ -172,8 +173,9 @@ _OPTIONS = [
     Option("lr_schedule", "enum", "step", "After warm-up: step (multiplied by "
            "--lr_decay_factor at each of --decay_epochs) or cosine (decayed to 0 at --epochs).",
            choices=LR_SCHEDULES),
-    Option("weight_decay", "float", None, "L2 weight decay (default: 1e-4, VGG 5e-4; "
-           "linear_eval and fine_tune: 0).", check="nonnegative", eval_default=0.0),
+    Option("weight_decay", "float", None, "L2 weight decay (default: 1e-4, VGG 5e-4; fine_tune: "
+           "0; linear_eval: --probe_weight_decays).", configs=_P + _F, check="nonnegative",
+           eval_default=0.0),
     # Running.
     Option("strategy", "string", "default", "tf.distribute strategy: default (one device), "
            "mirrored (all local GPUs, or logical CPU devices), multi_worker (the hosts of "
@@ -230,6 +232,23 @@ _OPTIONS = [
     Option("on_the_fly", "bool", False, "linear_eval: the original protocol (training "
            "--preprocessing with augmentation through the frozen backbone every step) instead "
            "of cached features.", configs=_E),
+    Option("probe_lrs", "list", "0.003,0.03,0.3", "linear_eval: the learning rates (for a "
+           "batch of --lr_scale_batch_size) of each layer's heads, trained together with every "
+           "--probe_weight_decays; the setting with the best top-1 on a held-out tenth of the "
+           "training split (at most 50000 examples) is trained again on all of it and tested. "
+           "One rate and one decay: that head alone, no held-out part.", configs=_E,
+           value="floats", check="positive"),
+    Option("probe_weight_decays", "list", "0,0.0001,0.001,0.01,0.1", "linear_eval: the L2 "
+           "weight decays of each layer's heads (see --probe_lrs).", configs=_E, value="floats",
+           check="nonnegative"),
+    Option("probe_memory_gb", "float", None, "linear_eval: host memory for the probes' "
+           "features and heads, beyond the process's runtime and backbone (default: half of the "
+           "SLURM job's memory per node, or of this machine's available memory). Layers whose "
+           "heads do not fit together train in groups; a run that cannot fit one layer's heads "
+           "stops before extracting.", configs=_E, check="positive", affects_results=False),
+    Option("feature_dtype", "enum", "float32", "linear_eval: the dtype the extracted features "
+           "are stored in (float16: half the memory and disk).", configs=_E,
+           choices=FEATURE_DTYPES),
     Option("knn_k", "int", None, "linear_eval: also report k-nearest-neighbour accuracy with "
            "this k.", configs=_E, check="positive"),
     Option("train_fraction", "float", None, "linear_eval, fine_tune: train on this fraction of "
@@ -354,7 +373,13 @@ def check_values(config: Any, config_name: str) -> None:
       require(value in option.choices,
              f"--{name}={value!r} is not valid; choices: {', '.join(option.choices)}")
     optional = " or None" if option.default_for(config_name) is None else ""
-    if option.check == "positive" and option.kind == "int":
+    if option.kind == "list" and option.check in ("positive", "nonnegative"):
+      bound = "> 0" if option.check == "positive" else ">= 0"
+      require(len(value) > 0 and all(
+          (v > 0 if option.check == "positive" else v >= 0) and math.isfinite(v) for v in value),
+              f"--{name}={','.join(f'{v:g}' for v in value)} must be one or more numbers "
+              f"{bound}")
+    elif option.check == "positive" and option.kind == "int":
       require(is_int(value) and value > 0,
              f"--{name} must be a positive integer{optional}, got {value!r}")
     elif option.check == "positive":

@@ -1,56 +1,101 @@
-"""Per-layer probes: one linear or MLP head per layer, all trained together in one step.
+"""Per-layer probes: for every layer a bank of linear (or MLP) heads, one per setting of a small
+grid (learning rate x weight decay), all trained together on the same batches, from a feature
+store (eval/store.py) within a memory budget.
 
-The total loss is the sum over layers of each head's mean cross-entropy plus its weight decay;
-heads share no variables, so each head gets exactly the gradient of its own loss.
+The total loss is the sum over layers and settings of each head's mean cross-entropy; heads share
+no variables, so each gets exactly the gradient of its own loss. Each head's kernels are updated
+by SGD with momentum 0.9 at its own learning rate (times the schedule's factor) and weight decay
+(L2, `wd * sum(w**2) / 2`, on kernels: the gradient gains `wd * w`), as keras.optimizers.SGD
+does for one head.
 
-Feature standardisation (on by default, `standardize=True` in linear_eval): each feature is
-shifted and scaled by its mean and standard deviation on the training features the heads see,
-and the same transform is applied at test time. Pooled features of different layers (and
-architectures) differ in scale by orders of magnitude; standardising makes one learning rate work
-for every layer, speeds up SGD, and leaves the set of linear classifiers unchanged (it is an affine
-map of the input). Weight decay then acts on the weights of standardised features. Features that
-are constant on the training set are zeroed (they carry no information there).
+Input normalisation, a fixed part of every head (`stats`, on by default): each feature is
+shifted and scaled by its mean and standard deviation on the training rows the heads see (one
+streamed pass over the store: `store_stats`), and the same transform is applied at test time.
+Pooled features of different layers (and architectures) differ in scale by orders of magnitude;
+standardising makes one grid of learning rates serve every layer (Lee et al. 2022 found probes
+on normalised inputs stable across hyperparameters) and leaves the set of linear classifiers
+unchanged. Weight decay then acts on the weights of standardised features. Features that are
+constant on the training rows are zeroed.
 """
 
+import concurrent.futures
 import dataclasses
+import itertools
 import math
 import time
-from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
-import keras
 import numpy as np
 import tensorflow as tf
 
 from core.registry import Registry
-import datasets
+from eval import store as store_lib
 from training import schedules
 
 EVAL_MODELS = Registry("eval_model")
 MLP_DROPOUT = 0.5
+MOMENTUM = schedules.MOMENTUM
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """One head's optimisation: learning rate (for a batch of the evaluation's
+  lr_scale_batch_size) and weight decay."""
+  lr: float
+  weight_decay: float
+
+  def to_dict(self) -> Dict[str, float]:
+    return dict(lr=self.lr, weight_decay=self.weight_decay)
+
+
+def grid(lrs: Sequence[float], weight_decays: Sequence[float]) -> List[Setting]:
+  """Every (learning rate, weight decay) pair, learning rates outermost, as given."""
+  return [Setting(float(lr), float(wd)) for lr, wd in itertools.product(lrs, weight_decays)]
+
+
+def _glorot(seed: int, shape: Sequence[int]) -> tf.Tensor:
+  """Glorot-uniform kernels `[S, fan_in, fan_out]`, the same for every setting."""
+  limit = math.sqrt(6.0 / (shape[1] + shape[2]))
+  one = tf.random.stateless_uniform(shape[1:], [seed, 0], -limit, limit)
+  return tf.tile(one[None], [shape[0], 1, 1])
 
 
 @EVAL_MODELS.register("linear")
-def linear_head(dim: int, num_classes: int, channels_hidden: int, seed: int) -> keras.Model:
-  """A linear classifier (logistic regression)."""
+def linear_head(dim: int, num_classes: int, channels_hidden: int, settings: int, seed: int):
+  """A linear classifier (logistic regression): its variables' initial values (kernels first)
+  and its logits `[S, B, C]` of standardised features `[B, D]`."""
   del channels_hidden
-  return keras.Sequential([
-      keras.Input((dim,)),
-      keras.layers.Dense(num_classes, kernel_initializer=keras.initializers.GlorotUniform(seed)),
-  ])
+  init = [_glorot(seed, [settings, dim, num_classes]), tf.zeros([settings, num_classes])]
+
+  def logits(variables, x, training, seed_tensor):
+    del training, seed_tensor
+    kernel, bias = variables
+    return tf.einsum("bd,sdc->sbc", x, kernel) + bias[:, None, :]
+  return init, logits, 1
 
 
 @EVAL_MODELS.register("mlp")
-def mlp_head(dim: int, num_classes: int, channels_hidden: int, seed: int) -> keras.Model:
+def mlp_head(dim: int, num_classes: int, channels_hidden: int, settings: int, seed: int):
   """One hidden ReLU layer of `channels_hidden` units, dropout 0.5, then a linear classifier."""
-  return keras.Sequential([
-      keras.Input((dim,)),
-      keras.layers.Dense(channels_hidden, activation="relu",
-                         kernel_initializer=keras.initializers.GlorotUniform(seed)),
-      keras.layers.Dropout(MLP_DROPOUT, seed=seed),
-      keras.layers.Dense(num_classes,
-                         kernel_initializer=keras.initializers.GlorotUniform(seed + 7919)),
-  ])
+  init = [_glorot(seed, [settings, dim, channels_hidden]),
+          _glorot(seed + 7919, [settings, channels_hidden, num_classes]),
+          tf.zeros([settings, channels_hidden]), tf.zeros([settings, num_classes])]
+
+  def logits(variables, x, training, seed_tensor):
+    k1, k2, b1, b2 = variables
+    hidden = tf.nn.relu(tf.einsum("bd,sdh->sbh", x, k1) + b1[:, None, :])
+    if training:
+      hidden = tf.nn.experimental.stateless_dropout(hidden, MLP_DROPOUT, seed_tensor)
+    return tf.einsum("sbh,shc->sbc", hidden, k2) + b2[:, None, :]
+  return init, logits, 2
+
+
+def head_params(eval_model: str, dim: int, num_classes: int, channels_hidden: int) -> int:
+  """Parameters of one head (one setting)."""
+  if eval_model == "mlp":
+    return (dim + 1) * channels_hidden + (channels_hidden + 1) * num_classes
+  return (dim + 1) * num_classes
 
 
 @dataclasses.dataclass
@@ -99,100 +144,215 @@ class StatsAccumulator:
     return stats
 
 
-def feature_stats(features: Mapping[str, np.ndarray], chunk: int = 8192) -> Dict[str, FeatureStats]:
-  """Per-layer FeatureStats of in-memory features, in chunks to bound the float64 copies."""
-  acc = StatsAccumulator()
-  num = next(iter(features.values())).shape[0]
-  for start in range(0, num, chunk):
-    acc.update({name: array[start:start + chunk] for name, array in features.items()})
-  return acc.result()
-
-
 class Probes:
-  """One head per layer; `stats` (optional) standardises each layer's features first."""
+  """A bank of heads per layer: `settings[layer]` (a layer's grid, or the one setting chosen for
+  it), trained together; `stats` (optional) standardises each layer's features first;
+  `lr_factor(step)`: the schedule's factor of every learning rate (warm-up, decays)."""
 
   def __init__(self, feature_dims: Mapping[str, int], num_classes: int,
-               eval_model: str = "linear", channels_hidden: int = 1000,
-               weight_decay: float = 0.0, seed: int = 0,
-               stats: Optional[Mapping[str, FeatureStats]] = None):
+               settings: Mapping[str, Sequence[Setting]], eval_model: str = "linear",
+               channels_hidden: int = 1000, seed: int = 0,
+               stats: Optional[Mapping[str, "FeatureStats"]] = None,
+               lr_factor: Callable[[tf.Tensor], tf.Tensor] = lambda step: 1.0,
+               lr_scale: float = 1.0, layer_seeds: Optional[Mapping[str, int]] = None):
     if num_classes < 2:
       raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     build = EVAL_MODELS.get(eval_model)
     self.layers = list(feature_dims)
     self.num_classes = num_classes
-    self.weight_decay = float(weight_decay)
-    self.heads = {name: build(int(dim), num_classes, channels_hidden, seed + 1000 * i)
-                  for i, (name, dim) in enumerate(feature_dims.items())}
+    self.settings = {name: list(settings[name]) for name in self.layers}
     self.stats = None if stats is None else {name: stats[name] for name in self.layers}
+    self.lr_factor = lr_factor
+    # Each layer's seed is its place among all of the evaluation's layers, so that a layer's
+    # heads start the same whichever group it trains in.
+    layer_seeds = layer_seeds or {name: i for i, name in enumerate(self.layers)}
+    self.variables, self.slots, self._logits, self._kernels = {}, {}, {}, {}
+    self.lrs, self.decays = {}, {}
+    for name, dim in feature_dims.items():
+      init, logits, kernels = build(int(dim), num_classes, channels_hidden,
+                                    len(self.settings[name]), seed + 1000 * layer_seeds[name])
+      self.variables[name] = [tf.Variable(v, name=f"{name}_{i}") for i, v in enumerate(init)]
+      self.slots[name] = [tf.Variable(tf.zeros_like(v)) for v in init]
+      self._logits[name], self._kernels[name] = logits, kernels
+      self.lrs[name] = tf.constant([lr_scale * s.lr for s in self.settings[name]], tf.float32)
+      self.decays[name] = tf.constant([s.weight_decay for s in self.settings[name]], tf.float32)
+    self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self.seed = seed
 
   @property
   def trainable_variables(self):
-    return [v for name in self.layers for v in self.heads[name].trainable_variables]
+    return [v for name in self.layers for v in self.variables[name]]
 
   def standardize(self, name: str, x: tf.Tensor) -> tf.Tensor:
-    """Layer `name`'s features as its head takes them: float32, standardised by `stats`."""
+    """Layer `name`'s features as its heads take them: float32, standardised by `stats`."""
     x = tf.cast(x, tf.float32)
     if self.stats is None:
       return x
     return (x - self.stats[name].mean) * self.stats[name].inv_std
 
-  def standardize_in_place(self, features: Mapping[str, np.ndarray]) -> None:
-    """`standardize` of each layer's NumPy array, written into the array (a large table is not
-    copied; float16 stays float16)."""
-    if self.stats is None:
-      return
+  def logits(self, features: Mapping[str, tf.Tensor], training: bool) -> Dict[str, tf.Tensor]:
+    """Each layer's logits `[S, B, C]`, a row per setting."""
+    out = {}
+    for i, name in enumerate(self.layers):
+      seed = tf.stack([tf.cast(self.step, tf.int32), tf.constant(self.seed * 7 + i)])
+      out[name] = self._logits[name](self.variables[name], self.standardize(name, features[name]),
+                                     training, seed)
+    return out
+
+  def losses(self, features, labels, training: bool) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
+    """(total loss to minimise, {layer: each setting's mean cross-entropy `[S]`}); the weight
+    decay is applied by `apply_gradients`."""
+    logits = self.logits(features, training)
+    cross_entropy = {}
     for name in self.layers:
-      np.subtract(features[name], self.stats[name].mean, out=features[name], casting="unsafe")
-      np.multiply(features[name], self.stats[name].inv_std, out=features[name], casting="unsafe")
+      tiled = tf.broadcast_to(labels[None], tf.shape(logits[name])[:2])
+      cross_entropy[name] = tf.reduce_mean(
+          tf.nn.sparse_softmax_cross_entropy_with_logits(tiled, logits[name]), axis=1)
+    return tf.add_n([tf.reduce_sum(v) for v in cross_entropy.values()]), cross_entropy
 
-  def logits(self, features: Mapping[str, tf.Tensor], training: bool,
-             standardized: bool = False) -> Dict[str, tf.Tensor]:
-    """Each head's logits; `standardized`: `features` went through `standardize` already."""
-    return {name: self.heads[name](
-        tf.cast(features[name], tf.float32) if standardized else
-        self.standardize(name, features[name]), training=training) for name in self.layers}
+  def apply_gradients(self, grads: Sequence[tf.Tensor]) -> None:
+    """One SGD-with-momentum step of every head at its own rate and weight decay."""
+    factor = tf.cast(self.lr_factor(self.step), tf.float32)
+    grads = iter(grads)
+    for name in self.layers:
+      for i, (var, slot) in enumerate(zip(self.variables[name], self.slots[name])):
+        grad = next(grads)
+        shape = [-1] + [1] * (len(var.shape) - 1)
+        if i < self._kernels[name]:
+          grad += tf.reshape(self.decays[name], shape) * var
+        slot.assign(MOMENTUM * slot - tf.reshape(self.lrs[name] * factor, shape) * grad)
+        var.assign_add(slot)
+    self.step.assign_add(1)
 
-  def losses(self, features, labels, training: bool,
-             standardized: bool = False) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
-    """(total loss to minimise, {layer: mean cross-entropy})."""
-    logits = self.logits(features, training, standardized)
-    cross_entropy = {
-        name: tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits[name]))
-        for name in self.layers}
-    total = tf.add_n(list(cross_entropy.values()))
-    total += schedules.l2_decay(self.trainable_variables, self.weight_decay)
-    return total, cross_entropy
+
+def head_bytes(eval_model: str, dim: int, num_classes: int, channels_hidden: int,
+               settings: int, batch_size: int) -> int:
+  """Memory of one layer's bank of `settings` heads in training: each variable, its momentum and
+  its gradient in float32, and the activations of a batch (logits, hidden units) 3 times."""
+  params = head_params(eval_model, dim, num_classes, channels_hidden)
+  width = num_classes + (channels_hidden if eval_model == "mlp" else 0)
+  return 4 * settings * (3 * params + 3 * batch_size * width)
+
+
+# Copies of a batch's features in flight while heads train from a store: the rows being trained
+# on, those read ahead, TensorFlow's copy of them (in the store's dtype), and their standardised
+# float32 batch.
+BATCH_COPIES = 3
+
+
+def batch_bytes(dim: int, itemsize: int, rows: int) -> int:
+  return rows * dim * (BATCH_COPIES * itemsize + 4)
+
+
+@dataclasses.dataclass
+class Reading:
+  """How heads train within a memory budget: which layers together, how many batches per read."""
+  groups: List[List[str]]
+  steps_per_call: int
+  need_bytes: int  # The peak estimate of the largest group.
+
+
+# At most this many training batches are read and trained on per call of the compiled loop: a
+# step of linear heads is a few small matrix products (milliseconds), to which a Python call per
+# step would add its own overhead.
+MAX_STEPS_PER_CALL = 64
+
+
+def plan_reading(dims: Mapping[str, int], itemsize: int, num_classes: int, eval_model: str,
+                 channels_hidden: int, settings: int, batch_size: int,
+                 budget: Optional[int]) -> Reading:
+  """Groups of layers (in depth order) whose heads and batches fit in `budget` bytes together,
+  and the batches read per call; None: no limit (one group). A ValueError names the first layer
+  that does not fit alone, its size and the budget."""
+  def need(names, steps):
+    return sum(head_bytes(eval_model, dims[n], num_classes, channels_hidden, settings,
+                          batch_size) + batch_bytes(dims[n], itemsize, steps * batch_size)
+               for n in names)
+
+  if budget is None:
+    return Reading([list(dims)], MAX_STEPS_PER_CALL, need(dims, MAX_STEPS_PER_CALL))
+  groups, current = [], []
+  for name in dims:
+    if need([name], 1) > budget:
+      heads = head_bytes(eval_model, dims[name], num_classes, channels_hidden, settings,
+                         batch_size)
+      raise ValueError(
+          f"layer {name}: its {settings} {eval_model} head(s) on {dims[name]} features for "
+          f"{num_classes} classes and a batch of {batch_size} need {need([name], 1) / 2**30:.2f} "
+          f"GiB ({heads / 2**30:.2f} GiB of heads), over the probes' memory budget of "
+          f"{budget / 2**30:.2f} GiB")
+    if current and need(current + [name], 1) > budget:
+      groups.append(current)
+      current = []
+    current.append(name)
+  groups.append(current)
+  steps = MAX_STEPS_PER_CALL
+  while steps > 1 and any(need(g, steps) > budget for g in groups):
+    steps //= 2
+  return Reading(groups, steps, max(need(g, steps) for g in groups))
+
+
+def minival_split(rows: np.ndarray, fraction: float, max_rows: int, seed: int
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+  """(rows to fit on, held-out rows): a seeded `fraction` of `rows` (at most `max_rows`, at
+  least one) held out, both sorted."""
+  rows = np.asarray(rows)
+  held = min(max_rows, max(1, int(round(fraction * len(rows)))))
+  if held >= len(rows):
+    raise ValueError(f"{len(rows)} training examples are too few to hold {held} out to choose "
+                     "the heads' settings on")
+  perm = np.random.default_rng([seed, 17]).permutation(len(rows))
+  return np.sort(rows[perm[held:]]), np.sort(rows[perm[:held]])
+
+
+def store_stats(store: store_lib.Store, layers: Sequence[str], rows: np.ndarray,
+                block_rows: int) -> Dict[str, "FeatureStats"]:
+  """Per-layer FeatureStats of `rows` of the store, in one streamed pass of `block_rows`."""
+  acc = StatsAccumulator()
+  for start in range(0, len(rows), block_rows):
+    block = store_lib.as_rows(rows[start:start + block_rows])
+    acc.update({name: store.read(name, block) for name in layers})
+  return acc.result()
+
+
+def train_chunks(store: store_lib.Store, layers: Sequence[str], rows: np.ndarray,
+                 batch_size: int, seed: int, steps_per_call: int, num_steps: int
+                 ) -> Iterator[Tuple[Dict[str, np.ndarray], np.ndarray]]:
+  """The training batches of `num_steps` steps over `rows` of the store, `steps_per_call` at a
+  time (features `[k, B, D]` per layer, labels `[k, B]`), read one chunk ahead in a thread.
+  Batches follow `epoch_orders` over `rows`: the same whatever the grouping and the chunking."""
+  orders = (rows[idx] for order in epoch_orders(len(rows), batch_size, seed) for idx in order)
+
+  def read(batches):
+    flat = np.concatenate(batches)
+    shape = [len(batches), len(batches[0])]
+    return ({name: store.read(name, flat).reshape(shape + [-1]) for name in layers},
+            store.labels[flat].reshape(shape))
+
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    pending, done = None, 0
+    while done < num_steps or pending is not None:
+      ahead = None
+      if done < num_steps:
+        count = min(steps_per_call, num_steps - done)
+        ahead = pool.submit(read, [next(orders) for _ in range(count)])
+        done += count
+      if pending is not None:
+        yield pending.result()
+      pending = ahead
+
+
+def eval_chunks(store: store_lib.Store, layers: Sequence[str], rows: np.ndarray,
+                batch_size: int) -> Iterator[Tuple[Dict[str, np.ndarray], np.ndarray]]:
+  """`rows` of the store in order, `batch_size` at a time (one batch per chunk)."""
+  for start in range(0, len(rows), batch_size):
+    idx = store_lib.as_rows(rows[start:start + batch_size])
+    yield ({name: store.read(name, idx)[None] for name in layers}, store.labels[idx][None])
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   """Training steps per epoch: full batches only (one smaller batch when N < batch_size)."""
   return max(1, num_examples // batch_size)
-
-
-# Steps per call of the compiled training loop over cached features: a step of linear heads on
-# cached features is a few small matrix products (milliseconds), to which a Python call per step
-# would add its own overhead.
-ARRAY_STEPS_PER_CALL = 64
-
-
-def train_probes_on_arrays(probes: Probes, optimizer: keras.optimizers.Optimizer,
-                           features: Mapping[str, np.ndarray], labels: np.ndarray,
-                           batch_size: int, seed: int, num_steps: int) -> Dict[str, float]:
-  """`train_probes` over in-memory features (the cached protocol). **`features` are
-  standardised in place** (`Probes.standardize_in_place`): read anything else from them first.
-
-  The standardised features are copied once into tensors and each step gathers its batch inside
-  the compiled step, so a step costs the heads' arithmetic, not a host copy of [batch, sum of
-  dims] floats nor their standardisation; `ARRAY_STEPS_PER_CALL` steps run in one call. Batches
-  follow `epoch_orders` (a fresh seeded permutation per epoch, the last partial batch dropped).
-  """
-  probes.standardize_in_place(features)
-  table = {name: tf.convert_to_tensor(array) for name, array in features.items()}
-  batches = ((idx, labels[idx]) for order in epoch_orders(len(labels), batch_size, seed)
-             for idx in order)
-  return train_probes(probes, optimizer, batches, num_steps,
-                      feature_fn=lambda idx: {name: tf.gather(t, idx) for name, t in table.items()},
-                      steps_per_call=ARRAY_STEPS_PER_CALL, standardized=True)
 
 
 def epoch_orders(num_examples: int, batch_size: int, seed: int):
@@ -218,36 +378,29 @@ def relaxed_signature(structure, leading: int):
       structure))
 
 
-def train_probes(probes: Probes, optimizer: keras.optimizers.Optimizer, batches: Iterable,
-                 num_steps: int, feature_fn: Optional[Callable] = None,
-                 log_every_s: float = 30.0, steps_per_call: int = 1,
-                 standardized: bool = False) -> Dict[str, float]:
-  """Trains all heads at once for `num_steps` steps over `batches` of (inputs, labels).
+def train_probes(probes: Probes, chunks: Iterable, num_steps: int,
+                 feature_fn: Optional[Callable] = None, log_every_s: float = 30.0,
+                 description: str = "heads") -> Dict[str, np.ndarray]:
+  """Trains all heads at once for `num_steps` steps over `chunks` of (inputs, labels), each a
+  run of consecutive batches stacked on a first axis (`train_chunks`), trained on one step after
+  the other in one call of the compiled loop.
 
   Inputs are feature dicts, or whatever `feature_fn` turns into them inside the step: images
-  through the frozen backbone (the on-the-fly protocol), or batch indices into cached features
-  (`train_probes_on_arrays`). `steps_per_call` consecutive batches (all of the same shapes) are
-  stacked and trained on in one call of the compiled loop, one step after the other.
-  `standardized`: the features are standardised already (`Probes.standardize`). Returns the last
-  step's loss per layer.
+  through the frozen backbone (the on-the-fly protocol). Returns the last step's loss per layer
+  and setting.
   """
-  if steps_per_call < 1:
-    raise ValueError(f"steps_per_call must be at least 1, got {steps_per_call}")
   variables = probes.trainable_variables
-  optimizer.build(variables)
 
   def one_step(inputs, labels):
     features = feature_fn(inputs) if feature_fn is not None else inputs
     features = {name: tf.stop_gradient(features[name]) for name in probes.layers}
     with tf.GradientTape() as tape:
-      total, cross_entropy = probes.losses(features, labels, training=True,
-                                           standardized=standardized)
-    grads = tape.gradient(total, variables)
-    optimizer.apply_gradients(zip(grads, variables))
+      total, cross_entropy = probes.losses(features, labels, training=True)
+    probes.apply_gradients(tape.gradient(total, variables))
     return cross_entropy
 
   def steps(stacked_inputs, stacked_labels):
-    losses = {name: tf.zeros([]) for name in probes.layers}
+    losses = {name: tf.zeros([len(probes.settings[name])]) for name in probes.layers}
     for i in tf.range(tf.shape(stacked_labels)[0]):
       inputs = tf.nest.map_structure(lambda t, i=i: t[i], stacked_inputs)
       losses = one_step(inputs, stacked_labels[i])
@@ -256,66 +409,58 @@ def train_probes(probes: Probes, optimizer: keras.optimizers.Optimizer, batches:
   compiled = None
   start = last_log = time.time()
   done, losses = 0, {}
-  iterator = iter(batches)
-  while done < num_steps:
-    chunk = []
-    for _ in range(min(steps_per_call, num_steps - done)):
-      try:
-        chunk.append(next(iterator))
-      except StopIteration:
-        raise ValueError(f"the training batches ran out after {done + len(chunk)} of "
-                         f"{num_steps} steps") from None
-    inputs = tf.nest.map_structure(lambda *xs: tf.stack(xs), *[c[0] for c in chunk])
-    labels = tf.stack([tf.cast(datasets.image_labels(c[1]), tf.int32) for c in chunk])
-    if compiled is None:  # Traced once: the last, shorter chunk (or batch) reuses the trace.
+  for inputs, labels in chunks:
+    inputs = tf.nest.map_structure(tf.convert_to_tensor, inputs)
+    labels = tf.cast(labels, tf.int32)
+    if compiled is None:  # Traced once: a shorter chunk reuses the trace.
       compiled = tf.function(steps, input_signature=relaxed_signature((inputs, labels), 2))
     losses = compiled(inputs, labels)
-    done += len(chunk)
+    done += int(labels.shape[0])
     now = time.time()
-    if now - last_log >= log_every_s or done == num_steps:
+    if now - last_log >= log_every_s or done >= num_steps:
       last_log = now
       rate = done / max(now - start, 1e-9)
-      mean_loss = float(np.mean([float(v) for v in losses.values()]))
-      logging.info("heads: step %d/%d, mean loss %.4f, %.1f steps/s, ETA %.0fs", done, num_steps,
-                   mean_loss, rate, (num_steps - done) / rate)
-  return {name: float(v) for name, v in losses.items()}
+      mean_loss = float(np.mean([float(tf.reduce_min(v)) for v in losses.values()]))
+      logging.info("%s: step %d/%d, mean of the layers' lowest loss %.4f, %.1f steps/s, ETA %.0fs",
+                   description, done, num_steps, mean_loss, rate, (num_steps - done) / rate)
+    if done >= num_steps:
+      break
+  if done < num_steps:
+    raise ValueError(f"the training batches ran out after {done} of {num_steps} steps")
+  return {name: v.numpy() for name, v in losses.items()}
 
 
-def evaluate_probes(probes: Probes, batches: Iterable,
-                    feature_fn: Optional[Callable] = None) -> Dict[str, Dict[str, float]]:
-  """Per layer: top1, top5 (top-k with k = min(5, num_classes)) and mean cross-entropy `loss`."""
+def evaluate_probes(probes: Probes, chunks: Iterable, feature_fn: Optional[Callable] = None
+                    ) -> Dict[str, List[Dict[str, float]]]:
+  """Per layer and setting: top1, top5 (top-k with k = min(5, num_classes)) and mean
+  cross-entropy `loss`, over `chunks` of one batch each (`eval_chunks`)."""
   k = min(5, probes.num_classes)
 
   def step(inputs, labels):
+    inputs, labels = tf.nest.map_structure(lambda t: t[0], (inputs, labels))
     features = feature_fn(inputs) if feature_fn is not None else inputs
     logits = probes.logits(features, training=False)
     out = {}
     for name in probes.layers:
-      top = tf.math.top_k(logits[name], k).indices
-      hits = tf.cast(tf.equal(top, labels[:, None]), tf.float32)
-      loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits[name])
-      out[name] = tf.stack([tf.reduce_sum(hits[:, 0]), tf.reduce_sum(hits),
-                            tf.reduce_sum(loss)])
+      top = tf.math.top_k(logits[name], k).indices  # [S, B, k]
+      hits = tf.cast(tf.equal(top, labels[None, :, None]), tf.float32)
+      tiled = tf.broadcast_to(labels[None], tf.shape(logits[name])[:2])
+      loss = tf.nn.sparse_softmax_cross_entropy_with_logits(tiled, logits[name])
+      out[name] = tf.stack([tf.reduce_sum(hits[..., 0], 1), tf.reduce_sum(hits, [1, 2]),
+                            tf.reduce_sum(loss, 1)], axis=1)  # [S, 3]
     return out
 
-  sums = {name: np.zeros(3, np.float64) for name in probes.layers}
+  sums = {name: np.zeros([len(probes.settings[name]), 3], np.float64) for name in probes.layers}
   count, compiled = 0, None
-  for inputs, labels in batches:
+  for inputs, labels in chunks:
     inputs = tf.nest.map_structure(tf.convert_to_tensor, inputs)
-    labels = tf.cast(datasets.image_labels(labels), tf.int32)
+    labels = tf.cast(labels, tf.int32)
     if compiled is None:
-      compiled = tf.function(step, input_signature=relaxed_signature((inputs, labels), 1))
+      compiled = tf.function(step, input_signature=relaxed_signature((inputs, labels), 2))
     for name, value in compiled(inputs, labels).items():
       sums[name] += value.numpy()
-    count += int(labels.shape[0])
+    count += int(labels.shape[1])
   if not count:
     raise ValueError("no evaluation examples")
-  return {name: dict(top1=float(s[0] / count), top5=float(s[1] / count), loss=float(s[2] / count))
-          for name, s in sums.items()}
-
-
-def array_eval_batches(features: Mapping[str, np.ndarray], labels: np.ndarray, batch_size: int):
-  """In-order evaluation batches from in-memory arrays."""
-  for start in range(0, len(labels), batch_size):
-    yield ({name: array[start:start + batch_size] for name, array in features.items()},
-           labels[start:start + batch_size])
+  return {name: [dict(top1=float(r[0] / count), top5=float(r[1] / count),
+                      loss=float(r[2] / count)) for r in s] for name, s in sums.items()}

@@ -35,7 +35,9 @@ from eval import heads as heads_lib
 from eval import knn as knn_lib
 from eval import low_label as low_label_lib
 from eval import pooling
+from eval import probing
 from eval import representation as representation_lib
+from eval import store as store_lib
 from eval import results as results_lib
 from training import footprint as footprint_lib
 from training import run_record
@@ -61,7 +63,6 @@ LinearEvalConfig = options.make_config("LinearEvalConfig", options.EVAL, _EvalCo
     ("preprocess_params", Optional[Dict[str, Any]], None),  # datasets.PreprocessConfig fields;
                                                           # None: the export's preprocess_config.
     ("knn_temperature", float, knn_lib.DEFAULT_TEMPERATURE),
-    ("feature_dtype", str, "float32"),                   # or float16 (half the memory).
 ])
 
 
@@ -74,7 +75,7 @@ def evaluation_kwargs(values: Mapping[str, Any], config_name: str) -> Dict[str, 
   random_init = values["hub_module"] == options.RANDOM_INIT
   kwargs["hub_module"] = None if random_init else values["hub_module"]
   kwargs["architecture"] = values["architecture"] if random_init else None
-  if values["weight_decay"] is None:
+  if "weight_decay" in kwargs and values["weight_decay"] is None:
     kwargs["weight_decay"] = options.OPTIONS["weight_decay"].default_for(config_name)
   if random_init or specs.sets_own_params(values):
     kwargs["preprocess_params"] = {k: values[k] for k in specs.EVAL_PARAM_FLAGS}
@@ -148,9 +149,10 @@ def validate_config(config: LinearEvalConfig, check_data: bool = True,
   require(not (config.feature_cache_dir and config.feature_cache != "memory"),
           f"--feature_cache={config.feature_cache} and --feature_cache_dir="
           f"{config.feature_cache_dir}: give one (the folder of your own is shared and kept)")
-  require(config.feature_dtype in features_lib.FEATURE_DTYPES,
-          f"feature_dtype={config.feature_dtype!r} is not valid; choices: "
-          f"{', '.join(features_lib.FEATURE_DTYPES)}")
+  require(not (config.on_the_fly and len(probing.settings_of(config)) > 1),
+          f"--on_the_fly trains one head per layer, on the whole training split: give one "
+          f"--probe_lrs and one --probe_weight_decays (got {len(config.probe_lrs)} and "
+          f"{len(config.probe_weight_decays)})")
   require(options.is_int(config.max_features) and config.max_features > 0,
           f"max_features must be a positive integer, got {config.max_features!r}")
   require(config.knn_temperature > 0,
@@ -309,16 +311,11 @@ def source_info(config, pending: Optional[Mapping[str, Any]] = None) -> Dict[str
   return dict(files.read_export_info(path), source=os.path.abspath(path))
 
 
-# The cached protocol holds the training split's features about 3 times over (the arrays, the
-# tensors its compiled step gathers batches from, their standardisation) and the test split's
-# 1.5 times (the arrays and their batches): measured, bench/footprint.py (tests/test_footprint.py).
-CACHED_TRAIN_COPIES, CACHED_TEST_COPIES = 3.0, 1.5
-
-
 def footprint(config, info: Mapping[str, Any]) -> footprint_lib.Step:
   """The estimate of this evaluation (its checks passed) of the backbone `info` describes
-  (`source_info`): extraction on one device, the probes' features in host memory, the feature
-  cache on disk. A ConfigError where the export does not take the evaluation's input."""
+  (`source_info`): extraction on one device; in host memory the heads and their batches (within
+  --probe_memory_gb where given) and, without a store on disk, the features; the store on
+  disk. A ConfigError where the export does not take the evaluation's input."""
   data = eval_data(config, info)
   shape = footprint_lib.example_shape(config, config.val_split, False, data.eval_spec,
                                       data.preprocess_config)
@@ -327,17 +324,25 @@ def footprint(config, info: Mapping[str, Any]) -> footprint_lib.Step:
   backbone = backbone_footprint(info, data.eval_spec, shape, "float32")
   layers = config.layers or [n for n in backbone.end_point_shapes if n != architectures.LOGITS]
   shapes = backbone.end_points(width)
-  dims = {name: pooling.pooled_shape(shapes[name], config.pool_mode, config.max_features)
-          for name in layers}
-  per = sum(dims.values()) * (shape[0] if len(shape) == 4 and config.combine_patches == "concat"
-                              else 1) * np.dtype(config.feature_dtype).itemsize
+  patches = shape[0] if len(shape) == 4 and config.combine_patches == "concat" else 1
+  dims = {name: patches * pooling.pooled_shape(shapes[name], config.pool_mode,
+                                               config.max_features) for name in layers}
+  per = sum(dims.values()) * np.dtype(config.feature_dtype).itemsize
   num_train = datasets.get_num_examples(config.dataset, config.train_split, config.data_dir)
   num_val = datasets.get_num_examples(config.dataset, config.val_split, config.data_dir)
   host = footprint_lib.pipeline_bytes(config.eval_batch_size or config.batch_size,
                                       4 * math.prod(shape))
-  if not config.on_the_fly:
-    host += per * (CACHED_TRAIN_COPIES * num_train + CACHED_TEST_COPIES * num_val)
-  features = per * (num_train + num_val) if feature_cache_dir(config) else 0
+  features = per * (num_train + num_val)
+  if not feature_cache_dir(config):
+    host += features  # Held in memory: no store on disk.
+  if not config.on_the_fly:  # The heads and their batches, within the budget.
+    num_classes = int(datasets.get_dataset_info(config.dataset, config.data_dir).num_classes)
+    need = probing.reading(config, dims, np.dtype(config.feature_dtype).itemsize, num_classes,
+                           None).need_bytes
+    if config.probe_memory_gb is not None:
+      need = min(need, int(config.probe_memory_gb * 2**30))
+    host += need
+  features = features if feature_cache_dir(config) else 0
   batch = config.eval_batch_size or config.batch_size
   images = batch * (shape[0] if len(shape) == 4 else 1)
   return footprint_lib.Step(
@@ -398,46 +403,51 @@ def run_linear_eval(config: LinearEvalConfig) -> Dict[str, Any]:
   extractor = features_lib.FeatureExtractor(rep, config.pool_mode, config.combine_patches,
                                             config.max_features)
   keras.utils.set_random_seed(config.random_seed)
-
   cache_dir = feature_cache_dir(config)
+  budget = probe_budget(config)
+  sizes = {split: datasets.get_num_examples(config.dataset, split, config.data_dir)
+           for split in (config.train_split, config.val_split)}
+  extractor.build(_example_shape(data, config.val_split))
+  check_budget(config, extractor.feature_dims, num_classes, budget, sizes, cache_dir)
 
   def features_of(split):
-    num = datasets.get_num_examples(config.dataset, split, config.data_dir)
-    return features_lib.extract_or_load(
-        extractor, lambda: data.batches(split, is_training=False), cache_dir,
-        data.cache_parts(rep, split), dtype=config.feature_dtype, num_examples=num,
-        description=f"{config.dataset}/{split}")
+    def batches(first):
+      indices = np.arange(first, sizes[split]) if first else None
+      return data.batches(split, is_training=False, indices=indices)
+    return features_lib.extract(
+        extractor, batches, cache_dir, data.cache_parts(rep, split), dtype=config.feature_dtype,
+        num_examples=sizes[split], description=f"{config.dataset}/{split}")
 
   times = dict(feature_extraction_s=0.0, head_training_s=0.0, knn_s=0.0)
-  train = test = None
+  train = test = rows = None
   low_label = None
   if not config.on_the_fly or config.knn_k:
     t = time.time()
     train, test = features_of(config.train_split), features_of(config.val_split)
     times["feature_extraction_s"] = time.time() - t
+    rows = np.arange(train.num_examples)
     if is_low_label(config):
-      indices = low_label_lib.low_label_indices(
+      rows = low_label_lib.low_label_indices(
           train.labels, config.train_fraction, config.examples_per_class, config.random_seed)
-      train = train.subset(indices)
       low_label = dict(train_fraction=config.train_fraction,
                        examples_per_class=config.examples_per_class, seed=config.random_seed,
-                       num_train_examples=train.num_examples)
-      logging.info("low-label evaluation: %d labelled training examples", train.num_examples)
+                       num_train_examples=len(rows))
+      logging.info("low-label evaluation: %d labelled training examples", len(rows))
 
   knn = None
-  if config.knn_k:  # First: the cached heads standardise the training features in place.
+  if config.knn_k:
     t = time.time()
-    knn = knn_lib.knn_per_layer(train.features, train.labels, test.features, test.labels,
-                                num_classes, config.knn_k, config.knn_temperature)
+    knn = knn_lib.knn_per_layer(train, test, num_classes, config.knn_k, config.knn_temperature,
+                                rows, memory_bytes=budget)
     times["knn_s"] = time.time() - t
 
   t = time.time()
   if config.on_the_fly:
     metrics, num_train, dims = _train_on_the_fly(config, data, extractor, num_classes)
-    num_val = datasets.get_num_examples(config.dataset, config.val_split, config.data_dir)
+    num_val = sizes[config.val_split]
   else:
-    num_train, dims, num_val = train.num_examples, train.dims, test.num_examples
-    metrics = _train_cached(config, train, test, num_classes)
+    num_train, dims, num_val = len(rows), train.dims, test.num_examples
+    metrics = probing.probe(config, train, test, rows, num_classes, budget)
   times["head_training_s"] = time.time() - t
 
   layers = {name: dict(dim=dims[name], **metrics[name]) for name in extractor.layers}
@@ -454,10 +464,54 @@ def run_linear_eval(config: LinearEvalConfig) -> Dict[str, Any]:
       config.to_dict(), source, dataset, extractor.layers, layers, times, low_label,
       run=run_record.record(config.random_seed, deterministic=config.deterministic))
   results_lib.write_results(config.workdir, results)
+  for store in (train, test):
+    if isinstance(store, store_lib.DiskStore):
+      store.close()
   if config.feature_cache == "workdir" and cache_dir and os.path.isdir(cache_dir):
     shutil.rmtree(cache_dir)
     logging.info("removed the feature cache %s (--feature_cache=keep keeps it)", cache_dir)
   return results
+
+
+def _example_shape(data: EvalData, split: str):
+  """One example's image shape from the pipeline's element spec (a pipeline without one: its
+  first batch)."""
+  batches = data.batches(split, is_training=False)
+  spec = getattr(batches, "element_spec", None)
+  if isinstance(spec, dict) and "image" in spec:
+    return spec["image"].shape.as_list()[1:]
+  return list(np.shape(next(iter(batches))["image"])[1:])
+
+
+def probe_budget(config) -> Optional[int]:
+  """The bytes the probes' features and heads may take (--probe_memory_gb, or the default of
+  store_lib.default_budget)."""
+  if config.probe_memory_gb is not None:
+    return int(config.probe_memory_gb * 2**30)
+  return store_lib.default_budget()
+
+
+def check_budget(config, dims: Mapping[str, int], num_classes: int, budget: Optional[int],
+                 sizes: Mapping[str, int], cache_dir: Optional[str]) -> None:
+  """Before any extraction: that the features kept in memory (without a store on disk) and the
+  heads of each layer fit the budget; a ConfigError naming what does not, and its size."""
+  itemsize = np.dtype(config.feature_dtype).itemsize
+  in_memory = 0
+  if cache_dir is None:
+    in_memory = sum(dims.values()) * itemsize * sum(sizes.values())
+    if in_memory > budget:
+      raise ConfigError(
+          f"the features of {sum(sizes.values())} examples ({sum(dims.values())} per example, "
+          f"{config.feature_dtype}) take {in_memory / 2**30:.2f} GiB in memory, over the probes' "
+          f"budget of {budget / 2**30:.2f} GiB (--probe_memory_gb); keep them on disk with "
+          "--feature_cache=workdir (or --feature_cache_dir), or raise --probe_memory_gb")
+  if config.on_the_fly:
+    return
+  try:
+    probing.reading(config, dims, itemsize, num_classes, budget - in_memory)
+  except ValueError as e:
+    raise ConfigError(f"{e}; raise --probe_memory_gb, or use fewer --probe_lrs and "
+                      "--probe_weight_decays, or a smaller --max_features") from None
 
 
 def feature_cache_dir(config: LinearEvalConfig) -> Optional[str]:
@@ -477,22 +531,6 @@ def describe_source(info: Mapping[str, Any], eval_spec: str) -> Dict[str, Any]:
               mode=info.get("mode"), eval_preprocessing=eval_spec)
 
 
-def _train_cached(config: LinearEvalConfig, train: features_lib.FeatureSet,
-                  test: features_lib.FeatureSet, num_classes: int) -> Dict[str, Dict[str, float]]:
-  """Heads trained and evaluated on in-memory features (`train`'s are standardised in place)."""
-  stats = heads_lib.feature_stats(train.features) if config.standardize_features else None
-  probes = heads_lib.Probes(train.dims, num_classes, config.eval_model, config.channels_hidden,
-                            config.weight_decay, config.random_seed, stats)
-  steps_in_epoch = heads_lib.steps_per_epoch(train.num_examples, config.batch_size)
-  optimizer = _optimizer(config, steps_in_epoch)
-  heads_lib.train_probes_on_arrays(
-      probes, optimizer, train.features, train.labels, config.batch_size, config.random_seed,
-      heads_lib.num_train_steps(config.epochs, steps_in_epoch))
-  return heads_lib.evaluate_probes(
-      probes, heads_lib.array_eval_batches(test.features, test.labels,
-                                           config.eval_batch_size or config.batch_size))
-
-
 def _train_on_the_fly(config: LinearEvalConfig, data: EvalData,
                       extractor: features_lib.FeatureExtractor, num_classes: int):
   """Heads trained on features computed inside each step from augmented training batches."""
@@ -508,25 +546,28 @@ def _train_on_the_fly(config: LinearEvalConfig, data: EvalData,
     images, _ = next(_one_pass(data, config.train_split))
     extractor(images)  # Builds the extractor: its feature_dims.
   dims = dict(extractor.feature_dims)
-  probes = heads_lib.Probes(dims, num_classes, config.eval_model, config.channels_hidden,
-                            config.weight_decay, config.random_seed, stats)
   steps_in_epoch = heads_lib.steps_per_epoch(num_train, config.batch_size)
-  optimizer = _optimizer(config, steps_in_epoch)
+  setting = probing.settings_of(config)[0]
+  probes = heads_lib.Probes(
+      dims, num_classes, {name: [setting] for name in dims}, config.eval_model,
+      config.channels_hidden, config.random_seed, stats,
+      lr_factor=probing.schedule(config, steps_in_epoch),
+      lr_scale=schedules.scaled_lr(1.0, config.batch_size, config.lr_scale_batch_size))
   heads_lib.train_probes(
-      probes, optimizer, _repeat(lambda: data.batches(config.train_split, is_training=True)),
+      probes, _chunks(_repeat(lambda: data.batches(config.train_split, is_training=True))),
       heads_lib.num_train_steps(config.epochs, steps_in_epoch), feature_fn=extractor)
-  metrics = heads_lib.evaluate_probes(probes, _one_pass(data, config.val_split),
+  metrics = heads_lib.evaluate_probes(probes, _chunks(_one_pass(data, config.val_split)),
                                       feature_fn=extractor)
-  return metrics, num_train, dims
+  return {name: dict(m[0], setting=setting.to_dict()) for name, m in metrics.items()}, \
+      num_train, dims
+
+
+def _chunks(batches):
+  """Batches as chunks of one step (heads.train_probes, heads.evaluate_probes)."""
+  for images, labels in batches:
+    yield tf.expand_dims(images, 0), datasets.image_labels(labels)[None]
 
 
 def _one_pass(data: EvalData, split: str):
   for batch in data.batches(split, is_training=False):
     yield batch["image"], batch["label"]
-
-
-def _optimizer(config: LinearEvalConfig, steps_in_epoch: int):
-  """SGD with momentum, on the schedule of the pretext training."""
-  return schedules.make_optimizer("sgd", config.lr, config.batch_size, config.lr_scale_batch_size,
-                                  steps_in_epoch, config.warmup_epochs, config.decay_epochs,
-                                  config.lr_decay_factor, config.lr_schedule, config.epochs)

@@ -16,6 +16,10 @@ Schema (format_version 1):
     "low_label": null | {"train_fraction", "examples_per_class", "seed", "num_train_examples"},
     "layer_order": [layer names, by depth]; fine_tune: [pre_logits], the layer its head sits on,
     "layers": {layer: {"dim": int, "top1": float, "top5": float, "loss": float,
+                       "setting": {"lr", "weight_decay"} of the head reported (linear_eval;
+                                  chosen on the minival when the grid has more than one),
+                       "minival": [{"lr", "weight_decay", "top1"}: every setting's top-1 on the
+                                   held-out part of the training split] (only with a grid),
                        "knn_top1": float (only when kNN was asked for)}},
     "best_layer": {"name": layer with the highest top1 (the shallower one on ties), "top1": float},
     "times": {"feature_extraction_s", "head_training_s", "knn_s", "total_s"}
@@ -61,7 +65,7 @@ def build_results(config: Mapping[str, Any], source: Mapping[str, Any],
         raise ValueError(f"results of layer {name!r} lack {key!r}; they have {sorted(entry)}")
     entry["dim"] = int(entry["dim"])
     for key, value in entry.items():
-      if key != "dim":
+      if key not in ("dim", "setting", "minival"):
         entry[key] = float(value) if value is not None and math.isfinite(value) else None
         if entry[key] is None:
           logging.warning("layer %s: %s is %s (diverged?); written as null", name, key, value)

@@ -6,6 +6,8 @@ import pytest
 from eval import heads
 from eval import knn
 from eval import low_label
+from eval import store as store_lib
+from eval.store import MemoryStore
 from training import schedules
 
 NUM_CLASSES = 4
@@ -24,26 +26,31 @@ def toy_features(num, seed):
   return feats, labels
 
 
-def train_and_eval(eval_model, standardize=True, epochs=6, weight_decay=1e-4):
+def train_and_eval(eval_model, standardize=True, epochs=6, settings=(heads.Setting(0.1, 1e-4),),
+                   store=None, steps_per_call=64):
+  """Heads of both toy layers, `settings` each, trained on a store of 800 examples (warm-up 1
+  epoch, decay at 4) and tested on 400."""
   train, train_labels = toy_features(800, 0)
   test, test_labels = toy_features(400, 1)
-  stats = heads.feature_stats(train) if standardize else None
-  probes = heads.Probes({k: v.shape[1] for k, v in train.items()}, NUM_CLASSES, eval_model,
-                        channels_hidden=32, weight_decay=weight_decay, seed=0, stats=stats)
+  train = store or MemoryStore(train, train_labels)
+  test = MemoryStore(test, test_labels)
+  rows = np.arange(800)
+  stats = heads.store_stats(train, train.layers, rows, 128) if standardize else None
   steps_in_epoch = heads.steps_per_epoch(800, 64)
-  optimizer = schedules.make_optimizer("sgd", 0.1, 64, 256, steps_in_epoch, warmup_epochs=1,
-                                       decay_epochs=[4], lr_decay_factor=0.1)
-  heads.train_probes_on_arrays(probes, optimizer, train, train_labels, 64, 0,
-                               heads.num_train_steps(epochs, steps_in_epoch))
-  if standardize:  # In place, as the heads take them.
-    np.testing.assert_allclose(train["informative"].mean(0), 0, atol=1e-4)
-    np.testing.assert_allclose(train["informative"].std(0), 1, rtol=1e-4)
-  return heads.evaluate_probes(probes, heads.array_eval_batches(test, test_labels, 128))
+  probes = heads.Probes(train.dims, NUM_CLASSES, {n: list(settings) for n in train.layers},
+                        eval_model, channels_hidden=32, seed=0, stats=stats,
+                        lr_factor=schedules.WarmupPiecewiseDecay(1.0, steps_in_epoch, 1, [4]),
+                        lr_scale=64 / 256)
+  num_steps = heads.num_train_steps(epochs, steps_in_epoch)
+  heads.train_probes(probes, heads.train_chunks(train, train.layers, rows, 64, 0, steps_per_call,
+                                                num_steps), num_steps)
+  metrics = heads.evaluate_probes(probes, heads.eval_chunks(test, test.layers, np.arange(400), 128))
+  return metrics, probes
 
 
 @pytest.mark.parametrize("eval_model", ["linear", "mlp"])
 def test_heads_learn_informative_layer_only(eval_model):
-  metrics = train_and_eval(eval_model)
+  metrics = {name: m[0] for name, m in train_and_eval(eval_model)[0].items()}
   assert metrics["informative"]["top1"] > 0.97
   assert metrics["informative"]["loss"] < 0.2
   assert metrics["noise"]["top1"] < 0.4  # Chance is 0.25.
@@ -53,8 +60,8 @@ def test_heads_learn_informative_layer_only(eval_model):
 
 
 def test_heads_train_in_one_trace(monkeypatch):
-  """72 steps run as chunks of 64 and 8 (ARRAY_STEPS_PER_CALL): the shorter chunk reuses the
-  trace of the first (a trace of every head's step costs as much as many steps)."""
+  """72 steps run as chunks of 64 and 8: the shorter chunk reuses the trace of the first (a
+  trace of every head's step costs as much as many steps)."""
   traces = []
   losses = heads.Probes.losses
 
@@ -63,8 +70,84 @@ def test_heads_train_in_one_trace(monkeypatch):
     return losses(self, *args, **kwargs)
   monkeypatch.setattr(heads.Probes, "losses", counted)
   assert heads.num_train_steps(6, heads.steps_per_epoch(800, 64)) == 72
-  assert train_and_eval("linear")["informative"]["top1"] > 0.97
+  assert train_and_eval("linear")[0]["informative"][0]["top1"] > 0.97
   assert len(traces) == 1
+
+
+def test_a_bank_of_settings_trains_each_head_as_if_alone():
+  """Heads share no variables: a bank of three settings ends with each head's weights those of
+  that setting trained alone (same batches, same start), whatever the chunking."""
+  grid = heads.grid([0.03, 0.3], [0.0, 0.01])
+  _, bank = train_and_eval("linear", epochs=2, settings=grid, steps_per_call=5)
+  for i in (0, 3):
+    _, alone = train_and_eval("linear", epochs=2, settings=[grid[i]])
+    for name in bank.layers:
+      for together, single in zip(bank.variables[name], alone.variables[name]):
+        np.testing.assert_allclose(together.numpy()[i], single.numpy()[0], rtol=2e-4, atol=2e-5)
+
+
+def test_a_linear_head_follows_sgd_with_momentum_and_weight_decay_as_numpy():
+  """Three steps of one head against NumPy: softmax cross-entropy gradient, L2 decay on the
+  kernel only, momentum 0.9 in Keras's form (m = 0.9 m - lr g; w += m)."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(3, 8, 5)).astype(np.float32)
+  y = rng.integers(0, 3, size=(3, 8)).astype(np.int32)
+  lr, wd = 0.5, 0.1
+  probes = heads.Probes({"a": 5}, 3, {"a": [heads.Setting(lr, wd)]})
+  kernel, bias = (v.numpy()[0].astype(np.float64) for v in probes.variables["a"])
+  heads.train_probes(probes, [({"a": x}, y)], 3)
+  mk, mb = np.zeros_like(kernel), np.zeros_like(bias)
+  for xb, yb in zip(x.astype(np.float64), y):
+    logits = xb @ kernel + bias
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    p[np.arange(8), yb] -= 1
+    gk, gb = xb.T @ p / 8 + wd * kernel, p.mean(0)
+    mk, mb = 0.9 * mk - lr * gk, 0.9 * mb - lr * gb
+    kernel, bias = kernel + mk, bias + mb
+  np.testing.assert_allclose(probes.variables["a"][0].numpy()[0], kernel, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(probes.variables["a"][1].numpy()[0], bias, rtol=1e-4, atol=1e-5)
+
+
+def test_heads_on_a_disk_store_match_those_in_memory(tmp_path):
+  train, labels = toy_features(800, 0)
+  writer = store_lib.Writer(str(tmp_path / "s"), {}, "float32", 800)
+  for start in range(0, 800, 100):
+    writer.write({n: a[start:start + 100] for n, a in train.items()}, labels[start:start + 100])
+  disk = writer.finish()
+  assert isinstance(disk, store_lib.DiskStore)
+  on_disk = train_and_eval("linear", store=disk)[0]
+  in_memory = train_and_eval("linear")[0]
+  for name in in_memory:
+    assert on_disk[name][0]["top1"] == in_memory[name][0]["top1"]
+    assert on_disk[name][0]["loss"] == pytest.approx(in_memory[name][0]["loss"], rel=1e-5)
+
+
+def test_layers_that_do_not_fit_together_train_in_groups_and_one_that_cannot_is_named():
+  dims = {"a": 1000, "b": 1000, "c": 10}
+  args = dict(itemsize=4, num_classes=10, eval_model="linear", channels_hidden=0, settings=4,
+              batch_size=100)
+  alone = {n: heads.plan_reading({n: d}, budget=None, **args).need_bytes for n, d in dims.items()}
+  one_step = heads.plan_reading(dims, budget=10**12, **args)
+  assert one_step.groups == [["a", "b", "c"]] and one_step.steps_per_call == 64
+  one = lambda d: heads.head_bytes("linear", d, 10, 0, 4, 100) + heads.batch_bytes(d, 4, 100)
+  budget = one(1000) + one(10)  # a and c would fit together, but b comes between.
+  grouped = heads.plan_reading(dims, budget=budget, **args)
+  assert grouped.groups == [["a"], ["b", "c"]] and grouped.steps_per_call == 1
+  assert grouped.need_bytes <= budget < alone["a"]
+  with pytest.raises(ValueError, match=r"layer a: its 4 linear head\(s\) on 1000 features for 10 "
+                                       r"classes .* over the probes' memory budget of 0.00 GiB"):
+    heads.plan_reading(dims, budget=1000, **args)
+
+
+def test_minival_is_a_seeded_held_out_part():
+  rows = np.arange(5, 1005)
+  fit, held = heads.minival_split(rows, 0.1, 50, seed=0)
+  assert len(held) == 50 and len(fit) == 950  # At most 50.
+  assert sorted(np.concatenate([fit, held]).tolist()) == rows.tolist()
+  again, _ = heads.minival_split(rows, 0.1, 50, seed=0)
+  np.testing.assert_array_equal(fit, again)
+  assert len(heads.minival_split(rows, 0.1, 10**6, seed=0)[1]) == 100
 
 
 def test_stats_accumulator_matches_numpy():
@@ -113,17 +196,23 @@ def np_knn(train, train_labels, test, num_classes, k, temperature):
 def test_knn_matches_numpy(k, temperature):
   train, train_labels = toy_features(300, 2)
   test, test_labels = toy_features(100, 3)
+  train_store, test_store = MemoryStore(train, train_labels), MemoryStore(test, test_labels)
   for name in train:
     want = np_knn(train[name].astype(np.float64), train_labels, test[name].astype(np.float64),
                   NUM_CLASSES, k, temperature)
-    # Small chunks exercise the running top-k across blocks.
-    scores = knn.knn_scores(train[name], train_labels, test[name], NUM_CLASSES, k, temperature,
-                            test_chunk=33, train_chunk=70)
+    # Small chunks exercise the running top-k across blocks; a small memory, several passes of
+    # the test rows.
+    for chunks in (dict(test_chunk=33, train_chunk=70), dict(memory_bytes=20_000)):
+      scores = knn.knn_scores(train_store, name, test_store, NUM_CLASSES, k, temperature,
+                              **chunks)
+      np.testing.assert_array_equal(np.argmax(scores, 1), want)
+    # A subset of the training rows: the same as those rows alone.
+    rows = np.arange(0, 300, 3)
+    want = np_knn(train[name][rows].astype(np.float64), train_labels[rows],
+                  test[name].astype(np.float64), NUM_CLASSES, k, temperature)
+    scores = knn.knn_scores(train_store, name, test_store, NUM_CLASSES, k, temperature, rows)
     np.testing.assert_array_equal(np.argmax(scores, 1), want)
-    acc = knn.knn_accuracy(train[name], train_labels, test[name], test_labels, NUM_CLASSES, k,
-                           temperature)
-    assert acc == pytest.approx(np.mean(want == test_labels))
-  per_layer = knn.knn_per_layer(train, train_labels, test, test_labels, NUM_CLASSES, k, temperature)
+  per_layer = knn.knn_per_layer(train_store, test_store, NUM_CLASSES, k, temperature)
   assert per_layer["noise"] < 0.45 < 0.9 < per_layer["informative"]
 
 

@@ -115,7 +115,18 @@ class FakeData:
         for s in range(0, len(labels), batch_size):
           yield {"image": images[s:s + batch_size], "label": labels[s:s + batch_size]}
 
-    return batches()
+    return _Batches(batches, images.shape[1:])
+
+
+class _Batches:
+  """Batches with the element spec of a tf.data pipeline (read only when iterated)."""
+
+  def __init__(self, make, image_shape):
+    self.make = make
+    self.element_spec = {"image": tf.TensorSpec([None, *image_shape], tf.float32)}
+
+  def __iter__(self):
+    return iter(self.make())
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +136,8 @@ def export_dir(tmp_path_factory):
 
 def make_config(tmp_path, export, **overrides):
   kwargs = dict(workdir=str(tmp_path / "eval"), dataset="toy", hub_module=export,
-                max_features=200, batch_size=32, eval_batch_size=64, lr=0.1,
-                lr_scale_batch_size=32, epochs=4, decay_epochs=(3,), weight_decay=1e-4)
+                max_features=200, batch_size=32, eval_batch_size=64, probe_lrs=(0.1,),
+                lr_scale_batch_size=32, epochs=4, decay_epochs=(3,), probe_weight_decays=(1e-4,))
   kwargs.update(overrides)
   return linear_eval.LinearEvalConfig(**kwargs)
 
@@ -177,45 +188,82 @@ def toy_batches(images, labels, size=16):
           for s in range(0, len(labels), size))
 
 
-def test_feature_cache(tmp_path, export_dir):
+def test_feature_store(tmp_path, export_dir):
   extractor = features.FeatureExtractor(representation.load_export(export_dir), max_features=200)
   images, labels = toy_split(50, 0)
-  batches = lambda: toy_batches(images, labels)
+  batches = lambda start: toy_batches(images[start:], labels[start:])
   parts = dict(representation="toy", split="train")
   cache = str(tmp_path / "cache")
-  first = features.extract_or_load(extractor, batches, cache, parts, dtype="float16")
-  assert first.num_examples == 50 and first.features["block1"].dtype == np.float16
+  first = features.extract(extractor, batches, cache, parts, dtype="float16", num_examples=50)
+  assert first.num_examples == 50 and first.read_all("block1").dtype == np.float16
   # Batches of 16, 16, 16 and 2 examples: one trace of the extraction for all of them.
   assert extractor._fn.experimental_get_tracing_count() == 1  # pylint: disable=protected-access
   (key,) = os.listdir(cache)
   assert sorted(os.listdir(os.path.join(cache, key))) == [
-      "block1.npy", "block2.npy", "labels.npy", "meta.json", "pre_logits.npy"]
+      "block1.bin", "block2.bin", "labels.bin", "meta.json", "pre_logits.bin"]
+  table = np.memmap(os.path.join(cache, key, "block2.bin"), np.float16, "r",
+                    shape=(50, first.dims["block2"]))  # Plain rows, as the docstring says.
+  np.testing.assert_array_equal(table, first.read_all("block2"))
 
-  def fail():
-    raise AssertionError("the cache should have been used")
-  second = features.extract_or_load(extractor, fail, cache, parts, dtype="float16")
+  def fail(start):
+    raise AssertionError("the store should have been used")
+  second = features.extract(extractor, fail, cache, parts, dtype="float16", num_examples=50)
   np.testing.assert_array_equal(second.labels, labels)
   for name in LAYERS:
-    np.testing.assert_array_equal(second.features[name], first.features[name])
-  other = features.extract_or_load(extractor, batches, cache, dict(parts, split="test"))
-  assert other.features["block1"].dtype == np.float32 and len(os.listdir(cache)) == 2
+    np.testing.assert_array_equal(second.read_all(name), first.read_all(name))
+    np.testing.assert_array_equal(second.read(name, np.array([3, 7, 8])),
+                                  first.read_all(name)[[3, 7, 8]])
+  other = features.extract(extractor, batches, cache, dict(parts, split="test"), num_examples=50)
+  assert other.read_all("block1").dtype == np.float32 and len(os.listdir(cache)) == 2
 
 
-def test_extracted_features_whatever_the_expected_count(export_dir):
-  """The arrays made for `num_examples` rows hold the same features as joined batches, when the
-  split has that many examples, more (the rest joined on) or fewer (cut)."""
+def test_an_interrupted_extraction_goes_on_from_its_last_committed_row(tmp_path, export_dir,
+                                                                       monkeypatch):
+  """Killed after 3 of 4 batches (its rows committed after each batch), the same call extracts
+  from row 48 on and the store equals an uninterrupted one; an unfinished store is never read."""
+  from eval import store as store_lib  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(store_lib, "COMMIT_SECONDS", 0.0)
   extractor = features.FeatureExtractor(representation.load_export(export_dir), max_features=200)
   images, labels = toy_split(50, 0)
-  batches = lambda: toy_batches(images, labels)
-  want = features.extract_features(extractor, batches())
-  assert want.num_examples == 50
+  starts = []
+
+  def batches(start, stop_after=None):
+    starts.append(start)
+    for i, batch in enumerate(toy_batches(images[start:], labels[start:])):
+      if i == stop_after:
+        raise KeyboardInterrupt
+      yield batch
+  cache = str(tmp_path / "cache")
+  with pytest.raises(KeyboardInterrupt):
+    features.extract(extractor, lambda s: batches(s, 3), cache, {}, num_examples=50)
+  (key,) = os.listdir(cache)
+  assert store_lib.open_store(os.path.join(cache, key), LAYERS) is None  # Not complete.
+  resumed = features.extract(extractor, batches, cache, {}, num_examples=50)
+  assert starts == [0, 48]
+  whole = features.extract(extractor, batches, None, {}, num_examples=50)
+  np.testing.assert_array_equal(resumed.labels, labels)
+  for name in LAYERS:
+    np.testing.assert_allclose(resumed.read_all(name), whole.read_all(name), rtol=1e-6)
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_extracted_features_whatever_the_expected_count(export_dir, tmp_path, on_disk):
+  """A store made for `num_examples` rows holds the same features as the batches, when the split
+  has that many examples, more (the rest joined on) or fewer (cut)."""
+  extractor = features.FeatureExtractor(representation.load_export(export_dir), max_features=200)
+  images, labels = toy_split(50, 0)
+  batches = lambda start: toy_batches(images[start:], labels[start:])
+  want = {name: [] for name in LAYERS}
+  for batch in batches(0):
+    for name, value in extractor(batch["image"]).items():
+      want[name].append(value.numpy())
   for expected in (50, 20, 40, 90):
-    got = features.extract_features(extractor, batches(), dtype="float16", num_examples=expected)
+    cache = str(tmp_path / f"{expected}") if on_disk else None
+    got = features.extract(extractor, batches, cache, {}, dtype="float16", num_examples=expected)
     np.testing.assert_array_equal(got.labels, labels)
     for name in LAYERS:
-      assert got.features[name].shape == want.features[name].shape
-      assert got.features[name].dtype == np.float16
-      np.testing.assert_array_equal(got.features[name], want.features[name].astype(np.float16))
+      np.testing.assert_array_equal(got.read_all(name),
+                                    np.concatenate(want[name]).astype(np.float16))
 
 
 def test_cached_and_on_the_fly_agree(tmp_path, monkeypatch, export_dir):
@@ -251,7 +299,8 @@ def test_run_linear_eval(tmp_path, monkeypatch, export_dir):
   assert r["config"]["examples_per_class"] == 20 and r["config"]["decay_epochs"] == [3]
   for name in LAYERS:
     entry = r["layers"][name]
-    assert set(entry) == {"dim", "top1", "top5", "loss", "knn_top1"}
+    assert set(entry) == {"dim", "top1", "top5", "loss", "knn_top1", "setting"}
+    assert entry["setting"] == dict(lr=0.1, weight_decay=1e-4)
     assert 0 <= entry["top1"] <= entry["top5"] == 1.0  # 3 classes: top-3 always hits.
   assert r["layers"]["block2"]["knn_top1"] > 0.5  # Chance: 1/3.
   assert r["best_layer"]["top1"] == max(e["top1"] for e in r["layers"].values())
@@ -316,15 +365,15 @@ def test_the_workdir_feature_cache_outlives_a_failure_and_goes_with_the_results(
   export = save_export(tmp_path / "export")
   workdir = tmp_path / "eval"
   config = make_config(tmp_path, export, feature_cache="workdir", epochs=1, decay_epochs=())
-  train_cached = linear_eval._train_cached  # pylint: disable=protected-access
+  probe = linear_eval.probing.probe
 
   def fail(*args, **kwargs):
     raise RuntimeError("the heads failed")
-  monkeypatch.setattr(linear_eval, "_train_cached", fail)
+  monkeypatch.setattr(linear_eval.probing, "probe", fail)
   with pytest.raises(RuntimeError, match="the heads failed"):
     linear_eval.run_linear_eval(config)
   assert len(os.listdir(workdir / "feature_cache")) == 2  # Train and test.
-  monkeypatch.setattr(linear_eval, "_train_cached", train_cached)
+  monkeypatch.setattr(linear_eval.probing, "probe", probe)
   data.calls.clear()
   results = linear_eval.run_linear_eval(config)
   assert not [c for c in data.calls if c[0] == "data" and not c[2]]  # Nothing read again.
@@ -425,7 +474,8 @@ def test_real_data_pipeline(tmp_path, export_dir):
         hub_module=export_dir, eval_preprocessing="resize,-1_to_1",
         preprocessing="resize,flip_lr,-1_to_1", preprocess_params=dict(resize_size=SIZE),
         batch_size=8, eval_batch_size=16, epochs=3, decay_epochs=(), knn_k=3,
-        on_the_fly=on_the_fly, max_features=200)
+        on_the_fly=on_the_fly, max_features=200,
+        **({} if not on_the_fly else dict(probe_lrs=(0.1,), probe_weight_decays=(0.0,))))
     runs[on_the_fly] = linear_eval.run_linear_eval(config)
   for r in runs.values():
     assert r["layer_order"] == LAYERS

@@ -1,0 +1,117 @@
+"""The cached protocol's per-layer probes on feature stores: tuned in one pass, within a budget.
+
+For every layer a bank of heads, one per setting of the grid `probe_lrs` x `probe_weight_decays`
+(eval/heads.py), trains on the same batches of the training rows less a held-out minival (a
+seeded `MINIVAL_FRACTION` of them, at most `MINIVAL_MAX`, as the 2019 paper held out part of
+ImageNet's training set); each layer keeps the setting with the best minival top-1 (the first in
+grid order on ties). Then one head per layer, with the setting chosen for it, is trained again on
+all the training rows and tested on the test split: the minival's examples are not lost to the
+final head, and the chosen setting is what is reported. With a grid of one setting there is no
+minival and that head is trained on all the rows.
+
+Memory: the heads of the layers that fit the budget together train as a group
+(`heads.plan_reading`), each group reading its rows from the store (eval/store.py); the batches
+are the same whatever the grouping, so the results do not depend on the budget.
+"""
+
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from absl import logging
+import numpy as np
+
+from eval import heads as heads_lib
+from eval import store as store_lib
+from training import schedules
+
+MINIVAL_FRACTION = 0.1
+MINIVAL_MAX = 50_000
+# Rows per read of the streamed passes (statistics); bounded by the budget too.
+STATS_BLOCK_ROWS = 4096
+
+
+def settings_of(config) -> List[heads_lib.Setting]:
+  """The grid of head settings a linear evaluation config asks for."""
+  return heads_lib.grid(config.probe_lrs, config.probe_weight_decays)
+
+
+def reading(config, dims: Mapping[str, int], itemsize: int, num_classes: int,
+            budget: Optional[int], settings: Optional[int] = None) -> heads_lib.Reading:
+  """How the heads of `dims`' layers train within `budget` (see heads.plan_reading)."""
+  return heads_lib.plan_reading(dims, itemsize, num_classes, config.eval_model,
+                                config.channels_hidden,
+                                settings or len(settings_of(config)), config.batch_size, budget)
+
+
+def schedule(config, steps_in_epoch: int):
+  """The factor of every head's learning rate at a step: warm-up and decays of the config."""
+  return schedules.WarmupPiecewiseDecay(
+      1.0, steps_in_epoch, config.warmup_epochs, config.decay_epochs, config.lr_decay_factor,
+      cosine_epochs=config.epochs if config.lr_schedule == "cosine" else None)
+
+
+def _fit(config, train: store_lib.Store, rows: np.ndarray, test: store_lib.Store,
+         test_rows: np.ndarray, settings: Mapping[str, Sequence[heads_lib.Setting]],
+         num_classes: int, budget: Optional[int], what: str
+         ) -> Dict[str, List[Dict[str, float]]]:
+  """Heads with `settings[layer]` trained on `rows` of `train`, tested on `test_rows` of `test`:
+  per layer and setting, top1, top5 and loss."""
+  dims = {name: train.dims[name] for name in settings}
+  width = max(len(s) for s in settings.values())
+  plan = reading(config, dims, train.dtype.itemsize, num_classes, budget, width)
+  order = {name: i for i, name in enumerate(train.layers)}
+  steps_in_epoch = heads_lib.steps_per_epoch(len(rows), config.batch_size)
+  num_steps = heads_lib.num_train_steps(config.epochs, steps_in_epoch)
+  lr_scale = schedules.scaled_lr(1.0, config.batch_size, config.lr_scale_batch_size)
+  block = STATS_BLOCK_ROWS
+  if budget is not None:
+    block = max(1, min(block, budget // max(1, 8 * max(dims.values()) * 3)))
+  metrics = {}
+  for i, group in enumerate(plan.groups):
+    if len(plan.groups) > 1:
+      logging.info("%s: layers %s (group %d of %d within the memory budget)", what, group, i + 1,
+                   len(plan.groups))
+    stats = (heads_lib.store_stats(train, group, rows, block)
+             if config.standardize_features else None)
+    probes = heads_lib.Probes(
+        {n: dims[n] for n in group}, num_classes, settings, config.eval_model,
+        config.channels_hidden, config.random_seed, stats,
+        lr_factor=schedule(config, steps_in_epoch), lr_scale=lr_scale, layer_seeds=order)
+    heads_lib.train_probes(
+        probes, heads_lib.train_chunks(train, group, rows, config.batch_size, config.random_seed,
+                                       plan.steps_per_call, num_steps), num_steps,
+        description=what)
+    metrics.update(heads_lib.evaluate_probes(probes, heads_lib.eval_chunks(
+        test, group, test_rows, config.eval_batch_size or config.batch_size)))
+  return metrics
+
+
+def probe(config, train: store_lib.Store, test: store_lib.Store, rows: np.ndarray,
+          num_classes: int, budget: Optional[int]) -> Dict[str, Dict[str, Any]]:
+  """Per layer: the chosen head's test top1, top5 and loss, its `setting`, and `minival`: every
+  setting's held-out top-1 (absent with a grid of one)."""
+  grid = settings_of(config)
+  chosen = {name: grid[0] for name in train.layers}
+  held_out = {}
+  if len(grid) > 1:
+    start = time.time()
+    fit, minival = heads_lib.minival_split(rows, MINIVAL_FRACTION, MINIVAL_MAX,
+                                           config.random_seed)
+    logging.info("heads: %d settings per layer, chosen on a minival of %d of the %d training "
+                 "examples", len(grid), len(minival), len(rows))
+    scores = _fit(config, train, fit, train, minival, {n: grid for n in train.layers},
+                  num_classes, budget, "heads (choosing)")
+    for name in train.layers:
+      top1 = [s["top1"] for s in scores[name]]
+      chosen[name] = grid[int(np.argmax(top1))]
+      held_out[name] = [dict(s.to_dict(), top1=t) for s, t in zip(grid, top1)]
+    logging.info("heads: settings chosen in %.1fs: %s", time.time() - start,
+                 {n: chosen[n].to_dict() for n in train.layers})
+  final = _fit(config, train, rows, test, np.arange(test.num_examples),
+               {n: [chosen[n]] for n in train.layers}, num_classes, budget, "heads")
+  out = {}
+  for name in train.layers:
+    out[name] = dict(final[name][0], setting=chosen[name].to_dict())
+    if name in held_out:
+      out[name]["minival"] = held_out[name]
+  return out
