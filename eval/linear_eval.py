@@ -425,6 +425,14 @@ def run_linear_eval(config: LinearEvalConfig) -> Dict[str, Any]:
     t = time.time()
     train, test = features_of(config.train_split), features_of(config.val_split)
     times["feature_extraction_s"] = time.time() - t
+    # Stores on disk that fit in half the budget together are read into memory (the other half:
+    # the heads and their batches).
+    if train.num_examples * train.row_bytes() + test.num_examples * test.row_bytes() <= \
+        budget // 2:
+      train, test = store_lib.in_memory(train, budget), store_lib.in_memory(test, budget)
+    held = sum(s.num_examples * s.row_bytes() for s in (train, test)
+               if isinstance(s, store_lib.MemoryStore))
+    budget -= held  # What the heads, their batches and kNN may take beside the stores in memory.
     rows = np.arange(train.num_examples)
     if is_low_label(config):
       rows = low_label_lib.low_label_indices(
@@ -467,6 +475,7 @@ def run_linear_eval(config: LinearEvalConfig) -> Dict[str, Any]:
   for store in (train, test):
     if isinstance(store, store_lib.DiskStore):
       store.close()
+  del train, test
   if config.feature_cache == "workdir" and cache_dir and os.path.isdir(cache_dir):
     shutil.rmtree(cache_dir)
     logging.info("removed the feature cache %s (--feature_cache=keep keeps it)", cache_dir)

@@ -14,15 +14,15 @@ store whose meta.json says it is complete (`open_store`). For an export, the key
 fingerprint (re-exporting changes it); for the random-init baseline, its architecture and seed;
 then the dataset, split, preprocessing, pooling, layers, feature limit and dtype.
 
-Reading (`Store.read`) gathers rows through a read-only memory map and then drops the mapped
-pages from the process (MADV_DONTNEED): the rows read are copied out, the kernel's page cache
-keeps what it can, and the process's resident memory holds no more of the store than the rows
-it asked for, whatever the store's size.
+Reading (`Store.read`) copies the rows asked for into a fresh array with positioned reads, one
+per run of consecutive rows: the process's resident memory holds no more of the store than those
+rows, whatever the store's size (the kernel's page cache keeps what it can, outside it). A memory
+map would not do: the kernel maps the page cache's large folios whole, so that a few random rows
+bring most of a file into the process's resident memory.
 """
 
 import hashlib
 import json
-import mmap
 import os
 import re
 import time
@@ -88,27 +88,62 @@ class DiskStore(Store):
     labels = np.fromfile(os.path.join(folder, LABELS_FILE), np.int32, count=int(meta["rows"]))
     super().__init__({n: meta["dims"][n] for n in meta["layers"]}, meta["dtype"], labels)
     self.folder, self.files = folder, dict(meta["files"])
-    self._maps: Dict[str, mmap.mmap] = {}
+    self._fds: Dict[str, int] = {}
 
-  def _table(self, name: str) -> np.ndarray:
-    if name not in self._maps:
-      with open(os.path.join(self.folder, self.files[name]), "rb") as f:
-        self._maps[name] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    return np.frombuffer(self._maps[name], self.dtype,
-                         count=self.num_examples * self.dims[name]).reshape(
-                             self.num_examples, self.dims[name])
+  def _fd(self, name: str) -> int:
+    if name not in self._fds:
+      self._fds[name] = os.open(os.path.join(self.folder, self.files[name]), os.O_RDONLY)
+    return self._fds[name]
 
   def read(self, name: str, rows: Rows) -> np.ndarray:
-    table = self._table(name)
-    out = np.array(table[rows])
-    del table
-    self._maps[name].madvise(mmap.MADV_DONTNEED)
+    fd, dim = self._fd(name), self.dims[name]
+    row = dim * self.dtype.itemsize
+    if isinstance(rows, slice):
+      start, stop, step = rows.indices(self.num_examples)
+      if step != 1:
+        return self.read(name, np.arange(start, stop, step))
+      out = np.empty([max(0, stop - start), dim], self.dtype)
+      _read_into(fd, out, start * row)
+      return out
+    rows = np.asarray(rows, np.int64)
+    out = np.empty([len(rows), dim], self.dtype)
+    if len(rows) and (rows.min() < 0 or rows.max() >= self.num_examples):
+      raise IndexError(f"rows {rows.min()} .. {rows.max()} of a store of {self.num_examples}")
+    # Runs of consecutive rows, one read each.
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    for first, last in zip(np.concatenate([[0], breaks]), np.concatenate([breaks, [len(rows)]])):
+      _read_into(fd, out[first:last], int(rows[first]) * row)
     return out
 
   def close(self):
-    for m in self._maps.values():
-      m.close()
-    self._maps.clear()
+    for fd in self._fds.values():
+      os.close(fd)
+    self._fds.clear()
+
+
+# Bytes per read call (Linux reads at most about 2 GiB at once).
+_READ_BYTES = 1 << 30
+
+
+def _read_into(fd: int, out: np.ndarray, offset: int) -> None:
+  """Fills the contiguous array `out` from `fd` at `offset`."""
+  view = memoryview(out).cast("B")
+  done = 0
+  while done < len(view):
+    got = os.preadv(fd, [view[done:done + _READ_BYTES]], offset + done)
+    if got <= 0:
+      raise OSError(f"the feature store ended early: {done} of {len(view)} bytes at {offset}")
+    done += got
+
+
+def in_memory(store: Store, budget: Optional[int]) -> Store:
+  """`store` read whole into memory when it fits in `budget` bytes (gathering rows from memory
+  is much faster than one read per row), else `store` itself."""
+  if isinstance(store, MemoryStore) or budget is None:
+    return store
+  if store.num_examples * store.row_bytes() > budget:
+    return store
+  return MemoryStore({name: store.read_all(name) for name in store.layers}, store.labels)
 
 
 def as_rows(rows: np.ndarray) -> Rows:

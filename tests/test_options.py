@@ -39,12 +39,14 @@ def test_the_configs_have_a_field_per_option_of_theirs():
   names = [o.name for o in options.of(options.EVAL)]
   assert eval_fields[:len(names)] == names
   assert eval_fields[len(names):] == ["layers", "max_features", "standardize_features",
-                                      "preprocess_params", "knn_temperature", "feature_dtype"]
-  # Defaults are the flags' (architecture and weight_decay: the evaluation's own, stated there).
+                                      "preprocess_params", "knn_temperature"]
+  # Defaults are the flags' (architecture: the evaluation's own, stated there; its heads' rates
+  # and decays are grids of their own).
   assert Config(task="rotation", workdir="w").epochs == options.OPTIONS["epochs"].default == 90
   evaluation = linear_eval.LinearEvalConfig()
   assert evaluation.epochs == 90 and evaluation.decay_epochs == ()
-  assert evaluation.architecture is None and evaluation.weight_decay == 0.0
+  assert evaluation.architecture is None and not hasattr(evaluation, "weight_decay")
+  assert evaluation.probe_lrs == (0.1, 1.0) and len(evaluation.probe_weight_decays) == 7
   assert Config(task="rotation", workdir="w").weight_decay is None
 
 
