@@ -54,41 +54,50 @@ def grid(lrs: Sequence[float], weight_decays: Sequence[float]) -> List[Setting]:
   return [Setting(float(lr), float(wd)) for lr, wd in itertools.product(lrs, weight_decays)]
 
 
-def _glorot(seed: int, shape: Sequence[int]) -> tf.Tensor:
-  """Glorot-uniform kernels `[S, fan_in, fan_out]`, the same for every setting."""
-  limit = math.sqrt(6.0 / (shape[1] + shape[2]))
-  one = tf.random.stateless_uniform(shape[1:], [seed, 0], -limit, limit)
-  return tf.tile(one[None], [shape[0], 1, 1])
+def _glorot(seed: int, fan_in: int, fan_out: int) -> tf.Tensor:
+  """Glorot-uniform kernel `[fan_in, fan_out]`."""
+  limit = math.sqrt(6.0 / (fan_in + fan_out))
+  return tf.random.stateless_uniform([fan_in, fan_out], [seed, 0], -limit, limit)
+
+
+def _bank_matmul(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+  """`x` `[B, D]` through every setting's kernel of `kernel` `[D, S, K]` in one matrix product:
+  `[S, B, K]`."""
+  dim, settings, width = kernel.shape
+  out = tf.matmul(x, tf.reshape(kernel, [dim, settings * width]))
+  return tf.transpose(tf.reshape(out, [-1, settings, width]), [1, 0, 2])
 
 
 @EVAL_MODELS.register("linear")
 def linear_head(dim: int, num_classes: int, channels_hidden: int, settings: int, seed: int):
-  """A linear classifier (logistic regression): its variables' initial values (kernels first)
-  and its logits `[S, B, C]` of standardised features `[B, D]`."""
+  """A linear classifier (logistic regression), the same start for every setting: its
+  variables' initial values, the axis of each that runs over the settings, how many of them
+  (first) are kernels, and its logits `[S, B, C]` of standardised features `[B, D]`."""
   del channels_hidden
-  init = [_glorot(seed, [settings, dim, num_classes]), tf.zeros([settings, num_classes])]
+  kernel = tf.tile(_glorot(seed, dim, num_classes)[:, None, :], [1, settings, 1])
+  init = [kernel, tf.zeros([settings, num_classes])]
 
   def logits(variables, x, training, seed_tensor):
     del training, seed_tensor
     kernel, bias = variables
-    return tf.einsum("bd,sdc->sbc", x, kernel) + bias[:, None, :]
-  return init, logits, 1
+    return _bank_matmul(x, kernel) + bias[:, None, :]
+  return init, (1, 0), 1, logits
 
 
 @EVAL_MODELS.register("mlp")
 def mlp_head(dim: int, num_classes: int, channels_hidden: int, settings: int, seed: int):
   """One hidden ReLU layer of `channels_hidden` units, dropout 0.5, then a linear classifier."""
-  init = [_glorot(seed, [settings, dim, channels_hidden]),
-          _glorot(seed + 7919, [settings, channels_hidden, num_classes]),
-          tf.zeros([settings, channels_hidden]), tf.zeros([settings, num_classes])]
+  k1 = tf.tile(_glorot(seed, dim, channels_hidden)[:, None, :], [1, settings, 1])
+  k2 = tf.tile(_glorot(seed + 7919, channels_hidden, num_classes)[None], [settings, 1, 1])
+  init = [k1, k2, tf.zeros([settings, channels_hidden]), tf.zeros([settings, num_classes])]
 
   def logits(variables, x, training, seed_tensor):
     k1, k2, b1, b2 = variables
-    hidden = tf.nn.relu(tf.einsum("bd,sdh->sbh", x, k1) + b1[:, None, :])
+    hidden = tf.nn.relu(_bank_matmul(x, k1) + b1[:, None, :])
     if training:
       hidden = tf.nn.experimental.stateless_dropout(hidden, MLP_DROPOUT, seed_tensor)
     return tf.einsum("sbh,shc->sbc", hidden, k2) + b2[:, None, :]
-  return init, logits, 2
+  return init, (1, 0, 0, 0), 2, logits
 
 
 def head_params(eval_model: str, dim: int, num_classes: int, channels_hidden: int) -> int:
@@ -166,14 +175,15 @@ class Probes:
     # Each layer's seed is its place among all of the evaluation's layers, so that a layer's
     # heads start the same whichever group it trains in.
     layer_seeds = layer_seeds or {name: i for i, name in enumerate(self.layers)}
-    self.variables, self.slots, self._logits, self._kernels = {}, {}, {}, {}
+    self.variables, self.slots, self._logits, self._kernels, self._axes = {}, {}, {}, {}, {}
     self.lrs, self.decays = {}, {}
     for name, dim in feature_dims.items():
-      init, logits, kernels = build(int(dim), num_classes, channels_hidden,
-                                    len(self.settings[name]), seed + 1000 * layer_seeds[name])
+      init, axes, kernels, logits = build(int(dim), num_classes, channels_hidden,
+                                          len(self.settings[name]),
+                                          seed + 1000 * layer_seeds[name])
       self.variables[name] = [tf.Variable(v, name=f"{name}_{i}") for i, v in enumerate(init)]
       self.slots[name] = [tf.Variable(tf.zeros_like(v)) for v in init]
-      self._logits[name], self._kernels[name] = logits, kernels
+      self._logits[name], self._kernels[name], self._axes[name] = logits, kernels, axes
       self.lrs[name] = tf.constant([lr_scale * s.lr for s in self.settings[name]], tf.float32)
       self.decays[name] = tf.constant([s.weight_decay for s in self.settings[name]], tf.float32)
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -217,7 +227,8 @@ class Probes:
     for name in self.layers:
       for i, (var, slot) in enumerate(zip(self.variables[name], self.slots[name])):
         grad = next(grads)
-        shape = [-1] + [1] * (len(var.shape) - 1)
+        shape = [1] * len(var.shape)
+        shape[self._axes[name][i]] = -1  # The settings' values along the settings' axis.
         if i < self._kernels[name]:
           grad += tf.reshape(self.decays[name], shape) * var
         slot.assign(MOMENTUM * slot - tf.reshape(self.lrs[name] * factor, shape) * grad)
@@ -254,8 +265,10 @@ class Reading:
 
 # At most this many training batches are read and trained on per call of the compiled loop: a
 # step of linear heads is a few small matrix products (milliseconds), to which a Python call per
-# step would add its own overhead.
+# step would add its own overhead. Large batches of wide layers take fewer: at most
+# MAX_CHUNK_BYTES of their features in flight.
 MAX_STEPS_PER_CALL = 64
+MAX_CHUNK_BYTES = 1 << 30
 
 
 def plan_reading(dims: Mapping[str, int], itemsize: int, num_classes: int, eval_model: str,
@@ -269,8 +282,15 @@ def plan_reading(dims: Mapping[str, int], itemsize: int, num_classes: int, eval_
                           batch_size) + batch_bytes(dims[n], itemsize, steps * batch_size)
                for n in names)
 
+  def too_many(names, steps):
+    return steps > 1 and sum(batch_bytes(dims[n], itemsize, steps * batch_size)
+                             for n in names) > MAX_CHUNK_BYTES
+
   if budget is None:
-    return Reading([list(dims)], MAX_STEPS_PER_CALL, need(dims, MAX_STEPS_PER_CALL))
+    steps = MAX_STEPS_PER_CALL
+    while too_many(dims, steps):
+      steps //= 2
+    return Reading([list(dims)], steps, need(dims, steps))
   groups, current = [], []
   for name in dims:
     if need([name], 1) > budget:
@@ -287,7 +307,7 @@ def plan_reading(dims: Mapping[str, int], itemsize: int, num_classes: int, eval_
     current.append(name)
   groups.append(current)
   steps = MAX_STEPS_PER_CALL
-  while steps > 1 and any(need(g, steps) > budget for g in groups):
+  while steps > 1 and any(need(g, steps) > budget or too_many(g, steps) for g in groups):
     steps //= 2
   return Reading(groups, steps, max(need(g, steps) for g in groups))
 

@@ -61,7 +61,8 @@ class Store:
     return sum(self.dims[n] for n in names) * self.dtype.itemsize
 
   def read(self, name: str, rows: Rows) -> np.ndarray:
-    """A fresh array of layer `name`'s features at `rows` (a slice, or sorted indices)."""
+    """A fresh array of layer `name`'s features at `rows` (a slice, or row numbers in any
+    order)."""
     raise NotImplementedError
 
   def read_all(self, name: str) -> np.ndarray:
@@ -82,7 +83,7 @@ class MemoryStore(Store):
 
 
 class DiskStore(Store):
-  """A complete store folder, read through memory maps (module docstring)."""
+  """A complete store folder, read with positioned reads (module docstring)."""
 
   def __init__(self, folder: str, meta: Mapping[str, Any]):
     labels = np.fromfile(os.path.join(folder, LABELS_FILE), np.int32, count=int(meta["rows"]))
@@ -143,7 +144,10 @@ def in_memory(store: Store, budget: Optional[int]) -> Store:
     return store
   if store.num_examples * store.row_bytes() > budget:
     return store
-  return MemoryStore({name: store.read_all(name) for name in store.layers}, store.labels)
+  whole = MemoryStore({name: store.read_all(name) for name in store.layers}, store.labels)
+  if isinstance(store, DiskStore):
+    store.close()
+  return whole
 
 
 def as_rows(rows: np.ndarray) -> Rows:

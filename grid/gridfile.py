@@ -75,6 +75,10 @@ CELL_KEYS = ("method", "flagfile", "flags", "axes", "exclude", "eval_flags", "ta
 # scales the flagfiles' warm-up and decays.
 SMOKE_PRETEXT = dict(train=16, val=16, batch_size=8)
 SMOKE_PROBE = dict(train=64, val=32, batch_size=16)
+# The probes' grid of head settings in a smoke run: its first rate and first two decays (the choice
+# on a minival is still made, over two settings instead of 14 heads per layer: at 1000 classes
+# those take several GiB per cell).
+SMOKE_PROBE_SETTINGS = dict(probe_lrs=1, probe_weight_decays=2)
 SMOKE_FINE_TUNE = dict(val=32, batch_size=8)  # On its whole training split: a fraction of it.
 
 
@@ -444,7 +448,13 @@ class _Parser(FlagChecker):
     """smoke_flags of an evaluation step: fine-tuning keeps its training split (its labelled
     fraction is drawn from it), the probes take its first images."""
     fine_tune = self.default(flags, "task") == "fine_tune"
-    return self.smoke_flags(flags, SMOKE_FINE_TUNE if fine_tune else SMOKE_PROBE, where)
+    smoke = self.smoke_flags(flags, SMOKE_FINE_TUNE if fine_tune else SMOKE_PROBE, where)
+    if smoke and not fine_tune:
+      for name, count in SMOKE_PROBE_SETTINGS.items():
+        values = self.default(flags, name)
+        values = str(values).split(",") if isinstance(values, str) else list(values)
+        smoke[name] = ",".join(str(v) for v in values[:count])
+    return smoke
 
   def make_cell(self, method: str, flagfile: Optional[str], flags: Mapping[str, Any],
                 point: Mapping[str, Any], eval_flags: Mapping[str, Any], tag: Optional[str],

@@ -69,13 +69,16 @@ def csv_rows(cells: Sequence[CellResult]) -> List[Dict[str, Any]]:
             mode=cell.mode or "", width=cell.width if cell.width is not None else "",
             layer=layer, depth=depth, dim=entry.get("dim"), top1=entry.get("top1"),
             top5=entry.get("top5"), loss=entry.get("loss"), knn_top1=entry.get("knn_top1"),
+            head_lr=(entry.get("setting") or {}).get("lr", ""),
+            head_weight_decay=(entry.get("setting") or {}).get("weight_decay", ""),
             best=int(layer == cell.best_layer), pretext_accuracy=cell.pretext_accuracy,
             best_over_random_init=gain, compared_with=baseline, wall_s=cell.wall_s))
   return rows
 
 
 CSV_FIELDS = ("evaluation", "family", "cell", "root", "kind", "method", "architecture", "mode",
-              "width", "layer", "depth", "dim", "top1", "top5", "loss", "knn_top1", "best",
+              "width", "layer", "depth", "dim", "top1", "top5", "loss", "knn_top1", "head_lr",
+              "head_weight_decay", "best",
               "pretext_accuracy", "best_over_random_init", "compared_with", "wall_s")
 
 

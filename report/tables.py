@@ -136,10 +136,21 @@ def markdown_table(cells: Sequence[CellResult], layers: Sequence[str]) -> str:
     lines.append("| " + " | ".join(
         [_label(cell), md(cell.method), md(cell.arch_label()),
          str(cell.width if cell.width is not None else "-"), pretext] + values +
-        [md(best or "-"), "-" if gain is None else f"{100 * gain:+.1f}",
+        [md(_best_text(cell)), "-" if gain is None else f"{100 * gain:+.1f}",
          md(baseline_label(cell, cells)),
          format_duration(cell.wall_s, '-', hours_with_seconds=False)]) + " |")
   return "\n".join(lines)
+
+
+def _best_text(cell: CellResult) -> str:
+  """The best layer, and the setting of its head where one was chosen on a minival."""
+  if not cell.best_layer:
+    return "-"
+  entry = (cell.results.get("layers") or {}).get(cell.best_layer) or {}
+  setting = entry.get("setting")
+  if not setting or not entry.get("minival"):
+    return cell.best_layer
+  return f"{cell.best_layer} (lr {setting['lr']:g}, wd {setting['weight_decay']:g})"
 
 
 def _config_of(cell: CellResult) -> Dict[str, Dict[str, Any]]:

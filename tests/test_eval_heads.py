@@ -82,8 +82,10 @@ def test_a_bank_of_settings_trains_each_head_as_if_alone():
   for i in (0, 3):
     _, alone = train_and_eval("linear", epochs=2, settings=[grid[i]])
     for name in bank.layers:
-      for together, single in zip(bank.variables[name], alone.variables[name]):
-        np.testing.assert_allclose(together.numpy()[i], single.numpy()[0], rtol=2e-4, atol=2e-5)
+      for together, single, axis in zip(bank.variables[name], alone.variables[name],
+                                        bank._axes[name]):  # pylint: disable=protected-access
+        np.testing.assert_allclose(np.take(together.numpy(), i, axis),
+                                   np.take(single.numpy(), 0, axis), rtol=2e-4, atol=2e-5)
 
 
 def test_a_linear_head_follows_sgd_with_momentum_and_weight_decay_as_numpy():
@@ -94,7 +96,8 @@ def test_a_linear_head_follows_sgd_with_momentum_and_weight_decay_as_numpy():
   y = rng.integers(0, 3, size=(3, 8)).astype(np.int32)
   lr, wd = 0.5, 0.1
   probes = heads.Probes({"a": 5}, 3, {"a": [heads.Setting(lr, wd)]})
-  kernel, bias = (v.numpy()[0].astype(np.float64) for v in probes.variables["a"])
+  kernel, bias = (v.numpy().astype(np.float64) for v in probes.variables["a"])
+  kernel, bias = kernel[:, 0], bias[0]  # [D, S, C] and [S, C]: the one setting's.
   heads.train_probes(probes, [({"a": x}, y)], 3)
   mk, mb = np.zeros_like(kernel), np.zeros_like(bias)
   for xb, yb in zip(x.astype(np.float64), y):
@@ -105,7 +108,7 @@ def test_a_linear_head_follows_sgd_with_momentum_and_weight_decay_as_numpy():
     gk, gb = xb.T @ p / 8 + wd * kernel, p.mean(0)
     mk, mb = 0.9 * mk - lr * gk, 0.9 * mb - lr * gb
     kernel, bias = kernel + mk, bias + mb
-  np.testing.assert_allclose(probes.variables["a"][0].numpy()[0], kernel, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(probes.variables["a"][0].numpy()[:, 0], kernel, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(probes.variables["a"][1].numpy()[0], bias, rtol=1e-4, atol=1e-5)
 
 

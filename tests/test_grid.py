@@ -940,6 +940,8 @@ def test_a_smoke_run_keeps_every_cell_and_setting_but_the_amount_of_work(known):
     probe = small.evaluations["linear_eval"]
     assert (probe["train_split"], probe["val_split"], probe["epochs"]) == (
         "train[:64]", "validation[:32]", "1")
+    # Two head settings per layer, still chosen on a minival.
+    assert (probe["probe_lrs"], probe["probe_weight_decays"]) == ("0.1", "0,1e-5"), cell.name
     for key in gridfile.INPUT_FLAGS + ("combine_patches", "pool_mode"):
       assert probe.get(key) == cell.evaluations["linear_eval"].get(key), (cell.name, key)
   semi = gridfile.load_grid(os.path.join(REPO_ROOT, "configs", "grids",

