@@ -492,7 +492,7 @@ def _example_shape(data: EvalData, split: str):
   return list(np.shape(next(iter(batches))["image"])[1:])
 
 
-def probe_budget(config) -> Optional[int]:
+def probe_budget(config) -> int:
   """The bytes the probes' features and heads may take (--probe_memory_gb, or the default of
   store_lib.default_budget)."""
   if config.probe_memory_gb is not None:
