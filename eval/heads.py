@@ -174,7 +174,8 @@ class Probes:
     self.lr_factor = lr_factor
     # Each layer's seed is its place among all of the evaluation's layers, so that a layer's
     # heads start the same whichever group it trains in.
-    layer_seeds = layer_seeds or {name: i for i, name in enumerate(self.layers)}
+    self.layer_seeds = layer_seeds or {name: i for i, name in enumerate(self.layers)}
+    layer_seeds = self.layer_seeds
     self.variables, self.slots, self._logits, self._kernels, self._axes = {}, {}, {}, {}, {}
     self.lrs, self.decays = {}, {}
     for name, dim in feature_dims.items():
@@ -203,8 +204,9 @@ class Probes:
   def logits(self, features: Mapping[str, tf.Tensor], training: bool) -> Dict[str, tf.Tensor]:
     """Each layer's logits `[S, B, C]`, a row per setting."""
     out = {}
-    for i, name in enumerate(self.layers):
-      seed = tf.stack([tf.cast(self.step, tf.int32), tf.constant(self.seed * 7 + i)])
+    for name in self.layers:  # Dropout's seed: the step's and the layer's, whatever its group.
+      seed = tf.stack([tf.cast(self.step, tf.int32),
+                       tf.constant(self.seed * 7919 + self.layer_seeds[name])])
       out[name] = self._logits[name](self.variables[name], self.standardize(name, features[name]),
                                      training, seed)
     return out

@@ -50,7 +50,7 @@ def schedule(config, steps_in_epoch: int):
       cosine_epochs=config.epochs if config.lr_schedule == "cosine" else None)
 
 
-def _fit(config, train: store_lib.Store, rows: np.ndarray, test: store_lib.Store,
+def fit_and_test(config, train: store_lib.Store, rows: np.ndarray, test: store_lib.Store,
          test_rows: np.ndarray, settings: Mapping[str, Sequence[heads_lib.Setting]],
          num_classes: int, budget: Optional[int], what: str
          ) -> Dict[str, List[Dict[str, float]]]:
@@ -99,16 +99,17 @@ def probe(config, train: store_lib.Store, test: store_lib.Store, rows: np.ndarra
                                            config.random_seed)
     logging.info("heads: %d settings per layer, chosen on a minival of %d of the %d training "
                  "examples", len(grid), len(minival), len(rows))
-    scores = _fit(config, train, fit, train, minival, {n: grid for n in train.layers},
-                  num_classes, budget, "heads (choosing)")
+    scores = fit_and_test(config, train, fit, train, minival,
+                          {n: grid for n in train.layers}, num_classes, budget,
+                          "heads (choosing)")
     for name in train.layers:
       top1 = [s["top1"] for s in scores[name]]
       chosen[name] = grid[int(np.argmax(top1))]
       held_out[name] = [dict(s.to_dict(), top1=t) for s, t in zip(grid, top1)]
     logging.info("heads: settings chosen in %.1fs: %s", time.time() - start,
                  {n: chosen[n].to_dict() for n in train.layers})
-  final = _fit(config, train, rows, test, np.arange(test.num_examples),
-               {n: [chosen[n]] for n in train.layers}, num_classes, budget, "heads")
+  final = fit_and_test(config, train, rows, test, np.arange(test.num_examples),
+                       {n: [chosen[n]] for n in train.layers}, num_classes, budget, "heads")
   out = {}
   for name in train.layers:
     out[name] = dict(final[name][0], setting=chosen[name].to_dict())
