@@ -483,3 +483,21 @@ def test_real_data_pipeline(tmp_path, export_dir):
     assert r["layers"]["block1"]["knn_top1"] > 0.6  # Classes differ in brightness.
   assert [runs[True]["layers"][n]["knn_top1"] for n in LAYERS] == [
       runs[False]["layers"][n]["knn_top1"] for n in LAYERS]
+
+
+def test_a_budget_too_small_stops_before_extraction(tmp_path, monkeypatch, export_dir):
+  """Features that would be held in memory beyond --probe_memory_gb, and a layer whose heads
+  cannot fit it even alone, are refused in one line before any image is read."""
+  data = FakeData().install(monkeypatch)
+  config = make_config(tmp_path / "a", export_dir, probe_memory_gb=1e-4)
+  with pytest.raises(ConfigError, match=r"the features of 360 examples \(.* per example, "
+                                        r"float32\) take .* GiB in memory, over the probes' "
+                                        r"budget .*--feature_cache=workdir"):
+    linear_eval.run_linear_eval(config)
+  on_disk = make_config(tmp_path / "b", export_dir, probe_memory_gb=1e-5, feature_cache="keep")
+  with pytest.raises(ConfigError, match=r"layer block1: its 1 linear head\(s\) on \d+ features "
+                                        r"for 3 classes .* over the probes' memory budget of "
+                                        r"0.00 GiB; raise --probe_memory_gb"):
+    linear_eval.run_linear_eval(on_disk)
+  assert not [c for c in data.calls if c[0] == "data"]
+  assert not os.path.exists(tmp_path / "b" / "eval" / "feature_cache")
