@@ -433,6 +433,13 @@ def test_random_init_on_patches_has_the_patch_methods_strides(tmp_path):
     (dict(batch_size=0), "batch_size must be a positive integer, got 0"),
     (dict(decay_epochs=(3, 1)), "decay_epochs must be increasing"),
     (dict(workdir=None), "workdir is required"),
+    (dict(on_the_fly=True, probe_lrs=(0.1, 1.0)), r"--on_the_fly trains one head per layer, on "
+     r"the whole training split: give one --probe_lrs and one --probe_weight_decays \(got 2 and 1\)"),
+    (dict(probe_lrs=()), r"--probe_lrs= must be one or more numbers > 0"),
+    (dict(probe_weight_decays=(0.0, -1.0)), r"--probe_weight_decays=0,-1 must be one or more "
+     r"numbers >= 0"),
+    (dict(feature_dtype="bfloat16"), "feature_dtype='bfloat16' is not valid; choices: float32, "
+     "float16"),
 ])
 def test_config_validation(tmp_path, overrides, message):
   with pytest.raises(ConfigError, match=message):
