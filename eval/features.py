@@ -21,8 +21,6 @@ from eval import pooling
 from eval import store as store_lib
 from eval.representation import Representation
 
-FEATURE_DTYPES = store_lib.FEATURE_DTYPES
-
 
 class FeatureExtractor:
   """Images -> {layer: pooled features `[B, D]`} through the frozen representation.
