@@ -101,7 +101,8 @@ def train(folder: str, args) -> dict:
       eval_model="linear", channels_hidden=1, batch_size=args.batch_size, eval_batch_size=1024,
       lr_scale_batch_size=256, epochs=args.epochs, warmup_epochs=0.0, decay_epochs=(),
       lr_decay_factor=0.1, lr_schedule="cosine", standardize_features=True, random_seed=0,
-      probe_lrs=(0.03, 0.3), probe_weight_decays=(0.0, 1e-4))
+      probe_lrs=(0.03, 0.3), probe_weight_decays=(0.0, 1e-4),
+      probe_decorrelate=not args.no_decorrelate)
   plan = probing.reading(config, store.dims, store.dtype.itemsize, args.classes, budget)
   grid = probing.settings_of(config)
   test_rows = rows[:args.test_examples]
@@ -150,6 +151,9 @@ def main():
                       help="examples of the in-memory comparison (default: what fits the "
                            "budget; 0 left out with --no_memory)")
   parser.add_argument("--no_memory", action="store_true", help="skip the in-memory comparison")
+  parser.add_argument("--no_decorrelate", action="store_true",
+                      help="standardised features only (the covariance of a layer of D features "
+                      "costs about 36 D^2 bytes of the budget)")
   parser.add_argument("--dir", default=None, help="where to write the store (default: a "
                       "temporary folder)")
   parser.add_argument("--json", action="store_true", help="print the results as one JSON line")
@@ -162,7 +166,8 @@ def main():
     return
   shared = [f"--budget_gb={args.budget_gb}", f"--slack_gb={args.slack_gb}",
             f"--epochs={args.epochs}", f"--batch_size={args.batch_size}",
-            f"--classes={args.classes}", f"--test_examples={args.test_examples}", "--limit"] + rest
+            f"--classes={args.classes}", f"--test_examples={args.test_examples}", "--limit"] + (
+                ["--no_decorrelate"] if args.no_decorrelate else []) + rest
   with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
     results = {}
     disk = os.path.join(tmp, "disk")

@@ -266,7 +266,7 @@ def methods_section(args):
 
 # One head per layer at the shapes flagfile's former setting: the protocol before the heads were
 # tuned, and the on-the-fly protocol's.
-ONE_SETTING = ["--probe_lrs=0.1", "--probe_weight_decays=0"]
+ONE_SETTING = ["--probe_lrs=0.1", "--probe_weight_decays=0", "--noprobe_decorrelate"]
 
 
 def _probe_run(export: str, width: int, args, on_the_fly: bool, extra=()):

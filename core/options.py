@@ -232,7 +232,7 @@ _OPTIONS = [
     Option("on_the_fly", "bool", False, "linear_eval: the original protocol (training "
            "--preprocessing with augmentation through the frozen backbone every step) instead "
            "of cached features.", configs=_E),
-    Option("probe_lrs", "list", ("0.1", "1"), "linear_eval: the learning rates (for a "
+    Option("probe_lrs", "list", ("0.1",), "linear_eval: the learning rates (for a "
            "batch of --lr_scale_batch_size) of each layer's heads, trained together with every "
            "--probe_weight_decays; the setting with the best top-1 on a held-out tenth of the "
            "training split (at most 50000 examples) is trained again on all of it and tested. "
@@ -241,6 +241,11 @@ _OPTIONS = [
     Option("probe_weight_decays", "list", ("0", "1e-5", "1e-4", "1e-3", "0.01", "0.03", "0.1"),
            "linear_eval: the L2 weight decays of each layer's heads (see --probe_lrs).",
            configs=_E, value="floats", check="nonnegative"),
+    Option("probe_decorrelate", "bool", True, "linear_eval: the heads take the standardised "
+           "features on their principal axes (the training rows' covariance) and step along "
+           "each by its inverse curvature, so that weakly regularised heads converge (the same "
+           "classifiers; the covariance of each layer's D features takes about 36 D^2 bytes "
+           "at a time). Off: standardised features, plain SGD.", configs=_E),
     Option("probe_memory_gb", "float", None, "linear_eval: host memory for the probes' "
            "features and heads, beyond the process's runtime and backbone (default: half of the "
            "SLURM job's memory per node, or of this machine's available memory). Layers whose "

@@ -16,6 +16,20 @@ standardising makes one grid of learning rates serve every layer (Lee et al. 202
 on normalised inputs stable across hyperparameters) and leaves the set of linear classifiers
 unchanged. Weight decay then acts on the weights of standardised features. Features that are
 constant on the training rows are zeroed.
+
+Decorrelation (on by default with standardisation): the standardised features are also rotated
+onto the principal axes of their covariance on the training rows (its eigenvectors, from the same
+streamed pass), and directions along which the training rows do not vary are dropped. A rotation
+changes neither the set of linear classifiers nor the L2 penalty (the norm of the weights is
+the same on either axes), so the heads' objective is the one of the standardised features. What
+it changes is the optimisation: pooled features are strongly correlated (a few directions carry
+most of the variance), and SGD along a direction of variance `lam` moves at a rate proportional
+to `lam`, so that weakly regularised heads are still far from their optimum after any affordable
+schedule. Along every axis the first kernel's step is scaled by `(1 + wd) / (lam + wd +
+PRECONDITIONER_DAMPING)`, the inverse of the objective's curvature there (up to the softmax's
+factor, the same on every axis) relative to that of an uncorrelated standardised feature: a
+diagonal Newton step in this basis, with which the heads reach the optimum of a fitted logistic
+regression in the schedule of `configs/evaluation/shapes.flags` (docs/probes.md).
 """
 
 import concurrent.futures
@@ -107,11 +121,46 @@ def head_params(eval_model: str, dim: int, num_classes: int, channels_hidden: in
   return (dim + 1) * num_classes
 
 
+# Directions of the standardised features whose variance on the training rows is below this
+# fraction of the largest are taken as constant there (rounding) and dropped.
+MIN_EIGENVALUE = 1e-9
+# Added to every variance in the preconditioner: bounds the step along the least varying
+# directions of heads without weight decay.
+PRECONDITIONER_DAMPING = 1e-3
+
+
 @dataclasses.dataclass
 class FeatureStats:
-  """Per-feature shift and scale: standardised = (x - mean) * inv_std."""
-  mean: np.ndarray
-  inv_std: np.ndarray
+  """How a layer's features enter its heads: `(x - mean) * inv_std`, or with a `basis` `[D, K]`
+  (decorrelated; inv_std folded in) `(x - mean) @ basis`, whose K columns have the variances
+  `eigenvalues` on the training rows. Fields left None are not applied: the stats of features
+  already transformed keep only the `eigenvalues`, for the preconditioner."""
+  mean: Optional[np.ndarray]
+  inv_std: Optional[np.ndarray]
+  basis: Optional[np.ndarray] = None
+  eigenvalues: Optional[np.ndarray] = None
+
+  def input_dim(self, dim: int) -> int:
+    """The width of the heads' input for `dim` features."""
+    if self.basis is not None:
+      return self.basis.shape[1]
+    return dim if self.eigenvalues is None else len(self.eigenvalues)
+
+  def applied(self) -> "FeatureStats":
+    """The stats of features already transformed by these."""
+    return FeatureStats(None, None, None, self.eigenvalues)
+
+
+def transform(stats: Optional[FeatureStats], x: tf.Tensor) -> tf.Tensor:
+  """Features `x` `[..., D]` as the heads take them: float32, transformed by `stats`."""
+  x = tf.cast(x, tf.float32)
+  if stats is None:
+    return x
+  if stats.mean is not None:
+    x = x - stats.mean
+  if stats.basis is not None:
+    return tf.matmul(x, stats.basis)
+  return x if stats.inv_std is None else x * stats.inv_std
 
 
 class StatsAccumulator:
@@ -119,16 +168,32 @@ class StatsAccumulator:
   and the sum of squares are accumulated in float64 straight from the features (no copy of a
   chunk, which for large tables costs more in fresh memory than the arithmetic), and its
   squared deviations are sum(x^2) - n * mean^2: in float64 that keeps about 16 - 2 * log10(|mean|
-  / std) digits, all of float32's for any |mean| / std below 10^4."""
+  / std) digits, all of float32's for any |mean| / std below 10^4.
 
-  def __init__(self):
+  With `decorrelate`, also the covariance between features, for the decorrelated input (module
+  docstring): the products of each chunk less the first chunk's mean (so that they do not cancel)
+  in float64, whose rounding (about 1e-15 of the largest variance, against float32's 1e-6) lets
+  MIN_EIGENVALUE tell the directions that do not vary from those that vary a little;
+  `result` gives the `basis` and `eigenvalues` of the standardised features' covariance (its
+  eigendecomposition in float64)."""
+
+  def __init__(self, decorrelate: bool = False):
+    self.decorrelate = decorrelate
     self._count: Dict[str, int] = {}
     self._mean: Dict[str, np.ndarray] = {}
     self._m2: Dict[str, np.ndarray] = {}
+    self._shift: Dict[str, np.ndarray] = {}
+    self._cross: Dict[str, np.ndarray] = {}
 
   def update(self, features: Mapping[str, np.ndarray]):
     for name, x in features.items():
       x = np.asarray(x)
+      if self.decorrelate:
+        if name not in self._shift:
+          self._shift[name] = x.mean(axis=0, dtype=np.float64)
+          self._cross[name] = np.zeros([x.shape[1]] * 2)
+        centred = x - self._shift[name]  # float64
+        self._cross[name] += centred.T @ centred
       n_b, mean_b = x.shape[0], x.mean(axis=0, dtype=np.float64)
       squares = np.einsum("ij,ij->j", x, x, dtype=np.float64)
       m2_b = np.maximum(squares - n_b * mean_b ** 2, 0.0)
@@ -150,7 +215,26 @@ class StatsAccumulator:
       constant = std <= 1e-6 * (1.0 + np.abs(mean))
       inv_std = np.where(constant, 0.0, 1.0 / np.where(constant, 1.0, std))
       stats[name] = FeatureStats(mean.astype(np.float32), inv_std.astype(np.float32))
+      if self.decorrelate:
+        stats[name] = self._decorrelated(name, count, mean, inv_std)
     return stats
+
+  def _decorrelated(self, name: str, count: int, mean: np.ndarray, inv_std: np.ndarray
+                    ) -> FeatureStats:
+    offset = mean - self._shift.pop(name)
+    cov = self._cross.pop(name)  # Freed as each layer is done: one layer's matrices at a time.
+    cov /= count
+    cov -= np.outer(offset, offset)
+    cov *= inv_std[:, None]
+    cov *= inv_std[None, :]  # The standardised features' covariance (their correlations).
+    eigenvalues, vectors = np.linalg.eigh(cov)
+    del cov
+    keep = eigenvalues > MIN_EIGENVALUE * max(eigenvalues.max(), 0.0)
+    if not keep.any():  # Every feature constant: one direction, always zero.
+      keep[-1] = True
+    basis = (inv_std[:, None] * vectors[:, keep]).astype(np.float32)
+    return FeatureStats(mean.astype(np.float32), None, basis,
+                        np.maximum(eigenvalues[keep], 0.0).astype(np.float32))
 
 
 class Probes:
@@ -171,14 +255,26 @@ class Probes:
     self.num_classes = num_classes
     self.settings = {name: list(settings[name]) for name in self.layers}
     self.stats = None if stats is None else {name: stats[name] for name in self.layers}
+    # Each layer's transform as TensorFlow values: a decorrelating basis is a (large) variable,
+    # not a constant copied into every trace.
+    self._transforms = {}
+    for name in self.layers:
+      s = None if stats is None else stats[name]
+      if s is not None and s.basis is not None:
+        s = dataclasses.replace(s, basis=tf.Variable(s.basis, trainable=False,
+                                                     name=f"{name}_basis"))
+      self._transforms[name] = s
     self.lr_factor = lr_factor
     # Each layer's seed is its place among all of the evaluation's layers, so that a layer's
     # heads start the same whichever group it trains in.
     self.layer_seeds = layer_seeds or {name: i for i, name in enumerate(self.layers)}
     layer_seeds = self.layer_seeds
     self.variables, self.slots, self._logits, self._kernels, self._axes = {}, {}, {}, {}, {}
-    self.lrs, self.decays = {}, {}
+    self.lrs, self.decays, self._preconditioners = {}, {}, {}
     for name, dim in feature_dims.items():
+      stats_n = self._transforms[name]
+      if stats_n is not None:
+        dim = stats_n.input_dim(int(dim))
       init, axes, kernels, logits = build(int(dim), num_classes, channels_hidden,
                                           len(self.settings[name]),
                                           seed + 1000 * layer_seeds[name])
@@ -187,6 +283,12 @@ class Probes:
       self._logits[name], self._kernels[name], self._axes[name] = logits, kernels, axes
       self.lrs[name] = tf.constant([lr_scale * s.lr for s in self.settings[name]], tf.float32)
       self.decays[name] = tf.constant([s.weight_decay for s in self.settings[name]], tf.float32)
+      self._preconditioners[name] = None
+      if stats_n is not None and stats_n.eigenvalues is not None:
+        # The first kernel's step per input axis and setting `[K, S, 1]` (module docstring).
+        decay = np.array([s.weight_decay for s in self.settings[name]])
+        scale = (1 + decay) / (stats_n.eigenvalues[:, None] + decay + PRECONDITIONER_DAMPING)
+        self._preconditioners[name] = tf.constant(scale[:, :, None], tf.float32)
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
     self.seed = seed
 
@@ -195,11 +297,8 @@ class Probes:
     return [v for name in self.layers for v in self.variables[name]]
 
   def standardize(self, name: str, x: tf.Tensor) -> tf.Tensor:
-    """Layer `name`'s features as its heads take them: float32, standardised by `stats`."""
-    x = tf.cast(x, tf.float32)
-    if self.stats is None:
-      return x
-    return (x - self.stats[name].mean) * self.stats[name].inv_std
+    """Layer `name`'s features as its heads take them (`transform` by its stats)."""
+    return transform(self._transforms[name], x)
 
   def logits(self, features: Mapping[str, tf.Tensor], training: bool) -> Dict[str, tf.Tensor]:
     """Each layer's logits `[S, B, C]`, a row per setting."""
@@ -233,6 +332,8 @@ class Probes:
         shape[self._axes[name][i]] = -1  # The settings' values along the settings' axis.
         if i < self._kernels[name]:
           grad += tf.reshape(self.decays[name], shape) * var
+        if i == 0 and self._preconditioners[name] is not None:
+          grad *= self._preconditioners[name]
         slot.assign(MOMENTUM * slot - tf.reshape(self.lrs[name] * factor, shape) * grad)
         var.assign_add(slot)
     self.step.assign_add(1)
@@ -257,6 +358,20 @@ def batch_bytes(dim: int, itemsize: int, rows: int) -> int:
   return rows * dim * (BATCH_COPIES * itemsize + 4)
 
 
+# Bytes per entry of a layer's D x D covariance while decorrelating: its float64 sums (8) and its
+# float32 basis (4) for every layer of a group, and, one layer at a time, the eigendecomposition's
+# float64 vectors and workspace (DECORRELATION_PEAK, of the widest layer).
+DECORRELATION_BYTES = 12
+DECORRELATION_PEAK = 24
+
+
+def decorrelation_bytes(dims: Sequence[int]) -> int:
+  """Memory of the decorrelation of layers of `dims` features trained together (0: none)."""
+  if not dims:
+    return 0
+  return sum(DECORRELATION_BYTES * d * d for d in dims) + DECORRELATION_PEAK * max(dims) ** 2
+
+
 @dataclasses.dataclass
 class Reading:
   """How heads train within a memory budget: which layers together, how many batches per read."""
@@ -275,14 +390,15 @@ MAX_CHUNK_BYTES = 1 << 30
 
 def plan_reading(dims: Mapping[str, int], itemsize: int, num_classes: int, eval_model: str,
                  channels_hidden: int, settings: int, batch_size: int,
-                 budget: Optional[int]) -> Reading:
-  """Groups of layers (in depth order) whose heads and batches fit in `budget` bytes together,
-  and the batches read per call; None: no limit (one group). A ValueError names the first layer
-  that does not fit alone, its size and the budget."""
+                 budget: Optional[int], decorrelate: bool = False) -> Reading:
+  """Groups of layers (in depth order) whose heads, batches and decorrelation fit in `budget`
+  bytes together, and the batches read per call; None: no limit (one group). A ValueError names
+  the first layer that does not fit alone, its size and the budget."""
   def need(names, steps):
     return sum(head_bytes(eval_model, dims[n], num_classes, channels_hidden, settings,
                           batch_size) + batch_bytes(dims[n], itemsize, steps * batch_size)
-               for n in names)
+               for n in names) + (decorrelation_bytes([dims[n] for n in names])
+                                  if decorrelate else 0)
 
   def too_many(names, steps):
     return steps > 1 and sum(batch_bytes(dims[n], itemsize, steps * batch_size)
@@ -298,10 +414,12 @@ def plan_reading(dims: Mapping[str, int], itemsize: int, num_classes: int, eval_
     if need([name], 1) > budget:
       heads = head_bytes(eval_model, dims[name], num_classes, channels_hidden, settings,
                          batch_size)
+      extra = (f", {decorrelation_bytes([dims[name]]) / 2**30:.2f} GiB to decorrelate them"
+               if decorrelate else "")
       raise ValueError(
           f"layer {name}: its {settings} {eval_model} head(s) on {dims[name]} features for "
           f"{num_classes} classes and a batch of {batch_size} need {need([name], 1) / 2**30:.2f} "
-          f"GiB ({heads / 2**30:.2f} GiB of heads), over the probes' memory budget of "
+          f"GiB ({heads / 2**30:.2f} GiB of heads{extra}), over the probes' memory budget of "
           f"{budget / 2**30:.2f} GiB")
     if current and need(current + [name], 1) > budget:
       groups.append(current)
@@ -328,9 +446,9 @@ def minival_split(rows: np.ndarray, fraction: float, max_rows: int, seed: int
 
 
 def store_stats(store: store_lib.Store, layers: Sequence[str], rows: np.ndarray,
-                block_rows: int) -> Dict[str, "FeatureStats"]:
+                block_rows: int, decorrelate: bool = False) -> Dict[str, "FeatureStats"]:
   """Per-layer FeatureStats of `rows` of the store, in one streamed pass of `block_rows`."""
-  acc = StatsAccumulator()
+  acc = StatsAccumulator(decorrelate)
   for start in range(0, len(rows), block_rows):
     block = store_lib.as_rows(rows[start:start + block_rows])
     acc.update({name: store.read(name, block) for name in layers})

@@ -547,7 +547,7 @@ def _train_on_the_fly(config: LinearEvalConfig, data: EvalData,
   stats = None
   if config.standardize_features:
     # One pass over the training split with the evaluation preprocessing, as in the cached path.
-    acc = heads_lib.StatsAccumulator()
+    acc = heads_lib.StatsAccumulator(probing.decorrelate(config))
     for images, _ in _one_pass(data, config.train_split):
       acc.update({k: v.numpy() for k, v in extractor(images).items()})
     stats = acc.result()

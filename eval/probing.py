@@ -40,7 +40,13 @@ def reading(config, dims: Mapping[str, int], itemsize: int, num_classes: int,
   """How the heads of `dims`' layers train within `budget` (see heads.plan_reading)."""
   return heads_lib.plan_reading(dims, itemsize, num_classes, config.eval_model,
                                 config.channels_hidden,
-                                settings or len(settings_of(config)), config.batch_size, budget)
+                                settings or len(settings_of(config)), config.batch_size, budget,
+                                decorrelate(config))
+
+
+def decorrelate(config) -> bool:
+  """Whether the heads take decorrelated features (eval/heads.py): with standardisation."""
+  return config.standardize_features and config.probe_decorrelate
 
 
 def schedule(config, steps_in_epoch: int):
@@ -71,19 +77,57 @@ def fit_and_test(config, train: store_lib.Store, rows: np.ndarray, test: store_l
     if len(plan.groups) > 1:
       logging.info("%s: layers %s (group %d of %d within the memory budget)", what, group, i + 1,
                    len(plan.groups))
-    stats = (heads_lib.store_stats(train, group, rows, block)
+    stats = (heads_lib.store_stats(train, group, rows, block, decorrelate(config))
              if config.standardize_features else None)
+    group_train, group_rows, group_test, group_test_rows = train, rows, test, test_rows
+    if stats is not None and _transform_first(train, test, rows, test_rows, stats, budget,
+                                              plan.need_bytes):
+      # Transformed once here rather than in every step (a product by a D x D basis per batch
+      # costs far more than small heads): the same numbers, the same batches.
+      group_train = _transformed(train, rows, stats, block)
+      group_test = _transformed(test, test_rows, stats, block)
+      group_rows, group_test_rows = np.arange(len(rows)), np.arange(len(test_rows))
+      stats = {name: s.applied() for name, s in stats.items()}
     probes = heads_lib.Probes(
         {n: dims[n] for n in group}, num_classes, settings, config.eval_model,
         config.channels_hidden, config.random_seed, stats,
         lr_factor=schedule(config, steps_in_epoch), lr_scale=lr_scale, layer_seeds=order)
     heads_lib.train_probes(
-        probes, heads_lib.train_chunks(train, group, rows, config.batch_size, config.random_seed,
-                                       plan.steps_per_call, num_steps), num_steps,
-        description=what)
+        probes, heads_lib.train_chunks(group_train, group, group_rows, config.batch_size,
+                                       config.random_seed, plan.steps_per_call, num_steps),
+        num_steps, description=what)
     metrics.update(heads_lib.evaluate_probes(probes, heads_lib.eval_chunks(
-        test, group, test_rows, config.eval_batch_size or config.batch_size)))
+        group_test, group, group_test_rows, config.eval_batch_size or config.batch_size)))
   return metrics
+
+
+def _transform_first(train: store_lib.Store, test: store_lib.Store, rows: np.ndarray,
+                     test_rows: np.ndarray, stats: Mapping[str, heads_lib.FeatureStats],
+                     budget: Optional[int], heads_bytes: int) -> bool:
+  """Whether a decorrelated group's rows are transformed before training: when the store is in
+  memory and the transformed rows (float32) fit in what the budget leaves beside it and the
+  heads. Otherwise each batch is transformed in the step, as it is read."""
+  if any(s.basis is None for s in stats.values()) or not isinstance(
+      train, store_lib.MemoryStore):
+    return False
+  if budget is None:
+    return True
+  held = sum(s.num_examples * s.row_bytes() for s in {id(train): train, id(test): test}.values()
+             if isinstance(s, store_lib.MemoryStore))
+  width = sum(s.basis.shape[1] for s in stats.values())
+  return held + heads_bytes + 4 * width * (len(rows) + len(test_rows)) <= budget
+
+
+def _transformed(store: store_lib.Store, rows: np.ndarray,
+                 stats: Mapping[str, heads_lib.FeatureStats], block: int) -> store_lib.MemoryStore:
+  """`rows` of the store's layers of `stats`, transformed by them, in memory (float32)."""
+  out = {}
+  for name, s in stats.items():
+    out[name] = np.empty([len(rows), s.input_dim(store.dims[name])], np.float32)
+    for i in range(0, len(rows), block):
+      x = store.read(name, store_lib.as_rows(rows[i:i + block]))
+      out[name][i:i + block] = heads_lib.transform(s, x).numpy()
+  return store_lib.MemoryStore(out, store.labels[rows])
 
 
 def probe(config, train: store_lib.Store, test: store_lib.Store, rows: np.ndarray,

@@ -173,6 +173,84 @@ def test_stats_accumulator_matches_numpy():
   np.testing.assert_allclose(stats.inv_std, 1 / y.astype(np.float64).std(0), rtol=1e-4)
 
 
+def correlated_features(num, seed):
+  """4 classes in 12 features of which a few directions carry most of the variance (6 mixed
+  latents, the 2 informative ones with a twentieth of the others' spread, plus a little
+  independent noise), badly scaled, one feature a copy of another and one constant:
+  ill-conditioned, as pooled features are."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, NUM_CLASSES, size=num).astype(np.int32)
+  centres = np.random.default_rng(7).normal(size=(NUM_CLASSES, 2))
+  latent = np.concatenate([(centres[labels] + rng.normal(size=(num, 2))) / 20,
+                           rng.normal(size=(num, 4))], axis=1)
+  mixing = np.random.default_rng(8).normal(size=(6, 10))
+  x = latent @ mixing + 0.002 * rng.normal(size=(num, 10))
+  x = np.concatenate([x, x[:, :1], np.full((num, 1), 3.0)], axis=1)
+  return (x * np.arange(1, 13) + 5).astype(np.float32), labels
+
+
+def test_decorrelated_stats_match_numpy():
+  x, _ = correlated_features(600, 0)
+  acc = heads.StatsAccumulator(decorrelate=True)
+  for start in range(0, 600, 128):
+    acc.update({"a": x[start:start + 128]})
+  stats = acc.result()["a"]
+  x64 = x.astype(np.float64)
+  varying = x64[:, :11]  # Less the constant feature.
+  standardised = (varying - varying.mean(0)) / varying.std(0)
+  expected = np.linalg.eigvalsh(standardised.T @ standardised / 600)[1:]  # Less the copy's zero.
+  assert stats.basis.shape == (12, 10) and stats.input_dim(12) == 10
+  np.testing.assert_allclose(stats.eigenvalues, expected, rtol=1e-5)
+  z = (x64 - stats.mean) @ stats.basis  # Uncorrelated, with those variances.
+  np.testing.assert_allclose(z.T @ z / 600, np.diag(expected), atol=2e-4 * expected.max())
+  np.testing.assert_allclose(z, heads.transform(stats, x).numpy(), atol=1e-4)
+  assert (stats.basis[11] == 0).all()  # The constant feature has no part in any direction.
+
+
+def _objective(probes, x, labels, weight_decay):
+  """A linear head's regularised cross-entropy on `x` as scikit-learn's LogisticRegression
+  minimises it (per example): mean CE + weight_decay / 2 * |kernel|^2."""
+  logits = probes.logits({"a": x}, training=False)["a"][0].numpy().astype(np.float64)
+  logits -= logits.max(1, keepdims=True)
+  ce = np.log(np.exp(logits).sum(1)) - logits[np.arange(len(labels)), labels]
+  kernel = probes.variables["a"][0].numpy()[:, 0]
+  return ce.mean() + weight_decay / 2 * (kernel.astype(np.float64) ** 2).sum()
+
+
+def test_decorrelated_heads_reach_the_optimum_of_a_fitted_logistic_regression():
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+  x, labels = correlated_features(600, 0)
+  weight_decay = 1e-4  # Weak: the optimum is far along the least varying directions.
+  objectives = {}
+  for decorrelate in (False, True):
+    store = MemoryStore({"a": x}, labels)
+    rows = np.arange(600)
+    stats = heads.store_stats(store, ["a"], rows, 128, decorrelate)
+    steps_in_epoch = heads.steps_per_epoch(600, 32)
+    num_steps = heads.num_train_steps(30, steps_in_epoch)
+    probes = heads.Probes({"a": 12}, NUM_CLASSES, {"a": [heads.Setting(0.4, weight_decay)]},
+                          stats=stats, lr_scale=32 / 256, lr_factor=schedules.WarmupPiecewiseDecay(
+                              1.0, steps_in_epoch, 0, [], cosine_epochs=30))
+    heads.train_probes(probes, heads.train_chunks(store, ["a"], rows, 32, 0, 64, num_steps),
+                       num_steps)
+    objectives[decorrelate] = _objective(probes, x, labels, weight_decay)
+  x64 = x.astype(np.float64)
+  std = x64.std(0)
+  std[std < 1e-6] = np.inf  # The constant feature: zeroed, as the heads' standardisation does.
+  standardised = (x64 - x64.mean(0)) / std
+  fitted = LogisticRegression(C=1 / (weight_decay * 600), tol=1e-10, max_iter=20000).fit(
+      standardised, labels)
+  logits = standardised @ fitted.coef_.T + fitted.intercept_
+  logits -= logits.max(1, keepdims=True)
+  optimum = (np.log(np.exp(logits).sum(1)) - logits[np.arange(600), labels]).mean() + \
+      weight_decay / 2 * (fitted.coef_ ** 2).sum()
+  print("objective: optimum", optimum, "standardised", objectives[False], "decorrelated",
+        objectives[True])
+  # Measured: 1e-4 above the optimum decorrelated, 0.21 above it standardised only.
+  assert objectives[True] - optimum < 1e-3
+  assert objectives[False] - optimum > 0.05
+
+
 def test_epoch_orders_are_seeded_permutations():
   first = next(heads.epoch_orders(10, 3, seed=5))
   again = next(heads.epoch_orders(10, 3, seed=5))

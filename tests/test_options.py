@@ -46,7 +46,8 @@ def test_the_configs_have_a_field_per_option_of_theirs():
   evaluation = linear_eval.LinearEvalConfig()
   assert evaluation.epochs == 90 and evaluation.decay_epochs == ()
   assert evaluation.architecture is None and not hasattr(evaluation, "weight_decay")
-  assert evaluation.probe_lrs == (0.1, 1.0) and len(evaluation.probe_weight_decays) == 7
+  assert evaluation.probe_lrs == (0.1,) and len(evaluation.probe_weight_decays) == 7
+  assert evaluation.probe_decorrelate is True
   assert Config(task="rotation", workdir="w").weight_decay is None
 
 
