@@ -1,0 +1,105 @@
+"""The suite's per-layer linear probes against a fitted reference, on the same stored features:
+scikit-learn's multinomial logistic regression (L-BFGS), its regularisation chosen on the same
+held-out minival from the same grid of weight decays (C = 1 / (weight decay x examples): the same
+objective as the heads'), refitted on the whole training split and tested on the same test rows,
+the features standardised with the same rows' statistics.
+
+  .venv/bin/python train_and_eval.py --flagfile=configs/evaluation/shapes.flags \\
+      --hub_module=<export> --train_split='train[:3000]' --val_split='test[:1000]' \\
+      --workdir=<dir> --feature_cache=keep
+  .venv/bin/python bench/probes_vs_sklearn.py --results=<dir>/results.json
+
+Prints per layer: the suite's top-1 and chosen decay, the reference's, and the difference.
+tests/test_probes_vs_sklearn.py runs the same comparison on a small random-init backbone.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from eval import heads  # pylint: disable=g-import-not-at-top
+from eval import probing  # pylint: disable=g-import-not-at-top
+from eval import store as store_lib  # pylint: disable=g-import-not-at-top
+
+MAX_ITER = 3000
+
+
+def reference(train: store_lib.Store, test: store_lib.Store, layers, weight_decays, seed: int,
+              max_iter: int = MAX_ITER):
+  """Per layer: (test top-1, chosen decay, every decay's minival top-1) of the reference, with the
+  suite's minival of the training rows."""
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+  rows = np.arange(train.num_examples)
+  fit, held = heads.minival_split(rows, probing.MINIVAL_FRACTION, probing.MINIVAL_MAX, seed)
+  out = {}
+  for name in layers:
+    x, x_test = train.read_all(name).astype(np.float64), test.read_all(name).astype(np.float64)
+
+    def standardised(part, *others, x=x):
+      mean, std = x[part].mean(0), x[part].std(0)
+      std[std <= 1e-6 * (1 + np.abs(mean))] = np.inf  # Constant: zeroed, as the heads do.
+      return [(o - mean) / std for o in others]
+
+    def model(part, decay):
+      if decay == 0:
+        return LogisticRegression(penalty=None, max_iter=max_iter)
+      return LogisticRegression(C=1.0 / (decay * len(part)), max_iter=max_iter)
+
+    with warnings.catch_warnings():  # Unregularised fits of separable rows do not converge.
+      warnings.simplefilter("ignore")
+      x_fit, x_held = standardised(fit, x[fit], x[held])
+      scores = [model(fit, d).fit(x_fit, train.labels[fit]).score(x_held, train.labels[held])
+                for d in weight_decays]
+      best = weight_decays[int(np.argmax(scores))]
+      x_all, x_t = standardised(rows, x, x_test)
+      top1 = model(rows, best).fit(x_all, train.labels).score(x_t, test.labels)
+    out[name] = (float(top1), best, scores)
+  return out
+
+
+def stores_of(results) -> tuple:
+  """The (train, test) stores a results.json's evaluation read, from its feature cache."""
+  config = results["config"]
+  cache = config.get("feature_cache_dir") or os.path.join(config["workdir"], "feature_cache")
+  found = {}
+  for key in sorted(os.listdir(cache)):
+    store = store_lib.open_store(os.path.join(cache, key), ())
+    meta = json.load(open(os.path.join(cache, key, "meta.json")))
+    if store is not None:
+      found[meta["parts"]["split"]] = store
+  missing = [s for s in (config["train_split"], config["val_split"]) if s not in found]
+  if missing:
+    raise SystemExit(f"no complete store of split(s) {missing} in {cache} (found {sorted(found)}):"
+                     " run the evaluation with --feature_cache=keep or a --feature_cache_dir")
+  return found[config["train_split"]], found[config["val_split"]]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--results", required=True, help="a linear evaluation's results.json")
+  parser.add_argument("--max_iter", type=int, default=MAX_ITER)
+  args = parser.parse_args()
+  results = json.load(open(args.results))
+  train, test = stores_of(results)
+  layers = [n for n in results["layers"] if n in train.dims]
+  decays = list(results["config"]["probe_weight_decays"])
+  print(f"{'layer':12s} {'suite':>6s} {'decay':>7s} {'sklearn':>8s} {'decay':>7s} {'diff':>6s}")
+  for name in layers:
+    start = time.time()
+    top1, best, _ = reference(train, test, [name], decays, results["config"]["random_seed"],
+                              args.max_iter)[name]
+    ours = results["layers"][name]
+    print(f"{name:12s} {100 * ours['top1']:6.1f} {ours['setting']['weight_decay']:7g} "
+          f"{100 * top1:8.1f} {best:7g} {100 * (ours['top1'] - top1):+6.1f}  "
+          f"({time.time() - start:.0f}s)", flush=True)
+
+
+if __name__ == "__main__":
+  main()
