@@ -27,7 +27,7 @@ def toy_features(num, seed):
 
 
 def train_and_eval(eval_model, standardize=True, epochs=6, settings=(heads.Setting(0.1, 1e-4),),
-                   store=None, steps_per_call=64):
+                   store=None, steps_per_call=64, decorrelate=False):
   """Heads of both toy layers, `settings` each, trained on a store of 800 examples (warm-up 1
   epoch, decay at 4) and tested on 400."""
   train, train_labels = toy_features(800, 0)
@@ -35,7 +35,7 @@ def train_and_eval(eval_model, standardize=True, epochs=6, settings=(heads.Setti
   train = store or MemoryStore(train, train_labels)
   test = MemoryStore(test, test_labels)
   rows = np.arange(800)
-  stats = heads.store_stats(train, train.layers, rows, 128) if standardize else None
+  stats = heads.store_stats(train, train.layers, rows, 128, decorrelate) if standardize else None
   steps_in_epoch = heads.steps_per_epoch(800, 64)
   probes = heads.Probes(train.dims, NUM_CLASSES, {n: list(settings) for n in train.layers},
                         eval_model, channels_hidden=32, seed=0, stats=stats,
@@ -49,8 +49,10 @@ def train_and_eval(eval_model, standardize=True, epochs=6, settings=(heads.Setti
 
 
 @pytest.mark.parametrize("eval_model", ["linear", "mlp"])
-def test_heads_learn_informative_layer_only(eval_model):
-  metrics = {name: m[0] for name, m in train_and_eval(eval_model)[0].items()}
+@pytest.mark.parametrize("decorrelate", [False, True])
+def test_heads_learn_informative_layer_only(eval_model, decorrelate):
+  metrics = train_and_eval(eval_model, decorrelate=decorrelate)[0]
+  metrics = {name: m[0] for name, m in metrics.items()}
   assert metrics["informative"]["top1"] > 0.97
   assert metrics["informative"]["loss"] < 0.2
   assert metrics["noise"]["top1"] < 0.4  # Chance is 0.25.
@@ -249,6 +251,32 @@ def test_decorrelated_heads_reach_the_optimum_of_a_fitted_logistic_regression():
   # Measured: 1e-4 above the optimum decorrelated, 0.21 above it standardised only.
   assert objectives[True] - optimum < 1e-3
   assert objectives[False] - optimum > 0.05
+
+
+def test_decorrelated_heads_give_the_same_numbers_transformed_first_in_memory_or_per_batch(
+    tmp_path):
+  """probing.fit_and_test transforms a store in memory once, and a store on disk batch by batch
+  in the step: the same heads either way."""
+  import types  # pylint: disable=g-import-not-at-top
+  from eval import probing  # pylint: disable=g-import-not-at-top
+  x, labels = correlated_features(600, 0)
+  writer = store_lib.Writer(str(tmp_path / "s"), {}, "float32", 600)
+  writer.write({"a": x}, labels)
+  disk = writer.finish()
+  config = types.SimpleNamespace(
+      eval_model="linear", channels_hidden=1, batch_size=32, eval_batch_size=100,
+      lr_scale_batch_size=256, epochs=3, warmup_epochs=0.0, decay_epochs=(),
+      lr_decay_factor=0.1, lr_schedule="cosine", standardize_features=True, random_seed=0,
+      probe_lrs=(0.4,), probe_weight_decays=(0.0, 1e-3), probe_decorrelate=True)
+  grid = {"a": probing.settings_of(config)}
+  rows, test_rows = np.arange(500), np.arange(500, 600)
+  results = [probing.fit_and_test(config, store, rows, store, test_rows, grid, NUM_CLASSES,
+                                  None, "test")["a"]
+             for store in (MemoryStore({"a": x}, labels), disk)]
+  assert isinstance(disk, store_lib.DiskStore)
+  for in_memory, on_disk in zip(*results):
+    assert in_memory["top1"] == on_disk["top1"]
+    assert in_memory["loss"] == pytest.approx(on_disk["loss"], rel=1e-4)
 
 
 def test_epoch_orders_are_seeded_permutations():
