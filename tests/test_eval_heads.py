@@ -209,6 +209,26 @@ def test_decorrelated_stats_match_numpy():
   assert (stats.basis[11] == 0).all()  # The constant feature has no part in any direction.
 
 
+@pytest.mark.parametrize("rows", [30, 50])
+def test_decorrelated_stats_of_fewer_rows_than_features_from_their_gram_matrix(rows):
+  """40 features: 30 rows stay kept and are decomposed by their Gram matrix; 50 (in chunks of 20)
+  go over to the 40 x 40 sums after the second chunk. Either way, numpy's eigenvalues of the
+  standardised covariance (29 or 39 non-zero ones) and uncorrelated directions."""
+  x = np.random.default_rng(3).normal(size=(rows, 40)) @ np.random.default_rng(4).normal(
+      size=(40, 40)) + 3.0
+  acc = heads.StatsAccumulator(decorrelate=True)
+  for start in range(0, rows, 20):
+    acc.update({"a": x[start:start + 20]})
+  stats = acc.result()["a"]
+  standardised = (x - x.mean(0)) / x.std(0)
+  expected = np.linalg.eigvalsh(standardised.T @ standardised / rows)
+  expected = expected[expected > 1e-9 * expected.max()]
+  assert len(expected) == min(rows - 1, 40) == stats.basis.shape[1]
+  np.testing.assert_allclose(np.sort(stats.eigenvalues), expected, rtol=1e-6)
+  z = (x - stats.mean) @ stats.basis
+  np.testing.assert_allclose(z.T @ z / rows, np.diag(stats.eigenvalues), atol=1e-5)
+
+
 def _objective(probes, x, labels, weight_decay):
   """A linear head's regularised cross-entropy on `x` as scikit-learn's LogisticRegression
   minimises it (per example): mean CE + weight_decay / 2 * |kernel|^2."""
