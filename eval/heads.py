@@ -259,7 +259,8 @@ class StatsAccumulator:
 
 class Probes:
   """A bank of heads per layer: `settings[layer]` (a layer's grid, or the one setting chosen for
-  it), trained together; `stats` (optional) standardises each layer's features first;
+  it), trained together; `stats` (optional) transforms each layer's features first
+  (standardised, and decorrelated with a basis; `transform`);
   `lr_factor(step)`: the schedule's factor of every learning rate (warm-up, decays)."""
 
   def __init__(self, feature_dims: Mapping[str, int], num_classes: int,
@@ -274,7 +275,6 @@ class Probes:
     self.layers = list(feature_dims)
     self.num_classes = num_classes
     self.settings = {name: list(settings[name]) for name in self.layers}
-    self.stats = None if stats is None else {name: stats[name] for name in self.layers}
     # Each layer's transform as TensorFlow values: a decorrelating basis is a (large) variable,
     # not a constant copied into every trace.
     self._transforms = {}
