@@ -71,9 +71,9 @@ def stores_of(results) -> tuple:
   found = {}
   for key in sorted(os.listdir(cache)):
     store = store_lib.open_store(os.path.join(cache, key), ())
-    meta = json.load(open(os.path.join(cache, key, "meta.json")))
-    if store is not None:
-      found[meta["parts"]["split"]] = store
+    if store is not None:  # Complete: its meta.json names its split.
+      with open(os.path.join(cache, key, "meta.json")) as f:
+        found[json.load(f)["parts"]["split"]] = store
   missing = [s for s in (config["train_split"], config["val_split"]) if s not in found]
   if missing:
     raise SystemExit(f"no complete store of split(s) {missing} in {cache} (found {sorted(found)}):"
@@ -86,7 +86,8 @@ def main():
   parser.add_argument("--results", required=True, help="a linear evaluation's results.json")
   parser.add_argument("--max_iter", type=int, default=MAX_ITER)
   args = parser.parse_args()
-  results = json.load(open(args.results))
+  with open(args.results) as f:
+    results = json.load(f)
   train, test = stores_of(results)
   layers = [n for n in results["layers"] if n in train.dims]
   decays = list(results["config"]["probe_weight_decays"])
