@@ -30,6 +30,7 @@ from core import specs
 from core.errors import ConfigError
 from core.options import require
 import datasets
+from eval import feature_stats as stats_lib
 from eval import features as features_lib
 from eval import heads as heads_lib
 from eval import knn as knn_lib
@@ -547,7 +548,7 @@ def _train_on_the_fly(config: LinearEvalConfig, data: EvalData,
   stats = None
   if config.standardize_features:
     # One pass over the training split with the evaluation preprocessing, as in the cached path.
-    acc = heads_lib.StatsAccumulator(probing.decorrelate(config))
+    acc = stats_lib.StatsAccumulator(probing.decorrelate(config))
     for images, _ in _one_pass(data, config.train_split):
       acc.update({k: v.numpy() for k, v in extractor(images).items()})
     stats = acc.result()

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from absl import logging
 import numpy as np
 
+from eval import feature_stats as stats_lib
 from eval import heads as heads_lib
 from eval import store as store_lib
 from training import schedules
@@ -77,7 +78,7 @@ def fit_and_test(config, train: store_lib.Store, rows: np.ndarray, test: store_l
     if len(plan.groups) > 1:
       logging.info("%s: layers %s (group %d of %d within the memory budget)", what, group, i + 1,
                    len(plan.groups))
-    stats = (heads_lib.store_stats(train, group, rows, block, decorrelate(config))
+    stats = (stats_lib.store_stats(train, group, rows, block, decorrelate(config))
              if config.standardize_features else None)
     group_train, group_rows, group_test, group_test_rows = train, rows, test, test_rows
     if stats is not None and _transform_first(train, test, rows, test_rows, stats, budget,
@@ -102,7 +103,7 @@ def fit_and_test(config, train: store_lib.Store, rows: np.ndarray, test: store_l
 
 
 def _transform_first(train: store_lib.Store, test: store_lib.Store, rows: np.ndarray,
-                     test_rows: np.ndarray, stats: Mapping[str, heads_lib.FeatureStats],
+                     test_rows: np.ndarray, stats: Mapping[str, stats_lib.FeatureStats],
                      budget: Optional[int], heads_bytes: int) -> bool:
   """Whether a decorrelated group's rows are transformed before training: when the store is in
   memory and the transformed rows (float32) fit in what the budget leaves beside it and the
@@ -119,14 +120,14 @@ def _transform_first(train: store_lib.Store, test: store_lib.Store, rows: np.nda
 
 
 def _transformed(store: store_lib.Store, rows: np.ndarray,
-                 stats: Mapping[str, heads_lib.FeatureStats], block: int) -> store_lib.MemoryStore:
+                 stats: Mapping[str, stats_lib.FeatureStats], block: int) -> store_lib.MemoryStore:
   """`rows` of the store's layers of `stats`, transformed by them, in memory (float32)."""
   out = {}
   for name, s in stats.items():
     out[name] = np.empty([len(rows), s.input_dim(store.dims[name])], np.float32)
     for i in range(0, len(rows), block):
       x = store.read(name, store_lib.as_rows(rows[i:i + block]))
-      out[name][i:i + block] = heads_lib.transform(s, x).numpy()
+      out[name][i:i + block] = stats_lib.transform(s, x).numpy()
   return store_lib.MemoryStore(out, store.labels[rows])
 
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from eval import feature_stats
 from eval import heads
 from eval import knn
 from eval import low_label
@@ -35,7 +36,7 @@ def train_and_eval(eval_model, standardize=True, epochs=6, settings=(heads.Setti
   train = store or MemoryStore(train, train_labels)
   test = MemoryStore(test, test_labels)
   rows = np.arange(800)
-  stats = heads.store_stats(train, train.layers, rows, 128, decorrelate) if standardize else None
+  stats = feature_stats.store_stats(train, train.layers, rows, 128, decorrelate) if standardize else None
   steps_in_epoch = heads.steps_per_epoch(800, 64)
   probes = heads.Probes(train.dims, NUM_CLASSES, {n: list(settings) for n in train.layers},
                         eval_model, channels_hidden=32, seed=0, stats=stats,
@@ -157,7 +158,7 @@ def test_minival_is_a_seeded_held_out_part():
 
 def test_stats_accumulator_matches_numpy():
   x = np.random.default_rng(0).normal(size=(1000, 5)) * [1, 2, 3, 0, 5] + [0, 10, -3, 7, 1000]
-  acc = heads.StatsAccumulator()
+  acc = feature_stats.StatsAccumulator()
   for start in range(0, 1000, 128):
     acc.update({"a": x[start:start + 128]})
   stats = acc.result()["a"]
@@ -167,7 +168,7 @@ def test_stats_accumulator_matches_numpy():
   # float32 features far from zero (a naive sum of squares in float32 would lose the variance):
   # the float64 sums keep it.
   y = (x[:, [0, 1, 2, 4]] + 1e4).astype(np.float32)
-  acc = heads.StatsAccumulator()
+  acc = feature_stats.StatsAccumulator()
   for start in range(0, 1000, 128):
     acc.update({"b": y[start:start + 128]})
   stats = acc.result()["b"]
@@ -193,7 +194,7 @@ def correlated_features(num, seed):
 
 def test_decorrelated_stats_match_numpy():
   x, _ = correlated_features(600, 0)
-  acc = heads.StatsAccumulator(decorrelate=True)
+  acc = feature_stats.StatsAccumulator(decorrelate=True)
   for start in range(0, 600, 128):
     acc.update({"a": x[start:start + 128]})
   stats = acc.result()["a"]
@@ -205,7 +206,7 @@ def test_decorrelated_stats_match_numpy():
   np.testing.assert_allclose(stats.eigenvalues, expected, rtol=1e-5)
   z = (x64 - stats.mean) @ stats.basis  # Uncorrelated, with those variances.
   np.testing.assert_allclose(z.T @ z / 600, np.diag(expected), atol=2e-4 * expected.max())
-  np.testing.assert_allclose(z, heads.transform(stats, x).numpy(), atol=1e-4)
+  np.testing.assert_allclose(z, feature_stats.transform(stats, x).numpy(), atol=1e-4)
   assert (stats.basis[11] == 0).all()  # The constant feature has no part in any direction.
 
 
@@ -216,7 +217,7 @@ def test_decorrelated_stats_of_fewer_rows_than_features_from_their_gram_matrix(r
   standardised covariance (29 or 39 non-zero ones) and uncorrelated directions."""
   x = np.random.default_rng(3).normal(size=(rows, 40)) @ np.random.default_rng(4).normal(
       size=(40, 40)) + 3.0
-  acc = heads.StatsAccumulator(decorrelate=True)
+  acc = feature_stats.StatsAccumulator(decorrelate=True)
   for start in range(0, rows, 20):
     acc.update({"a": x[start:start + 20]})
   stats = acc.result()["a"]
@@ -247,7 +248,7 @@ def test_decorrelated_heads_reach_the_optimum_of_a_fitted_logistic_regression():
   for decorrelate in (False, True):
     store = MemoryStore({"a": x}, labels)
     rows = np.arange(600)
-    stats = heads.store_stats(store, ["a"], rows, 128, decorrelate)
+    stats = feature_stats.store_stats(store, ["a"], rows, 128, decorrelate)
     steps_in_epoch = heads.steps_per_epoch(600, 32)
     num_steps = heads.num_train_steps(30, steps_in_epoch)
     probes = heads.Probes({"a": 12}, NUM_CLASSES, {"a": [heads.Setting(0.4, weight_decay)]},
