@@ -46,7 +46,7 @@ def reading(config, dims: Mapping[str, int], itemsize: int, num_classes: int,
 
 
 def decorrelate(config) -> bool:
-  """Whether the heads take decorrelated features (eval/heads.py): with standardisation."""
+  """Whether the heads take decorrelated features (eval/feature_stats.py): with standardisation."""
   return config.standardize_features and config.probe_decorrelate
 
 
