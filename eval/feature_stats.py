@@ -20,9 +20,9 @@ most of the variance), and SGD along a direction of variance `lam` moves at a ra
 to `lam`, so that weakly regularised heads are still far from their optimum after any affordable
 schedule. Along every axis the heads' first kernel's step is scaled by `(1 + wd) / (lam + wd +
 heads.PRECONDITIONER_DAMPING)`, the inverse of the objective's curvature there (up to the
-softmax's factor, the same on every axis) relative to that of an uncorrelated standardised feature: a
-diagonal Newton step in this basis, with which the heads reach the optimum of a fitted logistic
-regression in the schedule of `configs/evaluation/shapes.flags` (docs/probes.md).
+softmax's factor, the same on every axis) relative to that of an uncorrelated standardised
+feature: a diagonal Newton step in this basis, with which the heads reach the optimum of a fitted
+logistic regression in the schedule of `configs/evaluation/shapes.flags` (docs/probes.md).
 """
 
 import dataclasses

@@ -113,7 +113,8 @@ def _transform_first(train: store_lib.Store, test: store_lib.Store, rows: np.nda
     return False
   if budget is None:
     return True
-  held = sum(s.num_examples * s.row_bytes() for s in {id(train): train, id(test): test}.values()
+  stores = [train] if test is train else [train, test]
+  held = sum(s.num_examples * s.row_bytes() for s in stores
              if isinstance(s, store_lib.MemoryStore))
   width = sum(s.basis.shape[1] for s in stats.values())
   return held + heads_bytes + 4 * width * (len(rows) + len(test_rows)) <= budget

@@ -36,7 +36,8 @@ def train_and_eval(eval_model, standardize=True, epochs=6, settings=(heads.Setti
   train = store or MemoryStore(train, train_labels)
   test = MemoryStore(test, test_labels)
   rows = np.arange(800)
-  stats = feature_stats.store_stats(train, train.layers, rows, 128, decorrelate) if standardize else None
+  stats = (feature_stats.store_stats(train, train.layers, rows, 128, decorrelate)
+           if standardize else None)
   steps_in_epoch = heads.steps_per_epoch(800, 64)
   probes = heads.Probes(train.dims, NUM_CLASSES, {n: list(settings) for n in train.layers},
                         eval_model, channels_hidden=32, seed=0, stats=stats,
