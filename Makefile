@@ -39,7 +39,7 @@ demo: $(STAMP)
 	$(BIN)/python benchmark.py --grid=configs/grids/shapes.toml --root=$(WORKDIR)/grid_shapes --jobs=$(JOBS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=30 tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache

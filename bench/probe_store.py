@@ -107,8 +107,9 @@ def train(folder: str, args) -> dict:
   grid = probing.settings_of(config)
   test_rows = rows[:args.test_examples]
   start = time.time()
-  metrics = probing.fit_and_test(config, store, rows, store, test_rows,
-                                 {n: grid for n in store.layers}, args.classes, budget, "bench")
+  metrics = probing.fit_and_test(config, store, rows, {"test": (store, test_rows)},
+                                 {n: grid for n in store.layers}, args.classes, budget,
+                                 "bench")["test"]
   seconds = time.time() - start
   usage = resource.getrusage(resource.RUSAGE_SELF)
   steps = heads_lib.num_train_steps(args.epochs, heads_lib.steps_per_epoch(len(rows),

@@ -234,9 +234,9 @@ _OPTIONS = [
            "of cached features.", configs=_E),
     Option("probe_lrs", "list", ("0.1",), "linear_eval: the learning rates (for a "
            "batch of --lr_scale_batch_size) of each layer's heads, trained together with every "
-           "--probe_weight_decays; the setting with the best top-1 on a held-out tenth of the "
-           "training split (at most 50000 examples) is trained again on all of it and tested. "
-           "One rate and one decay: that head alone, no held-out part.", configs=_E,
+           "--probe_weight_decays on the training split less a held-out tenth (at most 50000 "
+           "examples); the head with the best top-1 on that tenth is tested. One rate and one "
+           "decay: that head alone, on the whole training split.", configs=_E,
            value="floats", check="positive"),
     Option("probe_weight_decays", "list", ("0", "1e-5", "1e-4", "1e-3", "0.01", "0.03", "0.1"),
            "linear_eval: the L2 weight decays of each layer's heads (see --probe_lrs).",

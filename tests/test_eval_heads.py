@@ -1,5 +1,7 @@
 """Per-layer heads on toy features, kNN against NumPy, low-label sampling."""
 
+import types
+
 import numpy as np
 import pytest
 
@@ -279,7 +281,6 @@ def test_decorrelated_heads_give_the_same_numbers_transformed_first_in_memory_or
     tmp_path):
   """probing.fit_and_test transforms a store in memory once, and a store on disk batch by batch
   in the step: the same heads either way."""
-  import types  # pylint: disable=g-import-not-at-top
   from eval import probing  # pylint: disable=g-import-not-at-top
   x, labels = correlated_features(600, 0)
   writer = store_lib.Writer(str(tmp_path / "s"), {}, "float32", 600)
@@ -292,13 +293,45 @@ def test_decorrelated_heads_give_the_same_numbers_transformed_first_in_memory_or
       probe_lrs=(0.4,), probe_weight_decays=(0.0, 1e-3), probe_decorrelate=True)
   grid = {"a": probing.settings_of(config)}
   rows, test_rows = np.arange(500), np.arange(500, 600)
-  results = [probing.fit_and_test(config, store, rows, store, test_rows, grid, NUM_CLASSES,
-                                  None, "test")["a"]
+  results = [probing.fit_and_test(config, store, rows, {"test": (store, test_rows)}, grid,
+                                  NUM_CLASSES, None, "test")["test"]["a"]
              for store in (MemoryStore({"a": x}, labels), disk)]
   assert isinstance(disk, store_lib.DiskStore)
   for in_memory, on_disk in zip(*results):
     assert in_memory["top1"] == on_disk["top1"]
     assert in_memory["loss"] == pytest.approx(on_disk["loss"], rel=1e-4)
+
+
+def test_probe_tests_the_head_with_the_best_minival_score_as_it_was_trained():
+  """probing.probe: per layer, the setting with the best held-out top-1 is chosen, every
+  setting's held-out top-1 is recorded, and the head tested is that setting's, trained on the
+  training rows less the minival (the same numbers as that setting trained alone on them)."""
+  from eval import probing  # pylint: disable=g-import-not-at-top
+  feats, labels = toy_features(800, 0)
+  test_feats, test_labels = toy_features(300, 1)
+  train, test = MemoryStore(feats, labels), MemoryStore(test_feats, test_labels)
+  config = types.SimpleNamespace(
+      eval_model="linear", channels_hidden=1, batch_size=32, eval_batch_size=100,
+      lr_scale_batch_size=256, epochs=3, warmup_epochs=0.0, decay_epochs=(),
+      lr_decay_factor=0.1, lr_schedule="cosine", standardize_features=True, random_seed=0,
+      probe_lrs=(1e-6, 0.4), probe_weight_decays=(0.0,), probe_decorrelate=True)
+  rows = np.arange(800)
+  out = probing.probe(config, train, test, rows, NUM_CLASSES, None)
+  fit, minival = heads.minival_split(rows, probing.MINIVAL_FRACTION, probing.MINIVAL_MAX, 0)
+  assert len(minival) == 80
+  alone = probing.fit_and_test(
+      config, train, fit,
+      {"test": (test, np.arange(300)), "minival": (train, minival)},
+      {n: [heads.Setting(0.4, 0.0)] for n in train.layers}, NUM_CLASSES, None, "alone")
+  for name in train.layers:
+    assert [s["lr"] for s in out[name]["minival"]] == [1e-6, 0.4]
+    assert out[name]["setting"] == dict(lr=0.4, weight_decay=0.0)
+    assert out[name]["minival"][1]["top1"] == alone["minival"][name][0]["top1"]
+    assert out[name]["top1"] == alone["test"][name][0]["top1"]
+    assert out[name]["loss"] == pytest.approx(alone["test"][name][0]["loss"], rel=1e-5)
+  # A rate of 1e-6 learns nothing in 3 epochs: chance on the informative layer, the other
+  # rate nearly all of it.
+  assert out["informative"]["minival"][0]["top1"] < 0.5 < 0.95 < out["informative"]["top1"]
 
 
 def test_epoch_orders_are_seeded_permutations():
