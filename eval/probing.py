@@ -110,18 +110,18 @@ def _transform_first(train: store_lib.Store, rows: np.ndarray,
                      stats: Mapping[str, stats_lib.FeatureStats], budget: Optional[int],
                      heads_bytes: int) -> bool:
   """Whether a decorrelated group's rows are transformed before training: when the stores are in
-  memory and the transformed rows (float32) fit in what the budget leaves beside them and the
-  heads. Otherwise each batch is transformed in the step, as it is read."""
+  memory and the transformed rows (float32) fit beside the heads in `budget`, the memory left
+  beside the stores (as linear_eval passes it). Otherwise each batch is transformed in the step,
+  as it is read."""
   stores = [train] + [store for store, _ in tests.values()]
   if any(s.basis is None for s in stats.values()) or not all(
       isinstance(s, store_lib.MemoryStore) for s in stores):
     return False
   if budget is None:
     return True
-  held = sum(s.num_examples * s.row_bytes() for s in {id(s): s for s in stores}.values())
   width = sum(s.basis.shape[1] for s in stats.values())
   transformed = len(rows) + sum(len(test_rows) for _, test_rows in tests.values())
-  return held + heads_bytes + 4 * width * transformed <= budget
+  return heads_bytes + 4 * width * transformed <= budget
 
 
 def _transformed(store: store_lib.Store, rows: np.ndarray,
