@@ -103,5 +103,6 @@ def main():
           f"{100 * top1:8.1f} {best:7g} {100 * (ours['top1'] - top1):+6.1f} "
           f"{100 * (ours['top1'] - same):+24.1f}  ({time.time() - start:.0f}s)", flush=True)
 
+
 if __name__ == "__main__":
   main()

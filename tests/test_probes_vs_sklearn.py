@@ -6,8 +6,8 @@ on the 1000 + 300 images of `shapes_small`).
 
 Near chance (12 to 26% top-1 on 10 classes) one held-out image is a point, and the two sides'
 choices differ by such ties; on a rotation export's 3000 + 1000 images the suite came within 0.7
-points of the reference at every layer, with the same decays (docs/probes.md). That the heads reach the reference's
-optimum is tested on its objective (test_eval_heads.py)."""
+points of the reference at every layer, with the same decays (docs/probes.md). That the heads
+reach the reference's optimum is tested on its objective (test_eval_heads.py)."""
 
 import dataclasses
 import os
