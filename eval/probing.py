@@ -153,12 +153,11 @@ def probe(config, train: store_lib.Store, test: store_lib.Store, rows: np.ndarra
                         budget, "heads")
   out = {}
   for name in train.layers:
-    choice = 0
-    if len(grid) > 1:
-      held_out = [s["top1"] for s in scores["minival"][name]]
-      choice = int(np.argmax(held_out))
-    out[name] = dict(scores["test"][name][choice], setting=grid[choice].to_dict())
-    if len(grid) > 1:
-      out[name]["minival"] = [dict(s.to_dict(), top1=t) for s, t in zip(grid, held_out)]
+    choice, held_out = 0, {}
+    if "minival" in scores:
+      top1 = [s["top1"] for s in scores["minival"][name]]
+      choice = int(np.argmax(top1))
+      held_out["minival"] = [dict(s.to_dict(), top1=t) for s, t in zip(grid, top1)]
+    out[name] = dict(scores["test"][name][choice], setting=grid[choice].to_dict(), **held_out)
   logging.info("heads: settings chosen: %s", {n: out[n]["setting"] for n in train.layers})
   return out

@@ -277,6 +277,16 @@ def test_decorrelated_heads_reach_the_optimum_of_a_fitted_logistic_regression():
   assert objectives[False] - optimum > 0.05
 
 
+def probe_config(**grid):
+  """A linear evaluation config for eval/probing.py: 3 epochs of batches of 32, decorrelated,
+  the head grid `grid` (probe_lrs, probe_weight_decays)."""
+  return types.SimpleNamespace(
+      eval_model="linear", channels_hidden=1, batch_size=32, eval_batch_size=100,
+      lr_scale_batch_size=256, epochs=3, warmup_epochs=0.0, decay_epochs=(),
+      lr_decay_factor=0.1, lr_schedule="cosine", standardize_features=True, random_seed=0,
+      probe_decorrelate=True, **grid)
+
+
 def test_decorrelated_heads_give_the_same_numbers_transformed_first_in_memory_or_per_batch(
     tmp_path):
   """probing.fit_and_test transforms a store in memory once, and a store on disk batch by batch
@@ -286,11 +296,7 @@ def test_decorrelated_heads_give_the_same_numbers_transformed_first_in_memory_or
   writer = store_lib.Writer(str(tmp_path / "s"), {}, "float32", 600)
   writer.write({"a": x}, labels)
   disk = writer.finish()
-  config = types.SimpleNamespace(
-      eval_model="linear", channels_hidden=1, batch_size=32, eval_batch_size=100,
-      lr_scale_batch_size=256, epochs=3, warmup_epochs=0.0, decay_epochs=(),
-      lr_decay_factor=0.1, lr_schedule="cosine", standardize_features=True, random_seed=0,
-      probe_lrs=(0.4,), probe_weight_decays=(0.0, 1e-3), probe_decorrelate=True)
+  config = probe_config(probe_lrs=(0.4,), probe_weight_decays=(0.0, 1e-3))
   grid = {"a": probing.settings_of(config)}
   rows, test_rows = np.arange(500), np.arange(500, 600)
   results = [probing.fit_and_test(config, store, rows, {"test": (store, test_rows)}, grid,
@@ -310,11 +316,7 @@ def test_probe_tests_the_head_with_the_best_minival_score_as_it_was_trained():
   feats, labels = toy_features(800, 0)
   test_feats, test_labels = toy_features(300, 1)
   train, test = MemoryStore(feats, labels), MemoryStore(test_feats, test_labels)
-  config = types.SimpleNamespace(
-      eval_model="linear", channels_hidden=1, batch_size=32, eval_batch_size=100,
-      lr_scale_batch_size=256, epochs=3, warmup_epochs=0.0, decay_epochs=(),
-      lr_decay_factor=0.1, lr_schedule="cosine", standardize_features=True, random_seed=0,
-      probe_lrs=(1e-6, 0.4), probe_weight_decays=(0.0,), probe_decorrelate=True)
+  config = probe_config(probe_lrs=(1e-6, 0.4), probe_weight_decays=(0.0,))
   rows = np.arange(800)
   out = probing.probe(config, train, test, rows, NUM_CLASSES, None)
   fit, minival = heads.minival_split(rows, probing.MINIVAL_FRACTION, probing.MINIVAL_MAX, 0)
