@@ -29,6 +29,7 @@ import dataclasses
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
+from scipy.linalg import blas
 import tensorflow as tf
 
 from eval import store as store_lib
@@ -81,7 +82,8 @@ class StatsAccumulator:
 
   With `decorrelate`, also the covariance between features, for the decorrelated input (module
   docstring): the products of each chunk less the first chunk's mean (so that they do not cancel)
-  in float64, whose rounding (about 1e-15 of the largest variance, against float32's 1e-6) lets
+  summed in float64 in place (BLAS's symmetric rank-k update, no D x D temporary per chunk), whose
+  rounding (about 1e-15 of the largest variance, against float32's 1e-6) lets
   MIN_EIGENVALUE tell the directions that do not vary from those that vary a little;
   `result` gives the `basis` and `eigenvalues` of the standardised features' covariance (its
   eigendecomposition in float64). While a layer has had no more rows than features, its rows are
@@ -111,10 +113,10 @@ class StatsAccumulator:
           self._rows[name].append(centred)
         else:
           if name in self._rows:  # More rows than features from here: their D x D sums.
-            self._cross[name] = np.zeros([x.shape[1]] * 2)
+            self._cross[name] = np.zeros([x.shape[1]] * 2, order="F")
             for kept in self._rows.pop(name):
-              self._cross[name] += kept.T @ kept
-          self._cross[name] += centred.T @ centred
+              self._add_products(name, kept)
+          self._add_products(name, centred)
       n_b, mean_b = x.shape[0], x.mean(axis=0, dtype=np.float64)
       squares = np.einsum("ij,ij->j", x, x, dtype=np.float64)
       m2_b = np.maximum(squares - n_b * mean_b ** 2, 0.0)
@@ -127,6 +129,12 @@ class StatsAccumulator:
       self._mean[name] = mean_a + delta * n_b / n
       self._m2[name] = self._m2[name] + m2_b + delta ** 2 * n_a * n_b / n
       self._count[name] = n
+
+  def _add_products(self, name: str, centred: np.ndarray) -> None:
+    """The upper triangle of cross += centred^T centred, in place (centred^T: Fortran-ordered,
+    not copied)."""
+    self._cross[name] = blas.dsyrk(1.0, centred.T, beta=1.0, c=self._cross[name],
+                                   overwrite_c=True)
 
   def result(self) -> Dict[str, FeatureStats]:
     stats = {}
@@ -150,14 +158,14 @@ class StatsAccumulator:
       vectors = rows.T @ (gram_vectors[:, keep] / np.sqrt(count * eigenvalues[keep]))
     else:
       cov = self._cross.pop(name)  # Freed as each layer is done: one layer's matrices at a time.
-      cov /= count
-      cov -= np.outer(offset, offset)
+      cov /= count  # Its upper triangle, as the rank-k updates wrote it and eigh reads it.
+      cov = blas.dsyr(-1.0, offset, a=cov, overwrite_a=True)  # About the mean, not the shift.
       cov *= inv_std[:, None]
       cov *= inv_std[None, :]  # The standardised features' covariance (their correlations).
-      eigenvalues, vectors = np.linalg.eigh(cov)
+      eigenvalues, vectors = np.linalg.eigh(cov, UPLO="U")
       del cov
       keep = eigenvalues > MIN_EIGENVALUE * max(eigenvalues.max(), 0.0)
-      vectors = vectors[:, keep]
+      vectors = vectors[:, np.argmax(keep):]  # Ascending: the kept ones are the last (a view).
     if not keep.any():  # Every feature constant: one direction, always zero.
       return FeatureStats(mean.astype(np.float32), None, np.zeros([len(mean), 1], np.float32),
                           np.zeros([1], np.float32))
