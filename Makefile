@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed-$(BUILD)
 WORKDIR ?= workdirs
 PIP    := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test test-slow clean
 
 venv: $(STAMP)
 
@@ -38,8 +38,12 @@ JOBS ?= 2
 demo: $(STAMP)
 	$(BIN)/python benchmark.py --grid=configs/grids/shapes.toml --root=$(WORKDIR)/grid_shapes --jobs=$(JOBS)
 
+# The test suite less the tests marked slow (pytest.ini); test-slow: those; CI runs both.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=30 tests
+	$(BIN)/python -m pytest -q --durations=30 -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q --durations=30 -m slow tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -22,8 +22,8 @@ Sections (each prints one table):
              (the protocol before tuning), and --on_the_fly with that setting, on the first
              --probe_train_examples / --probe_test_examples images of the embedded dataset: the
              export --probe_export, or a random-init ResNet-50 v2 at each of --probe_widths on
-             --image_size images; their wall times, the ratio tuned / one setting, and the best
-             layer of each.
+             --image_size images, after an untimed run of one epoch that loads them; their
+             wall times, the ratio tuned / one setting, and the best layer of each.
 Timings skip --warmup_steps calls (tracing) and average the next --steps.
 
 --profile=N traces --steps more calls of every measured step with the TensorFlow profiler and
@@ -304,6 +304,9 @@ def probes_section(args):
   print(f"{'backbone':28s} {'tuned (grid)':>20s} {'one setting':>20s} {'ratio':>6s} "
         f"{'on the fly':>11s}  best layer: tuned / one setting / on the fly")
   for export, width in targets:
+    # Not timed: the first run in the process loads the backbone, the dataset and TensorFlow's
+    # kernels, which the runs after it find loaded.
+    _probe_run(export, width, args, on_the_fly=False, extra=ONE_SETTING + ["--epochs=1"])
     tuned = _probe_run(export, width, args, on_the_fly=False)
     one = _probe_run(export, width, args, on_the_fly=False, extra=ONE_SETTING)
     fly = _probe_run(export, width, args, on_the_fly=True)

@@ -47,6 +47,20 @@ def supervised_export(tmp_path_factory):
   return results["export_dir"]
 
 
+@pytest.fixture(scope="module")
+def export(tmp_path_factory, shapes_data_dir):
+  """An export for the tests of the fine-tuning mechanics (reading, resuming, signals, settings),
+  which do not need a backbone that learnt much: a narrow ResNet-50 v2 after 2 supervised steps
+  on shapes_small (seconds)."""
+  workdir = tmp_path_factory.mktemp("export")
+  config = Config(task="supervised", workdir=str(workdir), dataset="shapes_small",
+                  data_dir=shapes_data_dir, architecture="resnet50", filters_factor=1,
+                  preprocessing=SPEC, resize_size=(32, 32), batch_size=64, lr=0.01,
+                  lr_scale_batch_size=64, epochs=1, train_split="train[:128]",
+                  log_every_steps=50, save_checkpoints_secs=None, run_eval=False)
+  return train_and_eval.run(config, print_fn=lambda _: None)["export_dir"]
+
+
 def ft_config(workdir, data_dir, hub_module, **overrides):
   values = dict(task="fine_tune", workdir=str(workdir), dataset="shapes_small", data_dir=data_dir,
                 hub_module=hub_module or options.RANDOM_INIT, architecture="resnet50", filters_factor=1, mode="v2",
@@ -75,12 +89,12 @@ def _weights(model):
 
 
 def test_backbone_read_from_the_export_gives_the_exports_outputs(tmp_path, shapes_data_dir,
-                                                                 supervised_export):
-  config = ft_config(tmp_path, shapes_data_dir, os.path.dirname(supervised_export))
+                                                                 export):
+  config = ft_config(tmp_path, shapes_data_dir, os.path.dirname(export))
   backbone, info = fine_tune.load_backbone(config)  # A pretext workdir names its export.
-  assert info["source"] == os.path.abspath(supervised_export)
+  assert info["source"] == os.path.abspath(export)
   images = tf.random.uniform([4, 32, 32, 3], -1, 1, seed=1)
-  exported = tf.saved_model.load(supervised_export).signatures["representation"](images=images)
+  exported = tf.saved_model.load(export).signatures["representation"](images=images)
   rebuilt = backbone(images, training=False)
   assert set(rebuilt) == set(exported) - {"logits"}
   for name, value in rebuilt.items():
@@ -89,9 +103,9 @@ def test_backbone_read_from_the_export_gives_the_exports_outputs(tmp_path, shape
 
 
 def test_fine_tuning_changes_the_backbone_and_leaves_the_export_intact(
-    tmp_path, shapes_data_dir, supervised_export):
-  before = _hash(supervised_export)
-  config = ft_config(tmp_path / "ft", shapes_data_dir, supervised_export, epochs=2)
+    tmp_path, shapes_data_dir, export):
+  before = _hash(export)
+  config = ft_config(tmp_path / "ft", shapes_data_dir, export, epochs=2)
   start, _ = fine_tune.load_backbone(config)
   outcome = fine_tune.fine_tune(config)
   changed = [np.abs(a - b).max() for a, b in zip(_weights(start), _weights(outcome.backbone))]
@@ -101,19 +115,19 @@ def test_fine_tuning_changes_the_backbone_and_leaves_the_export_intact(
                                                       _weights(outcome.backbone))
              if v.name == "kernel"]
   assert len(kernels) >= 16 and min(kernels) > 0
-  assert _hash(supervised_export) == before
+  assert _hash(export) == before
   # A frozen probe of the same export trains heads only: the export is the same afterwards.
   probe = linear_eval.LinearEvalConfig(
       workdir=str(tmp_path / "probe"), dataset="shapes_small", data_dir=shapes_data_dir,
-      hub_module=supervised_export, train_split="train[:200]", val_split="test[:100]",
+      hub_module=export, train_split="train[:200]", val_split="test[:100]",
       batch_size=50, epochs=1, layers=("pre_logits",))
   linear_eval.run_linear_eval(probe)
-  assert _hash(supervised_export) == before
+  assert _hash(export) == before
 
 
 def test_a_second_run_resumes_from_its_checkpoint_and_another_config_starts_afresh(
-    tmp_path, shapes_data_dir, supervised_export):
-  config = ft_config(tmp_path / "ft", shapes_data_dir, supervised_export, epochs=1)
+    tmp_path, shapes_data_dir, export):
+  config = ft_config(tmp_path / "ft", shapes_data_dir, export, epochs=1)
   lines = []
   first = fine_tune.fine_tune(config, print_fn=lines.append)
   assert any(l.startswith("step 2/2") for l in lines) and not any("restored" in l for l in lines)
@@ -123,16 +137,16 @@ def test_a_second_run_resumes_from_its_checkpoint_and_another_config_starts_afre
   assert not any(l.startswith("step ") for l in lines)
   assert again.results["layers"] == first.results["layers"]
   lines.clear()
-  fine_tune.fine_tune(ft_config(tmp_path / "ft", shapes_data_dir, supervised_export, epochs=2,
+  fine_tune.fine_tune(ft_config(tmp_path / "ft", shapes_data_dir, export, epochs=2,
                                 random_seed=3), print_fn=lines.append)
   assert not any("restored" in l for l in lines) and any(l.startswith("step 4/4") for l in lines)
 
 
 def test_a_signal_saves_the_fine_tuning_step_it_arrives_at(tmp_path, shapes_data_dir,
-                                                         supervised_export):
+                                                         export):
   """SIGTERM at step 2 of 4 (sent by the progress line of step 2): the checkpoint of step 2 is
   saved and Interrupted raised, without results; the same config resumes from step 2."""
-  config = ft_config(tmp_path / "ft", shapes_data_dir, supervised_export, epochs=2,
+  config = ft_config(tmp_path / "ft", shapes_data_dir, export, epochs=2,
                      log_every_steps=1, val_split="test[:50]")
   lines = []
 
@@ -153,8 +167,8 @@ def test_a_signal_saves_the_fine_tuning_step_it_arrives_at(tmp_path, shapes_data
 
 
 def test_labelled_subset_is_fixed_class_balanced_seeded_and_all_that_trains(
-    tmp_path, shapes_data_dir, supervised_export):
-  config = ft_config(tmp_path, shapes_data_dir, supervised_export, examples_per_class=3)
+    tmp_path, shapes_data_dir, export):
+  config = ft_config(tmp_path, shapes_data_dir, export, examples_per_class=3)
   _, info = fine_tune.load_backbone(config)
   data = linear_eval.eval_data(config, info)
   indices = fine_tune.labelled_subset(config)
@@ -164,7 +178,7 @@ def test_labelled_subset_is_fixed_class_balanced_seeded_and_all_that_trains(
   assert len(indices) == 30 and len(set(indices.tolist())) == 30
   np.testing.assert_array_equal(np.bincount(labels[indices], minlength=10), [3] * 10)
   np.testing.assert_array_equal(fine_tune.labelled_subset(config), indices)
-  other = fine_tune.labelled_subset(ft_config(tmp_path, shapes_data_dir, supervised_export,
+  other = fine_tune.labelled_subset(ft_config(tmp_path, shapes_data_dir, export,
                                               examples_per_class=3, random_seed=1))
   assert set(other.tolist()) != set(indices.tolist())
   # Training reads those 30 images and no other (the spec has no random op here).
@@ -173,7 +187,7 @@ def test_labelled_subset_is_fixed_class_balanced_seeded_and_all_that_trains(
   for batch, _ in zip(data.batches("train", is_training=True, indices=indices), range(6)):
     seen |= {image.tobytes() for image in batch["image"].numpy()}
   assert seen == wanted
-  fraction = ft_config(tmp_path, shapes_data_dir, supervised_export, examples_per_class=None,
+  fraction = ft_config(tmp_path, shapes_data_dir, export, examples_per_class=None,
                        train_fraction=0.1)
   counts = np.bincount(labels, minlength=10)
   subset = fine_tune.labelled_subset(fraction)
@@ -182,7 +196,7 @@ def test_labelled_subset_is_fixed_class_balanced_seeded_and_all_that_trains(
 
 
 def test_random_init_baseline_starts_from_random_weights(tmp_path, shapes_data_dir,
-                                                         supervised_export):
+                                                         export):
   config = ft_config(tmp_path, shapes_data_dir, None)
   backbone, info = fine_tune.load_backbone(config)
   assert info["task"] == options.RANDOM_INIT
@@ -194,11 +208,12 @@ def test_random_init_baseline_starts_from_random_weights(tmp_path, shapes_data_d
   other, _ = fine_tune.load_backbone(ft_config(tmp_path, shapes_data_dir, None, random_seed=1))
   assert np.abs(other(images)["pre_logits"].numpy() -
                 backbone(images)["pre_logits"].numpy()).max() > 1e-2
-  trained, _ = fine_tune.load_backbone(ft_config(tmp_path, shapes_data_dir, supervised_export))
+  trained, _ = fine_tune.load_backbone(ft_config(tmp_path, shapes_data_dir, export))
   assert np.abs(trained(images)["pre_logits"].numpy() -
                 backbone(images)["pre_logits"].numpy()).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_pretrained_backbone_beats_random_init_on_five_labels_per_class(
     tmp_path, shapes_data_dir, supervised_export):
   """The whole protocol through train_and_eval.py's evaluation: results.json of the fine_tune
@@ -231,14 +246,14 @@ def test_pretrained_backbone_beats_random_init_on_five_labels_per_class(
     assert json.load(f) == pretrained
 
 
-def test_bad_settings_fail_with_one_line(tmp_path, shapes_data_dir, supervised_export):
+def test_bad_settings_fail_with_one_line(tmp_path, shapes_data_dir, export):
   with pytest.raises(ConfigError, match="no export there"):
     fine_tune.load_backbone(ft_config(tmp_path, shapes_data_dir, str(tmp_path / "nothing")))
   with pytest.raises(ConfigError, match="at most one of train_fraction"):
-    fine_tune.validate_config(ft_config(tmp_path, shapes_data_dir, supervised_export,
+    fine_tune.validate_config(ft_config(tmp_path, shapes_data_dir, export,
                                         train_fraction=0.1))
   with pytest.raises(ConfigError, match="--backbone_lr must be a positive number"):
-    fine_tune.validate_config(ft_config(tmp_path, shapes_data_dir, supervised_export,
+    fine_tune.validate_config(ft_config(tmp_path, shapes_data_dir, export,
                                         backbone_lr=-1.0))
   proc = subprocess.run(
       [sys.executable, "train_and_eval.py", "--task=fine_tune", f"--workdir={tmp_path}/cli",
@@ -281,6 +296,7 @@ def _fine_tune_in_subprocess(tmp_path, data_dir, name, env=None, **values):
   return out
 
 
+@pytest.mark.slow
 def test_fine_tuning_on_two_replicas_follows_one_and_runs_in_bfloat16(tmp_path, shapes_data_dir):
   """--strategy=mirrored on two logical CPUs at the same global batch: the same losses step by
   step as on one device (each replica half the batch, the gradients summed, batch norm

@@ -22,7 +22,9 @@ def _within(estimate, measured):
   return abs(estimate - measured) <= TOLERANCE * measured
 
 
-@pytest.mark.parametrize("case", [c for c in bench.CASES if c.startswith("training")])
+@pytest.mark.parametrize("case", [
+    pytest.param(c, marks=[pytest.mark.slow] if "bfloat16" in c else [])  # 90 s: bfloat16 on CPU.
+    for c in bench.CASES if c.startswith("training")])
 def test_a_training_steps_memory_per_image_and_its_files_are_as_estimated(
     case, shapes_data_dir, tmp_path):
   from training import footprint  # pylint: disable=g-import-not-at-top
@@ -39,6 +41,7 @@ def test_a_training_steps_memory_per_image_and_its_files_are_as_estimated(
                  _size(index.replace(".index", ".data-*")))
 
 
+@pytest.mark.slow
 def test_the_cached_probes_memory_does_not_grow_with_their_features_on_disk(shapes_data_dir,
                                                                            tmp_path):
   """4x the training examples: the store on disk grows as estimated, the peak memory (within its

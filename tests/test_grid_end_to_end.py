@@ -170,6 +170,7 @@ def test_real_cells_end_to_end(local_run):
     assert grew == (name == "rotation-vgg19-w1-broken"), name
 
 
+@pytest.mark.slow
 def test_grid_on_slurm_gives_the_local_numbers_detached_then_attached(local_run, slurm_root):
   """Two trained cells, a baseline and a cell that fails (its loss diverges): --detach submits
   one job per cell and exits; the same command attaches to those jobs (no second job for any
@@ -265,6 +266,7 @@ def test_a_grid_that_would_fail_is_refused_before_any_cell_starts(tmp_path, shap
   assert not root.exists()
 
 
+@pytest.mark.slow
 def test_the_paper_grids_smoke_run_probes_a_patch_method_on_its_patches(tmp_path):
   """benchmark.py --smoke on configs/grids/imagenet_paper.toml as it is, on an ImageNet-shaped
   set: a jigsaw cell trained on 64x64 patches of 255x255 crops at 292, exported, probed on 3x3

@@ -162,6 +162,7 @@ flags = {{ architecture = "vgg19", filters_factor = 1, batch_size = 8, lr_scale_
 """
 
 
+@pytest.mark.slow
 def test_a_grid_cell_stopped_with_ctrl_c_resumes_from_the_step_it_was_at(tmp_path,
                                                                          shapes_data_dir):
   """Ctrl-C (SIGINT to the terminal's process group: the runner and the step): the step saves

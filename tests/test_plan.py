@@ -27,7 +27,7 @@ PAPER_CELLS = ["rotation-resnet50_v1-w12", "rotation-resnet50_v2-w16", "exemplar
 
 
 @pytest.mark.parametrize("grid_file,patterns", [
-    ("configs/grids/imagenet_paper.toml", PAPER_CELLS),
+    pytest.param("configs/grids/imagenet_paper.toml", PAPER_CELLS, marks=pytest.mark.slow),
     ("configs/grids/imagenet_semi_supervised.toml", ()),
 ], ids=["paper", "semi_supervised"])
 def test_the_imagenet_grids_fit_their_slurm_settings_at_imagenet_size(

@@ -13,6 +13,7 @@ import dataclasses
 import os
 
 import numpy as np
+import pytest
 
 from bench import probes_vs_sklearn
 from eval import linear_eval
@@ -20,6 +21,7 @@ from eval import store as store_lib
 import train_and_eval
 
 
+@pytest.mark.slow
 def test_tuned_probes_match_a_fitted_logistic_regression(tmp_path, shapes_data_dir):
   flags = train_and_eval.FLAGS
   flags.unparse_flags()

@@ -28,6 +28,7 @@ from tests.test_grid_end_to_end import (BAD, CELLS, POLL, _benchmark, _grid, _st
 from tests.test_train_and_eval import _RUN, small_config
 
 
+@pytest.mark.slow
 def test_cancelled_multi_worker_job_is_resubmitted_and_resumes(tmp_path, shapes_data_dir,
                                                                slurm_root):
   """scancel of a 2-task (multi-worker) cell's job in the middle of its training, once it has
@@ -109,6 +110,7 @@ def test_a_grid_that_would_fail_is_refused_before_anything_is_submitted(tmp_path
   assert not os.path.exists(slurm_root)
 
 
+@pytest.mark.slow
 def test_srun_multi_worker_training_ends_with_the_same_weights(tmp_path, shapes_data_dir,
                                                                slurm_conf):
   """`srun -n 2` of a --strategy=multi_worker training (one CPU per task, no TF_CONFIG): the
@@ -136,6 +138,7 @@ def test_srun_multi_worker_training_ends_with_the_same_weights(tmp_path, shapes_
     assert json.load(f)["step"] == 4
 
 
+@pytest.mark.slow
 def test_cancel_while_attached_cancels_the_jobs_for_good(tmp_path, shapes_data_dir, slurm_root):
   """--cancel cancels the grid's queued and running jobs; the runner attached to them records
   the cells as cancelled and does not resubmit them."""

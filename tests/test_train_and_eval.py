@@ -355,6 +355,7 @@ def _step_losses(lines):
   return [float(l.split(" loss ")[1].split()[0]) for l in lines if l.startswith("step ")]
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path, shapes_data_dir):
   """Two replicas at the same global batch follow the one-device run: the union of the replicas'
   batches is the one-device batch, batch norm is synchronised and the gradients are summed."""
@@ -463,6 +464,7 @@ def test_accelerator_options_train_like_float32(tmp_path, shapes_data_dir, overr
   assert info.get("precision", "float32") == config.precision
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_finish(tmp_path, shapes_data_dir):
   """Killed three times, each time as it reports a seeded random step (during training, just
   before that step's checkpoint is saved, and after the last step, in the final save or the
