@@ -6,12 +6,18 @@ views at once; the projection head (dense - batch norm - ReLU - dense - batch no
 v2's two-layer head) maps pre_logits to `proj_out_dim` dimensions, which become the model's
 `logits` end point (what the export serves). The loss: every view must pick its other view among
 the 2N-1 other views of the global batch (N images over all replicas), by cosine similarity over
-`temperature`. Under a multi-replica strategy each replica's embeddings are gathered into the
-global batch (an all-reduce of each replica's block in place: differentiable), so the negatives
-are those of the global batch, as in the paper.
+`temperature`; an image's loss is the sum of its two views' cross-entropies, and the batch's loss
+their mean over the images. That is the loss of the paper's released code (google-research/simclr,
+`add_contrastive_loss`: the sum of both directions' mean losses), with which its recipes (LARS's
+rate, the weight decay) were set; the paper's Algorithm 1 writes half of it, the mean over the 2N
+views. Under a multi-replica strategy each replica's embeddings are gathered
+into the global batch (an all-reduce of each replica's block in place: differentiable), so the
+negatives are those of the global batch, as in the paper.
 
-Metric `accuracy`: contrastive top-1, the share of views whose most similar other view is their
-pair; chance is 1/(2N-1).
+Metrics: `loss`, per image (its two views); `accuracy`, contrastive top-1 over the views, the share
+of views whose most similar other view is their pair (chance 1/(2N-1)), the pretext accuracy the
+reports show; `contrast_acc`, the reference code's: the share of first views whose most similar
+second view (of the N) is their pair (chance 1/N).
 """
 
 import keras
@@ -105,8 +111,8 @@ def global_batch(local: tf.Tensor):
 
 def nt_xent(embeddings: tf.Tensor, temperature: float):
   """NT-Xent of L2-normalised `embeddings` [2n, D] of this replica, rows (2i, 2i+1) the two views
-  of image i: (per-row loss [2n], per-row contrastive top-1 hit [2n]), against the views of the
-  global batch."""
+  of image i, against the views of the global batch: (per-row cross-entropy [2n], per-row
+  contrastive top-1 hit [2n], per-image hit of its first view among the second views [n])."""
   everything, offset = global_batch(embeddings)
   rows = tf.shape(embeddings)[0]
   own = offset + tf.range(rows)                  # This replica's rows in the global batch.
@@ -115,7 +121,9 @@ def nt_xent(embeddings: tf.Tensor, temperature: float):
   logits -= _LARGE * tf.one_hot(own, tf.shape(everything)[0])
   loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=pair, logits=logits)
   hits = tf.cast(tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), pair), tf.float32)
-  return loss, hits
+  first_against_second = logits[::2, 1::2]       # [n, N]: first views, every image's second.
+  image = tf.argmax(first_against_second, axis=1, output_type=tf.int32)
+  return loss, hits, tf.cast(tf.equal(image, own[::2] // 2), tf.float32)
 
 
 def model_fn(model, batch, mode, config):
@@ -124,6 +132,8 @@ def model_fn(model, batch, mode, config):
   predictions = {"embeddings": embeddings}
   if mode == base.PREDICT:
     return base.ModelSpec(loss=None, metrics={}, predictions=predictions, end_points=end_points)
-  loss, hits = nt_xent(embeddings, config.temperature)
-  return base.ModelSpec(loss=tf.reduce_mean(loss), metrics={"loss": loss, "accuracy": hits},
+  loss, hits, contrast_acc = nt_xent(embeddings, config.temperature)
+  per_image = tf.reduce_sum(tf.reshape(loss, [-1, NUM_VIEWS]), axis=1)  # Both directions.
+  return base.ModelSpec(loss=tf.reduce_mean(per_image),
+                        metrics={"loss": per_image, "accuracy": hits, "contrast_acc": contrast_acc},
                         predictions=predictions, end_points=end_points)

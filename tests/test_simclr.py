@@ -25,7 +25,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def numpy_nt_xent(z, temperature):
-  """Row i's positive is its other view (i xor 1); its negatives every other row but itself."""
+  """Row i's positive is its other view (i xor 1); its negatives every other row but itself.
+  Also each image's hit of its first view (row 2k) among the second views (rows 2j + 1)."""
   z = np.asarray(z, np.float64)
   n = len(z)
   sim = z @ z.T / temperature
@@ -37,7 +38,29 @@ def numpy_nt_xent(z, temperature):
     m = logits.max()
     losses.append(-(logits[positive] - m - np.log(np.sum(np.exp(logits - m)))))
     hits.append(float(np.argmax(logits) == positive))
-  return np.array(losses), np.array(hits)
+  firsts = [float(np.argmax(sim[2 * k, 1::2]) == k) for k in range(n // 2)]
+  return np.array(losses), np.array(hits), np.array(firsts)
+
+
+def reference_code_loss(z, temperature):
+  """The loss of SimCLR's released code (google-research/simclr, tf2/objective.py,
+  add_contrastive_loss), from its formula: the first views `a` and the second views `b` of the N
+  images; a's row k classifies its pair among [a b^T, a a^T less the diagonal] (N + N - 1
+  candidates), b's likewise among [b a^T, b b^T less the diagonal]; the loss is the mean of a's
+  cross-entropies plus the mean of b's. Its contrast_acc: a's row k most similar to b's row k."""
+  z = np.asarray(z, np.float64)
+  a, b = z[0::2], z[1::2]
+  count = len(a)
+
+  def mean_cross_entropy(across, within):
+    within = within - 1e9 * np.eye(count)
+    logits = np.concatenate([across, within], axis=1) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return -np.mean(log_softmax[np.arange(count), np.arange(count)])
+
+  loss = mean_cross_entropy(a @ b.T, a @ a.T) + mean_cross_entropy(b @ a.T, b @ b.T)
+  return loss, np.mean(np.argmax(a @ b.T, axis=1) == np.arange(count))
 
 
 def _normalised(rng, n, dim):
@@ -49,10 +72,42 @@ def _normalised(rng, n, dim):
                                                           (2, 16, 3, 1.0), (3, 7, 32, 0.2)])
 def test_nt_xent_matches_numpy(seed, images, dim, temperature):
   z = _normalised(np.random.default_rng(seed), 2 * images, dim)
-  expected_loss, expected_hits = numpy_nt_xent(z, temperature)
-  loss, hits = simclr.nt_xent(tf.constant(z), temperature)
+  expected_loss, expected_hits, expected_firsts = numpy_nt_xent(z, temperature)
+  loss, hits, firsts = simclr.nt_xent(tf.constant(z), temperature)
   np.testing.assert_allclose(loss.numpy(), expected_loss, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(hits.numpy(), expected_hits)
+  np.testing.assert_array_equal(firsts.numpy(), expected_firsts)
+
+
+class _FixedEmbeddings:
+  """A stand-in model whose projection of the batch's views is given."""
+
+  def __init__(self, z):
+    self.z = tf.constant(z)
+
+  def __call__(self, images, training=False):
+    return {"logits": self.z}
+
+
+@pytest.mark.parametrize("seed,images,dim,temperature", [(0, 2, 4, 0.1), (4, 9, 16, 0.2),
+                                                          (5, 32, 128, 0.1)])
+def test_the_loss_and_contrast_acc_are_those_of_the_reference_code(seed, images, dim,
+                                                                    temperature):
+  """model_fn's loss (what the optimiser minimises) equals the released code's
+  add_contrastive_loss on the same embeddings, twice the mean over the views; its contrast_acc
+  equals the code's."""
+  z = _normalised(np.random.default_rng(seed), 2 * images, dim)
+  config = Config(task="simclr", workdir="/unused", preprocessing="simclr_views",
+                  temperature=temperature)
+  batch = {"image": tf.zeros([images, 2, 4, 4, 3])}
+  spec = simclr.model_fn(_FixedEmbeddings(z), batch, base.TRAIN, config)
+  expected_loss, expected_acc = reference_code_loss(z, temperature)
+  np.testing.assert_allclose(float(spec.loss), expected_loss, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(float(spec.loss), 2 * numpy_nt_xent(z, temperature)[0].mean(),
+                             rtol=1e-5, atol=1e-5)
+  assert spec.metrics["loss"].shape == [images]  # Per image, the mean of which is the loss.
+  np.testing.assert_allclose(float(np.mean(spec.metrics["loss"])), float(spec.loss), rtol=1e-6)
+  assert float(np.mean(spec.metrics["contrast_acc"])) == pytest.approx(expected_acc)
 
 
 class _ContentModel:
@@ -76,6 +131,7 @@ def test_each_view_is_paired_with_the_other_view_of_its_image():
                   temperature=0.05)
   spec = simclr.model_fn(_ContentModel(), {"image": tf.constant(images)}, base.TRAIN, config)
   np.testing.assert_array_equal(spec.metrics["accuracy"].numpy(), np.ones(2 * num_images))
+  np.testing.assert_array_equal(spec.metrics["contrast_acc"].numpy(), np.ones(num_images))
   assert float(spec.loss) < 0.1
   # The same views, but the second view of every image replaced by the next image's: no row's
   # nearest view is its pair any more.
@@ -83,6 +139,7 @@ def test_each_view_is_paired_with_the_other_view_of_its_image():
   shifted[:, 1] = np.roll(images[:, 1], 1, axis=0)
   spec = simclr.model_fn(_ContentModel(), {"image": tf.constant(shifted)}, base.TRAIN, config)
   assert float(np.mean(spec.metrics["accuracy"].numpy())) == 0.0
+  assert float(np.mean(spec.metrics["contrast_acc"].numpy())) == 0.0
 
 
 _TWO_REPLICAS = textwrap.dedent("""
@@ -98,22 +155,23 @@ _TWO_REPLICAS = textwrap.dedent("""
     def loss_and_grad(local):
       with tf.GradientTape() as tape:
         tape.watch(local)
-        loss, hits = simclr.nt_xent(local, temperature)
+        loss, hits, firsts = simclr.nt_xent(local, temperature)
         # The trainer's scaling: each replica's mean over the number of replicas.
         scaled = tf.reduce_mean(loss) / tf.distribute.get_replica_context().num_replicas_in_sync
-      return scaled, tape.gradient(scaled, local), hits
+      return scaled, tape.gradient(scaled, local), hits, firsts
 
     one = loss_and_grad(z)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     half = z.shape[0] // 2
     parts = strategy.experimental_distribute_values_from_function(
         lambda ctx: z[ctx.replica_id_in_sync_group * half:(ctx.replica_id_in_sync_group + 1) * half])
-    loss, grads, hits = strategy.run(tf.function(loss_and_grad), args=(parts,))
+    loss, grads, hits, firsts = strategy.run(tf.function(loss_and_grad), args=(parts,))
+    local = lambda t: np.concatenate([v.numpy() for v in strategy.experimental_local_results(t)])
     print(json.dumps({
-        "one": [float(one[0]), one[1].numpy().tolist(), one[2].numpy().tolist()],
-        "two": [float(strategy.reduce("SUM", loss, axis=None)),
-                np.concatenate([g.numpy() for g in strategy.experimental_local_results(grads)]).tolist(),
-                np.concatenate([h.numpy() for h in strategy.experimental_local_results(hits)]).tolist()],
+        "one": [float(one[0]), one[1].numpy().tolist(), one[2].numpy().tolist(),
+                one[3].numpy().tolist()],
+        "two": [float(strategy.reduce("SUM", loss, axis=None)), local(grads).tolist(),
+                local(hits).tolist(), local(firsts).tolist()],
     }))
     """)
 
@@ -126,13 +184,16 @@ def test_loss_and_gradients_over_two_replicas_match_one_device():
                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
-  (loss_one, grad_one, hits_one), (loss_two, grad_two, hits_two) = out["one"], out["two"]
-  expected_loss, expected_hits = numpy_nt_xent(z, 0.3)
+  (loss_one, grad_one, hits_one, firsts_one), (loss_two, grad_two, hits_two, firsts_two) = (
+      out["one"], out["two"])
+  expected_loss, _, expected_firsts = numpy_nt_xent(z, 0.3)
   np.testing.assert_allclose(loss_one, expected_loss.mean(), rtol=1e-5)
   np.testing.assert_allclose(loss_two, loss_one, rtol=1e-5)
   np.testing.assert_allclose(np.array(grad_two), np.array(grad_one), rtol=1e-4, atol=1e-6)
   assert np.abs(np.array(grad_one)).max() > 1e-3  # The gradients are not trivially zero.
   np.testing.assert_array_equal(hits_two, hits_one)
+  np.testing.assert_array_equal(firsts_two, firsts_one)
+  np.testing.assert_array_equal(firsts_one, expected_firsts)
 
 
 def test_views_op():
