@@ -1,4 +1,4 @@
-"""What every method's model_fn returns, and helpers shared by the classification pretext tasks.
+"""What every method's model_fn returns, and helpers that several methods share.
 
 A method module exposes (the preprocessing ops that make its labels are core/specs.PRETEXT_OPS):
   validate(config): raises core.errors.ConfigError for settings the method cannot run with.
@@ -13,6 +13,7 @@ A method module exposes (the preprocessing ops that make its labels are core/spe
 import dataclasses
 from typing import Dict
 
+import keras
 import tensorflow as tf
 
 from core import specs
@@ -42,6 +43,40 @@ def backbone_of(model):
   """The backbone inside a method's model: `model.backbone` where the method wraps one in a model
   with its own head (patch methods, SimCLR), else the model itself."""
   return getattr(model, "backbone", model)
+
+
+class ProjectedModel(keras.Model):
+  """A backbone without a head plus a projection head (SimCLR, Barlow Twins); `model(images)`
+  returns the backbone's end points and `logits` = the projection of its pre_logits (the
+  embedding the loss compares)."""
+
+  def __init__(self, backbone: keras.Model, projection: keras.layers.Layer, name: str):
+    super().__init__(name=name)
+    self.backbone = backbone
+    self.projection = projection
+
+  def build(self, input_shape):
+    if not self.backbone.built:
+      self.backbone.build(tuple(input_shape))
+
+  def call(self, images, training=None):
+    end_points = dict(self.backbone(images, training=training))
+    end_points["logits"] = self.projection(end_points["pre_logits"], training=training)
+    return end_points
+
+
+def global_batch(local: tf.Tensor):
+  """(the rows of every replica, concatenated in replica order; the offset of this replica's
+  rows). Differentiable: each replica's rows get the gradients of every replica's loss."""
+  ctx = tf.distribute.get_replica_context()
+  replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+  if replicas == 1:
+    return local, 0
+  replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+  rows = tf.shape(local)[0]
+  placed = tf.scatter_nd([[replica]], local[None], tf.concat([[replicas], tf.shape(local)], 0))
+  everything = ctx.all_reduce(tf.distribute.ReduceOp.SUM, placed)
+  return tf.reshape(everything, [-1, local.shape[-1]]), replica * rows
 
 
 def flatten_stacked(images: tf.Tensor) -> tf.Tensor:

@@ -58,25 +58,6 @@ class ProjectionHead(keras.layers.Layer):
     return self.bn2(self.fc2(x), training=training)
 
 
-class SimCLRModel(keras.Model):
-  """A backbone without a head plus the projection head; `model(images)` returns the backbone's
-  end points and `logits` = the projection (the embedding the loss compares)."""
-
-  def __init__(self, backbone: keras.Model, projection: ProjectionHead, name: str = "simclr"):
-    super().__init__(name=name)
-    self.backbone = backbone
-    self.projection = projection
-
-  def build(self, input_shape):
-    if not self.backbone.built:
-      self.backbone.build(tuple(input_shape))
-
-  def call(self, images, training=None):
-    end_points = dict(self.backbone(images, training=training))
-    end_points["logits"] = self.projection(end_points["pre_logits"], training=training)
-    return end_points
-
-
 def build_model(config, image_shape, num_classes):
   del num_classes  # Every image is its own class.
   if len(image_shape) != 4 or image_shape[0] != NUM_VIEWS:
@@ -86,8 +67,8 @@ def build_model(config, image_shape, num_classes):
   backbone = models.get_model(config.architecture, num_classes=None, **kwargs)
   features = backbone(tf.zeros([1, *image_shape[1:]]), training=False)["pre_logits"]
   hidden = config.proj_hidden_dim or int(features.shape[-1])
-  model = SimCLRModel(backbone, ProjectionHead(hidden, config.proj_out_dim,
-                                               sync_bn=kwargs["sync_bn"]))
+  model = base.ProjectedModel(backbone, ProjectionHead(hidden, config.proj_out_dim,
+                                                      sync_bn=kwargs["sync_bn"]), name="simclr")
   model(tf.zeros([1, *image_shape[1:]]), training=False)
   return model
 
@@ -95,25 +76,11 @@ def build_model(config, image_shape, num_classes):
 serving_input_shape = base.stacked_serving_input_shape
 
 
-def global_batch(local: tf.Tensor):
-  """(the rows of every replica, concatenated in replica order; the offset of this replica's
-  rows). Differentiable: each replica's rows get the gradients of every replica's loss."""
-  ctx = tf.distribute.get_replica_context()
-  replicas = ctx.num_replicas_in_sync if ctx is not None else 1
-  if replicas == 1:
-    return local, 0
-  replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
-  rows = tf.shape(local)[0]
-  placed = tf.scatter_nd([[replica]], local[None], tf.concat([[replicas], tf.shape(local)], 0))
-  everything = ctx.all_reduce(tf.distribute.ReduceOp.SUM, placed)
-  return tf.reshape(everything, [-1, local.shape[-1]]), replica * rows
-
-
 def nt_xent(embeddings: tf.Tensor, temperature: float):
   """NT-Xent of L2-normalised `embeddings` [2n, D] of this replica, rows (2i, 2i+1) the two views
   of image i, against the views of the global batch: (per-row cross-entropy [2n], per-row
   contrastive top-1 hit [2n], per-image hit of its first view among the second views [n])."""
-  everything, offset = global_batch(embeddings)
+  everything, offset = base.global_batch(embeddings)
   rows = tf.shape(embeddings)[0]
   own = offset + tf.range(rows)                  # This replica's rows in the global batch.
   pair = tf.bitwise.bitwise_xor(own, 1)          # 2i <-> 2i+1.
