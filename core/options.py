@@ -70,7 +70,7 @@ _ALL = (PRETEXT, EVAL, FINE_TUNE)
 _OPTIONS = [
     # Experiment.
     Option("task", "string", None, "Pretext task (rotation, jigsaw, relative_patch_location, "
-           "exemplar, simclr, supervised), or an evaluation of an export: linear_eval (probes "
+           "exemplar, simclr, barlow_twins, supervised), or an evaluation of an export: linear_eval (probes "
            "of every frozen layer), probe_series (those probes at every checkpoint that "
            "--eval_every_epochs kept), fine_tune (the whole backbone and a new linear head) or "
            "cka (linear CKA between every layer of it and of --cka_other, on --val_split).",
@@ -144,12 +144,16 @@ _OPTIONS = [
            "image is shown in all of them (evaluation uses all).", configs=_P, check="positive"),
     Option("margin", "float", 0.5, "exemplar: margin of the triplet semi-hard loss.",
            configs=_P, check="nonnegative"),
-    Option("proj_hidden_dim", "int", None, "simclr: hidden units of the projection head "
-           "(default: the width of the backbone's pre_logits).", configs=_P, check="positive"),
-    Option("proj_out_dim", "int", 128, "simclr: output of the projection head, the embedding "
-           "the contrastive loss compares (the export's logits).", configs=_P, check="positive"),
+    Option("proj_hidden_dim", "int", None, "simclr, barlow_twins: hidden units of the "
+           "projection head (default: the width of the backbone's pre_logits).", configs=_P,
+           check="positive"),
+    Option("proj_out_dim", "int", 128, "simclr, barlow_twins: output of the projection head, "
+           "the embedding the loss compares (the export's logits).", configs=_P,
+           check="positive"),
     Option("temperature", "float", 0.1, "simclr: temperature of the NT-Xent loss.",
            configs=_P, check="positive"),
+    Option("barlow_lambda", "float", 0.0051, "barlow_twins: weight of the off-diagonal terms of "
+           "the cross-correlation in the loss (lambda).", configs=_P, check="nonnegative"),
     # Optimisation.
     Option("batch_size", "int", 256, "Global training batch size (source images).",
            check="positive"),

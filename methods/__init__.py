@@ -4,6 +4,7 @@
 """
 
 from core.registry import Registry
+from methods import barlow_twins
 from methods import exemplar
 from methods import jigsaw
 from methods import relative_patch_location
@@ -18,6 +19,7 @@ TASKS.register("jigsaw", jigsaw)
 TASKS.register("relative_patch_location", relative_patch_location)
 TASKS.register("exemplar", exemplar)
 TASKS.register("simclr", simclr)
+TASKS.register("barlow_twins", barlow_twins)
 
 
 def get_method(task: str):
