@@ -2,7 +2,7 @@
 that drives the cross-correlation matrix of the two views' embeddings to the identity.
 
 The views are those of SimCLR (`simclr_views`, [B,2,H,W,C]); the backbone embeds all 2B at once.
-The projector (`Projector`: dense - batch norm - ReLU twice, then dense, no biases, as the paper's
+The projector (base.ProjectionHead: dense - batch norm - ReLU twice, then dense, as the paper's
 8192-8192-8192) maps pre_logits to `proj_out_dim` dimensions through `proj_hidden_dim`, the
 model's `logits` end point (what the export serves). The loss: each view's embeddings z^A, z^B
 [N, D] are normalised along the batch (less their mean, over their standard deviation: a batch norm
@@ -20,14 +20,11 @@ Metrics, of the batch (given for each of its images): `loss`; `on_diagonal`, the
 of the other C_ij (0: the dimensions uncorrelated).
 """
 
-import keras
 import tensorflow as tf
 
 from core.errors import ConfigError
 from datasets.copies import NUM_VIEWS
 from methods import base
-import models
-from models import common
 
 BN_EPSILON = 1e-5  # Of the batch norm that normalises the embeddings (PyTorch's default, the paper's).
 
@@ -39,44 +36,9 @@ def validate(config) -> None:
                       "batch (its embeddings are normalised over the batch)")
 
 
-class Projector(keras.layers.Layer):
-  """dense (`hidden`) - batch norm - ReLU, twice, then dense (`out`); no biases."""
-
-  def __init__(self, hidden: int, out: int, bn_momentum: float = 0.9, sync_bn: bool = False,
-               name: str = "projection"):
-    super().__init__(name=name)
-    self.fc1 = keras.layers.Dense(hidden, use_bias=False, name="fc1")
-    self.bn1 = common.batch_norm("bn1", bn_momentum, sync_bn)
-    self.fc2 = keras.layers.Dense(hidden, use_bias=False, name="fc2")
-    self.bn2 = common.batch_norm("bn2", bn_momentum, sync_bn)
-    self.fc3 = keras.layers.Dense(out, use_bias=False, name="fc3")
-
-  def build(self, input_shape):
-    common.build_sequence(input_shape, self.fc1, self.bn1, self.fc2, self.bn2, self.fc3)
-
-  def compute_output_shape(self, input_shape):
-    return common.output_shape(input_shape, self.fc1, self.fc2, self.fc3)
-
-  def call(self, x, training=None):
-    x = keras.ops.relu(self.bn1(self.fc1(x), training=training))
-    x = keras.ops.relu(self.bn2(self.fc2(x), training=training))
-    return self.fc3(x)
-
-
 def build_model(config, image_shape, num_classes):
   del num_classes  # No labels.
-  if len(image_shape) != 4 or image_shape[0] != NUM_VIEWS:
-    raise ValueError(f"barlow_twins expects per-example views [2,H,W,C] from 'simclr_views', got "
-                     f"{list(image_shape)}")
-  kwargs = base.backbone_kwargs(config)
-  backbone = models.get_model(config.architecture, num_classes=None, **kwargs)
-  features = backbone(tf.zeros([1, *image_shape[1:]]), training=False)["pre_logits"]
-  hidden = config.proj_hidden_dim or int(features.shape[-1])
-  model = base.ProjectedModel(backbone, Projector(hidden, config.proj_out_dim,
-                                                  sync_bn=kwargs["sync_bn"]),
-                              name="barlow_twins")
-  model(tf.zeros([1, *image_shape[1:]]), training=False)
-  return model
+  return base.build_projected_model(config, image_shape, hidden_layers=2, last_bn=False)
 
 
 serving_input_shape = base.stacked_serving_input_shape

@@ -18,6 +18,9 @@ import tensorflow as tf
 
 from core import specs
 from core.errors import ConfigError
+from datasets.copies import NUM_VIEWS
+import models
+from models import common
 
 TRAIN, EVAL, PREDICT = "train", "eval", "predict"
 MODES = (TRAIN, EVAL, PREDICT)
@@ -45,6 +48,43 @@ def backbone_of(model):
   return getattr(model, "backbone", model)
 
 
+class ProjectionHead(keras.layers.Layer):
+  """For each width of `widths` but the last: dense - batch norm - ReLU; then dense to the last
+  width; no biases. `last_bn`: a batch norm without offset after it (SimCLR v2's head). Its
+  layers are `fc1`, `bn1`, `fc2`, ... (names the checkpoints keep)."""
+
+  def __init__(self, widths, last_bn: bool, bn_momentum: float = 0.9, sync_bn: bool = False,
+               name: str = "projection"):
+    super().__init__(name=name)
+    self.depth, self.last_bn = len(widths), last_bn
+    for i, width in enumerate(widths, 1):
+      setattr(self, f"fc{i}", keras.layers.Dense(width, use_bias=False, name=f"fc{i}"))
+      if i < self.depth or last_bn:
+        setattr(self, f"bn{i}", common.batch_norm(f"bn{i}", bn_momentum, sync_bn,
+                                                  center=i < self.depth))
+
+  def _stage(self, i):
+    return getattr(self, f"fc{i}"), getattr(self, f"bn{i}", None)
+
+  def build(self, input_shape):
+    common.build_sequence(input_shape, *[l for i in range(1, self.depth + 1)
+                                         for l in self._stage(i)])
+
+  def compute_output_shape(self, input_shape):
+    return common.output_shape(input_shape, *[self._stage(i)[0]
+                                              for i in range(1, self.depth + 1)])
+
+  def call(self, x, training=None):
+    for i in range(1, self.depth + 1):
+      dense, norm = self._stage(i)
+      x = dense(x)
+      if norm is not None:
+        x = norm(x, training=training)
+      if i < self.depth:
+        x = keras.ops.relu(x)
+    return x
+
+
 class ProjectedModel(keras.Model):
   """A backbone without a head plus a projection head (SimCLR, Barlow Twins); `model(images)`
   returns the backbone's end points and `logits` = the projection of its pre_logits (the
@@ -63,6 +103,25 @@ class ProjectedModel(keras.Model):
     end_points = dict(self.backbone(images, training=training))
     end_points["logits"] = self.projection(end_points["pre_logits"], training=training)
     return end_points
+
+
+def build_projected_model(config, image_shape, hidden_layers: int, last_bn: bool
+                          ) -> ProjectedModel:
+  """The config's backbone plus a ProjectionHead on its pre_logits: `hidden_layers` of
+  --proj_hidden_dim units (default: the pre_logits' width), then --proj_out_dim; built for the
+  per-example views [2,H,W,C] of 'simclr_views' (SimCLR, Barlow Twins)."""
+  if len(image_shape) != 4 or image_shape[0] != NUM_VIEWS:
+    raise ValueError(f"{config.task} expects per-example views [2,H,W,C] from 'simclr_views', "
+                     f"got {list(image_shape)}")
+  kwargs = backbone_kwargs(config)
+  backbone = models.get_model(config.architecture, num_classes=None, **kwargs)
+  features = backbone(tf.zeros([1, *image_shape[1:]]), training=False)["pre_logits"]
+  hidden = config.proj_hidden_dim or int(features.shape[-1])
+  head = ProjectionHead([hidden] * hidden_layers + [config.proj_out_dim], last_bn,
+                        sync_bn=kwargs["sync_bn"])
+  model = ProjectedModel(backbone, head, name=config.task)
+  model(tf.zeros([1, *image_shape[1:]]), training=False)
+  return model
 
 
 def global_batch(local: tf.Tensor):

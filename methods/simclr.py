@@ -20,13 +20,10 @@ reports show; `contrast_acc`, the reference code's: the share of first views who
 second view (of the N) is their pair (chance 1/N).
 """
 
-import keras
 import tensorflow as tf
 
 from datasets.copies import NUM_VIEWS
 from methods import base
-import models
-from models import common
 
 _LARGE = 1e9  # Masks a view's similarity with itself.
 
@@ -36,41 +33,9 @@ def validate(config) -> None:
   base.require_negatives(config)
 
 
-class ProjectionHead(keras.layers.Layer):
-  """dense (`hidden`) - batch norm - ReLU - dense (`out`) - batch norm without its offset."""
-
-  def __init__(self, hidden: int, out: int, bn_momentum: float = 0.9, sync_bn: bool = False,
-               name: str = "projection"):
-    super().__init__(name=name)
-    self.fc1 = keras.layers.Dense(hidden, use_bias=False, name="fc1")
-    self.bn1 = common.batch_norm("bn1", bn_momentum, sync_bn)
-    self.fc2 = keras.layers.Dense(out, use_bias=False, name="fc2")
-    self.bn2 = common.batch_norm("bn2", bn_momentum, sync_bn, center=False)
-
-  def build(self, input_shape):
-    common.build_sequence(input_shape, self.fc1, self.bn1, self.fc2, self.bn2)
-
-  def compute_output_shape(self, input_shape):
-    return common.output_shape(input_shape, self.fc1, self.fc2)
-
-  def call(self, x, training=None):
-    x = keras.ops.relu(self.bn1(self.fc1(x), training=training))
-    return self.bn2(self.fc2(x), training=training)
-
-
 def build_model(config, image_shape, num_classes):
   del num_classes  # Every image is its own class.
-  if len(image_shape) != 4 or image_shape[0] != NUM_VIEWS:
-    raise ValueError(f"simclr expects per-example views [2,H,W,C] from 'simclr_views', got "
-                     f"{list(image_shape)}")
-  kwargs = base.backbone_kwargs(config)
-  backbone = models.get_model(config.architecture, num_classes=None, **kwargs)
-  features = backbone(tf.zeros([1, *image_shape[1:]]), training=False)["pre_logits"]
-  hidden = config.proj_hidden_dim or int(features.shape[-1])
-  model = base.ProjectedModel(backbone, ProjectionHead(hidden, config.proj_out_dim,
-                                                      sync_bn=kwargs["sync_bn"]), name="simclr")
-  model(tf.zeros([1, *image_shape[1:]]), training=False)
-  return model
+  return base.build_projected_model(config, image_shape, hidden_layers=1, last_bn=True)
 
 
 serving_input_shape = base.stacked_serving_input_shape
