@@ -26,7 +26,8 @@ from core.errors import ConfigError
 from datasets.copies import NUM_VIEWS
 from methods import base
 
-BN_EPSILON = 1e-5  # Of the batch norm that normalises the embeddings (PyTorch's default, the paper's).
+# Of the batch norm that normalises the embeddings (PyTorch's default, the paper's).
+BN_EPSILON = 1e-5
 
 
 def validate(config) -> None:

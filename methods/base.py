@@ -56,7 +56,7 @@ class ProjectionHead(keras.layers.Layer):
   def __init__(self, widths, last_bn: bool, bn_momentum: float = 0.9, sync_bn: bool = False,
                name: str = "projection"):
     super().__init__(name=name)
-    self.depth, self.last_bn = len(widths), last_bn
+    self.depth = len(widths)
     for i, width in enumerate(widths, 1):
       setattr(self, f"fc{i}", keras.layers.Dense(width, use_bias=False, name=f"fc{i}"))
       if i < self.depth or last_bn:

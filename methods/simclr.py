@@ -10,9 +10,9 @@ the 2N-1 other views of the global batch (N images over all replicas), by cosine
 their mean over the images. That is the loss of the paper's released code (google-research/simclr,
 `add_contrastive_loss`: the sum of both directions' mean losses), with which its recipes (LARS's
 rate, the weight decay) were set; the paper's Algorithm 1 writes half of it, the mean over the 2N
-views. Under a multi-replica strategy each replica's embeddings are gathered
-into the global batch (an all-reduce of each replica's block in place: differentiable), so the
-negatives are those of the global batch, as in the paper.
+views. Under a multi-replica strategy each replica's embeddings are gathered into the global
+batch (an all-reduce of each replica's block in place: differentiable), so the negatives are
+those of the global batch, as in the paper.
 
 Metrics: `loss`, per image (its two views); `accuracy`, contrastive top-1 over the views, the share
 of views whose most similar other view is their pair (chance 1/(2N-1)), the pretext accuracy the
