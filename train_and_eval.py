@@ -233,8 +233,9 @@ def run(config, print_fn=print, restart: bool = False, stop=None):
   image_shape = info.pop("input_shape")  # export() records the shape it exports.
   export_dir = os.path.join(scratch, "export") if scratch else config.export_dir
   print_fn(f"exporting step {state.step} to {config.export_dir}")
-  results["export_dir"] = export_lib.export(state.model, export_dir, image_shape, info,
-                                            backbone=method_base.backbone_of(state.model))
+  results["export_dir"] = export_lib.export(
+      method_base.exported_model(state.model, config.export_teacher), export_dir, image_shape,
+      info)
   times["export_s"] = time.time() - t
   if trainer.kept_steps:
     t = time.time()
@@ -285,8 +286,8 @@ def _export_kept(trainer, info, image_shape, print_fn, final=(None, None)):
       metrics = final[1] if step == final[0] and final[1] else trainer.evaluate()
     point = dict(info, step=step, epoch=step / trainer.plan.steps_per_epoch,
                  pretext_metrics=metrics, pretext_split=config.val_split if metrics else None)
-    export_lib.export(trainer.model, os.path.join(root, name), image_shape, point,
-                      backbone=method_base.backbone_of(trainer.model))
+    export_lib.export(method_base.exported_model(trainer.model, config.export_teacher),
+                      os.path.join(root, name), image_shape, point)
     exported.append(os.path.join(chief_root, name))
     shown = f", pretext accuracy {metrics['accuracy']:.4f}" if metrics and "accuracy" in metrics \
         else ""

@@ -32,6 +32,7 @@ POOL_MODES = ("adaptive_max", "adaptive_avg", "max", "avg")
 COMBINE_MODES = ("avg_pool", "max_pool", "concat")
 FEATURE_CACHES = ("memory", "workdir", "keep")
 FEATURE_DTYPES = ("float32", "float16")
+TEACHER_SCHEDULES = ("constant", "cosine")  # Of a teacher's momentum (methods/base.py).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +71,7 @@ _ALL = (PRETEXT, EVAL, FINE_TUNE)
 _OPTIONS = [
     # Experiment.
     Option("task", "string", None, "Pretext task (rotation, jigsaw, relative_patch_location, "
-           "exemplar, simclr, barlow_twins, supervised), or an evaluation of an export: "
+           "exemplar, simclr, barlow_twins, byol, moco, supervised), or an evaluation of an export: "
            "linear_eval (probes of every frozen layer), probe_series (those probes at every checkpoint that "
            "--eval_every_epochs kept), fine_tune (the whole backbone and a new linear head) or "
            "cka (linear CKA between every layer of it and of --cka_other, on --val_split).",
@@ -144,14 +145,30 @@ _OPTIONS = [
            "image is shown in all of them (evaluation uses all).", configs=_P, check="positive"),
     Option("margin", "float", 0.5, "exemplar: margin of the triplet semi-hard loss.",
            configs=_P, check="nonnegative"),
-    Option("proj_hidden_dim", "int", None, "simclr, barlow_twins: hidden units of the "
-           "projection head (default: the width of the backbone's pre_logits).", configs=_P,
+    Option("proj_hidden_dim", "int", None, "simclr, barlow_twins, byol, moco: hidden units of the "
+           "projection head (byol: and of the predictor; default: the width of the backbone's "
+           "pre_logits).", configs=_P,
            check="positive"),
-    Option("proj_out_dim", "int", 128, "simclr, barlow_twins: output of the projection head, "
+    Option("proj_out_dim", "int", 128, "simclr, barlow_twins, byol, moco: output of the "
+           "projection head, "
            "the embedding the loss compares (the export's logits).", configs=_P,
            check="positive"),
-    Option("temperature", "float", 0.1, "simclr: temperature of the NT-Xent loss.",
+    Option("temperature", "float", 0.1, "simclr, moco: temperature of the contrastive loss.",
            configs=_P, check="positive"),
+    Option("teacher_momentum", "float", None, "byol, moco: momentum of the teacher's moving "
+           "average of the online network at the start of training (default: the method's "
+           "paper's, byol 0.996, moco 0.999).", configs=_P, check="probability"),
+    Option("teacher_momentum_schedule", "string", None, "byol, moco: constant, or cosine (from "
+           "--teacher_momentum at the start to 1 at the end; default: byol cosine, moco "
+           "constant).", configs=_P, choices=TEACHER_SCHEDULES),
+    Option("export_teacher", "bool", False, "byol, moco: export the teacher's network instead of "
+           "the online one (both are in the checkpoints).", configs=_P),
+    Option("moco_queue_size", "int", 65536, "moco: keys in the queue of negatives, a multiple of "
+           "--batch_size.", configs=_P, check="positive"),
+    Option("shuffle_bn_groups", "int", 8, "moco: each replica's batch is normalised in this many "
+           "groups (as by that many GPUs), the keys' after a shuffle, so that a query and its "
+           "key never share batch statistics (MoCo's shuffled batch norm); divides the "
+           "per-replica batch.", configs=_P, check="positive"),
     Option("barlow_lambda", "float", 0.0051, "barlow_twins: weight of the off-diagonal terms of "
            "the cross-correlation in the loss (lambda).", configs=_P, check="nonnegative"),
     # Optimisation.

@@ -8,14 +8,27 @@ A method module exposes (the preprocessing ops that make its labels are core/spe
   serving_input_shape(image_shape): the [H,W,C] of one image as the backbone sees it.
   USES_LABELS (optional, default False): True where it trains on the dataset's labels, which
     then need at least two classes.
+
+A method whose model holds state that the gradient does not train (a teacher network that follows
+the online one as a moving average, a queue of past embeddings) also exposes:
+  TEACHER: its TeacherDefaults (the paper's momentum and its schedule); its build_model returns a
+    TeacherModel (or a subclass that adds such state as non-trainable weights).
+  after_step(model, updates, progress, config): called once after every optimiser step, outside
+    the replicas (in the strategy's cross-replica context), with `updates` the ModelSpec's updates
+    of every replica concatenated in replica order (the global batch's) and `progress` the share
+    of training done before that step (a float32 scalar in [0, 1), for schedules). Whatever it
+    changes lives in the model's variables, so checkpoints, resumption and every strategy carry it
+    as they carry the weights; exports serve `exported_model`.
 """
 
 import dataclasses
-from typing import Dict
+import math
+from typing import Dict, Optional
 
 import keras
 import tensorflow as tf
 
+from core import options
 from core import specs
 from core.errors import ConfigError
 from datasets.copies import NUM_VIEWS
@@ -35,11 +48,14 @@ class ModelSpec:
     training, over the whole split in evaluation). Includes the per-example loss where defined.
   predictions: model outputs for the batch (e.g. logits).
   end_points: the backbone's end points for the batch.
+  updates: values of the batch that the method's after_step needs (e.g. MoCo's keys), each with
+    the batch's rows first; no gradient flows through them. Only in TRAIN mode.
   """
   loss: tf.Tensor
   metrics: Dict[str, tf.Tensor]
   predictions: Dict[str, tf.Tensor]
   end_points: Dict[str, tf.Tensor]
+  updates: Dict[str, tf.Tensor] = dataclasses.field(default_factory=dict)
 
 
 def backbone_of(model):
@@ -105,22 +121,115 @@ class ProjectedModel(keras.Model):
     return end_points
 
 
-def build_projected_model(config, image_shape, hidden_layers: int, last_bn: bool
+def build_projected_model(config, image_shape, hidden_layers: int, last_bn: bool,
+                          sync_bn: Optional[bool] = None, name: Optional[str] = None
                           ) -> ProjectedModel:
   """The config's backbone plus a ProjectionHead on its pre_logits: `hidden_layers` of
   --proj_hidden_dim units (default: the pre_logits' width), then --proj_out_dim; built for the
-  per-example views [2,H,W,C] of 'simclr_views' (SimCLR, Barlow Twins)."""
+  per-example views [2,H,W,C] of 'simclr_views' (SimCLR, Barlow Twins, BYOL, MoCo). `sync_bn`:
+  batch norm across replicas (default: under a multi-replica strategy, as every backbone)."""
   if len(image_shape) != 4 or image_shape[0] != NUM_VIEWS:
     raise ValueError(f"{config.task} expects per-example views [2,H,W,C] from 'simclr_views', "
                      f"got {list(image_shape)}")
   kwargs = backbone_kwargs(config)
+  if sync_bn is not None:
+    kwargs["sync_bn"] = sync_bn
   backbone = models.get_model(config.architecture, num_classes=None, **kwargs)
   features = backbone(tf.zeros([1, *image_shape[1:]]), training=False)["pre_logits"]
-  hidden = config.proj_hidden_dim or int(features.shape[-1])
-  head = ProjectionHead([hidden] * hidden_layers + [config.proj_out_dim], last_bn,
-                        sync_bn=kwargs["sync_bn"])
-  model = ProjectedModel(backbone, head, name=config.task)
+  head = ProjectionHead(projection_widths(config, int(features.shape[-1]), hidden_layers),
+                        last_bn, sync_bn=kwargs["sync_bn"])
+  model = ProjectedModel(backbone, head, name=name or config.task)
   model(tf.zeros([1, *image_shape[1:]]), training=False)
+  return model
+
+
+def projection_widths(config, features: int, hidden_layers: int):
+  """The widths of a projection (or prediction) head on `features` inputs: `hidden_layers` of
+  --proj_hidden_dim (default: `features`), then --proj_out_dim."""
+  return [config.proj_hidden_dim or features] * hidden_layers + [config.proj_out_dim]
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherDefaults:
+  """A teacher method's paper settings: the momentum of the teacher's moving average, and its
+  schedule (constant, or cosine: from `momentum` at the start to 1 at the end, BYOL's)."""
+  momentum: float
+  schedule: str
+
+
+
+class TeacherModel(keras.Model):
+  """An online network that the gradient trains, and a teacher of the same shape that follows it
+  as a moving average of its trainable weights (BYOL's target, MoCo's key encoder); both are
+  ProjectedModels. `model(images)` is the online network's; `backbone` its backbone. The
+  teacher starts as a copy of the online network; it computes batch statistics in training, as
+  the papers' teachers do, and its batch norms keep their own moving statistics."""
+
+  def __init__(self, online: ProjectedModel, teacher: ProjectedModel, name: str, **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.online = online
+    self.teacher = teacher
+    for t, o in zip(teacher.weights, online.weights, strict=True):
+      if t.shape != o.shape:
+        raise ValueError(f"the teacher's {t.path} {t.shape} differs from the online {o.path} "
+                         f"{o.shape}")
+      t.assign(o)
+
+  @property
+  def backbone(self):
+    return self.online.backbone
+
+  def build(self, input_shape):
+    del input_shape  # Both networks are built.
+
+  def call(self, images, training=None):
+    return self.online(images, training=training)
+
+  def follow(self, momentum: tf.Tensor) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * online, for every trainable weight."""
+    for t, o in zip(self.teacher.trainable_weights, self.online.trainable_weights, strict=True):
+      t.assign(momentum * t + (1.0 - momentum) * o)
+
+
+def build_teacher_model(config, image_shape, hidden_layers: int, last_bn: bool,
+                        cls=TeacherModel, sync_bn: Optional[bool] = None, **kwargs):
+  """A `cls` (a TeacherModel) of two ProjectedModels of the same shape, `online` and `teacher`
+  (build_projected_model's), the teacher a copy of the online network."""
+  online, teacher = (build_projected_model(config, image_shape, hidden_layers, last_bn, sync_bn,
+                                           name=name) for name in ("online", "teacher"))
+  model = cls(online, teacher, name=config.task, **kwargs)
+  model(tf.zeros([1, *image_shape[1:]]), training=False)
+  return model
+
+
+def teacher_momentum(config, defaults: TeacherDefaults, progress: tf.Tensor) -> tf.Tensor:
+  """The teacher's momentum after `progress` (share of training done) under --teacher_momentum
+  and --teacher_momentum_schedule (each defaulting to the method's `defaults`)."""
+  start = defaults.momentum if config.teacher_momentum is None else config.teacher_momentum
+  schedule = config.teacher_momentum_schedule or defaults.schedule
+  start = tf.constant(start, tf.float32)
+  if schedule == options.TEACHER_SCHEDULES[0]:  # constant
+    return start
+  return 1.0 - (1.0 - start) * (tf.cos(math.pi * tf.cast(progress, tf.float32)) + 1.0) / 2.0
+
+
+def trained_variables(model) -> list:
+  """The variables the gradient trains (and weight decay applies to): the model's trainable
+  ones less its teacher's, which the method's after_step updates."""
+  teacher = getattr(model, "teacher", None)
+  if teacher is None:
+    return model.trainable_variables
+  skip = {id(v) for v in teacher.variables}
+  return [v for v in model.trainable_variables if id(v) not in skip]
+
+
+def exported_model(model, teacher: bool = False):
+  """The network an export serves: the model itself, or a TeacherModel's online network (its
+  teacher's with `teacher`, --export_teacher)."""
+  if isinstance(model, TeacherModel):
+    return model.teacher if teacher else model.online
+  if teacher:
+    raise ValueError(f"{model.name} has no teacher to export")
   return model
 
 

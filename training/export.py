@@ -14,16 +14,17 @@ from typing import Sequence
 import tensorflow as tf
 
 from core import files
+from methods import base
 
 
 class _ExportModule(tf.Module):
 
-  def __init__(self, model, image_shape: Sequence[int], backbone=None):
+  def __init__(self, model, image_shape: Sequence[int]):
     super().__init__()
     self.model = model
     # The backbone alone, under a name of its own in the export's variables, so that a backbone
     # rebuilt from export_info.json reads its weights from there (eval/fine_tune.py).
-    self.backbone = model if backbone is None else backbone
+    self.backbone = base.backbone_of(model)
     spec = tf.TensorSpec([None, *image_shape], tf.float32, name="images")
     self.serve = tf.function(self._serve, input_signature=[spec])
     self.representation = tf.function(self._representation, input_signature=[spec])
@@ -45,7 +46,9 @@ def describe(config, image_shape: Sequence[int]) -> dict:
   import methods  # pylint: disable=g-import-not-at-top
   from core import specs  # pylint: disable=g-import-not-at-top
   method = methods.get_method(config.task)
-  return {
+  teacher = {"network": "teacher" if config.export_teacher else "online"} \
+      if hasattr(method, "TEACHER") else {}
+  return {**teacher,
       "task": config.task, "architecture": config.architecture,
       "filters_factor": config.resolved_filters_factor(), "mode": config.mode,
       "last_relu": config.last_relu, "dataset": config.dataset,
@@ -56,10 +59,10 @@ def describe(config, image_shape: Sequence[int]) -> dict:
   }
 
 
-def export(model, export_dir: str, image_shape: Sequence[int], info: dict,
-           backbone=None) -> str:
-  """Writes the SavedModel and export_info.json to `export_dir`, replacing an earlier export.
-  `backbone`: the backbone inside `model` where the method wraps it (methods/base.backbone_of).
+def export(model, export_dir: str, image_shape: Sequence[int], info: dict) -> str:
+  """Writes the SavedModel of `model` (a method's model, or the network of it that an export
+  serves: methods/base.exported_model) and export_info.json to `export_dir`, replacing an earlier
+  export.
 
   The new export is written beside the old one and swapped in with renames, so an interrupted
   export never leaves a half-written directory under `export_dir`.
@@ -69,7 +72,7 @@ def export(model, export_dir: str, image_shape: Sequence[int], info: dict,
   for d in (tmp_dir, old_dir):
     if os.path.exists(d):
       shutil.rmtree(d)
-  module = _ExportModule(model, image_shape, backbone)
+  module = _ExportModule(model, image_shape)
   end_points = list(model(tf.zeros([1, *image_shape]), training=False).keys())
   tf.saved_model.save(module, tmp_dir, signatures={"serving_default": module.serve,
                                                    "representation": module.representation})

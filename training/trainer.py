@@ -248,7 +248,7 @@ class Trainer:
       if config.precision == "mixed_float16":
         # Dynamic loss scaling: float16 gradients underflow without it.
         self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
-      self.optimizer.build(self.model.trainable_variables)
+      self.optimizer.build(base.trained_variables(self.model))
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                           step=self.step)
@@ -283,25 +283,31 @@ class Trainer:
     weight_decay = config.resolved_weight_decay()
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
+    variables = base.trained_variables(model)
+    after_step = getattr(method, "after_step", None)
+    total_steps = float(self.plan.total_steps)
+
     def step_fn(batch):
       with tf.GradientTape() as tape:
         spec = method.model_fn(model, batch, base.TRAIN, config)
-        total = spec.loss + schedules.l2_decay(model.trainable_variables, weight_decay)
+        total = spec.loss + schedules.l2_decay(variables, weight_decay)
         scaled = total / strategy.num_replicas_in_sync
         if loss_scaled:
           scaled = optimizer.scale_loss(scaled)  # apply_gradients unscales and skips inf/NaN.
-      variables = model.trainable_variables
       grads = tape.gradient(scaled, variables)
       optimizer.apply_gradients(zip(grads, variables))
       sums, counts = _sums_and_counts(spec.metrics)
       sums["total_loss"], counts["total_loss"] = total, tf.constant(1.0)
-      return sums, counts
+      return sums, counts, {k: tf.stop_gradient(v) for k, v in spec.updates.items()}
 
     if config.jit_compile:
       step_fn = tf.function(step_fn, jit_compile=True)
 
     def one_step(iterator):
-      sums, counts = strategy.run(step_fn, args=(next(iterator),))
+      sums, counts, updates = strategy.run(step_fn, args=(next(iterator),))
+      if after_step is not None:  # The method's own state, from every replica's batch.
+        after_step(model, {k: strategy.gather(v, axis=0) for k, v in updates.items()},
+                   tf.cast(self.step, tf.float32) / total_steps, config)
       self.step.assign_add(1)
       return ({k: strategy.reduce("SUM", v, axis=None) for k, v in sums.items()},
               {k: strategy.reduce("SUM", v, axis=None) for k, v in counts.items()})

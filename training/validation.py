@@ -38,6 +38,10 @@ def validate(config: Config, check_data: bool = True) -> None:
   except ValueError as e:
     raise ConfigError(f"--preprocessing={config.preprocessing!r}: {e}") from None
   method.validate(config)
+  if config.export_teacher and not hasattr(method, "TEACHER"):
+    with_one = [t for t in methods.TASKS.names() if hasattr(methods.get_method(t), "TEACHER")]
+    raise ConfigError(f"--export_teacher: --task={config.task} has no teacher; the tasks with "
+                      f"one: {', '.join(with_one)}")
   if check_data:
     check_split(config.dataset, config.data_dir, "train_split", config.train_split,
                 at_least=config.batch_size,
