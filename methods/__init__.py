@@ -5,8 +5,10 @@
 
 from core.registry import Registry
 from methods import barlow_twins
+from methods import byol
 from methods import exemplar
 from methods import jigsaw
+from methods import moco
 from methods import relative_patch_location
 from methods import rotation
 from methods import simclr
@@ -20,6 +22,8 @@ TASKS.register("relative_patch_location", relative_patch_location)
 TASKS.register("exemplar", exemplar)
 TASKS.register("simclr", simclr)
 TASKS.register("barlow_twins", barlow_twins)
+TASKS.register("byol", byol)
+TASKS.register("moco", moco)
 
 
 def get_method(task: str):
