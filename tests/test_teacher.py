@@ -140,6 +140,7 @@ def _state(model):
           "queue": model.queue.numpy(), "pointer": int(model.queue_pointer.numpy())}
 
 
+@pytest.mark.slow
 def test_a_stopped_run_resumes_with_the_same_teacher_and_queue(tmp_path, shapes_data_dir):
   """MoCo stopped at step 3 of 6: a new trainer restores the online network, the key encoder,
   the queue and its pointer exactly as they were, and goes on moving them."""
