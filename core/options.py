@@ -71,7 +71,7 @@ _ALL = (PRETEXT, EVAL, FINE_TUNE)
 _OPTIONS = [
     # Experiment.
     Option("task", "string", None, "Pretext task (rotation, jigsaw, relative_patch_location, "
-           "exemplar, simclr, barlow_twins, byol, moco, supervised), or an evaluation of an export: "
+           "exemplar, simclr, barlow_twins, byol, moco, swav, supervised), or an evaluation of an export: "
            "linear_eval (probes of every frozen layer), probe_series (those probes at every checkpoint that "
            "--eval_every_epochs kept), fine_tune (the whole backbone and a new linear head) or "
            "cka (linear CKA between every layer of it and of --cka_other, on --val_split).",
@@ -145,15 +145,15 @@ _OPTIONS = [
            "image is shown in all of them (evaluation uses all).", configs=_P, check="positive"),
     Option("margin", "float", 0.5, "exemplar: margin of the triplet semi-hard loss.",
            configs=_P, check="nonnegative"),
-    Option("proj_hidden_dim", "int", None, "simclr, barlow_twins, byol, moco: hidden units of the "
-           "projection head (byol: and of the predictor; default: the width of the backbone's "
-           "pre_logits).", configs=_P,
+    Option("proj_hidden_dim", "int", None, "simclr, barlow_twins, byol, moco, swav: hidden units "
+           "of the projection head (byol: and of the predictor; default: the width of the "
+           "backbone's pre_logits).", configs=_P,
            check="positive"),
-    Option("proj_out_dim", "int", 128, "simclr, barlow_twins, byol, moco: output of the "
-           "projection head, "
-           "the embedding the loss compares (the export's logits).", configs=_P,
+    Option("proj_out_dim", "int", 128, "simclr, barlow_twins, byol, moco, swav: output of the "
+           "projection head, the embedding the loss compares (the export's logits).", configs=_P,
            check="positive"),
-    Option("temperature", "float", 0.1, "simclr, moco: temperature of the contrastive loss.",
+    Option("temperature", "float", 0.1, "simclr, moco: temperature of the contrastive loss; swav: "
+           "of the prototype scores' softmax.",
            configs=_P, check="positive"),
     Option("teacher_momentum", "float", None, "byol, moco: momentum of the teacher's moving "
            "average of the online network at the start of training (default: the method's "
@@ -169,6 +169,12 @@ _OPTIONS = [
            "groups (as by that many GPUs), the keys' after a shuffle, so that a query and its "
            "key never share batch statistics (MoCo's shuffled batch norm); divides the "
            "per-replica batch.", configs=_P, check="positive"),
+    Option("swav_prototypes", "int", 3000, "swav: prototypes (clusters) the views are assigned "
+           "to.", configs=_P, check="positive"),
+    Option("swav_epsilon", "float", 0.05, "swav: entropic regularisation of the Sinkhorn-Knopp "
+           "codes (smaller: harder assignments).", configs=_P, check="positive"),
+    Option("sinkhorn_iterations", "int", 3, "swav: iterations of the Sinkhorn-Knopp algorithm.",
+           configs=_P, check="positive"),
     Option("barlow_lambda", "float", 0.0051, "barlow_twins: weight of the off-diagonal terms of "
            "the cross-correlation in the loss (lambda).", configs=_P, check="nonnegative"),
     # Optimisation.

@@ -13,6 +13,7 @@ from methods import relative_patch_location
 from methods import rotation
 from methods import simclr
 from methods import supervised
+from methods import swav
 
 TASKS = Registry("task")
 TASKS.register("rotation", rotation)
@@ -24,6 +25,7 @@ TASKS.register("simclr", simclr)
 TASKS.register("barlow_twins", barlow_twins)
 TASKS.register("byol", byol)
 TASKS.register("moco", moco)
+TASKS.register("swav", swav)
 
 
 def get_method(task: str):

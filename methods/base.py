@@ -8,12 +8,15 @@ A method module exposes (the preprocessing ops that make its labels are core/spe
   serving_input_shape(image_shape): the [H,W,C] of one image as the backbone sees it.
   USES_LABELS (optional, default False): True where it trains on the dataset's labels, which
     then need at least two classes.
+  PRETEXT_METRIC (optional, default "accuracy"): the metric of its own that tells how well it does
+    its task, the one the reports show (e.g. BYOL's "cosine").
 
 A method whose model holds state that the gradient does not train (a teacher network that follows
 the online one as a moving average, a queue of past embeddings) also exposes:
   TEACHER: its TeacherDefaults (the paper's momentum and its schedule); its build_model returns a
     TeacherModel (or a subclass that adds such state as non-trainable weights).
-  after_step(model, updates, progress, config): called once after every optimiser step, outside
+  after_step(model, updates, progress, config) (also without a teacher, e.g. SwAV's prototypes
+    put back on the unit sphere): called once after every optimiser step, outside
     the replicas (in the strategy's cross-replica context), with `updates` the ModelSpec's updates
     of every replica concatenated in replica order (the global batch's) and `progress` the share
     of training done before that step (a float32 scalar in [0, 1), for schedules). Whatever it
@@ -122,12 +125,13 @@ class ProjectedModel(keras.Model):
 
 
 def build_projected_model(config, image_shape, hidden_layers: int, last_bn: bool,
-                          sync_bn: Optional[bool] = None, name: Optional[str] = None
-                          ) -> ProjectedModel:
-  """The config's backbone plus a ProjectionHead on its pre_logits: `hidden_layers` of
-  --proj_hidden_dim units (default: the pre_logits' width), then --proj_out_dim; built for the
-  per-example views [2,H,W,C] of 'simclr_views' (SimCLR, Barlow Twins, BYOL, MoCo). `sync_bn`:
-  batch norm across replicas (default: under a multi-replica strategy, as every backbone)."""
+                          sync_bn: Optional[bool] = None, name: Optional[str] = None,
+                          cls=ProjectedModel, **model_kwargs) -> ProjectedModel:
+  """A `cls` (a ProjectedModel, given `model_kwargs`) of the config's backbone plus a ProjectionHead on
+  its pre_logits: `hidden_layers` of --proj_hidden_dim units (default: the pre_logits' width),
+  then --proj_out_dim; built for the per-example views [2,H,W,C] of 'simclr_views' (SimCLR,
+  Barlow Twins, BYOL, MoCo, SwAV). `sync_bn`: batch norm across replicas (default: under a
+  multi-replica strategy, as every backbone)."""
   if len(image_shape) != 4 or image_shape[0] != NUM_VIEWS:
     raise ValueError(f"{config.task} expects per-example views [2,H,W,C] from 'simclr_views', "
                      f"got {list(image_shape)}")
@@ -138,7 +142,7 @@ def build_projected_model(config, image_shape, hidden_layers: int, last_bn: bool
   features = backbone(tf.zeros([1, *image_shape[1:]]), training=False)["pre_logits"]
   head = ProjectionHead(projection_widths(config, int(features.shape[-1]), hidden_layers),
                         last_bn, sync_bn=kwargs["sync_bn"])
-  model = ProjectedModel(backbone, head, name=name or config.task)
+  model = cls(backbone, head, name=name or config.task, **model_kwargs)
   model(tf.zeros([1, *image_shape[1:]]), training=False)
   return model
 
@@ -231,6 +235,14 @@ def exported_model(model, teacher: bool = False):
   if teacher:
     raise ValueError(f"{model.name} has no teacher to export")
   return model
+
+
+def replica_sum(local: tf.Tensor) -> tf.Tensor:
+  """The sum of `local` over the replicas (itself on one); the same on every replica."""
+  ctx = tf.distribute.get_replica_context()
+  if ctx is None or ctx.num_replicas_in_sync == 1:
+    return local
+  return ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
 
 
 def global_batch(local: tf.Tensor):
