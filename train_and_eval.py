@@ -252,7 +252,8 @@ def run(config, print_fn=print, restart: bool = False, stop=None):
     files.write_json_atomic(
         pretext_results,
         {"config": config.to_dict(), "step": state.step, "split": config.val_split,
-         "metrics": results["eval_metrics"], "times": times,
+         "metrics": results["eval_metrics"],
+         "pretext_metric": getattr(method, "PRETEXT_METRIC", "accuracy"), "times": times,
          "run": run_record.record(config.random_seed, strategy, config.deterministic)})
   elif not scratch and os.path.exists(pretext_results):
     # Of an earlier run of this workdir with --run_eval: not of this step, nor these settings.

@@ -28,6 +28,7 @@ from methods import base
 
 # Of the batch norm that normalises the embeddings (PyTorch's default, the paper's).
 BN_EPSILON = 1e-5
+PRETEXT_METRIC = "on_diagonal"
 
 
 def validate(config) -> None:

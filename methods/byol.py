@@ -28,6 +28,7 @@ from datasets.copies import NUM_VIEWS
 from methods import base
 
 TEACHER = base.TeacherDefaults(momentum=0.996, schedule="cosine")
+PRETEXT_METRIC = "cosine"
 
 
 class BYOLModel(base.TeacherModel):

@@ -62,6 +62,16 @@ class CellResult:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
   @property
+  def pretext_metric(self) -> Optional[Tuple[str, float]]:
+    """(name, value) of the metric the method names as its own (pretext_results.json's
+    `pretext_metric`; accuracy where it names none, as results written before it did)."""
+    name = (self.pretext or {}).get("pretext_metric") or "accuracy"
+    value = ((self.pretext or {}).get("metrics") or {}).get(name)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+      return None
+    return str(name), float(value)
+
+  @property
   def best_layer(self) -> Optional[str]:
     best = self.results.get("best_layer") or {}
     if best.get("name"):

@@ -19,7 +19,7 @@ from report import similarity
 from report.cells import (CellResult, KIND_LABELS, evaluation_title, load_cells, load_failures,
                           slug)
 from report.tables import (baseline_label, best_over_baseline, configs_section, group_tables,
-                           layer_columns, markdown_table, md, pct)
+                           layer_columns, markdown_table, md, pct, pretext_text)
 
 
 def plot_table(cells: Sequence[CellResult], layers: Sequence[str], title: str, path: str) -> str:
@@ -72,6 +72,8 @@ def csv_rows(cells: Sequence[CellResult]) -> List[Dict[str, Any]]:
             head_lr=(entry.get("setting") or {}).get("lr", ""),
             head_weight_decay=(entry.get("setting") or {}).get("weight_decay", ""),
             best=int(layer == cell.best_layer), pretext_accuracy=cell.pretext_accuracy,
+            pretext_metric=(cell.pretext_metric or ("", ""))[0],
+            pretext_value=(cell.pretext_metric or ("", ""))[1],
             best_over_random_init=gain, compared_with=baseline, wall_s=cell.wall_s))
   return rows
 
@@ -79,7 +81,8 @@ def csv_rows(cells: Sequence[CellResult]) -> List[Dict[str, Any]]:
 CSV_FIELDS = ("evaluation", "family", "cell", "root", "kind", "method", "architecture", "mode",
               "width", "layer", "depth", "dim", "top1", "top5", "loss", "knn_top1", "head_lr",
               "head_weight_decay", "best",
-              "pretext_accuracy", "best_over_random_init", "compared_with", "wall_s")
+              "pretext_accuracy", "pretext_metric", "pretext_value", "best_over_random_init",
+              "compared_with", "wall_s")
 
 
 def report_data(cells: Sequence[CellResult], failures: Sequence[Mapping[str, Any]] = (),
@@ -93,7 +96,9 @@ def report_data(cells: Sequence[CellResult], failures: Sequence[Mapping[str, Any
         layers=layers,
         cells=[dict(name=c.name, root=c.root, kind=c.kind, method=c.method,
                     architecture=c.architecture, mode=c.mode, width=c.width,
-                    pretext_accuracy=c.pretext_accuracy, best_layer=c.best_layer,
+                    pretext_accuracy=c.pretext_accuracy,
+                    pretext_metric=dict(zip(("name", "value"), c.pretext_metric))
+                    if c.pretext_metric else None, best_layer=c.best_layer,
                     best_top1=c.top1(c.best_layer) if c.best_layer else None,
                     best_over_random_init=best_over_baseline(c, group),
                     compared_with=baseline_label(c, group) if c.kind != RANDOM_INIT else None,
@@ -126,8 +131,11 @@ def write_report(cells: Sequence[CellResult], out_dir: str, roots: Sequence[str]
   lines.append("")
   lines.append("Each table: top-1 accuracy (%) on the test split of a linear (or MLP) classifier "
                "trained on the frozen features of each layer, layers in depth order; **bold**: "
-               "the row's best layer. *pretext acc.*: accuracy of the pretext task on its "
-               "validation split (for the supervised reference, the class labels). Reference "
+               "the row's best layer. *pretext*: accuracy of the pretext task on its "
+               "validation split (for the supervised reference, the class labels), or the "
+               "measure the method names as its own where that is not an accuracy (BYOL: the "
+               "cosine of prediction and target; Barlow Twins: the mean correlation of a "
+               "dimension across views; SwAV: the codes' entropy). Reference "
                "rows: the supervised network and the randomly initialised one (baseline). "
                "*vs random init*: the row's best-layer top-1 less that of the random-init "
                "baseline of the same architecture and width on the same evaluation input (the "
@@ -209,8 +217,7 @@ def summary_text(cells: Sequence[CellResult], failures: Sequence[Mapping[str, An
     width = max(len(c.name) for c in group)
     for c in group:
       best = c.best_layer
-      pretext = (f"  pretext {pct(c.pretext_accuracy)}%"
-                 if c.pretext_accuracy is not None else "")
+      pretext = f"  pretext {pretext_text(c)}" if c.pretext_metric is not None else ""
       lines.append(f"  {c.name.ljust(width)}  best {str(best).ljust(10)} "
                    f"{pct(c.top1(best) if best else None):>5}%{pretext}  "
                    f"({format_duration(c.wall_s, '-', hours_with_seconds=False)})")

@@ -57,6 +57,15 @@ def pct(value: Optional[float]) -> str:
   return "-" if value is None else f"{100 * value:.1f}"
 
 
+def pretext_text(cell: CellResult) -> str:
+  """The cell's pretext metric as the tables show it: an accuracy in %, another by its name."""
+  metric = cell.pretext_metric
+  if metric is None:
+    return "-"
+  name, value = metric
+  return f"{pct(value)}%" if name == "accuracy" else f"{name} {value:.3f}"
+
+
 def md(text: Any) -> str:
   return str(text).replace("|", "\\|")
 
@@ -120,7 +129,7 @@ def best_over_baseline(cell: CellResult, group: Sequence[CellResult]) -> Optiona
 
 
 def markdown_table(cells: Sequence[CellResult], layers: Sequence[str]) -> str:
-  header = (["cell", "method", "architecture", "width", "pretext acc."] + list(layers) +
+  header = (["cell", "method", "architecture", "width", "pretext"] + list(layers) +
             ["best layer", "vs random init", "compared with", "wall time"])
   lines = ["| " + " | ".join(header) + " |",
            "|" + "|".join([":--"] * 3 + ["--:"] * (len(header) - 7) +
@@ -131,7 +140,7 @@ def markdown_table(cells: Sequence[CellResult], layers: Sequence[str]) -> str:
     for layer in layers:
       text = pct(cell.top1(layer))
       values.append(f"**{text}**" if layer == best and text != "-" else text)
-    pretext = pct(cell.pretext_accuracy) if cell.kind != RANDOM_INIT else "-"
+    pretext = md(pretext_text(cell)) if cell.kind != RANDOM_INIT else "-"
     gain = best_over_baseline(cell, cells)
     lines.append("| " + " | ".join(
         [_label(cell), md(cell.method), md(cell.arch_label()),

@@ -20,7 +20,8 @@ VGG = ["block1", "block2", "block3", "block4", "block5", "fc6", "pre_logits"]
 def write_cell(root, name, kind, method, arch, width, top1, order=None, pretext_acc=None,
                mode="v2", wall_s=100.0, with_state=True, dataset="shapes",
                evaluation="linear_eval", eval_spec="resize,-1_to_1", task="linear_eval",
-               low_label=None, run=None, baseline=None):
+               low_label=None, run=None, baseline=None, pretext_metrics=None,
+               pretext_metric=None):
   """A cell directory as the runner leaves it: cell.json, pretext_results.json and
   <evaluation>/results.json (without cell.json: results.json in the directory itself)."""
   directory = os.path.join(root, name)
@@ -49,10 +50,14 @@ def write_cell(root, name, kind, method, arch, width, top1, order=None, pretext_
   }
   with open(os.path.join(results_dir, "results.json"), "w") as f:
     json.dump(results, f)
-  if pretext_acc is not None:
+  if pretext_acc is not None or pretext_metrics:
+    pretext = {"config": {"task": method, "epochs": 3.0},
+               "metrics": pretext_metrics or {"accuracy": pretext_acc},
+               "run": run, "times": {"training_s": 600.0, "total_s": 700.0}}
+    if pretext_metric:
+      pretext["pretext_metric"] = pretext_metric
     with open(os.path.join(directory, "pretext_results.json"), "w") as f:
-      json.dump({"config": {"task": method, "epochs": 3.0}, "metrics": {"accuracy": pretext_acc},
-                 "run": run, "times": {"training_s": 600.0, "total_s": 700.0}}, f)
+      json.dump(pretext, f)
   if with_state:
     state = {"name": name, "kind": kind, "method": method, "architecture": arch,
              "mode": mode if arch == "resnet50" else None, "width": width, "wall_s": wall_s,
@@ -183,17 +188,17 @@ def test_report_tables_best_layer_csv_json_and_plots(root, tmp_path):
   assert paths["markdown"] == os.path.join(root, "report", "report.md")
   md = open(paths["markdown"]).read()
   # One table per family, columns in depth order.
-  resnet_header = ("| cell | method | architecture | width | pretext acc. | after_root | block1 | "
+  resnet_header = ("| cell | method | architecture | width | pretext | after_root | block1 | "
                    "block2 | block3 | block4 | pre_logits | best layer | vs random init | "
                    "compared with | wall time |")
-  vgg_header = ("| cell | method | architecture | width | pretext acc. | block1 | block2 | "
+  vgg_header = ("| cell | method | architecture | width | pretext | block1 | block2 | "
                 "block3 | block4 | block5 | fc6 | pre_logits | best layer | vs random init | "
                 "compared with | wall time |")
   assert resnet_header in md and vgg_header in md
   assert md.index("ResNet / RevNet") < md.index("- VGG")
   # Rows: the method first, then the references; best layer bold; pretext accuracy; wall time.
   rows = [l for l in md.splitlines() if l.startswith("| ") and "resnet50" in l]
-  assert rows[0].startswith("| rotation-resnet50_v2-w1 | rotation | resnet50 v2 | 1 | 90.0 | "
+  assert rows[0].startswith("| rotation-resnet50_v2-w1 | rotation | resnet50 v2 | 1 | 90.0% | "
                             "30.0 | 32.0 | 34.0 | **50.0** | 38.0 | 40.0 | block3 | +20.0 | "
                             "random_init-resnet50_v2-w1 | 12m34s |")
   assert rows[1].startswith("| *supervised-resnet50_v2-w1* (reference) |")
@@ -201,7 +206,7 @@ def test_report_tables_best_layer_csv_json_and_plots(root, tmp_path):
   assert "| block1 | - |" in rows[2]  # The baseline itself.
   assert rows[2].startswith("| *random_init-resnet50_v2-w1* (baseline) | random_init | "
                             "resnet50 v2 | 1 | - | 10.0 | **30.0** |")
-  assert "| rotation-vgg19-w1 | rotation | vgg19 | 1 | 80.0 | 20.0 | 21.0 | 22.0 | **53.0** |" in md
+  assert "| rotation-vgg19-w1 | rotation | vgg19 | 1 | 80.0% | 20.0 | 21.0 | 22.0 | **53.0** |" in md
   assert "| block4 | - | - |" in md  # No VGG baseline to compare with.
   assert "## Failed cells" in md and "unknown task 'jigsaw'" in md
   assert "## Configs" in md and "--run_eval" in md
@@ -279,7 +284,7 @@ def test_merging_two_roots(root, tmp_path):
   assert f"report: {out}/report.md" in proc.stdout
   md = open(os.path.join(out, "report.md")).read()
   assert "| rotation-resnet50_v2-w1 |" in md and "| rotation-resnet50_v2-w2 |" in md
-  assert "| rotation-vgg19-w1 | rotation | vgg19 | 1 | 85.0 | **60.0** | 60.0 |" in md
+  assert "| rotation-vgg19-w1 | rotation | vgg19 | 1 | 85.0% | **60.0** | 60.0 |" in md
   assert (f"rotation-vgg19-w1 (linear_eval): results in {other} (newer) used, {root} ignored"
           in md)
   data = json.load(open(os.path.join(out, "report.json")))
@@ -425,3 +430,30 @@ def test_cells_that_differ_only_in_their_seed_show_their_spread(tmp_path):
   assert cells[2 + RESNET.index("block1")] == "30.0 (30.0-30.0)"
   assert cells[-1] == "53.0 (50.0-56.0)"
   assert "rotation-resnet50_v2-w2" not in row  # Another width is not another seed.
+
+
+def test_a_method_without_an_accuracy_shows_the_metric_it_names(tmp_path):
+  """BYOL names its cosine (pretext_results.json's pretext_metric): the tables, the summary, the
+  CSV and the JSON show it by name; an accuracy is shown in %, also from files written before
+  the name was recorded."""
+  root = str(tmp_path / "root")
+  write_cell(root, "byol-resnet50_v2-w1", "pretext", "byol", "resnet50", 1, resnet_values(1),
+             pretext_metrics={"cosine": 0.7443, "loss": 1.02}, pretext_metric="cosine")
+  write_cell(root, "simclr-resnet50_v2-w1", "pretext", "simclr", "resnet50", 1,
+             resnet_values(2), pretext_metrics={"accuracy": 0.328, "contrast_acc": 0.4})
+  write_cell(root, "random_init-resnet50_v2-w1", "random_init", "random_init", "resnet50", 1,
+             resnet_values(0, 0.1))
+  paths, summary = report_lib.make_report([root])
+  md = open(paths["markdown"]).read()
+  assert "| byol-resnet50_v2-w1 | byol | resnet50 v2 | 1 | cosine 0.744 | " in md
+  assert "| simclr-resnet50_v2-w1 | simclr | resnet50 v2 | 1 | 32.8% | " in md
+  assert "pretext cosine 0.744" in summary and "pretext 32.8%" in summary
+  with open(paths["csv"]) as f:
+    rows = {r["cell"]: r for r in csv.DictReader(f)}
+  assert rows["byol-resnet50_v2-w1"]["pretext_metric"] == "cosine"
+  assert float(rows["byol-resnet50_v2-w1"]["pretext_value"]) == pytest.approx(0.7443)
+  assert rows["byol-resnet50_v2-w1"]["pretext_accuracy"] == ""
+  assert rows["simclr-resnet50_v2-w1"]["pretext_metric"] == "accuracy"
+  cells = {c["name"]: c for c in json.load(open(paths["json"]))["tables"][0]["cells"]}
+  assert cells["byol-resnet50_v2-w1"]["pretext_metric"] == {"name": "cosine", "value": 0.7443}
+  assert cells["random_init-resnet50_v2-w1"]["pretext_metric"] is None
