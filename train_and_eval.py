@@ -205,9 +205,11 @@ def run(config, print_fn=print, restart: bool = False, stop=None):
   if stop is not None:
     stop.install()  # Over the SIGTERM handler of TensorFlow's multi-worker runtime.
   config_lib.check_replicas(config, strategy.num_replicas_in_sync)
+  method = methods.get_method(config.task)
+  if hasattr(method, "check_replicas"):
+    method.check_replicas(config, strategy.num_replicas_in_sync)
   if note:
     print_fn(f"note: {note}")
-  method = methods.get_method(config.task)
   if move and trainer_lib.worker_id(strategy) is None:  # The chief moves, the others see it.
     print_fn(f"{move} moved to {files.move_aside(config.workdir)}")
   start = time.time()

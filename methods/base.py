@@ -8,6 +8,8 @@ A method module exposes (the preprocessing ops that make its labels are core/spe
   serving_input_shape(image_shape): the [H,W,C] of one image as the backbone sees it.
   USES_LABELS (optional, default False): True where it trains on the dataset's labels, which
     then need at least two classes.
+  check_replicas(config, replicas) (optional): raises core.errors.ConfigError where the method
+    cannot split its batch over that many replicas (before training starts).
   PRETEXT_METRIC (optional, default "accuracy"): the metric of its own that tells how well it does
     its task, the one the reports show (e.g. BYOL's "cosine").
 

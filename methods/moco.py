@@ -65,6 +65,15 @@ def validate(config) -> None:
                       f"--batch_size={config.batch_size} (each step replaces a batch of keys)")
 
 
+def check_replicas(config, replicas: int) -> None:
+  """Each replica's share of the batch must split into --shuffle_bn_groups groups of 2 or more."""
+  local = config.batch_size // replicas
+  if local % config.shuffle_bn_groups or local // config.shuffle_bn_groups < 2:
+    raise ConfigError(f"--shuffle_bn_groups={config.shuffle_bn_groups} must divide each of the "
+                      f"{replicas} replicas' {local} images into groups of at least 2 (the "
+                      "shuffle is within a replica); use fewer groups or a larger --batch_size")
+
+
 def build_model(config, image_shape, num_classes):
   del num_classes  # No labels.
   return base.build_teacher_model(config, image_shape, hidden_layers=1, last_bn=False,

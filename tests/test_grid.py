@@ -873,8 +873,8 @@ def test_every_shipped_grid_parses_and_pairs_each_trained_cell_with_a_baseline(n
 
 
 def test_the_paper_grid_probes_the_patch_methods_on_patches_of_their_export_size(known):
-  """imagenet_paper.toml: 77 trained cells and 14 random-init baselines on whole images and 14 on
-  the patch methods' patches (91, as its header says). Each patch method's cell is probed on
+  """imagenet_paper.toml: 81 trained cells and 14 random-init baselines on whole images and 14 on
+  the patch methods' patches (95, as its header says). Each patch method's cell is probed on
   3x3 patches of the size its export takes, with the baseline of its architecture and width on
   the same patches; the other cells on whole 224x224 images."""
   from datasets.preprocess import patch_geometry  # The grid layer itself never imports TF.
@@ -882,7 +882,7 @@ def test_the_paper_grid_probes_the_patch_methods_on_patches_of_their_export_size
                             known)
   kinds = collections.Counter(
       (c.kind, c.name.endswith("-patches")) for c in grid.cells)
-  assert len(grid.cells) == 91
+  assert len(grid.cells) == 95
   assert kinds[("random_init", True)] == kinds[("random_init", False)] == 14
   for cell in grid.cells:
     if cell.pretext_flags is None:
@@ -920,7 +920,7 @@ def test_a_smoke_run_keeps_every_cell_and_setting_but_the_amount_of_work(known):
   first images, small batches, one epoch with the flagfiles' schedules scaled to it."""
   path = os.path.join(REPO_ROOT, "configs", "grids", "imagenet_paper.toml")
   full, smoke = gridfile.load_grid(path, known), gridfile.load_grid(path, known, smoke=True)
-  assert len(smoke.cells) == len(full.cells) == 91
+  assert len(smoke.cells) == len(full.cells) == 95
   renamed = {c.name: s for c, s in zip(full.cells, smoke.cells)}
   assert renamed["rotation-resnet50_v2-w16"].name == "rotation-resnet50_v2-w4"
   assert renamed["jigsaw-vgg19-w16"].name == "jigsaw-vgg19-w2"

@@ -206,3 +206,7 @@ def test_validation():
   with pytest.raises(ConfigError, match="--moco_queue_size=10 must be a multiple of "
                                         "--batch_size=4"):
     moco.validate(tiny_config(moco_queue_size=10))
+  moco.check_replicas(tiny_config(batch_size=16, shuffle_bn_groups=4), 2)  # 2 groups of 4 each.
+  with pytest.raises(ConfigError, match="--shuffle_bn_groups=4 must divide each of the 4 "
+                                        "replicas' 4 images into groups of at least 2"):
+    moco.check_replicas(tiny_config(batch_size=16, shuffle_bn_groups=4), 4)

@@ -23,7 +23,8 @@ def imagenet_sized_dir(tmp_path_factory):
 # kind of input (whole images, patches) and of each kind of cell, the widest where it matters.
 PAPER_CELLS = ["rotation-resnet50_v1-w12", "rotation-resnet50_v2-w16", "exemplar-resnet50_v1-w16",
                "jigsaw-vgg19-w16", "simclr-resnet50_v1-w16", "supervised-vgg19-w8",
-               "random_init-vgg19-w16", "random_init-revnet50-w16-patches"]
+               "random_init-vgg19-w16", "random_init-revnet50-w16-patches",
+               "byol-resnet50_v1-w4", "moco-resnet50_v1-w4"]
 
 
 @pytest.mark.parametrize("grid_file,patterns", [
