@@ -71,10 +71,11 @@ _ALL = (PRETEXT, EVAL, FINE_TUNE)
 _OPTIONS = [
     # Experiment.
     Option("task", "string", None, "Pretext task (rotation, jigsaw, relative_patch_location, "
-           "exemplar, simclr, barlow_twins, byol, moco, swav, supervised), or an evaluation of an export: "
-           "linear_eval (probes of every frozen layer), probe_series (those probes at every checkpoint that "
-           "--eval_every_epochs kept), fine_tune (the whole backbone and a new linear head) or "
-           "cka (linear CKA between every layer of it and of --cka_other, on --val_split).",
+           "exemplar, simclr, barlow_twins, byol, moco, swav, supervised), or an evaluation of an "
+           "export: linear_eval (probes of every frozen layer), probe_series (those probes at "
+           "every checkpoint that --eval_every_epochs kept), fine_tune (the whole backbone and a "
+           "new linear head) or cka (linear CKA between every layer of it and of --cka_other, on "
+           "--val_split).",
            configs=_P),
     Option("workdir", "string", None, "Directory for checkpoints, summaries, export and results.",
            affects_results=False),

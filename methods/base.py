@@ -129,11 +129,11 @@ class ProjectedModel(keras.Model):
 def build_projected_model(config, image_shape, hidden_layers: int, last_bn: bool,
                           sync_bn: Optional[bool] = None, name: Optional[str] = None,
                           cls=ProjectedModel, **model_kwargs) -> ProjectedModel:
-  """A `cls` (a ProjectedModel, given `model_kwargs`) of the config's backbone plus a ProjectionHead on
-  its pre_logits: `hidden_layers` of --proj_hidden_dim units (default: the pre_logits' width),
-  then --proj_out_dim; built for the per-example views [2,H,W,C] of 'simclr_views' (SimCLR,
-  Barlow Twins, BYOL, MoCo, SwAV). `sync_bn`: batch norm across replicas (default: under a
-  multi-replica strategy, as every backbone)."""
+  """A `cls` (a ProjectedModel, given `model_kwargs`) of the config's backbone plus a
+  ProjectionHead on its pre_logits: `hidden_layers` of --proj_hidden_dim units (default: the
+  pre_logits' width), then --proj_out_dim; built for the per-example views [2,H,W,C] of
+  'simclr_views' (SimCLR, Barlow Twins, BYOL, MoCo, SwAV). `sync_bn`: batch norm across replicas
+  (default: under a multi-replica strategy, as every backbone)."""
   if len(image_shape) != 4 or image_shape[0] != NUM_VIEWS:
     raise ValueError(f"{config.task} expects per-example views [2,H,W,C] from 'simclr_views', "
                      f"got {list(image_shape)}")
@@ -161,7 +161,6 @@ class TeacherDefaults:
   schedule (constant, or cosine: from `momentum` at the start to 1 at the end, BYOL's)."""
   momentum: float
   schedule: str
-
 
 
 class TeacherModel(keras.Model):
