@@ -22,7 +22,6 @@ of the other C_ij (0: the dimensions uncorrelated).
 
 import tensorflow as tf
 
-from core.errors import ConfigError
 from datasets.copies import NUM_VIEWS
 from methods import base
 
@@ -33,9 +32,7 @@ PRETEXT_METRIC = "on_diagonal"
 
 def validate(config) -> None:
   base.require_op(config, "simclr_views", "resize,simclr_views,-1_to_1")
-  if config.batch_size < 2:
-    raise ConfigError(f"--batch_size={config.batch_size}: barlow_twins needs at least 2 images per "
-                      "batch (its embeddings are normalised over the batch)")
+  base.require_two_images(config, "(its embeddings are normalised over the batch)")
 
 
 def build_model(config, image_shape, num_classes):

@@ -287,11 +287,11 @@ def require_op(config, op: str, example: str) -> None:
                       f"{config.preprocessing!r} (e.g. {example!r})")
 
 
-def require_negatives(config) -> None:
-  """ConfigError unless a batch holds at least 2 images: other images are the negatives."""
+def require_two_images(config, why: str = "for negatives") -> None:
+  """ConfigError unless a batch holds at least 2 images (`why`: what the others are for)."""
   if config.batch_size < 2:
     raise ConfigError(f"--batch_size={config.batch_size}: {config.task} needs at least 2 images "
-                      "per batch for negatives")
+                      f"per batch {why}")
 
 
 def check_mode(mode: str) -> None:

@@ -23,7 +23,7 @@ def validate(config) -> None:
   if config.num_of_inception_patches < 2:
     raise ConfigError(f"--num_of_inception_patches={config.num_of_inception_patches}: exemplar "
                       "needs at least 2 copies per image for a positive pair")
-  base.require_negatives(config)
+  base.require_two_images(config)
 
 
 def build_model(config, image_shape, num_classes):

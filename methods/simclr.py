@@ -30,7 +30,7 @@ _LARGE = 1e9  # Masks a view's similarity with itself.
 
 def validate(config) -> None:
   base.require_op(config, "simclr_views", "resize,simclr_views,-1_to_1")
-  base.require_negatives(config)
+  base.require_two_images(config)
 
 
 def build_model(config, image_shape, num_classes):

@@ -28,7 +28,6 @@ in nats (ln K: spread over all prototypes; 0: one prototype), the pretext metric
 import keras
 import tensorflow as tf
 
-from core.errors import ConfigError
 from datasets.copies import NUM_VIEWS
 from methods import base
 
@@ -54,9 +53,7 @@ def normalise_prototypes(model) -> None:
 
 def validate(config) -> None:
   base.require_op(config, "simclr_views", "resize,simclr_views,-1_to_1")
-  if config.batch_size < 2:
-    raise ConfigError(f"--batch_size={config.batch_size}: swav needs at least 2 images per batch "
-                      "(its codes spread the batch over the prototypes)")
+  base.require_two_images(config, "(its codes spread the batch over the prototypes)")
 
 
 def build_model(config, image_shape, num_classes):
