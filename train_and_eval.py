@@ -120,7 +120,8 @@ def check_workdir(config, plan, restart: bool = False):
   the workdir holds training made with other settings that change results
   (options.result_differences; those of options.AFTER_TRAINING aside) and --restart is off.
   The one change it goes on under is a longer or shorter --epochs on the step schedule, from a
-  checkpoint no later than the new end: the rates up to there are the same."""
+  checkpoint no later than the new end: the rates up to there are the same (not where a
+  teacher's momentum rises over the whole training: it would have been another)."""
   from core import files  # pylint: disable=g-import-not-at-top
   from core.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
@@ -152,12 +153,19 @@ def check_workdir(config, plan, restart: bool = False):
   if not trained:
     return (f"the earlier run in {workdir} ({changed}) trained nothing: its files", None)
   step = _checkpoint_step(workdir)
+  import methods  # pylint: disable=g-import-not-at-top
+  from methods import base as method_base  # pylint: disable=g-import-not-at-top
+  teacher = getattr(methods.get_method(config.task), "TEACHER", None)
+  spans_training = teacher is not None and method_base.teacher_schedule(
+      config, teacher) != options.TEACHER_SCHEDULES[0]
   if [name for name, _, _ in differences] == ["epochs"] and config.lr_schedule == "step" and (
-      step is None or step <= plan.total_steps):
+      not spans_training) and (step is None or step <= plan.total_steps):
     return None, (f"--epochs {previous.epochs:g} -> {config.epochs:g}: training goes on from "
                   f"step {step or 0} to {plan.total_steps} (the step schedule is the same up to "
                   "there)")
   at = f", up to step {step}" if step is not None else ""
+  if spans_training and [name for name, _, _ in differences] == ["epochs"]:
+    at += "; the teacher's momentum rises to 1 over --epochs"
   raise ConfigError(
       f"--workdir={workdir} holds a run trained with other settings ({changed}{at}); going on "
       "would label that training with the new ones. Use another --workdir, or add --restart to "

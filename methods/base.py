@@ -207,13 +207,17 @@ def build_teacher_model(config, image_shape, hidden_layers: int, last_bn: bool,
   return model
 
 
+def teacher_schedule(config, defaults: TeacherDefaults) -> str:
+  """--teacher_momentum_schedule, or the method's."""
+  return config.teacher_momentum_schedule or defaults.schedule
+
+
 def teacher_momentum(config, defaults: TeacherDefaults, progress: tf.Tensor) -> tf.Tensor:
   """The teacher's momentum after `progress` (share of training done) under --teacher_momentum
   and --teacher_momentum_schedule (each defaulting to the method's `defaults`)."""
   start = defaults.momentum if config.teacher_momentum is None else config.teacher_momentum
-  schedule = config.teacher_momentum_schedule or defaults.schedule
   start = tf.constant(start, tf.float32)
-  if schedule == options.TEACHER_SCHEDULES[0]:  # constant
+  if teacher_schedule(config, defaults) == options.TEACHER_SCHEDULES[0]:  # constant
     return start
   return 1.0 - (1.0 - start) * (tf.cos(math.pi * tf.cast(progress, tf.float32)) + 1.0) / 2.0
 

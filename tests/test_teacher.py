@@ -176,3 +176,30 @@ def test_a_stopped_run_resumes_with_the_same_teacher_and_queue(tmp_path, shapes_
   assert done["pointer"] == 6 * 8 % 16
   assert not np.array_equal(done["queue"], stopped["queue"])
   assert any(not np.array_equal(a, b) for a, b in zip(done["teacher"], stopped["teacher"]))
+
+
+@pytest.mark.parametrize("schedule,goes_on", [("cosine", False), ("constant", True)])
+def test_a_longer_run_goes_on_only_where_the_teachers_momentum_does_not_span_training(
+    tmp_path, schedule, goes_on):
+  """A longer --epochs on the step schedule goes on from the checkpoint where every rate up to it
+  is the same: not under BYOL's momentum rising to 1 over the whole run, which would have been
+  lower at every step done."""
+  import train_and_eval  # pylint: disable=g-import-not-at-top
+  from core import files  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "wd"
+  (workdir / "checkpoints").mkdir(parents=True)
+  (workdir / "checkpoints" / "ckpt-2.index").write_text("")
+  (workdir / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-2"\n')
+  trained = _tiny("byol", workdir=str(workdir), lr_schedule="step", epochs=1,
+                  teacher_momentum_schedule=schedule)
+  files.write_json_atomic(str(workdir / files.CONFIG_FILE), trained.to_dict())
+  longer = trainer_lib.Plan(num_train_examples=32, steps_per_epoch=4.0, total_steps=8)
+  config = _tiny("byol", workdir=str(workdir), lr_schedule="step", epochs=2,
+                 teacher_momentum_schedule=schedule)
+  if goes_on:
+    move, note = train_and_eval.check_workdir(config, longer)
+    assert move is None and note.startswith("--epochs 1 -> 2: training goes on from step 2")
+  else:
+    with pytest.raises(ConfigError, match=r"other settings \(epochs 1 -> 2, up to step 2; the "
+                                          r"teacher's momentum rises to 1 over --epochs\)"):
+      train_and_eval.check_workdir(config, longer)
