@@ -2,10 +2,6 @@
 and gradients over two replicas against one device, the settings it refuses, training and
 export."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -16,10 +12,9 @@ from core.config import Config
 from core.errors import ConfigError
 from methods import barlow_twins
 from methods import base
+from tests import replicas
 import train_and_eval
 from training import export as export_lib
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def numpy_barlow_loss(z, off_diagonal_weight):
@@ -80,13 +75,10 @@ def test_the_same_embedding_on_both_views_correlates_fully_and_unrelated_ones_do
 
 
 _TWO_REPLICAS = textwrap.dedent("""
-    import json, sys
-    import numpy as np
+    from tests import replicas
+    strategy = replicas.two_cpus()
     import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from methods import barlow_twins
-    z = tf.constant(np.array(json.loads(sys.argv[1]), np.float32))
 
     def loss_and_grad(local):
       with tf.GradientTape() as tape:
@@ -96,16 +88,7 @@ _TWO_REPLICAS = textwrap.dedent("""
         scaled = loss / tf.distribute.get_replica_context().num_replicas_in_sync
       return scaled, tape.gradient(scaled, local)
 
-    one = loss_and_grad(z)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    half = z.shape[0] // 2
-    parts = strategy.experimental_distribute_values_from_function(
-        lambda ctx: z[ctx.replica_id_in_sync_group * half:(ctx.replica_id_in_sync_group + 1) * half])
-    loss, grads = strategy.run(tf.function(loss_and_grad), args=(parts,))
-    local = lambda t: np.concatenate([v.numpy() for v in strategy.experimental_local_results(t)])
-    print(json.dumps({"one": [float(one[0]), one[1].numpy().tolist()],
-                      "two": [float(strategy.reduce("SUM", loss, axis=None)),
-                              local(grads).tolist()]}))
+    replicas.compare(strategy, loss_and_grad, *replicas.inputs())
     """)
 
 
@@ -114,11 +97,7 @@ def test_loss_and_gradients_over_two_replicas_match_one_device():
   and correlated over the global batch, so the summed loss and every row's gradient equal one
   device's."""
   z = np.random.default_rng(7).normal(size=(24, 6)).astype(np.float32)
-  proc = subprocess.run([sys.executable, "-c", _TWO_REPLICAS, json.dumps(z.tolist())],
-                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
-  (loss_one, grad_one), (loss_two, grad_two) = out["one"], out["two"]
+  (loss_one, grad_one), (loss_two, grad_two) = replicas.run(_TWO_REPLICAS, z)
   np.testing.assert_allclose(loss_one, numpy_barlow_loss(z, 0.0051)[0], rtol=1e-5)
   np.testing.assert_allclose(loss_two, loss_one, rtol=1e-5)
   np.testing.assert_allclose(np.array(grad_two), np.array(grad_one), rtol=1e-4, atol=1e-6)

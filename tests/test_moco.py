@@ -3,9 +3,6 @@ keys leave first; a batch's positives are not among its negatives), shuffled bat
 key made in a shuffled group and put back with its image), the queue over two replicas, the
 settings it refuses."""
 
-import json
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -16,7 +13,7 @@ from core.config import Config
 from core.errors import ConfigError
 from methods import base
 from methods import moco
-from tests.conftest import REPO_ROOT
+from tests import replicas
 
 
 def numpy_info_nce(q, k, queue, temperature):
@@ -141,13 +138,11 @@ def test_groups_have_their_own_batch_statistics(model):
 
 
 _TWO_REPLICAS = textwrap.dedent("""
-    import json, sys
-    import numpy as np
+    from tests import replicas
+    strategy = replicas.two_cpus()
     import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from methods import moco
-    q, k, queue = (tf.constant(np.array(a, np.float32)) for a in json.loads(sys.argv[1]))
+    q, k, queue = replicas.inputs()
 
     class Queue:
       def __init__(self):
@@ -157,12 +152,8 @@ _TWO_REPLICAS = textwrap.dedent("""
     one = Queue()
     loss_one = float(tf.reduce_mean(moco.info_nce(q, k, one.queue, 0.2)[0]))
     moco.enqueue(one, k)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
       two = Queue()
-    half = q.shape[0] // 2
-    split = lambda t: strategy.experimental_distribute_values_from_function(
-        lambda ctx: t[ctx.replica_id_in_sync_group * half:(ctx.replica_id_in_sync_group + 1) * half])
 
     @tf.function
     def step(q, k):
@@ -173,21 +164,17 @@ _TWO_REPLICAS = textwrap.dedent("""
       moco.enqueue(two, strategy.gather(k, axis=0))
       return strategy.reduce("SUM", loss, axis=None)
 
-    loss_two = float(step(split(q), split(k)))
-    print(json.dumps({"one": [loss_one, one.queue.numpy().tolist(), int(one.queue_pointer.numpy())],
-                      "two": [loss_two, two.queue.numpy().tolist(), int(two.queue_pointer.numpy())]}))
+    loss_two = float(step(replicas.split(strategy, q), replicas.split(strategy, k)))
+    replicas.emit([loss_one, one.queue.numpy().tolist(), int(one.queue_pointer.numpy())],
+                  [loss_two, two.queue.numpy().tolist(), int(two.queue_pointer.numpy())])
     """)
 
 
 def test_loss_and_queue_over_two_replicas_match_one_device():
   rng = np.random.default_rng(9)
   q, k, queue = _unit(rng, 8, 6), _unit(rng, 8, 6), _unit(rng, 16, 6)
-  proc = subprocess.run([sys.executable, "-c", _TWO_REPLICAS,
-                         json.dumps([q.tolist(), k.tolist(), queue.tolist()])],
-                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
-  (loss_one, queue_one, pointer_one), (loss_two, queue_two, pointer_two) = out["one"], out["two"]
+  (loss_one, queue_one, pointer_one), (loss_two, queue_two, pointer_two) = replicas.run(
+      _TWO_REPLICAS, q, k, queue)
   np.testing.assert_allclose(loss_one, numpy_info_nce(q, k, queue, 0.2)[0].mean(), rtol=1e-5)
   np.testing.assert_allclose(loss_two, loss_one, rtol=1e-5)
   np.testing.assert_array_equal(np.array(queue_two), np.array(queue_one))

@@ -1,10 +1,6 @@
 """SimCLR: NT-Xent against NumPy, the pairs in the order the backbone sees the views, the loss
 and gradients over two replicas against one device, the views op, training and export."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -18,10 +14,9 @@ from datasets import copies
 from datasets import preprocess
 from methods import base
 from methods import simclr
+from tests import replicas
 import train_and_eval
 from training import export as export_lib
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def numpy_nt_xent(z, temperature):
@@ -143,13 +138,10 @@ def test_each_view_is_paired_with_the_other_view_of_its_image():
 
 
 _TWO_REPLICAS = textwrap.dedent("""
-    import json, sys
-    import numpy as np
+    from tests import replicas
+    strategy = replicas.two_cpus()
     import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from methods import simclr
-    z = tf.constant(np.array(json.loads(sys.argv[1]), np.float32))
     temperature = 0.3
 
     def loss_and_grad(local):
@@ -160,19 +152,7 @@ _TWO_REPLICAS = textwrap.dedent("""
         scaled = tf.reduce_mean(loss) / tf.distribute.get_replica_context().num_replicas_in_sync
       return scaled, tape.gradient(scaled, local), hits, firsts
 
-    one = loss_and_grad(z)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    half = z.shape[0] // 2
-    parts = strategy.experimental_distribute_values_from_function(
-        lambda ctx: z[ctx.replica_id_in_sync_group * half:(ctx.replica_id_in_sync_group + 1) * half])
-    loss, grads, hits, firsts = strategy.run(tf.function(loss_and_grad), args=(parts,))
-    local = lambda t: np.concatenate([v.numpy() for v in strategy.experimental_local_results(t)])
-    print(json.dumps({
-        "one": [float(one[0]), one[1].numpy().tolist(), one[2].numpy().tolist(),
-                one[3].numpy().tolist()],
-        "two": [float(strategy.reduce("SUM", loss, axis=None)), local(grads).tolist(),
-                local(hits).tolist(), local(firsts).tolist()],
-    }))
+    replicas.compare(strategy, loss_and_grad, *replicas.inputs())
     """)
 
 
@@ -180,12 +160,8 @@ def test_loss_and_gradients_over_two_replicas_match_one_device():
   """On 2 logical CPUs each replica holds half the views: the negatives are still those of the
   global batch, so the summed loss, every view's gradient and the hits equal one device's."""
   z = _normalised(np.random.default_rng(7), 12, 5)
-  proc = subprocess.run([sys.executable, "-c", _TWO_REPLICAS, json.dumps(z.tolist())],
-                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
   (loss_one, grad_one, hits_one, firsts_one), (loss_two, grad_two, hits_two, firsts_two) = (
-      out["one"], out["two"])
+      replicas.run(_TWO_REPLICAS, z))
   expected_loss, _, expected_firsts = numpy_nt_xent(z, 0.3)
   np.testing.assert_allclose(loss_one, expected_loss.mean(), rtol=1e-5)
   np.testing.assert_allclose(loss_two, loss_one, rtol=1e-5)

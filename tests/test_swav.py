@@ -2,9 +2,6 @@
 paper's equations, the codes' marginals, the codes and loss over two replicas against one device,
 the prototypes kept on the unit sphere, the settings it refuses."""
 
-import json
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -15,7 +12,7 @@ from core.config import Config
 from core.errors import ConfigError
 from methods import base
 from methods import swav
-from tests.conftest import REPO_ROOT
+from tests import replicas
 
 
 def numpy_sinkhorn(scores, epsilon, iterations):
@@ -117,13 +114,10 @@ def test_model_fn_scores_unit_embeddings_against_unit_prototypes_kept_unit_after
 
 
 _TWO_REPLICAS = textwrap.dedent("""
-    import json, sys
-    import numpy as np
+    from tests import replicas
+    strategy = replicas.two_cpus()
     import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from methods import swav
-    scores = tf.constant(np.array(json.loads(sys.argv[1]), np.float32))
 
     def codes_and_loss(local):
       with tf.GradientTape() as tape:
@@ -134,16 +128,7 @@ _TWO_REPLICAS = textwrap.dedent("""
         scaled = loss / tf.distribute.get_replica_context().num_replicas_in_sync
       return codes, scaled, tape.gradient(scaled, local)
 
-    one = codes_and_loss(scores)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    half = scores.shape[0] // 2
-    parts = strategy.experimental_distribute_values_from_function(
-        lambda ctx: scores[ctx.replica_id_in_sync_group * half:(ctx.replica_id_in_sync_group + 1) * half])
-    codes, loss, grads = strategy.run(tf.function(codes_and_loss), args=(parts,))
-    local = lambda t: np.concatenate([v.numpy() for v in strategy.experimental_local_results(t)])
-    print(json.dumps({"one": [one[0].numpy().tolist(), float(one[1]), one[2].numpy().tolist()],
-                      "two": [local(codes).tolist(), float(strategy.reduce("SUM", loss, axis=None)),
-                              local(grads).tolist()]}))
+    replicas.compare(strategy, codes_and_loss, *replicas.inputs())
     """)
 
 
@@ -151,11 +136,8 @@ def test_codes_loss_and_gradients_over_two_replicas_match_one_device():
   """Each replica holds half of the images: Sinkhorn's sums run over the global batch, so the
   codes, the summed loss and every row's gradient equal one device's."""
   scores = _scores(np.random.default_rng(7), 24, 8, 6)
-  proc = subprocess.run([sys.executable, "-c", _TWO_REPLICAS, json.dumps(scores.tolist())],
-                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
-  (codes_one, loss_one, grad_one), (codes_two, loss_two, grad_two) = out["one"], out["two"]
+  (codes_one, loss_one, grad_one), (codes_two, loss_two, grad_two) = replicas.run(
+      _TWO_REPLICAS, scores)
   np.testing.assert_allclose(np.array(codes_one), numpy_sinkhorn(scores, 0.05, 3), rtol=1e-4,
                              atol=1e-6)
   np.testing.assert_allclose(np.array(codes_two), np.array(codes_one), rtol=1e-5, atol=1e-7)
