@@ -70,7 +70,7 @@ def model_fn(model, batch, mode, config):
   embeddings = tf.cast(end_points["logits"], tf.float32)  # 2i, 2i+1: the views of image i.
   predictions = {"embeddings": embeddings}
   if mode == base.PREDICT:
-    return base.ModelSpec(loss=None, metrics={}, predictions=predictions, end_points=end_points)
+    return base.predict_spec(predictions, end_points)
   loss, on_diagonal, off_diagonal = barlow_loss(cross_correlation(embeddings),
                                                 config.barlow_lambda)
   images = tf.shape(batch["image"])[:1]  # The batch's values, once per image (ModelSpec).

@@ -264,6 +264,19 @@ def global_batch(local: tf.Tensor):
   return tf.reshape(everything, [-1, local.shape[-1]]), replica * rows
 
 
+def swap_views(rows: tf.Tensor) -> tf.Tensor:
+  """Rows [2n, ...] in `flatten_stacked` order of two views (2i, 2i+1: image i), each image's two
+  rows exchanged: what each view is compared with (BYOL's targets, SwAV's codes)."""
+  views = tf.reshape(rows, tf.concat([[-1, NUM_VIEWS], tf.shape(rows)[1:]], 0))
+  return tf.reshape(views[:, ::-1], tf.shape(rows))
+
+
+def predict_spec(predictions: Dict[str, tf.Tensor], end_points: Dict[str, tf.Tensor]
+                 ) -> ModelSpec:
+  """The ModelSpec of PREDICT mode: no loss, no metrics."""
+  return ModelSpec(loss=None, metrics={}, predictions=predictions, end_points=end_points)
+
+
 def flatten_stacked(images: tf.Tensor) -> tf.Tensor:
   """Per-example stacks [B,P,H,W,C] (rotations, patches, copies, views) as one batch
   [B*P,H,W,C] in the order the backbone sees them: rows b*P .. b*P+P-1 are example b's."""
@@ -310,7 +323,7 @@ def classification_spec(logits: tf.Tensor, labels: tf.Tensor, mode: str,
   logits = tf.cast(logits, tf.float32)
   predictions = {"logits": logits, "classes": tf.argmax(logits, axis=-1, output_type=tf.int32)}
   if mode == PREDICT:
-    return ModelSpec(loss=None, metrics={}, predictions=predictions, end_points=end_points)
+    return predict_spec(predictions, end_points)
   labels = tf.cast(labels, tf.int32)
   per_example_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
   k = min(5, logits.shape[-1])

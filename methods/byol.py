@@ -57,18 +57,12 @@ def build_model(config, image_shape, num_classes):
 serving_input_shape = base.stacked_serving_input_shape
 
 
-def swap_views(rows: tf.Tensor) -> tf.Tensor:
-  """Rows (2i, 2i+1), the two views of image i, exchanged."""
-  views = tf.reshape(rows, [-1, NUM_VIEWS, rows.shape[-1]])
-  return tf.reshape(views[:, ::-1], tf.shape(rows))
-
-
 def byol_loss(predictions: tf.Tensor, targets: tf.Tensor):
   """(per-image loss [n], per-image mean cosine [n]) of the online `predictions` [2n, D] and the
   teacher's `targets` [2n, D] of the same views (rows 2i, 2i+1: image i): each prediction against
   the target of the other view of its image."""
   cosine = tf.reduce_sum(tf.math.l2_normalize(predictions, axis=1) *
-                         tf.math.l2_normalize(swap_views(targets), axis=1), axis=1)
+                         tf.math.l2_normalize(base.swap_views(targets), axis=1), axis=1)
   per_image = tf.reshape(cosine, [-1, NUM_VIEWS])
   return tf.reduce_sum(2.0 - 2.0 * per_image, axis=1), tf.reduce_mean(per_image, axis=1)
 
@@ -82,7 +76,7 @@ def model_fn(model, batch, mode, config):
   projections = tf.cast(end_points["logits"], tf.float32)
   predictions = {"embeddings": tf.math.l2_normalize(projections, axis=1)}
   if mode == base.PREDICT:
-    return base.ModelSpec(loss=None, metrics={}, predictions=predictions, end_points=end_points)
+    return base.predict_spec(predictions, end_points)
   online = tf.cast(model.predictor(end_points["logits"], training=training), tf.float32)
   targets = tf.stop_gradient(tf.cast(model.teacher(images, training=training)["logits"],
                                      tf.float32))

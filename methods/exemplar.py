@@ -55,7 +55,7 @@ def model_fn(model, batch, mode, config):
   end_points, embeddings = base.embed_stacked(model, images, mode)
   predictions = {"embeddings": embeddings}
   if mode == base.PREDICT:
-    return base.ModelSpec(loss=None, metrics={}, predictions=predictions, end_points=end_points)
+    return base.predict_spec(predictions, end_points)
   labels = tf.repeat(tf.range(tf.shape(images)[0]), num_copies)  # source image index
   pair_losses, positive = triplet_loss.triplet_semihard_pair_losses(labels, embeddings,
                                                                     config.margin)

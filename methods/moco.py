@@ -115,8 +115,7 @@ def model_fn(model, batch, mode, config):
   if mode == base.PREDICT:
     end_points = model(query_views, training=False)
     embeddings = tf.math.l2_normalize(tf.cast(end_points["logits"], tf.float32), axis=1)
-    return base.ModelSpec(loss=None, metrics={}, predictions={"embeddings": embeddings},
-                          end_points=end_points)
+    return base.predict_spec({"embeddings": embeddings}, end_points)
   end_points = in_groups(model.online, query_views, groups, training)
   queries = tf.math.l2_normalize(tf.cast(end_points["logits"], tf.float32), axis=1)
   order = tf.argsort(tf.random.uniform(tf.shape(key_views)[:1])) if training else \

@@ -63,7 +63,7 @@ def model_fn(model, batch, mode, config):
   end_points, embeddings = base.embed_stacked(model, batch["image"], mode)  # 2i, 2i+1: image i
   predictions = {"embeddings": embeddings}
   if mode == base.PREDICT:
-    return base.ModelSpec(loss=None, metrics={}, predictions=predictions, end_points=end_points)
+    return base.predict_spec(predictions, end_points)
   loss, hits, contrast_acc = nt_xent(embeddings, config.temperature)
   per_image = tf.reduce_sum(tf.reshape(loss, [-1, NUM_VIEWS]), axis=1)  # Both directions.
   return base.ModelSpec(loss=tf.reduce_mean(per_image),

@@ -85,9 +85,7 @@ def swav_loss(scores: tf.Tensor, codes: tf.Tensor, temperature: float):
   of the views (rows 2i, 2i+1: image i) and their `codes` [2n, K]: each view predicts the code of
   the other view of its image."""
   log_p = tf.nn.log_softmax(tf.cast(scores, tf.float32) / temperature, axis=1)
-  prototypes = tf.shape(codes)[-1:]
-  other = tf.reshape(tf.reshape(codes, tf.concat([[-1, NUM_VIEWS], prototypes], 0))[:, ::-1],
-                     tf.shape(codes))
+  other = base.swap_views(codes)
   cross_entropy = -tf.reduce_sum(other * log_p, axis=1)
   hits = tf.cast(tf.equal(tf.argmax(log_p, axis=1), tf.argmax(other, axis=1)), tf.float32)
   entropy = -tf.reduce_sum(codes * tf.math.log(tf.maximum(codes, 1e-30)), axis=1)
@@ -99,7 +97,7 @@ def model_fn(model, batch, mode, config):
   end_points, embeddings = base.embed_stacked(model, batch["image"], mode)  # 2i, 2i+1: image i
   predictions = {"embeddings": embeddings}
   if mode == base.PREDICT:
-    return base.ModelSpec(loss=None, metrics={}, predictions=predictions, end_points=end_points)
+    return base.predict_spec(predictions, end_points)
   scores = tf.cast(model.prototypes(embeddings), tf.float32)
   by_view = tf.reshape(scores, [-1, NUM_VIEWS, config.swav_prototypes])
   codes = tf.stack([sinkhorn(by_view[:, v], config.swav_epsilon, config.sinkhorn_iterations)
