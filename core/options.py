@@ -123,6 +123,18 @@ _OPTIONS = [
     Option("blur_probability", "float", 0.5, "'simclr_views': probability of a Gaussian blur "
            "(kernel a tenth of the crop side, sigma in [0.1, 2]) per view; SimCLR: 0.5 on "
            "ImageNet, 0 on CIFAR-size images.", configs=_P, check="probability"),
+    Option("local_crops", "int", 0, "'simclr_views': small views per image beside the two "
+           "(multi-crop: SwAV's 6, DINO's 8 at ImageNet's size), augmented as the two, in the "
+           "batch's `local_views`; only methods that use them accept them (swav).", configs=_P,
+           check="nonnegative"),
+    Option("local_crop_size", "list", None, "'simclr_views' with --local_crops: the local "
+           "views' size, H or H,W (SwAV and DINO: 96 beside views of 224).", configs=_P,
+           value="size"),
+    Option("local_min_crop_area", "float", 0.05, "'simclr_views' with --local_crops: the "
+           "smallest share of the image a local view covers.", configs=_P, check="fraction"),
+    Option("local_max_crop_area", "float", 0.14, "'simclr_views' with --local_crops: the "
+           "largest share of the image a local view covers (SwAV 0.14, DINO 0.4; the two "
+           "views keep --min_crop_area to 1).", configs=_P, check="fraction"),
     # Model.
     Option("architecture", "string", "resnet50", "Backbone: "
            f"{', '.join(architectures.ARCHITECTURES)}.", eval_default=None,

@@ -16,15 +16,15 @@ import tensorflow as tf
 
 from datasets import copies  # pylint: disable=unused-import  (registers its ops)
 from datasets.base import DatasetInfo, DatasetNotPreparedError
-from datasets.preprocess import (PREPROCESS_OPS, PreprocessConfig, get_preprocess_fn,
-                                 register_op, validate_spec)
+from datasets.preprocess import (LOCAL_VIEWS, PREPROCESS_OPS, PreprocessConfig, as_hw,
+                                 get_preprocess_fn, register_op, validate_spec)
 from datasets.sources import DATASETS, get_source
 
 __all__ = [
     "get_data", "get_dataset_info", "get_num_examples", "get_preprocess_fn", "validate_spec",
     "image_labels", "split_classes", "split_labels",
     "register_op", "PreprocessConfig", "DatasetInfo", "DatasetNotPreparedError", "DATASETS",
-    "PREPROCESS_OPS",
+    "PREPROCESS_OPS", "LOCAL_VIEWS", "as_hw",
 ]
 
 

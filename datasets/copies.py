@@ -7,8 +7,8 @@ from typing import Callable
 
 import tensorflow as tf
 
-from datasets.preprocess import (OpFn, PreprocessConfig, as_hw, gray3, inception_crop, map_image,
-                                 register_op, single_image)
+from datasets.preprocess import (LOCAL_VIEWS, OpFn, PreprocessConfig, as_hw, gray3,
+                                 inception_crop, map_image, register_op, single_image)
 
 
 def _with_probability(p: float, fn: Callable[[tf.Tensor], tf.Tensor], image: tf.Tensor):
@@ -127,21 +127,33 @@ def _simclr_views_op(config: PreprocessConfig, is_training: bool) -> OpFn:
   Each view: random-resized crop (area `min_crop_area`-100%, aspect 3/4-4/3), random flip, colour
   jitter of `color_jitter_strength` with probability 0.8 (`_strong_color_jitter`), grayscale with
   probability `grayscale_probability`, and a Gaussian blur with probability `blur_probability`.
+  With `local_crops` N (multi-crop, SwAV and DINO), also N small views [N,h',w',C] of
+  `local_crop_size` in `LOCAL_VIEWS`, each a crop of `local_min_crop_area` to
+  `local_max_crop_area` of the image, augmented alike (the blur's kernel a tenth of their side).
   Augmented in evaluation too: the views are the pretext task. The class label is kept.
   """
   del is_training
-  hw = as_hw(config.crop_size, "crop_size")
   strength, p_gray, p_blur = (config.color_jitter_strength, config.grayscale_probability,
                               config.blur_probability)
-  kernel_size = blur_kernel_size(hw[0])
 
-  def one_view(image):
-    view = tf.image.random_flip_left_right(
-        inception_crop(image, hw, True, 1.0, config.min_crop_area))
-    view = _with_probability(COLOR_JITTER_PROBABILITY,
-                             lambda x: _strong_color_jitter(x, strength), view)
-    view = _with_probability(p_gray, gray3, view)
-    sigma = tf.random.uniform([], *BLUR_SIGMA_RANGE)
-    return _with_probability(p_blur, lambda x: gaussian_blur(x, kernel_size, sigma), view)
+  def one_view(hw, min_area, max_area):
+    kernel_size = blur_kernel_size(hw[0])
 
-  return _augmented_copies("simclr_views", NUM_VIEWS, one_view)
+    def view_of(image):
+      view = tf.image.random_flip_left_right(
+          inception_crop(image, hw, True, 1.0, min_area, max_area))
+      view = _with_probability(COLOR_JITTER_PROBABILITY,
+                               lambda x: _strong_color_jitter(x, strength), view)
+      view = _with_probability(p_gray, gray3, view)
+      sigma = tf.random.uniform([], *BLUR_SIGMA_RANGE)
+      return _with_probability(p_blur, lambda x: gaussian_blur(x, kernel_size, sigma), view)
+    return view_of
+
+  views = _augmented_copies("simclr_views", NUM_VIEWS, one_view(
+      as_hw(config.crop_size, "crop_size"), config.min_crop_area, 1.0))
+  if not config.local_crops:
+    return views
+  local = _augmented_copies("simclr_views", config.local_crops, one_view(
+      as_hw(config.local_crop_size, "local_crop_size"), config.local_min_crop_area,
+      config.local_max_crop_area))
+  return lambda example: {**views(example), LOCAL_VIEWS: local(example)["image"]}

@@ -53,9 +53,13 @@ class PreprocessConfig:
   num_of_inception_patches: int = 8       # exemplar_copies: copies per image
   color_jitter_strength: float = 1.0      # simclr_views: s of the colour jitter
   blur_probability: float = 0.5           # simclr_views: of a Gaussian blur per view
+  local_crops: int = 0                    # simclr_views: small views beside the two (multi-crop)
+  local_crop_size: Optional[Size] = None  # simclr_views: their size
+  local_min_crop_area: float = 0.05       # simclr_views: the share of the image they cover
+  local_max_crop_area: float = 0.14
 
   def __post_init__(self):
-    for name in ("resize_size", "crop_size"):
+    for name in ("resize_size", "crop_size", "local_crop_size"):
       value = getattr(self, name)
       if value is not None:
         as_hw(value, name)
@@ -66,6 +70,16 @@ class PreprocessConfig:
           f"grayscale_probability must be in [0, 1], got {self.grayscale_probability!r}")
     if not 0.0 < self.min_crop_area <= 1.0:
       raise ValueError(f"min_crop_area must be in (0, 1], got {self.min_crop_area!r}")
+    if (isinstance(self.local_crops, bool) or not isinstance(self.local_crops, int)
+        or self.local_crops < 0):
+      raise ValueError(f"local_crops must be an int >= 0, got {self.local_crops!r}")
+    if self.local_crops and self.local_crop_size is None:
+      raise ValueError(f"local_crops={self.local_crops} needs local_crop_size (the local views' "
+                       "size); set --local_crop_size")
+    if not 0.0 < self.local_min_crop_area <= self.local_max_crop_area <= 1.0:
+      raise ValueError("the local views' areas must satisfy 0 < local_min_crop_area <= "
+                       f"local_max_crop_area <= 1, got {self.local_min_crop_area!r} and "
+                       f"{self.local_max_crop_area!r}")
     if not 0.0 <= self.blur_probability <= 1.0:
       raise ValueError(f"blur_probability must be in [0, 1], got {self.blur_probability!r}")
     if not 0.0 <= self.color_jitter_strength:
@@ -170,10 +184,18 @@ def get_preprocess_fn(spec: str, is_training: bool, config: PreprocessConfig) ->
 
 
 # --------------------------------------------------------------------- helpers
+# The key of multi-crop's small views [N,h,w,C] (simclr_views with local_crops), beside `image`.
+LOCAL_VIEWS = "local_views"
+
+
 def map_image(fn: Callable[[tf.Tensor], tf.Tensor]) -> OpFn:
-  """An op that replaces `image` by fn(image) and keeps the other keys."""
+  """An op that replaces `image` by fn(image), and the `LOCAL_VIEWS` an op before made by
+  fn(them) (only value ops can follow that op: validate_spec), and keeps the other keys."""
   def op(example: Example) -> Example:
-    return {**example, "image": fn(example["image"])}
+    out = {**example, "image": fn(example["image"])}
+    if LOCAL_VIEWS in example:
+      out[LOCAL_VIEWS] = fn(example[LOCAL_VIEWS])
+    return out
   return op
 
 
@@ -281,15 +303,15 @@ def _central_crop_op(config: PreprocessConfig, is_training: bool) -> OpFn:
 
 
 def _inception_window(shape: tf.Tensor, is_training: bool, central_fraction: float,
-                      min_area: float):
+                      min_area: float, max_area: float = 1.0):
   """(top-left [2], size [2]) of inception_crop's region of an image of `shape` ([H, W, C]):
-  in training a random box (area min_area-100%, aspect 3/4-4/3), else the central
+  in training a random box (area min_area-max_area, aspect 3/4-4/3), else the central
   `central_fraction` of each side (tf.image.central_crop's rounding)."""
   if is_training:
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         shape, bounding_boxes=tf.zeros([0, 0, 4], tf.float32),
         seed=_random_seed(), min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3),
-        area_range=(min_area, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+        area_range=(min_area, max_area), max_attempts=10, use_image_if_no_bounding_boxes=True)
     return begin[:2], size[:2]
   sides = tf.cast(shape[:2], tf.float64)
   start = tf.cast((sides - sides * central_fraction) / 2, tf.int32)
@@ -297,10 +319,12 @@ def _inception_window(shape: tf.Tensor, is_training: bool, central_fraction: flo
 
 
 def inception_crop(image: tf.Tensor, hw: Tuple[int, int], is_training: bool,
-                    central_fraction: float, min_area: float = 0.08) -> tf.Tensor:
+                    central_fraction: float, min_area: float = 0.08, max_area: float = 1.0
+                    ) -> tf.Tensor:
   image = single_image(image, "inception_crop")
   if is_training or central_fraction < 1.0:
-    begin, size = _inception_window(tf.shape(image), is_training, central_fraction, min_area)
+    begin, size = _inception_window(tf.shape(image), is_training, central_fraction, min_area,
+                                    max_area)
     channels = image.shape[-1]
     image = tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([size, [-1]], 0))
     image = tf.ensure_shape(image, [None, None, channels])

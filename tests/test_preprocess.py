@@ -300,3 +300,43 @@ def test_an_op_changes_with_no_parameter_but_those_it_is_said_to_read():
         for a, b in zip(before[is_training], run(name, is_training, changed)):
           np.testing.assert_array_equal(a["image"], b["image"], err_msg=f"{name} {param}")
   assert read == sum(len(ops) for ops in specs.PARAM_READERS.values())
+
+
+def test_simclr_views_with_local_crops_adds_small_views_that_value_ops_reach():
+  config = PreprocessConfig(crop_size=16, local_crops=3, local_crop_size=(8, 6),
+                            blur_probability=0.5)
+  out = _apply_in_dataset("simclr_views,-1_to_1", _image(32, 32), True, config)[0]
+  assert out["image"].shape == (2, 16, 16, 3) and out["local_views"].shape == (3, 8, 6, 3)
+  # -1_to_1 after the op maps both from [0, 1]: a local view of this uniform-noise image has
+  # values below 0.
+  assert out["local_views"].min() < -0.5 and out["local_views"].max() <= 1.0
+  assert out["label"] == 3
+  # Without local crops the op is the two views alone.
+  two = _apply_in_dataset("simclr_views", _image(32, 32), True, PreprocessConfig(crop_size=16))
+  assert set(two[0]) == {"image", "label"}
+
+
+def test_local_views_cover_their_share_of_the_image():
+  from datasets import preprocess  # pylint: disable=g-import-not-at-top
+  tf.random.set_seed(0)
+  shares = []
+  for _ in range(200):
+    _, size = preprocess._inception_window(tf.constant([120, 90, 3]), True, 1.0, 0.05, 0.14)
+    shares.append(float(np.prod(size.numpy())) / (120 * 90))
+  shares = np.array(shares)
+  fallback = shares == 1.0  # Where 10 attempts found no box, the whole image (TF's behaviour).
+  assert fallback.mean() < 0.05
+  # Integer sides round the area by up to a side's pixel each way.
+  assert shares[~fallback].min() >= 0.05 * 0.95 and shares[~fallback].max() <= 0.14 * 1.05
+  assert shares[~fallback].max() > 0.12 and shares[~fallback].min() < 0.07
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(local_crops=2), "local_crops=2 needs local_crop_size"),
+    (dict(local_crops=2, local_crop_size=8, local_min_crop_area=0.2, local_max_crop_area=0.1),
+     "0 < local_min_crop_area <= local_max_crop_area <= 1, got 0.2 and 0.1"),
+    (dict(local_crops=-1), "local_crops must be an int >= 0, got -1"),
+])
+def test_bad_local_crop_settings_are_refused(fields, message):
+  with pytest.raises(ValueError, match=message):
+    PreprocessConfig(crop_size=16, **fields)

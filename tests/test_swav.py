@@ -39,6 +39,26 @@ def numpy_swav_loss(scores, codes, temperature):
   return (-(other * log_p).sum(1)).reshape(-1, 2).mean(1)
 
 
+def numpy_multi_crop_loss(scores, codes, local_scores, temperature):
+  """Section 3.2 (multi-crop) and the paper's code: each of the two views' codes is predicted by
+  every other view of the image, the other view and the N local ones; an image's loss is the mean
+  over those N + 1 predictions, averaged over the two codes."""
+  def log_softmax(x):
+    x = np.asarray(x, np.float64) / temperature
+    x = x - x.max(1, keepdims=True)
+    return x - np.log(np.exp(x).sum(1, keepdims=True))
+  k = scores.shape[1]
+  log_p = log_softmax(scores).reshape(-1, 2, k)
+  q = np.asarray(codes, np.float64).reshape(-1, 2, k)
+  local = log_softmax(local_scores).reshape(q.shape[0], -1, k)
+  losses = np.zeros(q.shape[0])
+  for i in range(q.shape[0]):
+    for v in range(2):
+      predictions = [log_p[i, 1 - v]] + list(local[i])
+      losses[i] += np.mean([-(q[i, v] * p).sum() for p in predictions]) / 2
+  return losses
+
+
 def _scores(rng, n, dim, k):
   z = rng.normal(size=(n, dim))
   c = rng.normal(size=(dim, k))
@@ -84,6 +104,18 @@ def test_loss_matches_numpy(seed, images, k, temperature):
   np.testing.assert_allclose(entropy.numpy(), -(codes * np.log(codes)).sum(1), rtol=1e-4)
 
 
+@pytest.mark.parametrize("images,local,k", [(4, 1, 5), (8, 6, 30)])
+def test_multi_crop_loss_matches_numpy(images, local, k):
+  rng = np.random.default_rng(images + local)
+  scores = _scores(rng, 2 * images, 16, k)
+  local_scores = _scores(rng, local * images, 16, k)
+  codes = numpy_sinkhorn(scores, 0.05, 3).astype(np.float32)
+  loss, _, _ = swav.swav_loss(tf.constant(scores), tf.constant(codes), 0.1,
+                              tf.constant(local_scores))
+  np.testing.assert_allclose(loss.numpy(), numpy_multi_crop_loss(scores, codes, local_scores,
+                                                                 0.1), rtol=1e-5, atol=1e-5)
+
+
 def tiny_config(**overrides):
   values = dict(task="swav", workdir="/unused", preprocessing="resize,simclr_views,-1_to_1",
                 architecture="resnet50", filters_factor=1, proj_hidden_dim=32, proj_out_dim=16,
@@ -111,6 +143,31 @@ def test_model_fn_scores_unit_embeddings_against_unit_prototypes_kept_unit_after
   assert np.abs(np.linalg.norm(kernel.numpy(), axis=0) - 1.0).max() > 1e-3  # Off the sphere,
   swav.after_step(model, {}, tf.constant(0.0), config)
   np.testing.assert_allclose(np.linalg.norm(kernel.numpy(), axis=0), 1.0, rtol=1e-5)  # back.
+
+
+def test_model_fn_with_local_views_embeds_them_in_a_second_pass_and_they_move_the_loss():
+  tf.keras.utils.set_random_seed(1)
+  config = tiny_config(local_crops=3, local_crop_size=8)
+  model = swav.build_model(config, (2, 16, 16, 3), None)
+  images = tf.random.uniform([4, 2, 16, 16, 3], -1, 1)
+  local = tf.random.uniform([4, 3, 8, 8, 3], -1, 1)
+  with tf.GradientTape() as tape:
+    spec = swav.model_fn(model, {"image": images, "local_views": local}, base.TRAIN, config)
+  assert spec.metrics["loss"].shape == [4] and spec.metrics["accuracy"].shape == [8]
+  grads = tape.gradient(spec.loss, model.trainable_variables)
+  assert all(g is not None for g in grads)
+  # The loss of the same model is the NumPy multi-crop loss of its scores and codes (inference
+  # mode, so that both passes see the same batch norm).
+  spec = swav.model_fn(model, {"image": images, "local_views": local}, base.EVAL, config)
+  scores = model.prototypes(spec.predictions["embeddings"]).numpy()
+  local_scores = model.prototypes(base.embed_stacked(model, local, base.EVAL)[1]).numpy()
+  codes = np.concatenate([numpy_sinkhorn(scores.reshape(4, 2, -1)[:, v], 0.05, 3)[:, None]
+                          for v in range(2)], axis=1).reshape(scores.shape)
+  np.testing.assert_allclose(spec.metrics["loss"].numpy(),
+                             numpy_multi_crop_loss(scores, codes, local_scores, 0.1),
+                             rtol=1e-4, atol=1e-4)
+  without = swav.model_fn(model, {"image": images}, base.EVAL, config)
+  assert np.abs(without.metrics["loss"].numpy() - spec.metrics["loss"].numpy()).max() > 1e-3
 
 
 _TWO_REPLICAS = textwrap.dedent("""

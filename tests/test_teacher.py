@@ -112,6 +112,13 @@ def test_an_export_serves_the_online_network_or_with_export_teacher_the_teachers
     assert sizes == sum(int(np.prod(v.shape)) for v in served.weights)
 
 
+def test_local_crops_need_a_method_that_uses_them():
+  with pytest.raises(ConfigError, match="--local_crops=4: --task=byol does not use multi-crop's "
+                                        "local views; the tasks that do: swav"):
+    validation.validate(_tiny("byol", local_crops=4, local_crop_size=8), check_data=False)
+  validation.validate(_tiny("swav", local_crops=4, local_crop_size=8), check_data=False)
+
+
 def test_export_teacher_needs_a_method_with_one():
   with pytest.raises(ConfigError, match="--export_teacher: --task=simclr has no teacher; the "
                                         "tasks with one: byol, moco"):

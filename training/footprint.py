@@ -164,6 +164,13 @@ def pretext(config, replicas: int, processes: int) -> Step:
   width = config.resolved_filters_factor()
   examples = config.batch_size / replicas
   images = examples * (shape[0] if len(shape) == 4 else 1)
+  example_bytes = 4 * math.prod(shape)
+  local = ""
+  if config.local_crops:  # Multi-crop's small views: counted as images in proportion to pixels.
+    local_h, local_w = datasets.as_hw(config.local_crop_size, "local_crop_size")
+    images += examples * config.local_crops * local_h * local_w / (shape[-3] * shape[-2])
+    example_bytes += 4 * config.local_crops * local_h * local_w * shape[-1]
+    local = f" and {config.local_crops} local views of {local_h}x{local_w} each"
   plan = trainer.make_plan(config)
   kept = len(trainer.kept_steps(plan, config.eval_every_epochs, config.eval_at_steps))
   params = backbone.params(width)
@@ -173,12 +180,11 @@ def pretext(config, replicas: int, processes: int) -> Step:
   return Step(kind="training", replicas=replicas, params=params,
               device_bytes=training_bytes(backbone, width, images, config.optimizer,
                                           config.precision),
-              host_bytes=pipeline_bytes(config.batch_size / processes,
-                                        4 * math.prod(shape)),
+              host_bytes=pipeline_bytes(config.batch_size / processes, example_bytes),
               disk_bytes=int(disk), scratch_bytes=0,
               what=f"training {config.architecture} w{width} ({backbone.params(width) / 1e6:.0f}M "
-                   f"parameters, {config.precision}) on {describe_images(examples, shape)} "
-                   "per replica")
+                   f"parameters, {config.precision}) on {describe_images(examples, shape)}"
+                   f"{local} per replica")
 
 
 # Config fields that do not change the model a run builds.

@@ -42,6 +42,11 @@ def validate(config: Config, check_data: bool = True) -> None:
     with_one = [t for t in methods.TASKS.names() if hasattr(methods.get_method(t), "TEACHER")]
     raise ConfigError(f"--export_teacher: --task={config.task} has no teacher; the tasks with "
                       f"one: {', '.join(with_one)}")
+  if config.local_crops and not getattr(method, "TAKES_LOCAL_VIEWS", False):
+    with_them = [t for t in methods.TASKS.names()
+                 if getattr(methods.get_method(t), "TAKES_LOCAL_VIEWS", False)]
+    raise ConfigError(f"--local_crops={config.local_crops}: --task={config.task} does not use "
+                      f"multi-crop's local views; the tasks that do: {', '.join(with_them)}")
   if check_data:
     check_split(config.dataset, config.data_dir, "train_split", config.train_split,
                 at_least=config.batch_size,
