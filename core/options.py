@@ -60,6 +60,11 @@ class Option:
   aliases: Tuple[str, ...] = ()
   eval_default: Any = _UNSET
 
+  @property
+  def has_eval_default(self) -> bool:
+    """Whether the evaluation configs' default differs (`eval_default`)."""
+    return self.eval_default is not _UNSET
+
   def default_for(self, config: str) -> Any:
     if config in (EVAL, FINE_TUNE) and self.eval_default is not _UNSET:
       return self.eval_default
@@ -68,8 +73,9 @@ class Option:
 
 _P, _E, _F = (PRETEXT,), (EVAL,), (FINE_TUNE,)
 _ALL = (PRETEXT, EVAL, FINE_TUNE)
-_OPTIONS = [
-    # Experiment.
+# The options in table order, each group after its title (docs/reference.md's sections).
+_GROUPED = [
+    "Experiment",
     Option("task", "string", None, "Pretext task (rotation, jigsaw, relative_patch_location, "
            "exemplar, simclr, barlow_twins, byol, moco, swav, supervised), or an evaluation of an "
            "export: linear_eval (probes of every frozen layer), probe_series (those probes at "
@@ -85,7 +91,7 @@ _OPTIONS = [
     Option("deterministic", "bool", False, "TensorFlow's op determinism: with the same command, "
            "seed and machine, the same losses and accuracies (the input pipeline's augmentation "
            "then draws in order; slower, see README).", affects_results=False),
-    # Data.
+    "Data",
     Option("dataset", "string", "shapes", "Dataset: the embedded 'shapes' (or 'shapes_small'), a "
            "TFDS name such as imagenet2012, places365_small, cifar10, or 'folder:<root>' for "
            "images in <root>/<split>/<class>/*.jpg|png."),
@@ -95,7 +101,7 @@ _OPTIONS = [
            "'train[:90%]' allowed)."),
     Option("val_split", "string", "test", "Split for evaluation."),
     Option("shuffle_buffer", "int", 10_000, "Examples in the shuffle buffer.", check="positive"),
-    # Preprocessing.
+    "Preprocessing",
     Option("preprocessing", "string", None, "Comma-separated preprocessing ops, e.g. "
            "'resize,crop,flip_lr,-1_to_1,rotate'."),
     Option("resize_size", "list", None, "Size for 'resize': H or H,W.", configs=_P,
@@ -135,7 +141,7 @@ _OPTIONS = [
     Option("local_max_crop_area", "float", 0.14, "'simclr_views' with --local_crops: the "
            "largest share of the image a local view covers (SwAV 0.14, DINO 0.4; the two "
            "views keep --min_crop_area to 1).", configs=_P, check="fraction"),
-    # Model.
+    "Model",
     Option("architecture", "string", "resnet50", "Backbone: "
            f"{', '.join(architectures.ARCHITECTURES)}.", eval_default=None,
            choices=tuple(architectures.ARCHITECTURES)),
@@ -148,7 +154,7 @@ _OPTIONS = [
            "of ResNet / RevNet at zero (last BN scale in v1, last conv in v2 and RevNet), so "
            "that short runs leave chance level sooner. Off in the 2019 code; the random-init "
            "baseline keeps the standard initialisation.", configs=_P),
-    # Pretext heads.
+    "Pretext heads",
     Option("embed_dim", "int", 1000, "jigsaw, relative_patch_location, exemplar: size of the "
            "per-patch (per-copy) embedding, the backbone's logits layer.", configs=_P,
            check="positive"),
@@ -190,7 +196,7 @@ _OPTIONS = [
            configs=_P, check="positive"),
     Option("barlow_lambda", "float", 0.0051, "barlow_twins: weight of the off-diagonal terms of "
            "the cross-correlation in the loss (lambda).", configs=_P, check="nonnegative"),
-    # Optimisation.
+    "Optimisation",
     Option("batch_size", "int", 256, "Global training batch size (source images).",
            check="positive"),
     Option("eval_batch_size", "int", None, "Global evaluation batch size (default: "
@@ -216,7 +222,7 @@ _OPTIONS = [
     Option("weight_decay", "float", None, "L2 weight decay (default: 1e-4, VGG 5e-4; fine_tune: "
            "0; linear_eval: --probe_weight_decays).", configs=_P + _F, check="nonnegative",
            eval_default=0.0),
-    # Running.
+    "Running",
     Option("strategy", "string", "default", "tf.distribute strategy: default (one device), "
            "mirrored (all local GPUs, or logical CPU devices), multi_worker (the hosts of "
            "TF_CONFIG, or the tasks of the SLURM job step when srun started it; run the same "
@@ -248,7 +254,7 @@ _OPTIONS = [
     Option("serving_input_shape", "string", None, "Export input shape H,W,C (a leading 'None' "
            "batch dimension is accepted); default: the training input's image shape.",
            configs=_P, value="shape"),
-    # Evaluations of an export (--task=linear_eval, --task=fine_tune).
+    "Evaluations of an export (--task=linear_eval, --task=fine_tune)",
     Option("hub_module", "string", None, "linear_eval, fine_tune: the export to evaluate "
            f"(<pretext workdir>/export, or the workdir itself), or '{RANDOM_INIT}' for a "
            "randomly initialised --architecture/--filters_factor/--mode (the baseline).",
@@ -311,6 +317,27 @@ _OPTIONS = [
     Option("force", "bool", False, "linear_eval, fine_tune: re-run even if results for the "
            "same config exist.", configs=_E + _F, affects_results=False),
 ]
+_OPTIONS = [o for o in _GROUPED if isinstance(o, Option)]
+GROUPS: Tuple[str, ...] = tuple(e for e in _GROUPED if isinstance(e, str))
+
+
+def _group_of(grouped: Sequence[Any]) -> Dict[str, str]:
+  """Each option's group: the title before it."""
+  out, title = {}, None
+  for entry in grouped:
+    if isinstance(entry, str):
+      title = entry
+    else:
+      out[entry.name] = title
+  return out
+
+
+GROUP_OF: Dict[str, str] = _group_of(_GROUPED)
+
+
+def in_groups() -> List[Tuple[str, List[Option]]]:
+  """(group title, its options) in table order."""
+  return [(g, [o for o in _OPTIONS if GROUP_OF[o.name] == g]) for g in GROUPS]
 OPTIONS: Dict[str, Option] = {o.name: o for o in _OPTIONS}
 ALIASES: Dict[str, str] = {alias: o.name for o in _OPTIONS for alias in o.aliases}
 # Option names (aliases included) whose value does not change a run's results.
