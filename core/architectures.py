@@ -4,9 +4,13 @@ family (the architectures a report compares in one table). models/ builds the ne
 facts; the grid runner and the report read them without importing TensorFlow."""
 
 import dataclasses
-from typing import Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 MODES = ("v1", "v2")  # ResNet versions: v1 post-activation, v2 pre-activation.
+POSITION_EMBEDDINGS = ("learned", "sincos")  # A ViT's (models/vit.py).
+# The options a backbone is built from beside its architecture and width, which an export's
+# export_info.json and a results file's `source` record.
+MODEL_SETTINGS = ("mode", "last_relu", "vit_patch_size", "vit_position_embedding")
 LOGITS = "logits"  # The end point after the last layer, where a backbone has a head.
 
 _RESNET_END_POINTS = ("after_root", "block1", "block2", "block3", "block4", "pre_logits")
@@ -19,19 +23,31 @@ class ArchitectureFacts:
   weight_decay: float          # The 2019 code's L2 weight decay.
   has_modes: bool              # Whether --mode (v1/v2) changes it.
   family: str                  # Architectures compared in one report table.
+  # The option whose value names the architecture's variant beside its width, e.g. in cell
+  # names `<architecture>_<variant_prefix><value>` (resnet50_v2, vit_p16), and that a random-init
+  # baseline must share with its trained cells.
+  variant: Optional[str] = None
+  variant_prefix: str = ""
 
 
 ARCHITECTURES: Dict[str, ArchitectureFacts] = {
     "resnet50": ArchitectureFacts(_RESNET_END_POINTS, filters_factor=4, weight_decay=1e-4,
-                                  has_modes=True, family="resnet"),
+                                  has_modes=True, family="resnet", variant="mode"),
     "revnet50": ArchitectureFacts(_RESNET_END_POINTS, filters_factor=4, weight_decay=1e-4,
                                   has_modes=False, family="resnet"),
     "vgg19": ArchitectureFacts(
         ("block1", "block2", "block3", "block4", "block5", "fc6", "pre_logits"),
         filters_factor=8, weight_decay=5e-4, has_modes=False, family="vgg"),
 }
+# The Vision Transformer: filters_factor is its number of heads of 64 dimensions (ViT-Ti 3, ViT-S
+# 6, ViT-B 12, the standard); `vit_patch_size` and `vit_position_embedding` are its own settings.
+ARCHITECTURES["vit"] = ArchitectureFacts(
+    tuple(f"block{i}" for i in range(1, 13)) + ("final_norm", "pre_logits"), filters_factor=12,
+    weight_decay=1e-4, has_modes=False, family="vit", variant="vit_patch_size",
+    variant_prefix="p")
+VARIANT_OPTIONS = tuple(dict.fromkeys(a.variant for a in ARCHITECTURES.values() if a.variant))
 FAMILIES = tuple(dict.fromkeys(a.family for a in ARCHITECTURES.values()))  # In report order.
-FAMILY_TITLES = {"resnet": "ResNet / RevNet", "vgg": "VGG"}
+FAMILY_TITLES = {"resnet": "ResNet / RevNet", "vgg": "VGG", "vit": "Vision Transformer"}
 
 
 def facts(architecture: str) -> ArchitectureFacts:
@@ -47,6 +63,23 @@ def has_modes(architecture: str) -> bool:
   """Whether --mode changes the architecture (ResNet); unknown architectures have none."""
   known = ARCHITECTURES.get(architecture)
   return bool(known and known.has_modes)
+
+
+def variant_label(architecture: str, value: Callable[[str], Any]) -> Optional[str]:
+  """The variant of `architecture` ('v2', 'p16') from `value(option name)`, or None where it has
+  none (ArchitectureFacts.variant)."""
+  known = ARCHITECTURES.get(architecture)
+  if not known or not known.variant:
+    return None
+  return f"{known.variant_prefix}{value(known.variant)}"
+
+
+def variant_flags(architecture: str, label: Optional[str]) -> Dict[str, str]:
+  """The flag that gives `architecture` the variant `label` (variant_label's inverse)."""
+  known = ARCHITECTURES.get(architecture)
+  if not known or not known.variant or not label:
+    return {}
+  return {known.variant: label[len(known.variant_prefix):]}
 
 
 def family(architecture: str) -> str:

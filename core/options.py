@@ -29,6 +29,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 EVAL_MODELS = ("linear", "mlp")
 POOL_MODES = ("adaptive_max", "adaptive_avg", "max", "avg")
+TOKEN_POOLINGS = ("cls_mean", "cls", "mean")
 COMBINE_MODES = ("avg_pool", "max_pool", "concat")
 FEATURE_CACHES = ("memory", "workdir", "keep")
 FEATURE_DTYPES = ("float32", "float16")
@@ -146,7 +147,13 @@ _GROUPED = [
            f"{', '.join(architectures.ARCHITECTURES)}.", eval_default=None,
            choices=tuple(architectures.ARCHITECTURES)),
     Option("filters_factor", "int", None, "Width factor (standard width: 4 for ResNet and "
-           "RevNet, 8 for VGG; default).", check="positive"),
+           "RevNet, 8 for VGG; default); for vit, its heads of 64 dimensions (3: ViT-Ti, 6: "
+           "ViT-S, 12: ViT-B, the default).", check="positive"),
+    Option("vit_patch_size", "int", 16, "vit: side of the square patches an image is cut into "
+           "(16 at 224x224; 4 for 32x32 images).", check="positive"),
+    Option("vit_position_embedding", "enum", "learned", "vit: learned position embeddings "
+           "(interpolated bicubically for other image sizes) or fixed 2-D sine-cosine ones "
+           "(MAE's).", choices=architectures.POSITION_EMBEDDINGS),
     Option("mode", "enum", "v2", "ResNet version: v1 post-activation, v2 pre-activation.",
            choices=architectures.MODES),
     Option("last_relu", "bool", True, "Apply the network's final ReLU (ResNet)."),
@@ -269,6 +276,9 @@ _GROUPED = [
            configs=_E, check="positive"),
     Option("pool_mode", "enum", "adaptive_max", "linear_eval: pooling of end points with more "
            "than 9000 features.", configs=_E, choices=POOL_MODES),
+    Option("token_pooling", "enum", "cls_mean", "linear_eval: the features of a transformer's "
+           "tokens (vit's blocks and final_norm): the class token (cls), the mean of the patch "
+           "tokens (mean) or both, concatenated (cls_mean).", configs=_E, choices=TOKEN_POOLINGS),
     Option("combine_patches", "enum", "avg_pool", "linear_eval: how per-patch features of patch "
            "inputs are combined.", configs=_E, choices=COMBINE_MODES),
     Option("eval_preprocessing", "string", None, "linear_eval, fine_tune: deterministic "

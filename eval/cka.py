@@ -165,7 +165,7 @@ def _side(config, name: str) -> Tuple[representation_lib.Representation, linear_
   data = linear_eval.eval_data(config, rep.info)
   linear_eval.check_input(rep, data, config.val_split)
   extractor = features_lib.FeatureExtractor(rep, config.pool_mode, config.combine_patches,
-                                            config.max_features)
+                                            config.max_features, config.token_pooling)
   return rep, data, extractor
 
 

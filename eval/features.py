@@ -32,10 +32,14 @@ class FeatureExtractor:
 
   def __init__(self, representation: Representation, pool_mode: str = "adaptive_max",
                combine_patches: str = "avg_pool",
-               max_features: int = pooling.DEFAULT_MAX_FEATURES):
+               max_features: int = pooling.DEFAULT_MAX_FEATURES,
+               token_pooling: str = pooling.DEFAULT_TOKEN_POOLING):
     if pool_mode not in pooling.POOL_MODES:
       raise ValueError(f"unknown pool_mode {pool_mode!r}; valid choices: "
                        f"{', '.join(pooling.POOL_MODES)}")
+    if token_pooling not in pooling.TOKEN_POOLINGS:
+      raise ValueError(f"unknown token_pooling {token_pooling!r}; valid choices: "
+                       f"{', '.join(pooling.TOKEN_POOLINGS)}")
     pooling.COMBINE_MODES.get(combine_patches)  # Validates the name.
     if max_features < 1:
       raise ValueError(f"max_features must be positive, got {max_features}")
@@ -44,6 +48,7 @@ class FeatureExtractor:
     self.pool_mode = pool_mode
     self.combine_patches = combine_patches
     self.max_features = max_features
+    self.token_pooling = token_pooling
     self.end_point_shapes: Optional[Dict[str, List[int]]] = None
     self.feature_dims: Optional[Dict[str, int]] = None
     self._fn = None  # The compiled _features, made by build.
@@ -73,13 +78,21 @@ class FeatureExtractor:
 
   def _features(self, images):
     return pooling.pooled_features(self._end_points, images, self.layers, self.pool_mode,
-                                   self.combine_patches, self.max_features)
+                                   self.combine_patches, self.max_features, self.token_pooling)
 
   def __call__(self, images) -> Dict[str, tf.Tensor]:
     images = tf.convert_to_tensor(images, tf.float32)
     if self._fn is None:
       self.build(images.shape[1:])
     return self._fn(images)
+
+
+def _token_part(extractor: FeatureExtractor) -> Dict[str, str]:
+  """The token pooling in a cache key where it is not the default (which keys made before it
+  existed have: only tokens, which no earlier backbone had, depend on it)."""
+  if extractor.token_pooling == pooling.DEFAULT_TOKEN_POOLING:
+    return {}
+  return {"token_pooling": extractor.token_pooling}
 
 
 def extract(extractor: FeatureExtractor, make_batches: Callable[[int], Iterable[Mapping[str, Any]]],
@@ -92,7 +105,8 @@ def extract(extractor: FeatureExtractor, make_batches: Callable[[int], Iterable[
   interrupted extraction into that folder goes on from its last committed row); `cache_dir`
   None: in memory."""
   parts = dict(parts, pool_mode=extractor.pool_mode, combine_patches=extractor.combine_patches,
-               max_features=extractor.max_features, dtype=dtype, layers=list(extractor.layers))
+               max_features=extractor.max_features, dtype=dtype, layers=list(extractor.layers),
+               **_token_part(extractor))
   folder = os.path.join(cache_dir, store_lib.cache_key(parts)) if cache_dir else None
   if folder:
     found = store_lib.open_store(folder, extractor.layers)

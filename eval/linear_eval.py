@@ -174,7 +174,8 @@ def is_low_label(config) -> bool:
 
 def _random_init_kwargs(config) -> Dict[str, Any]:
   """The model settings of a random-init backbone beyond architecture, width and version."""
-  return dict(last_relu=config.last_relu,
+  return dict(last_relu=config.last_relu, vit_patch_size=config.vit_patch_size,
+              vit_position_embedding=config.vit_position_embedding,
               **representation_lib.backbone_strides(config.eval_preprocessing or ""))
 
 
@@ -304,7 +305,7 @@ def source_info(config, pending: Optional[Mapping[str, Any]] = None) -> Dict[str
   if config.hub_module is None:
     return dict(source=options.RANDOM_INIT, task=options.RANDOM_INIT,
                 architecture=config.architecture, filters_factor=config.filters_factor,
-                mode=config.mode, last_relu=config.last_relu)
+                **{name: getattr(config, name) for name in architectures.MODEL_SETTINGS})
   if pending is not None:
     return dict(pending, source=os.path.abspath(representation_lib.export_dir_of(
         config.hub_module)))
@@ -327,7 +328,8 @@ def footprint(config, info: Mapping[str, Any]) -> footprint_lib.Step:
   shapes = backbone.end_points(width)
   patches = shape[0] if len(shape) == 4 and config.combine_patches == "concat" else 1
   dims = {name: patches * pooling.pooled_shape(shapes[name], config.pool_mode,
-                                               config.max_features) for name in layers}
+                                               config.max_features, config.token_pooling)
+          for name in layers}
   per = sum(dims.values()) * np.dtype(config.feature_dtype).itemsize
   num_train = datasets.get_num_examples(config.dataset, config.train_split, config.data_dir)
   num_val = datasets.get_num_examples(config.dataset, config.val_split, config.data_dir)
@@ -402,7 +404,7 @@ def run_linear_eval(config: LinearEvalConfig) -> Dict[str, Any]:
   eval_spec = data.eval_spec
   num_classes = int(datasets.get_dataset_info(config.dataset, config.data_dir).num_classes)
   extractor = features_lib.FeatureExtractor(rep, config.pool_mode, config.combine_patches,
-                                            config.max_features)
+                                            config.max_features, config.token_pooling)
   keras.utils.set_random_seed(config.random_seed)
   cache_dir = feature_cache_dir(config)
   budget = probe_budget(config)
@@ -538,7 +540,8 @@ def describe_source(info: Mapping[str, Any], eval_spec: str) -> Dict[str, Any]:
   """What a result file says of the backbone evaluated (a Representation's info) and its input."""
   return dict(hub_module=info.get("source"), task=info.get("task"),
               architecture=info.get("architecture"), filters_factor=info.get("filters_factor"),
-              mode=info.get("mode"), eval_preprocessing=eval_spec)
+              **{name: info.get(name) for name in architectures.MODEL_SETTINGS},
+              eval_preprocessing=eval_spec)
 
 
 def _train_on_the_fly(config: LinearEvalConfig, data: EvalData,

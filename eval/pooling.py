@@ -16,6 +16,11 @@ Pool modes (`POOL_MODES`):
 
 A map with C > max_features cannot be brought within the budget by spatial pooling: it is pooled
 globally (1x1) to C features, the most sensible reduction that keeps every channel.
+
+Tokens `[B, 1 + N, D]` (a transformer's blocks: the class token first, then N patch tokens) are
+reduced by `token_pooling` (`TOKEN_POOLINGS`): `cls`, the class token (D features); `mean`, the
+mean of the patch tokens (D); `cls_mean`, both concatenated (2D, the default: a linear probe can
+weigh either). DINO probes class tokens, MAE's users both; the results record which.
 """
 
 import math
@@ -28,6 +33,8 @@ from core.registry import Registry
 
 DEFAULT_MAX_FEATURES = 9000
 POOL_MODES = options.POOL_MODES  # The --pool_mode choices.
+TOKEN_POOLINGS = options.TOKEN_POOLINGS  # The --token_pooling choices.
+DEFAULT_TOKEN_POOLING = "cls_mean"
 COMBINE_MODES = Registry("combine_patches mode")
 
 Bins = List[Tuple[int, int]]
@@ -90,9 +97,24 @@ def pool_bins(x: tf.Tensor, row_bins: Bins, col_bins: Bins, reduce: str) -> tf.T
   return x
 
 
+def pool_tokens(x: tf.Tensor, token_pooling: str) -> tf.Tensor:
+  """Tokens `[B, 1 + N, D]` (class token first) -> `[B, D]` or `[B, 2D]` by `token_pooling`."""
+  if token_pooling not in TOKEN_POOLINGS:
+    raise ValueError(f"unknown token_pooling {token_pooling!r}; valid choices: "
+                     f"{', '.join(TOKEN_POOLINGS)}")
+  parts = []
+  if token_pooling in ("cls", "cls_mean"):
+    parts.append(x[:, 0])
+  if token_pooling in ("mean", "cls_mean"):
+    parts.append(tf.reduce_mean(x[:, 1:], axis=1))
+  return tf.concat(parts, axis=1) if len(parts) > 1 else parts[0]
+
+
 def pool_end_point(x: tf.Tensor, pool_mode: str = "adaptive_max",
-                   max_features: int = DEFAULT_MAX_FEATURES) -> tf.Tensor:
-  """One end point (`[B, h, w, C]` with static h, w, C, or `[B, D]`) -> `[B, D']` features."""
+                   max_features: int = DEFAULT_MAX_FEATURES,
+                   token_pooling: str = DEFAULT_TOKEN_POOLING) -> tf.Tensor:
+  """One end point (`[B, h, w, C]` with static h, w, C, tokens `[B, 1 + N, D]`, or `[B, D]`)
+  -> `[B, D']` features."""
   if pool_mode not in POOL_MODES:
     raise ValueError(f"unknown pool_mode {pool_mode!r}; valid choices: {', '.join(POOL_MODES)}")
   x = tf.convert_to_tensor(x)
@@ -100,8 +122,11 @@ def pool_end_point(x: tf.Tensor, pool_mode: str = "adaptive_max",
     x = tf.cast(x, tf.float32)
   if x.shape.rank == 2:
     return x
+  if x.shape.rank == 3:
+    return pool_tokens(x, token_pooling)
   if x.shape.rank != 4:
-    raise ValueError(f"end points must be [B, h, w, C] or [B, D]; got shape {x.shape}")
+    raise ValueError(f"end points must be [B, h, w, C], tokens [B, T, D] or [B, D]; got shape "
+                     f"{x.shape}")
   h, w, c = x.shape[1:]
   if None in (h, w, c):
     raise ValueError(f"pooling needs static spatial and channel sizes; got shape {x.shape}")
@@ -118,10 +143,13 @@ def pool_end_point(x: tf.Tensor, pool_mode: str = "adaptive_max",
 
 
 def pooled_shape(shape: Sequence[int], pool_mode: str = "adaptive_max",
-                 max_features: int = DEFAULT_MAX_FEATURES) -> int:
+                 max_features: int = DEFAULT_MAX_FEATURES,
+                 token_pooling: str = DEFAULT_TOKEN_POOLING) -> int:
   """Feature dimension after `pool_end_point` of an end point of per-example shape `shape`."""
   if len(shape) == 1:
     return int(shape[0])
+  if len(shape) == 2:  # Tokens.
+    return int(shape[1]) * (2 if token_pooling == "cls_mean" else 1)
   h, w, c = shape
   if h * w * c <= max_features:
     return h * w * c
@@ -158,7 +186,8 @@ def patch_budget(max_features: int, num_patches: int, combine_patches: str) -> i
 def pooled_features(representation_fn: Callable[[tf.Tensor], Dict[str, tf.Tensor]],
                     images: tf.Tensor, layers: Sequence[str], pool_mode: str = "adaptive_max",
                     combine_patches: str = "avg_pool",
-                    max_features: int = DEFAULT_MAX_FEATURES) -> Dict[str, tf.Tensor]:
+                    max_features: int = DEFAULT_MAX_FEATURES,
+                    token_pooling: str = DEFAULT_TOKEN_POOLING) -> Dict[str, tf.Tensor]:
   """Images `[B,H,W,C]` or patches `[B,P,H,W,C]` -> {layer: `[B, D]`} pooled, combined features.
 
   Patches go through the representation as one batch of B*P images; each layer is pooled per
@@ -169,7 +198,8 @@ def pooled_features(representation_fn: Callable[[tf.Tensor], Dict[str, tf.Tensor
   images = tf.convert_to_tensor(images)
   if images.shape.rank == 4:
     end_points = representation_fn(images)
-    return {name: pool_end_point(end_points[name], pool_mode, max_features) for name in layers}
+    return {name: pool_end_point(end_points[name], pool_mode, max_features, token_pooling)
+            for name in layers}
   if images.shape.rank != 5:
     raise ValueError(f"images must be [B,H,W,C] or [B,P,H,W,C]; got shape {images.shape}")
   num_patches = images.shape[1]
@@ -181,7 +211,7 @@ def pooled_features(representation_fn: Callable[[tf.Tensor], Dict[str, tf.Tensor
   budget = patch_budget(max_features, num_patches, combine_patches)
   out = {}
   for name in layers:
-    pooled = pool_end_point(end_points[name], pool_mode, budget)
+    pooled = pool_end_point(end_points[name], pool_mode, budget, token_pooling)
     pooled = tf.reshape(pooled, [-1, num_patches, pooled.shape[-1]])
     out[name] = combine(pooled)
   return out

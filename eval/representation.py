@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from absl import logging
 import tensorflow as tf
 
+from core import architectures
 from core import files
 from core import options
 from core import specs
@@ -125,6 +126,8 @@ def backbone_model(info: Dict[str, Any], eval_spec: str, filters_factor: Optiona
   return models.get_model(info["architecture"], num_classes=None,
                           filters_factor=filters_factor or info.get("filters_factor"),
                           mode=info.get("mode") or "v2", last_relu=info.get("last_relu", True),
+                          vit_patch_size=info.get("vit_patch_size") or 16,
+                          vit_position_embedding=info.get("vit_position_embedding") or "learned",
                           sync_bn=sync_bn, **backbone_strides(eval_spec))
 
 
@@ -147,7 +150,8 @@ def random_init(architecture: str, filters_factor: int = 4, mode: Optional[str] 
 
   fn.model = model  # For callers that want the variables.
   info = dict(source=options.RANDOM_INIT, task=options.RANDOM_INIT, architecture=architecture,
-              filters_factor=filters_factor, mode=mode)
+              filters_factor=filters_factor, mode=mode,
+              **{k: v for k, v in model_kwargs.items() if k in architectures.MODEL_SETTINGS})
   return Representation(fn=fn, layers=layers, info=info, fingerprint=random_init_fingerprint(
       architecture, filters_factor, mode, seed, model_kwargs))
 

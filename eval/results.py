@@ -40,6 +40,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from absl import logging
 
+from core import architectures
 from core import files
 from core import options
 from core.files import RESULTS_FILE
@@ -77,8 +78,8 @@ def build_results(config: Mapping[str, Any], source: Mapping[str, Any],
       "evaluation": evaluation,
       "config": _jsonable(dict(config)),
       "source": {key: source.get(key) for key in
-                 ("hub_module", "task", "architecture", "filters_factor", "mode",
-                  "eval_preprocessing", "fingerprint")},
+                 ("hub_module", "task", "architecture", "filters_factor",
+                  *architectures.MODEL_SETTINGS, "eval_preprocessing", "fingerprint")},
       "dataset": dict(dataset),
       "low_label": dict(low_label) if low_label else None,
       "layer_order": list(layer_order),

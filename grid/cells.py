@@ -26,7 +26,7 @@ class Cell:
   kind: str                                  # pretext, supervised, random_init
   method: str
   architecture: str
-  mode: Optional[str]                        # None where the architecture has no versions
+  mode: Optional[str]                        # The variant (ResNet mode, ViT patch size) or None
   width: Optional[int]                       # filters_factor
   pretext_flags: Optional[Dict[str, Any]]    # None for random-init cells
   evaluations: Dict[str, Dict[str, Any]]     # evaluation name -> its flags

@@ -66,6 +66,8 @@ BASELINE_KEYS = ("random_init", "random_init_flags", "random_init_slurm", "super
                  "supervised_flagfile", "supervised_flags", "supervised_slurm")
 # The flags that make the input an export is evaluated on (and a random-init baseline's).
 INPUT_FLAGS = ("eval_preprocessing",) + specs.EVAL_PARAM_FLAGS
+# The options a cell's name gives as its architecture, variant and width (not as axes).
+IDENTITY_OPTIONS = ("architecture", "filters_factor") + architectures.VARIANT_OPTIONS
 CELL_KEYS = ("method", "flagfile", "flags", "axes", "exclude", "eval_flags", "tag", "slurm")
 
 # A smoke run (benchmark.py --smoke): every cell and step as the grid file has them (image sizes,
@@ -157,9 +159,10 @@ class _Parser(FlagChecker):
     return options.OPTIONS[name].default
 
   def identity(self, flags: Mapping[str, Any], where: str):
-    """(architecture, mode or None, width) of a cell's effective flags."""
+    """(architecture, variant or None (architectures.variant_label: ResNet's mode, ViT's patch
+    size), width) of a cell's effective flags."""
     arch = str(self.default(flags, "architecture"))
-    mode = str(self.default(flags, "mode")) if architectures.has_modes(arch) else None
+    mode = architectures.variant_label(arch, lambda name: self.default(flags, name))
     width = flags.get("filters_factor")
     try:
       width = int(width) if width is not None else architectures.standard_width(arch)
@@ -476,8 +479,7 @@ class _Parser(FlagChecker):
         evals["architecture"] = arch
         if width is not None:
           evals["filters_factor"] = str(width)
-        if mode:
-          evals["mode"] = mode
+        evals.update(architectures.variant_flags(arch, mode))
         if "eval_preprocessing" not in evals:
           self.fail(where, "the random-init baseline has no export to take the preprocessing "
                     "from: set eval_preprocessing (and resize_size ...) in "
@@ -486,8 +488,7 @@ class _Parser(FlagChecker):
       for eval_name, flags in evaluations.items():
         self.fit_schedule(flagfiles[eval_name], flags,
                           {**self.eval_given[eval_name], **eval_flags, **smoke[eval_name]}, where)
-      extra = [(k, v) for k, v in point.items() if k not in ("architecture", "mode",
-                                                            "filters_factor")]
+      extra = [(k, v) for k, v in point.items() if k not in IDENTITY_OPTIONS]
       name = cell_name(RANDOM_INIT, arch, mode, width, extra, tag)
       return Cell(name=name, kind=RANDOM_INIT, method=RANDOM_INIT, architecture=arch, mode=mode,
                   width=width, pretext_flags=None, evaluations=evaluations, origin=where,
@@ -518,8 +519,7 @@ class _Parser(FlagChecker):
       self.fail(where, f"flagfile {path} is an evaluation flagfile (task={pretext['task']}); a "
                 "cell's flagfile is a pretext method's")
     arch, mode, width = self.identity(pretext, where)
-    extra = [(k, v) for k, v in point.items() if k not in ("architecture", "mode",
-                                                          "filters_factor")]
+    extra = [(k, v) for k, v in point.items() if k not in IDENTITY_OPTIONS]
     name = cell_name(method, arch, mode, width, extra, tag)
     kind = SUPERVISED if pretext["task"] == "supervised" else PRETEXT
     patches = specs.makes_patches(str(self.default(pretext, "preprocessing") or ""))
@@ -552,11 +552,9 @@ class _Parser(FlagChecker):
 
 
 def _identity_flags(arch: str, mode: Optional[str], width: Optional[int]) -> Dict[str, str]:
-  flags = dict(architecture=arch)
+  flags = dict(architecture=arch, **architectures.variant_flags(arch, mode))
   if width is not None:
     flags["filters_factor"] = str(width)
-  if mode:
-    flags["mode"] = mode
   return flags
 
 

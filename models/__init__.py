@@ -1,4 +1,4 @@
-"""Backbones (ResNet-50 v1/v2, RevNet-50, VGG19-BN) and the registry that maps names to them.
+"""Backbones (ResNet-50 v1/v2, RevNet-50, VGG19-BN, ViT) and the registry that maps names to them.
 
 A model is called as `model(images, training=bool)` on float32 NHWC images (any batch size,
 H, W >= 32) and returns a dict {end point name: tensor}, ordered by depth.
@@ -14,10 +14,11 @@ from models import common
 from models import resnet
 from models import revnet
 from models import vgg
+from models import vit
 
 ARCHITECTURES: Registry[common.Architecture] = Registry("architecture")
 for _name, _build in (("resnet50", resnet.build), ("revnet50", revnet.build),
-                      ("vgg19", vgg.build)):
+                      ("vgg19", vgg.build), ("vit", vit.build)):
   ARCHITECTURES.register(_name, common.Architecture(build=_build,
                                                     facts=architectures.facts(_name)))
 
@@ -30,13 +31,16 @@ PATCH_STRIDES = dict(root_conv_stride=1, strides=(2, 2, 1))
 def get_model(architecture: str, *, num_classes: Optional[int] = None,
               filters_factor: Optional[int] = None, mode: str = "v2", last_relu: bool = True,
               root_conv_stride: int = 2, strides: tuple = (2, 2, 2), bn_momentum: float = 0.9,
-              sync_bn: bool = False, zero_init_residual: bool = False,
-              name: Optional[str] = None) -> keras.Model:
+              sync_bn: bool = False, zero_init_residual: bool = False, vit_patch_size: int = 16,
+              vit_position_embedding: str = "learned", name: Optional[str] = None
+              ) -> keras.Model:
   """Builds a backbone; `model(images, training=...)` returns a dict of end points.
 
   `mode` ("v1" / "v2") only changes resnet50 but is validated for all. `last_relu`,
   `root_conv_stride`, `strides` and `zero_init_residual` (every residual branch starts at zero)
-  apply to resnet50 and revnet50; vgg19 ignores them.
+  apply to resnet50 and revnet50; vgg19 and vit ignore them. `vit_patch_size` and
+  `vit_position_embedding` ("learned" or "sincos") are vit's, which the others ignore (the
+  options of the same names).
   `filters_factor=None` means the architecture's default (standard width).
   """
   arch = ARCHITECTURES.get(architecture)
@@ -49,7 +53,8 @@ def get_model(architecture: str, *, num_classes: Optional[int] = None,
       num_classes=num_classes, filters_factor=filters_factor, mode=mode,
       last_relu=bool(last_relu), root_conv_stride=root_conv_stride, strides=strides,
       bn_momentum=bn_momentum, sync_bn=bool(sync_bn),
-      zero_init_residual=bool(zero_init_residual), name=name)
+      zero_init_residual=bool(zero_init_residual), patch_size=vit_patch_size,
+      position_embedding=vit_position_embedding, name=name)
 
 
 def end_point_names(architecture: str, with_logits: bool = False) -> List[str]:

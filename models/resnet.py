@@ -164,8 +164,11 @@ class ResNet(common.StagedBackbone):
 
 def build(*, num_classes: Optional[int], filters_factor: int, mode: str, last_relu: bool,
           root_conv_stride: int, strides: Tuple[int, int, int], bn_momentum: float,
-          sync_bn: bool, zero_init_residual: bool, name: Optional[str]) -> keras.Model:
-  """Builds ResNet-50 in `mode` "v1" or "v2"."""
+          sync_bn: bool, zero_init_residual: bool, patch_size: int,
+          position_embedding: str, name: Optional[str]) -> keras.Model:
+  """Builds ResNet-50 in `mode` "v1" or "v2"; `patch_size` and `position_embedding` (ViT's) are
+  ignored."""
+  del patch_size, position_embedding
   return ResNet(num_classes=num_classes, filters_factor=filters_factor, mode=mode,
                 last_relu=last_relu, root_conv_stride=root_conv_stride, strides=strides,
                 bn_momentum=bn_momentum, sync_bn=sync_bn, zero_init_residual=zero_init_residual,

@@ -113,9 +113,11 @@ class RevNet(common.StagedBackbone):
 
 def build(*, num_classes: Optional[int], filters_factor: int, mode: str, last_relu: bool,
           root_conv_stride: int, strides: Tuple[int, int, int], bn_momentum: float,
-          sync_bn: bool, zero_init_residual: bool, name: Optional[str]) -> keras.Model:
-  """Builds RevNet-50; `mode` is ignored (RevNet is always pre-activation)."""
-  del mode
+          sync_bn: bool, zero_init_residual: bool, patch_size: int,
+          position_embedding: str, name: Optional[str]) -> keras.Model:
+  """Builds RevNet-50; `mode` (RevNet is always pre-activation), `patch_size` and
+  `position_embedding` (ViT's) are ignored."""
+  del mode, patch_size, position_embedding
   return RevNet(num_classes=num_classes, filters_factor=filters_factor, last_relu=last_relu,
                 root_conv_stride=root_conv_stride, strides=strides, bn_momentum=bn_momentum,
                 sync_bn=sync_bn, zero_init_residual=zero_init_residual,

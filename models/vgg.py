@@ -128,9 +128,12 @@ class VGG(common.Backbone):
 
 def build(*, num_classes: Optional[int], filters_factor: int, mode: str, last_relu: bool,
           root_conv_stride: int, strides, bn_momentum: float, sync_bn: bool,
-          zero_init_residual: bool, name: Optional[str]) -> keras.Model:
-  """Builds VGG19-BN; `mode`, `last_relu`, `root_conv_stride`, `strides` and
-  `zero_init_residual` (VGG has no residual branches) are ignored."""
-  del mode, last_relu, root_conv_stride, strides, zero_init_residual
+          zero_init_residual: bool, patch_size: int,
+          position_embedding: str, name: Optional[str]) -> keras.Model:
+  """Builds VGG19-BN; `mode`, `last_relu`, `root_conv_stride`, `strides`,
+  `zero_init_residual` (VGG has no residual branches), `patch_size` and `position_embedding`
+  (ViT's) are ignored."""
+  del mode, last_relu, root_conv_stride, strides, zero_init_residual, patch_size
+  del position_embedding
   return VGG(num_classes=num_classes, filters_factor=filters_factor, bn_momentum=bn_momentum,
              sync_bn=sync_bn, name=name or "vgg19")

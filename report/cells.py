@@ -172,7 +172,7 @@ def _cell_from_dir(root: str, directory: str) -> Optional[CellResult]:
     kind = RANDOM_INIT if random_init else ("supervised" if task == "supervised" else "pretext")
     method = RANDOM_INIT if random_init else task
     arch = source.get("architecture") or config.get("architecture") or "unknown"
-    mode = source.get("mode") if architectures.has_modes(arch) else None
+    mode = architectures.variant_label(arch, source.get)
     width = source.get("filters_factor")
     name = os.path.relpath(cell_dir, root)
   return CellResult(name=name, root=root, evaluation_name=evaluation_name,

@@ -28,14 +28,14 @@ def _cell(text: str) -> str:
 
 def _kind(option: options.Option) -> str:
   if option.choices is not None:
-    return " \\| ".join(f"`{c}`" for c in option.choices)
+    return " | ".join(f"`{c}`" for c in option.choices)
   return {"string": "text", "list": "list", "enum": "choice"}.get(option.kind, option.kind)
 
 
 def _default(option: options.Option) -> str:
   default = _value(option.default)
   if option.has_eval_default:
-    return f"{default} (evaluations: {_value(option.eval_default)})"
+    return f"{default}; evaluations: {_value(option.eval_default)}"
   return default
 
 

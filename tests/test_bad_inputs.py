@@ -104,7 +104,7 @@ def _probe(tmp_path, data_dir, **overrides):
     (dict(train_split="train[:0]"), r"^--train_split='train\[:0\]' of shapes_small has no "
      r"examples; the evaluation needs at least 1"),
     (dict(architecture="vgg16"), r"^--architecture='vgg16' is not valid; choices: resnet50, "
-     r"revnet50, vgg19$"),
+     r"revnet50, vgg19, vit$"),
     (dict(hub_module="/no/such/export"), r"^--hub_module=/no/such/export: no such directory"),
     # An input known without the export (the baseline's), whose op lacks its parameter.
     (dict(eval_preprocessing="resize_small,central_crop,-1_to_1",

@@ -397,11 +397,30 @@ def test_random_init_baseline(tmp_path, monkeypatch):
   r = linear_eval.run_linear_eval(config)
   assert r["source"] == dict(hub_module="random_init", task="random_init",
                              architecture="resnet50", filters_factor=1, mode="v2",
+                             last_relu=True, vit_patch_size=16, vit_position_embedding="learned",
                              eval_preprocessing="resize,-1_to_1",
                              fingerprint=linear_eval.source_fingerprint(config))
   assert r["layer_order"] == models.end_point_names("resnet50")
   assert r["layers"]["block4"]["dim"] == 512 and r["layers"]["block1"]["dim"] == 4096
   assert all(0 <= e["top1"] <= 1 for e in r["layers"].values())
+
+
+@pytest.mark.parametrize("token_pooling,dim", [("cls_mean", 128), ("cls", 64)])
+def test_random_init_vit_probes_every_block_by_its_tokens(tmp_path, monkeypatch, token_pooling,
+                                                          dim):
+  """A ViT's blocks are probed through the token pooling, which the results record, as is the
+  patch size that built the baseline."""
+  import models  # pylint: disable=g-import-not-at-top
+  FakeData(size=32, num_train=48, num_test=24).install(monkeypatch)
+  config = make_config(tmp_path, None, architecture="vit", filters_factor=1, vit_patch_size=8,
+                       eval_preprocessing="resize,-1_to_1", preprocess_params={}, epochs=1,
+                       decay_epochs=(), max_features=9000, token_pooling=token_pooling)
+  r = linear_eval.run_linear_eval(config)
+  assert r["source"]["architecture"] == "vit" and r["source"]["vit_patch_size"] == 8
+  assert r["config"]["token_pooling"] == token_pooling
+  assert r["layer_order"] == models.end_point_names("vit")
+  assert {n: e["dim"] for n, e in r["layers"].items()} == dict(
+      {f"block{i}": dim for i in range(1, 13)}, final_norm=dim, pre_logits=64)
 
 
 def test_random_init_on_patches_has_the_patch_methods_strides(tmp_path):

@@ -137,3 +137,18 @@ def test_single_images_and_bad_combine():
   assert out["spatial"].shape == (2, 45)  # k=2: 3x3x5.
   with pytest.raises(ValueError, match="combine_patches mode 'sum'.*concat"):
     pooling.pooled_features(_toy_representation, images, ["spatial"], "avg", "sum", 50)
+
+
+@pytest.mark.parametrize("token_pooling,expected", [
+    ("cls", lambda x: x[:, 0]),
+    ("mean", lambda x: x[:, 1:].mean(1)),
+    ("cls_mean", lambda x: np.concatenate([x[:, 0], x[:, 1:].mean(1)], axis=1)),
+])
+def test_tokens_are_pooled_to_the_class_token_the_patch_mean_or_both(token_pooling, expected):
+  x = np.random.default_rng(0).normal(size=(3, 1 + 16, 8)).astype(np.float32)
+  got = pooling.pool_end_point(tf.constant(x), "adaptive_max", 9000, token_pooling).numpy()
+  np.testing.assert_allclose(got, expected(x), rtol=1e-6, atol=1e-6)
+  assert got.shape[1] == pooling.pooled_shape((17, 8), "adaptive_max", 9000, token_pooling)
+  with pytest.raises(ValueError, match="unknown token_pooling 'first'; valid choices: "
+                                       "cls_mean, cls, mean"):
+    pooling.pool_end_point(tf.constant(x), "adaptive_max", 9000, "first")

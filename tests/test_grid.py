@@ -351,6 +351,31 @@ def test_other_axes_and_tags_make_names(configs, known):
   assert len(grid.names()) == len(set(grid.names())) == 10
 
 
+def test_a_vits_patch_size_is_its_variant_in_names_and_baselines(configs, known):
+  """Like ResNet's mode, a ViT's patch size names its cells and its random-init baselines, each
+  built with the patch size of the cells it is compared with."""
+  path = write_grid(configs, """
+      [defaults]
+      dataset = "toy"
+      [evaluation]
+      flagfile = "configs/evaluation/toy.flags"
+      [baselines]
+      random_init = true
+      [[cells]]
+      method = "rotation"
+      axes = { vit_patch_size = [4, 8] }
+      flags = { architecture = "vit", filters_factor = 3 }
+      """)
+  grid = gridfile.load_grid(path, known, base_dir=str(configs))
+  assert grid.names() == ["rotation-vit_p4-w3", "rotation-vit_p8-w3", "random_init-vit_p4-w3",
+                          "random_init-vit_p8-w3"]
+  for size in (4, 8):
+    assert grid.cell(f"rotation-vit_p{size}-w3").pretext_flags["vit_patch_size"] == str(size)
+    base = grid.cell(f"random_init-vit_p{size}-w3")
+    assert base.eval_flags["vit_patch_size"] == str(size) and "mode" not in base.eval_flags
+    assert grid.cell(f"rotation-vit_p{size}-w3").baseline == base.name
+
+
 def test_an_image_folder_grid_starts_from_the_embedded_flagfiles(tmp_path, known):
   """dataset = "folder:<root>" has no configs/<method>/<dataset>.flags: the cells take
   configs/<method>/shapes.flags, with the folder as their dataset; a flagfile given wins."""
@@ -393,7 +418,7 @@ def test_an_image_folder_grid_starts_from_the_embedded_flagfiles(tmp_path, known
      r"#1 \(method 'rotation'\), axes: mode = 'v3' is not valid; choices: v1, v2"),
     ("[[cells]]\nmethod = 'rotation'\naxes = { architecture = ['resnet50', 'vgg16'] }\n",
      r"#1 \(method 'rotation'\), axes: architecture = 'vgg16' is not valid; choices: resnet50, "
-     r"revnet50, vgg19$"),
+     r"revnet50, vgg19, vit$"),
     ("[[cells]]\nmethod = 'rotation'\naxes = { filters_factor = 2 }\n",
      r"axes: filters_factor = 2: an axis is a non-empty list"),
     ("[[cells]]\nmethod = 'jigsaw'\n",

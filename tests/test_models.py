@@ -365,7 +365,7 @@ def test_tf_checkpoint_holds_every_variable(arch, tmp_path):
 
 
 def test_defaults_and_end_point_names():
-  assert sorted(models.ARCHITECTURES.names()) == ["resnet50", "revnet50", "vgg19"]
+  assert sorted(models.ARCHITECTURES.names()) == ["resnet50", "revnet50", "vgg19", "vit"]
   assert models.default_filters_factor("resnet50") == 4
   assert models.default_filters_factor("revnet50") == 4
   assert models.default_filters_factor("vgg19") == 8
@@ -383,7 +383,7 @@ def test_unknown_architecture_and_mode():
   with pytest.raises(ValueError) as err:
     models.get_model("resnet51")
   assert "resnet51" in str(err.value)
-  assert "resnet50, revnet50, vgg19" in str(err.value)
+  assert "resnet50, revnet50, vgg19, vit" in str(err.value)
   with pytest.raises(ValueError, match="resnet51"):
     models.end_point_names("resnet51")
   for arch in ("resnet50", "revnet50", "vgg19"):

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from core import architectures
 from core import files
 from methods import base
 
@@ -50,8 +51,9 @@ def describe(config, image_shape: Sequence[int]) -> dict:
       if hasattr(method, "TEACHER") else {}
   return {**teacher,
       "task": config.task, "architecture": config.architecture,
-      "filters_factor": config.resolved_filters_factor(), "mode": config.mode,
-      "last_relu": config.last_relu, "dataset": config.dataset,
+      "filters_factor": config.resolved_filters_factor(),
+      **{name: getattr(config, name) for name in architectures.MODEL_SETTINGS},
+      "dataset": config.dataset,
       "eval_preprocessing": specs.representation_spec(config.preprocessing),
       "preprocess_config": dataclasses.asdict(datasets.PreprocessConfig.of(config)),
       "input_shape": list(config.serving_input_shape or
