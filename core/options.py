@@ -78,7 +78,7 @@ _ALL = (PRETEXT, EVAL, FINE_TUNE)
 _GROUPED = [
     "Experiment",
     Option("task", "string", None, "Pretext task (rotation, jigsaw, relative_patch_location, "
-           "exemplar, simclr, barlow_twins, byol, moco, swav, supervised), or an evaluation of an "
+           "exemplar, simclr, barlow_twins, byol, moco, swav, dino, supervised), or an evaluation of an "
            "export: linear_eval (probes of every frozen layer), probe_series (those probes at "
            "every checkpoint that --eval_every_epochs kept), fine_tune (the whole backbone and a "
            "new linear head) or cka (linear CKA between every layer of it and of --cka_other, on "
@@ -171,23 +171,24 @@ _GROUPED = [
            "image is shown in all of them (evaluation uses all).", configs=_P, check="positive"),
     Option("margin", "float", 0.5, "exemplar: margin of the triplet semi-hard loss.",
            configs=_P, check="nonnegative"),
-    Option("proj_hidden_dim", "int", None, "simclr, barlow_twins, byol, moco, swav: hidden units "
-           "of the projection head (byol: and of the predictor; default: the width of the "
+    Option("proj_hidden_dim", "int", None, "simclr, barlow_twins, byol, moco, swav, dino: hidden "
+           "units of the projection head (byol: and of the predictor; default: the width of the "
            "backbone's pre_logits).", configs=_P,
            check="positive"),
     Option("proj_out_dim", "int", 128, "simclr, barlow_twins, byol, moco, swav: output of the "
-           "projection head, the embedding the loss compares (the export's logits).", configs=_P,
+           "projection head, the embedding the loss compares (the export's logits); dino: the "
+           "bottleneck before the head's last layer.", configs=_P,
            check="positive"),
     Option("temperature", "float", 0.1, "simclr, moco: temperature of the contrastive loss; swav: "
-           "of the prototype scores' softmax.",
+           "of the prototype scores' softmax; dino: of the student's softmax.",
            configs=_P, check="positive"),
-    Option("teacher_momentum", "float", None, "byol, moco: momentum of the teacher's moving "
+    Option("teacher_momentum", "float", None, "byol, moco, dino: momentum of the teacher's moving "
            "average of the online network at the start of training (default: the method's "
-           "paper's, byol 0.996, moco 0.999).", configs=_P, check="probability"),
-    Option("teacher_momentum_schedule", "string", None, "byol, moco: constant, or cosine (from "
-           "--teacher_momentum at the start to 1 at the end; default: byol cosine, moco "
-           "constant).", configs=_P, choices=TEACHER_SCHEDULES),
-    Option("export_teacher", "bool", False, "byol, moco: export the teacher's network instead of "
+           "paper's, byol 0.996, moco 0.999, dino 0.996).", configs=_P, check="probability"),
+    Option("teacher_momentum_schedule", "string", None, "byol, moco, dino: constant, or cosine "
+           "(from --teacher_momentum at the start to 1 at the end; default: byol and dino "
+           "cosine, moco constant).", configs=_P, choices=TEACHER_SCHEDULES),
+    Option("export_teacher", "bool", False, "byol, moco, dino: export the teacher's network instead of "
            "the online one (both are in the checkpoints).", configs=_P),
     Option("moco_queue_size", "int", 65536, "moco: keys in the queue of negatives, a multiple of "
            "--batch_size.", configs=_P, check="positive"),
@@ -201,6 +202,19 @@ _GROUPED = [
            "codes (smaller: harder assignments).", configs=_P, check="positive"),
     Option("sinkhorn_iterations", "int", 3, "swav: iterations of the Sinkhorn-Knopp algorithm.",
            configs=_P, check="positive"),
+    Option("dino_prototypes", "int", 65536, "dino: outputs of the head's weight-normalised last "
+           "layer, over which the teacher's and the student's distributions are compared.",
+           configs=_P, check="positive"),
+    Option("teacher_temperature", "float", 0.04, "dino: temperature of the teacher's softmax "
+           "after its warm-up (sharpening).", configs=_P, check="positive"),
+    Option("warmup_teacher_temperature", "float", 0.04, "dino: the teacher's temperature at the "
+           "start, rising linearly to --teacher_temperature over "
+           "--warmup_teacher_temperature_epochs.", configs=_P, check="positive"),
+    Option("warmup_teacher_temperature_epochs", "float", 0.0, "dino: epochs of the teacher "
+           "temperature's warm-up.", configs=_P, check="nonnegative"),
+    Option("center_momentum", "float", 0.9, "dino: momentum of the centre (the moving average "
+           "of the teacher's outputs over the global batch) subtracted before its softmax.",
+           configs=_P, check="probability"),
     Option("barlow_lambda", "float", 0.0051, "barlow_twins: weight of the off-diagonal terms of "
            "the cross-correlation in the loss (lambda).", configs=_P, check="nonnegative"),
     "Optimisation",

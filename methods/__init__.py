@@ -6,6 +6,7 @@
 from core.registry import Registry
 from methods import barlow_twins
 from methods import byol
+from methods import dino
 from methods import exemplar
 from methods import jigsaw
 from methods import moco
@@ -26,6 +27,7 @@ TASKS.register("barlow_twins", barlow_twins)
 TASKS.register("byol", byol)
 TASKS.register("moco", moco)
 TASKS.register("swav", swav)
+TASKS.register("dino", dino)
 
 
 def get_method(task: str):

@@ -128,12 +128,13 @@ class ProjectedModel(keras.Model):
 
 def build_projected_model(config, image_shape, hidden_layers: int, last_bn: bool,
                           sync_bn: Optional[bool] = None, name: Optional[str] = None,
-                          cls=ProjectedModel, **model_kwargs) -> ProjectedModel:
+                          cls=ProjectedModel, head=None, **model_kwargs) -> ProjectedModel:
   """A `cls` (a ProjectedModel, given `model_kwargs`) of the config's backbone plus a
   ProjectionHead on its pre_logits: `hidden_layers` of --proj_hidden_dim units (default: the
   pre_logits' width), then --proj_out_dim; built for the per-example views [2,H,W,C] of
-  'simclr_views' (SimCLR, Barlow Twins, BYOL, MoCo, SwAV). `sync_bn`: batch norm across replicas
-  (default: under a multi-replica strategy, as every backbone)."""
+  'simclr_views' (SimCLR, Barlow Twins, BYOL, MoCo, SwAV, DINO). `sync_bn`: batch norm across
+  replicas (default: under a multi-replica strategy, as every backbone). `head`: another head,
+  `head(pre_logits width, sync_bn)` -> a layer (DINO's)."""
   if len(image_shape) != 4 or image_shape[0] != NUM_VIEWS:
     raise ValueError(f"{config.task} expects per-example views [2,H,W,C] from 'simclr_views', "
                      f"got {list(image_shape)}")
@@ -142,9 +143,12 @@ def build_projected_model(config, image_shape, hidden_layers: int, last_bn: bool
     kwargs["sync_bn"] = sync_bn
   backbone = models.get_model(config.architecture, num_classes=None, **kwargs)
   features = backbone(tf.zeros([1, *image_shape[1:]]), training=False)["pre_logits"]
-  head = ProjectionHead(projection_widths(config, int(features.shape[-1]), hidden_layers),
-                        last_bn, sync_bn=kwargs["sync_bn"])
-  model = cls(backbone, head, name=name or config.task, **model_kwargs)
+  if head is None:
+    projection = ProjectionHead(projection_widths(config, int(features.shape[-1]), hidden_layers),
+                                last_bn, sync_bn=kwargs["sync_bn"])
+  else:
+    projection = head(int(features.shape[-1]), kwargs["sync_bn"])
+  model = cls(backbone, projection, name=name or config.task, **model_kwargs)
   model(tf.zeros([1, *image_shape[1:]]), training=False)
   return model
 
@@ -197,11 +201,12 @@ class TeacherModel(keras.Model):
 
 
 def build_teacher_model(config, image_shape, hidden_layers: int, last_bn: bool,
-                        cls=TeacherModel, sync_bn: Optional[bool] = None, **kwargs):
+                        cls=TeacherModel, sync_bn: Optional[bool] = None, head=None, **kwargs):
   """A `cls` (a TeacherModel) of two ProjectedModels of the same shape, `online` and `teacher`
-  (build_projected_model's), the teacher a copy of the online network."""
+  (build_projected_model's, with its `head`), the teacher a copy of the online network."""
   online, teacher = (build_projected_model(config, image_shape, hidden_layers, last_bn, sync_bn,
-                                           name=name) for name in ("online", "teacher"))
+                                           name=name, head=head)
+                     for name in ("online", "teacher"))
   model = cls(online, teacher, name=config.task, **kwargs)
   model(tf.zeros([1, *image_shape[1:]]), training=False)
   return model

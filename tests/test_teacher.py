@@ -114,17 +114,17 @@ def test_an_export_serves_the_online_network_or_with_export_teacher_the_teachers
 
 def test_local_crops_need_a_method_that_uses_them():
   with pytest.raises(ConfigError, match="--local_crops=4: --task=byol does not use multi-crop's "
-                                        "local views; the tasks that do: swav"):
+                                        "local views; the tasks that do: dino, swav"):
     validation.validate(_tiny("byol", local_crops=4, local_crop_size=8), check_data=False)
   validation.validate(_tiny("swav", local_crops=4, local_crop_size=8), check_data=False)
 
 
 def test_export_teacher_needs_a_method_with_one():
   with pytest.raises(ConfigError, match="--export_teacher: --task=simclr has no teacher; the "
-                                        "tasks with one: byol, moco"):
+                                        "tasks with one: byol, dino, moco"):
     validation.validate(_tiny("simclr", export_teacher=True), check_data=False)
   assert sorted(t for t in methods.TASKS.names()
-                if hasattr(methods.get_method(t), "TEACHER")) == ["byol", "moco"]
+                if hasattr(methods.get_method(t), "TEACHER")) == ["byol", "dino", "moco"]
 
 
 class _StopAt:
