@@ -297,6 +297,17 @@ def embed_stacked(model, images: tf.Tensor, mode: str):
   return end_points, tf.math.l2_normalize(tf.cast(end_points["logits"], tf.float32), axis=1)
 
 
+def embed_views(model, batch, mode: str):
+  """The start of a model_fn on the two views of 'simclr_views' (SimCLR, SwAV, DINO): (end points,
+  L2-normalised embeddings [2B, D] in `flatten_stacked` order (2i, 2i+1: image i), the
+  predictions, and in PREDICT mode its whole ModelSpec, else None)."""
+  check_mode(mode)
+  end_points, embeddings = embed_stacked(model, batch["image"], mode)
+  predictions = {"embeddings": embeddings}
+  predicted = predict_spec(predictions, end_points) if mode == PREDICT else None
+  return end_points, embeddings, predictions, predicted
+
+
 def stacked_serving_input_shape(image_shape):
   """For inputs stacked per example ([P,H,W,C]: rotations, patches, copies): one of them."""
   return tuple(image_shape[1:])

@@ -145,22 +145,18 @@ def dino_loss(student: tf.Tensor, teacher: tf.Tensor, center: tf.Tensor,
 
 
 def model_fn(model, batch, mode, config):
-  base.check_mode(mode)
+  end_points, embeddings, predictions, predicted = base.embed_views(model, batch, mode)
+  if predicted is not None:
+    return predicted
   training = mode == base.TRAIN
-  images = base.flatten_stacked(batch["image"])  # Rows 2i, 2i+1: the views of image i.
-  end_points = model(images, training=training)
-  student = tf.cast(end_points["logits"], tf.float32)
-  predictions = {"embeddings": tf.math.l2_normalize(student, axis=1)}
-  if mode == base.PREDICT:
-    return base.predict_spec(predictions, end_points)
   outputs = config.dino_prototypes
-  student = tf.reshape(student, [-1, NUM_VIEWS, outputs])
+  student = tf.reshape(tf.cast(end_points["logits"], tf.float32), [-1, NUM_VIEWS, outputs])
   if LOCAL_VIEWS in batch:  # A second pass, at the local views' resolution.
     local = model(base.flatten_stacked(batch[LOCAL_VIEWS]), training=training)["logits"]
     local = tf.reshape(tf.cast(local, tf.float32), [tf.shape(student)[0], -1, outputs])
     student = tf.concat([student, local], axis=1)
-  teacher = tf.stop_gradient(tf.reshape(tf.cast(
-      model.teacher(images, training=training)["logits"], tf.float32), [-1, NUM_VIEWS, outputs]))
+  teacher = model.teacher(base.flatten_stacked(batch["image"]), training=training)["logits"]
+  teacher = tf.stop_gradient(tf.reshape(tf.cast(teacher, tf.float32), [-1, NUM_VIEWS, outputs]))
   loss, hits, entropy = dino_loss(student, teacher, model.center, config.temperature,
                                   model.teacher_temperature)
   count = tf.cast(tf.shape(teacher)[0] * NUM_VIEWS, tf.float32)

@@ -59,11 +59,9 @@ def nt_xent(embeddings: tf.Tensor, temperature: float):
 
 
 def model_fn(model, batch, mode, config):
-  base.check_mode(mode)
-  end_points, embeddings = base.embed_stacked(model, batch["image"], mode)  # 2i, 2i+1: image i
-  predictions = {"embeddings": embeddings}
-  if mode == base.PREDICT:
-    return base.predict_spec(predictions, end_points)
+  end_points, embeddings, predictions, predicted = base.embed_views(model, batch, mode)
+  if predicted is not None:
+    return predicted
   loss, hits, contrast_acc = nt_xent(embeddings, config.temperature)
   per_image = tf.reduce_sum(tf.reshape(loss, [-1, NUM_VIEWS]), axis=1)  # Both directions.
   return base.ModelSpec(loss=tf.reduce_mean(per_image),

@@ -116,11 +116,9 @@ def swav_loss(scores: tf.Tensor, codes: tf.Tensor, temperature: float,
 
 
 def model_fn(model, batch, mode, config):
-  base.check_mode(mode)
-  end_points, embeddings = base.embed_stacked(model, batch["image"], mode)  # 2i, 2i+1: image i
-  predictions = {"embeddings": embeddings}
-  if mode == base.PREDICT:
-    return base.predict_spec(predictions, end_points)
+  end_points, embeddings, predictions, predicted = base.embed_views(model, batch, mode)
+  if predicted is not None:
+    return predicted
   scores = tf.cast(model.prototypes(embeddings), tf.float32)
   by_view = tf.reshape(scores, [-1, NUM_VIEWS, config.swav_prototypes])
   codes = tf.stack([sinkhorn(by_view[:, v], config.swav_epsilon, config.sinkhorn_iterations)
