@@ -42,8 +42,10 @@ def test_schema():
   assert set(r) == {"format_version", "evaluation", "config", "source", "dataset", "low_label",
                     "layer_order", "layers", "best_layer", "times", "run"}
   assert r["evaluation"] == "linear_eval" and r["run"] is None  # Given by the evaluation.
+  # The backbone's settings (architectures.MODEL_SETTINGS) are recorded; those not given as None.
   assert r["source"] == dict(hub_module="/w/export", task="rotation", architecture="resnet50",
-                             filters_factor=4, mode="v2", eval_preprocessing="resize,-1_to_1",
+                             filters_factor=4, mode="v2", last_relu=None, vit_patch_size=None,
+                             vit_position_embedding=None, eval_preprocessing="resize,-1_to_1",
                              fingerprint="0123456789abcdef")
   assert r["config"]["decay_epochs"] == [10.0, 20.0]
   assert r["layer_order"] == ["block1", "block2", "pre_logits"]
