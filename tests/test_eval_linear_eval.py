@@ -290,6 +290,7 @@ def test_run_linear_eval(tmp_path, monkeypatch, export_dir):
   assert ("preprocess", "toy_eval", False) in data.calls  # The export's eval preprocessing.
   assert r["source"] == dict(hub_module=os.path.abspath(export_dir), task="toy",
                              architecture="toy", filters_factor=1, mode="v2",
+                             last_relu=None, vit_patch_size=None, vit_position_embedding=None,
                              eval_preprocessing="toy_eval",
                              fingerprint=files.export_fingerprint(export_dir))
   assert r["layer_order"] == LAYERS
