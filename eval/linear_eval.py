@@ -174,8 +174,8 @@ def is_low_label(config) -> bool:
 
 def _random_init_kwargs(config) -> Dict[str, Any]:
   """The model settings of a random-init backbone beyond architecture, width and version."""
-  return dict(last_relu=config.last_relu, vit_patch_size=config.vit_patch_size,
-              vit_position_embedding=config.vit_position_embedding,
+  return dict({name: getattr(config, name) for name in architectures.MODEL_SETTINGS
+               if name != "mode"},  # random_init takes the mode itself.
               **representation_lib.backbone_strides(config.eval_preprocessing or ""))
 
 

@@ -123,12 +123,10 @@ def backbone_model(info: Dict[str, Any], eval_spec: str, filters_factor: Optiona
   last ReLU; the patch strides where `eval_spec` cuts patches), without a head; `filters_factor`
   over the info's."""
   import models  # pylint: disable=g-import-not-at-top
+  settings = {k: info[k] for k in architectures.MODEL_SETTINGS if info.get(k) is not None}
   return models.get_model(info["architecture"], num_classes=None,
                           filters_factor=filters_factor or info.get("filters_factor"),
-                          mode=info.get("mode") or "v2", last_relu=info.get("last_relu", True),
-                          vit_patch_size=info.get("vit_patch_size") or 16,
-                          vit_position_embedding=info.get("vit_position_embedding") or "learned",
-                          sync_bn=sync_bn, **backbone_strides(eval_spec))
+                          sync_bn=sync_bn, **settings, **backbone_strides(eval_spec))
 
 
 def random_init(architecture: str, filters_factor: int = 4, mode: Optional[str] = None,

@@ -33,6 +33,7 @@ from typing import Dict, Optional
 import keras
 import tensorflow as tf
 
+from core import architectures
 from core import options
 from core import specs
 from core.errors import ConfigError
@@ -356,7 +357,6 @@ def classification_spec(logits: tf.Tensor, labels: tf.Tensor, mode: str,
 
 def backbone_kwargs(config) -> dict:
   """The backbone settings that come from the config."""
-  return dict(filters_factor=config.filters_factor, mode=config.mode, last_relu=config.last_relu,
-              zero_init_residual=config.zero_init_residual, vit_patch_size=config.vit_patch_size,
-              vit_position_embedding=config.vit_position_embedding,
-              sync_bn=config.strategy != "default")
+  return dict(filters_factor=config.filters_factor, zero_init_residual=config.zero_init_residual,
+              sync_bn=config.strategy != "default",
+              **{name: getattr(config, name) for name in architectures.MODEL_SETTINGS})
