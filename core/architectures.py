@@ -1,6 +1,7 @@
 """What the suite knows of each backbone architecture, free of TensorFlow: its end points in
-depth order, its standard width, its weight decay, whether it has versions (--mode), and its
-family (the architectures a report compares in one table). models/ builds the networks on these
+depth order, its standard width, its weight decay, its family (the architectures a report
+compares in one table) and the option that names its variant (ResNet-50's --mode, ViT's patch
+size). models/ builds the networks on these
 facts; the grid runner and the report read them without importing TensorFlow."""
 
 import dataclasses
@@ -21,7 +22,6 @@ class ArchitectureFacts:
   end_points: Tuple[str, ...]  # Without logits, ordered by depth.
   filters_factor: int          # The standard width.
   weight_decay: float          # The 2019 code's L2 weight decay.
-  has_modes: bool              # Whether --mode (v1/v2) changes it.
   family: str                  # Architectures compared in one report table.
   # The option whose value names the architecture's variant beside its width, e.g. in cell
   # names `<architecture>_<variant_prefix><value>` (resnet50_v2, vit_p16), and that a random-init
@@ -32,18 +32,18 @@ class ArchitectureFacts:
 
 ARCHITECTURES: Dict[str, ArchitectureFacts] = {
     "resnet50": ArchitectureFacts(_RESNET_END_POINTS, filters_factor=4, weight_decay=1e-4,
-                                  has_modes=True, family="resnet", variant="mode"),
+                                  family="resnet", variant="mode"),
     "revnet50": ArchitectureFacts(_RESNET_END_POINTS, filters_factor=4, weight_decay=1e-4,
-                                  has_modes=False, family="resnet"),
+                                  family="resnet"),
     "vgg19": ArchitectureFacts(
         ("block1", "block2", "block3", "block4", "block5", "fc6", "pre_logits"),
-        filters_factor=8, weight_decay=5e-4, has_modes=False, family="vgg"),
+        filters_factor=8, weight_decay=5e-4, family="vgg"),
 }
 # The Vision Transformer: filters_factor is its number of heads of 64 dimensions (ViT-Ti 3, ViT-S
 # 6, ViT-B 12, the standard); `vit_patch_size` and `vit_position_embedding` are its own settings.
 ARCHITECTURES["vit"] = ArchitectureFacts(
     tuple(f"block{i}" for i in range(1, 13)) + ("final_norm", "pre_logits"), filters_factor=12,
-    weight_decay=1e-4, has_modes=False, family="vit", variant="vit_patch_size",
+    weight_decay=1e-4, family="vit", variant="vit_patch_size",
     variant_prefix="p")
 VARIANT_OPTIONS = tuple(dict.fromkeys(a.variant for a in ARCHITECTURES.values() if a.variant))
 FAMILIES = tuple(dict.fromkeys(a.family for a in ARCHITECTURES.values()))  # In report order.
@@ -57,12 +57,6 @@ def facts(architecture: str) -> ArchitectureFacts:
   except KeyError:
     raise ValueError(f"unknown architecture {architecture!r}; valid choices: "
                      f"{', '.join(sorted(ARCHITECTURES))}") from None
-
-
-def has_modes(architecture: str) -> bool:
-  """Whether --mode changes the architecture (ResNet); unknown architectures have none."""
-  known = ARCHITECTURES.get(architecture)
-  return bool(known and known.has_modes)
 
 
 def variant_label(architecture: str, value: Callable[[str], Any]) -> Optional[str]:

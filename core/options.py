@@ -78,8 +78,8 @@ _ALL = (PRETEXT, EVAL, FINE_TUNE)
 _GROUPED = [
     "Experiment",
     Option("task", "string", None, "Pretext task (rotation, jigsaw, relative_patch_location, "
-           "exemplar, simclr, barlow_twins, byol, moco, swav, dino, supervised), or an evaluation of an "
-           "export: linear_eval (probes of every frozen layer), probe_series (those probes at "
+           "exemplar, simclr, barlow_twins, byol, moco, swav, dino, supervised), or an "
+           "evaluation of an export: linear_eval (probes of every frozen layer), probe_series (those probes at "
            "every checkpoint that --eval_every_epochs kept), fine_tune (the whole backbone and a "
            "new linear head) or cka (linear CKA between every layer of it and of --cka_other, on "
            "--val_split).",
@@ -188,8 +188,8 @@ _GROUPED = [
     Option("teacher_momentum_schedule", "string", None, "byol, moco, dino: constant, or cosine "
            "(from --teacher_momentum at the start to 1 at the end; default: byol and dino "
            "cosine, moco constant).", configs=_P, choices=TEACHER_SCHEDULES),
-    Option("export_teacher", "bool", False, "byol, moco, dino: export the teacher's network instead of "
-           "the online one (both are in the checkpoints).", configs=_P),
+    Option("export_teacher", "bool", False, "byol, moco, dino: export the teacher's network "
+           "instead of the online one (both are in the checkpoints).", configs=_P),
     Option("moco_queue_size", "int", 65536, "moco: keys in the queue of negatives, a multiple of "
            "--batch_size.", configs=_P, check="positive"),
     Option("shuffle_bn_groups", "int", 8, "moco: each replica's batch is normalised in this many "

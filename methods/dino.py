@@ -39,6 +39,7 @@ import tensorflow as tf
 from datasets import LOCAL_VIEWS
 from datasets.copies import NUM_VIEWS
 from methods import base
+from models import common
 
 TEACHER = base.TeacherDefaults(momentum=0.996, schedule="cosine")
 TAKES_LOCAL_VIEWS = True
@@ -63,10 +64,7 @@ class DINOHead(keras.layers.Layer):
     return [getattr(self, f"fc{i}") for i in range(1, HEAD_LAYERS + 1)]
 
   def build(self, input_shape):
-    shape = tuple(input_shape)
-    for layer in self._dense_layers() + [self.last]:
-      layer.build(shape)
-      shape = layer.compute_output_shape(shape)
+    common.build_sequence(input_shape, *self._dense_layers(), self.last)
 
   def compute_output_shape(self, input_shape):
     return tuple(input_shape[:-1]) + (self.prototypes,)
@@ -109,7 +107,7 @@ def build_model(config, image_shape, num_classes):
   return base.build_teacher_model(config, image_shape, hidden_layers=HEAD_LAYERS - 1,
                                   last_bn=False, cls=DINOModel, head=head,
                                   prototypes=config.dino_prototypes,
-                                  temperature=config.warmup_teacher_temperature)
+                                  temperature=float(teacher_temperature(config, 0.0)))
 
 
 serving_input_shape = base.stacked_serving_input_shape

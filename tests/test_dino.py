@@ -58,6 +58,11 @@ def test_teacher_temperature_warms_up_linearly():
   np.testing.assert_allclose(got, [0.04, 0.055, 0.07, 0.07], rtol=1e-6)
   assert float(dino.teacher_temperature(_tiny(teacher_temperature=0.05), 0.0)) == (
       pytest.approx(0.05))
+  # The first step's temperature is the schedule's at epoch 0: without a warm-up, the final one.
+  for warmup, first in ((30, 0.04), (0, 0.07)):
+    model = dino.build_model(_tiny(warmup_teacher_temperature=0.04, teacher_temperature=0.07,
+                                   warmup_teacher_temperature_epochs=warmup), (2, 16, 16, 3), None)
+    assert float(model.teacher_temperature) == pytest.approx(first)
 
 
 def test_head_has_a_unit_norm_last_layer_on_a_unit_bottleneck():
