@@ -78,7 +78,7 @@ _ALL = (PRETEXT, EVAL, FINE_TUNE)
 _GROUPED = [
     "Experiment",
     Option("task", "string", None, "Pretext task (rotation, jigsaw, relative_patch_location, "
-           "exemplar, simclr, barlow_twins, byol, moco, swav, dino, supervised), or an "
+           "exemplar, simclr, barlow_twins, byol, moco, swav, dino, mae, supervised), or an "
            "evaluation of an export: linear_eval (probes of every frozen layer), probe_series (those probes at "
            "every checkpoint that --eval_every_epochs kept), fine_tune (the whole backbone and a "
            "new linear head) or cka (linear CKA between every layer of it and of --cka_other, on "
@@ -132,7 +132,8 @@ _GROUPED = [
            "ImageNet, 0 on CIFAR-size images.", configs=_P, check="probability"),
     Option("local_crops", "int", 0, "'simclr_views': small views per image beside the two "
            "(multi-crop: SwAV's 6, DINO's 8 at ImageNet's size), augmented as the two, in the "
-           "batch's `local_views`; only methods that use them accept them (swav).", configs=_P,
+           "batch's `local_views`; only methods that use them accept them (swav, dino).",
+           configs=_P,
            check="nonnegative"),
     Option("local_crop_size", "list", None, "'simclr_views' with --local_crops: the local "
            "views' size, H or H,W (SwAV and DINO: 96 beside views of 224).", configs=_P,
@@ -215,6 +216,17 @@ _GROUPED = [
     Option("center_momentum", "float", 0.9, "dino: momentum of the centre (the moving average "
            "of the teacher's outputs over the global batch) subtracted before its softmax.",
            configs=_P, check="probability"),
+    Option("mask_ratio", "float", 0.75, "mae: share of each image's patches masked (the encoder "
+           "sees the others; the loss is on these).", configs=_P, check="fraction"),
+    Option("decoder_depth", "int", 8, "mae: transformer blocks of the decoder.", configs=_P,
+           check="positive"),
+    Option("decoder_width", "int", 512, "mae: width of the decoder's tokens (a multiple of 4 and "
+           "of --decoder_heads).", configs=_P, check="positive"),
+    Option("decoder_heads", "int", 16, "mae: attention heads of the decoder's blocks.",
+           configs=_P, check="positive"),
+    Option("norm_pix_loss", "bool", True, "mae: reconstruct each patch's pixels normalised by "
+           "their mean and standard deviation (the paper's better setting), not the pixels.",
+           configs=_P),
     Option("barlow_lambda", "float", 0.0051, "barlow_twins: weight of the off-diagonal terms of "
            "the cross-correlation in the loss (lambda).", configs=_P, check="nonnegative"),
     "Optimisation",

@@ -9,6 +9,7 @@ from methods import byol
 from methods import dino
 from methods import exemplar
 from methods import jigsaw
+from methods import mae
 from methods import moco
 from methods import relative_patch_location
 from methods import rotation
@@ -28,6 +29,7 @@ TASKS.register("byol", byol)
 TASKS.register("moco", moco)
 TASKS.register("swav", swav)
 TASKS.register("dino", dino)
+TASKS.register("mae", mae)
 
 
 def get_method(task: str):

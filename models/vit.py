@@ -169,12 +169,21 @@ class ViT(common.Backbone):
     patches = tf.image.resize(patches, [h, w], method="bicubic")
     return tf.concat([cls, tf.reshape(patches, [1, h * w, self.width])], axis=1)
 
-  def call(self, images, training=None):
+  def embed_patches(self, images):
+    """(the class token [B, 1, D], the patch tokens [B, N, D] in row-major order), each with its
+    position embedding: the blocks' input, in pieces, so that a method can drop patch tokens
+    before the blocks (MAE's encoder sees the visible ones only)."""
     x = self.patch_embed(images)
     grid = self.patch_grid(images.shape[1], images.shape[2])
     x = tf.reshape(x, [-1, grid[0] * grid[1], self.width])
-    cls = tf.tile(tf.cast(self.cls_token, x.dtype), [tf.shape(x)[0], 1, 1])
-    x = tf.concat([cls, x], axis=1) + tf.cast(self.position_embedding(grid), x.dtype)
+    position = tf.cast(self.position_embedding(grid), x.dtype)
+    cls = tf.tile(tf.cast(self.cls_token, x.dtype) + position[:, :1], [tf.shape(x)[0], 1, 1])
+    return cls, x + position[:, 1:]
+
+  def encode(self, tokens, training=None):
+    """The end points of the blocks and the final norm on `tokens` [B, 1 + n, D] (the class
+    token first): {block1..12, final_norm, pre_logits[, logits]}."""
+    x = tokens
     end_points = {}
     for block in self._blocks():
       x = block(x, training=training)
@@ -186,6 +195,9 @@ class ViT(common.Backbone):
       end_points["logits"] = self.logits_layer(x[:, 0])
     return end_points
 
+  def call(self, images, training=None):
+    cls, patches = self.embed_patches(images)
+    return self.encode(tf.concat([cls, patches], axis=1), training=training)
 
 def build(*, num_classes: Optional[int], filters_factor: int, mode: str, last_relu: bool,
           root_conv_stride: int, strides, bn_momentum: float, sync_bn: bool,
