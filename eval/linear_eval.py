@@ -207,7 +207,8 @@ def source_fingerprint(config) -> Optional[str]:
       _random_init_kwargs(config))
 
 
-def _preprocess_config(params: Dict[str, Any]):
+def preprocess_config_of(params: Dict[str, Any]):
+  """The datasets.PreprocessConfig of preprocessing parameters as JSON and TOML give them."""
   params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
   return datasets.PreprocessConfig(**params)
 
@@ -219,7 +220,7 @@ class EvalData:
   def __init__(self, config, eval_spec: str, train_spec: str, params: Dict[str, Any]):
     self.config = config
     self.eval_spec, self.train_spec, self.params = eval_spec, train_spec, params
-    self.preprocess_config = _preprocess_config(params)
+    self.preprocess_config = preprocess_config_of(params)
 
   def batches(self, split: str, is_training: bool, indices=None, batch_size=None,
               input_context=None):

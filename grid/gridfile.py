@@ -249,8 +249,10 @@ class _Parser(FlagChecker):
 
   def add_random_init(self, baselines: Mapping[str, Any], trained: Sequence[Cell],
                       identities, add, ctx):
-    """One random-init baseline per architecture, version and width and per input its trained
-    cells are evaluated on (eval_input), and each trained cell's `baseline` its name. Tags: none
+    """One random-init baseline per architecture, version, width and other backbone settings
+    (model_settings: named by them, e.g. random_init-vit_p4-w3-vit_position_embeddingsincos) and
+    per input its trained cells are evaluated on (eval_input), and each trained cell's `baseline`
+    its name. Tags: none
     for the first whole-image input of an architecture, then "input2", ...; "patches",
     "patches2", ... on patches. random_init_flags that give eval_preprocessing add a baseline on
     that input too (the first, untagged). Where every evaluation sees its images through the
@@ -284,8 +286,9 @@ class _Parser(FlagChecker):
       counts[ident, patches] = count = counts.get((ident, patches), 0) + 1
       base = "patches" if patches else "input"
       tag = f"{base}{count}" if count > 1 else (base if patches else None)
-      overrides = dict(shared, **inputs[0], **_identity_flags(*ident))
-      cell = self.make_cell(RANDOM_INIT, None, {}, {}, overrides, tag, where, ctx,
+      settings = dict(ident[3])
+      overrides = dict(shared, **inputs[0], **_identity_flags(*ident[:3]), **settings)
+      cell = self.make_cell(RANDOM_INIT, None, {}, settings, overrides, tag, where, ctx,
                             scale_width=False)
       for eval_name, flags in zip(names, inputs):  # Each evaluation on its own input.
         cell.evaluations[eval_name] = dict(
@@ -297,14 +300,25 @@ class _Parser(FlagChecker):
 
     if given:
       for ident in identities:
-        baseline(ident, tuple(dict(given) for _ in names), (False,) * len(names))
+        baseline((*ident, ()), tuple(dict(given) for _ in names), (False,) * len(names))
     for c in trained:
       try:
         inputs = tuple(self.eval_input(c.pretext_flags, c.evaluations[n]) for n in names)
       except ValueError as e:  # A malformed --preprocessing.
         self.fail(c.origin, str(e))
-      c.baseline = baseline((c.architecture, c.mode, c.width), inputs,
+      ident = (c.architecture, c.mode, c.width, self.model_settings(c.pretext_flags))
+      c.baseline = baseline(ident, inputs,
                             tuple(self.deterministic_only(c.evaluations[n]) for n in names))
+
+  def model_settings(self, flags: Mapping[str, Any]) -> Tuple[Tuple[str, Any], ...]:
+    """The backbone settings (architectures.MODEL_SETTINGS) beside the architecture's variant
+    that `flags` set to other than their defaults, e.g. (('vit_position_embedding', 'sincos'),):
+    a random-init baseline is built with its trained cells' settings, and named by them."""
+    variants = set(architectures.VARIANT_OPTIONS)
+    return tuple((k, as_bool(flags[k]) if options.OPTIONS[k].kind == "bool" else flags[k])
+                 for k in architectures.MODEL_SETTINGS
+                 if k not in variants and k in flags
+                 and not same_value(flags[k], options.OPTIONS[k].default))
 
   def eval_input(self, pretext: Mapping[str, Any], evaluation: Mapping[str, Any]
                  ) -> Dict[str, Any]:

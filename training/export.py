@@ -64,7 +64,8 @@ def describe(config, image_shape: Sequence[int]) -> dict:
 def export(model, export_dir: str, image_shape: Sequence[int], info: dict) -> str:
   """Writes the SavedModel of `model` (a method's model, or the network of it that an export
   serves: methods/base.exported_model) and export_info.json to `export_dir`, replacing an earlier
-  export.
+  export. The info's `end_points` (the ones the probes see, in depth order) default to every
+  output of the model.
 
   The new export is written beside the old one and swapped in with renames, so an interrupted
   export never leaves a half-written directory under `export_dir`.
@@ -78,7 +79,7 @@ def export(model, export_dir: str, image_shape: Sequence[int], info: dict) -> st
   end_points = list(model(tf.zeros([1, *image_shape]), training=False).keys())
   tf.saved_model.save(module, tmp_dir, signatures={"serving_default": module.serve,
                                                    "representation": module.representation})
-  info = dict(info, input_shape=list(image_shape), end_points=end_points)
+  info = dict(info, input_shape=list(image_shape), end_points=info.get("end_points", end_points))
   with open(os.path.join(tmp_dir, files.EXPORT_INFO_FILE), "w") as f:
     json.dump(info, f, indent=2, sort_keys=True)
   if os.path.exists(export_dir):
