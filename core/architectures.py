@@ -28,6 +28,9 @@ class ArchitectureFacts:
   # baseline must share with its trained cells.
   variant: Optional[str] = None
   variant_prefix: str = ""
+  # A smoke run's width is a cell's divided by this (default: the standard width), rounded, at
+  # least 1: the grid's widths stay apart (ViT-S and ViT-B: 1 and 2 heads).
+  smoke_divisor: Optional[int] = None
 
 
 ARCHITECTURES: Dict[str, ArchitectureFacts] = {
@@ -44,7 +47,7 @@ ARCHITECTURES: Dict[str, ArchitectureFacts] = {
 ARCHITECTURES["vit"] = ArchitectureFacts(
     tuple(f"block{i}" for i in range(1, 13)) + ("final_norm", "pre_logits"), filters_factor=12,
     weight_decay=1e-4, family="vit", variant="vit_patch_size",
-    variant_prefix="p")
+    variant_prefix="p", smoke_divisor=6)
 VARIANT_OPTIONS = tuple(dict.fromkeys(a.variant for a in ARCHITECTURES.values() if a.variant))
 FAMILIES = tuple(dict.fromkeys(a.family for a in ARCHITECTURES.values()))  # In report order.
 FAMILY_TITLES = {"resnet": "ResNet / RevNet", "vgg": "VGG", "vit": "Vision Transformer"}

@@ -11,6 +11,8 @@ PATCH_OP = "crop_patches"
 # views) and so make the pretext labels: an export's evaluation input is its training spec
 # without them. The patch methods make their labels in model_fn: their patches stay.
 PRETEXT_OPS = ("rotate", "exemplar_copies", "simclr_views")
+# The ops that leave values in [-1, 1] (inception_preprocess ends with '-1_to_1').
+MINUS_ONE_TO_ONE_OPS = ("-1_to_1", "inception_preprocess")
 # The ops that change an image only in training (datasets/preprocess.py): a deterministic pass
 # (is_training=False: the test split, and every split of the cached probes) leaves it as it is.
 # to_gray only below probability 1; at 1 it greys every image, in evaluation too.

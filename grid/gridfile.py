@@ -110,11 +110,12 @@ class _Parser(FlagChecker):
     return self.eval_flagfiles[name], flags
 
   def smoke_width(self, arch: str, width: Optional[int]) -> Optional[int]:
-    """A smoke run's width of a cell of `width` (module constants)."""
-    standard = architectures.standard_width(arch)
-    if not self.smoke or width is None or not standard:
+    """A smoke run's width of a cell of `width`: divided by the architecture's smoke_divisor
+    (core/architectures.py), rounded, at least 1."""
+    known = architectures.ARCHITECTURES.get(arch)
+    if not self.smoke or width is None or not known:
       return width
-    return max(1, round(width / standard))
+    return max(1, round(width / (known.smoke_divisor or known.filters_factor)))
 
   def smoke_flags(self, flags: Mapping[str, Any], sizes: Mapping[str, int], where: str
                   ) -> Dict[str, Any]:

@@ -24,7 +24,7 @@ patches); its serving `logits` are the decoder's reconstruction [B, N, P] of eve
 unmasked encoder. Metrics: `loss`, per image, and `psnr`, the pretext metric: the peak
 signal-to-noise ratio of the masked patches' reconstruction in the image's values (the
 prediction de-normalised with each patch's own mean and deviation under --norm_pix_loss), for a
-peak-to-peak of 2 (values in [-1, 1], the '-1_to_1' op), 10 log10(4 / MSE), per image.
+peak-to-peak of 2 (values in [-1, 1]: the '-1_to_1' op or 'inception_preprocess'), 10 log10(4 / MSE), per image.
 
 Not implemented: the paper's AdamW (the suite's Adam with L2 decay instead) and its
 exclusion of norms and biases from weight decay.
@@ -35,6 +35,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
+from core import specs
 from core.errors import ConfigError
 from methods import base
 import models
@@ -187,7 +188,10 @@ def validate(config) -> None:
   if config.architecture != "vit":
     raise ConfigError(f"--task=mae masks a Vision Transformer's patch tokens: --architecture="
                       f"{config.architecture} is not one; valid choices: vit")
-  base.require_op(config, "-1_to_1", "resize,flip_lr,-1_to_1")
+  if not set(specs.parse_spec(config.preprocessing)) & set(specs.MINUS_ONE_TO_ONE_OPS):
+    raise ConfigError(f"--task=mae measures its reconstruction (PSNR) on values in [-1, 1]: "
+                      f"--preprocessing={config.preprocessing!r} has none of "
+                      f"{', '.join(specs.MINUS_ONE_TO_ONE_OPS)} (e.g. 'resize,flip_lr,-1_to_1')")
   if config.decoder_width % 4:
     raise ConfigError(f"--decoder_width={config.decoder_width}: the decoder's sine-cosine "
                       f"position embeddings need a multiple of 4")

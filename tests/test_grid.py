@@ -898,8 +898,8 @@ def test_every_shipped_grid_parses_and_pairs_each_trained_cell_with_a_baseline(n
 
 
 def test_the_paper_grid_probes_the_patch_methods_on_patches_of_their_export_size(known):
-  """imagenet_paper.toml: 81 trained cells and 14 random-init baselines on whole images and 14 on
-  the patch methods' patches (95, as its header says). Each patch method's cell is probed on
+  """imagenet_paper.toml: 85 trained cells and 18 random-init baselines on whole images and 14 on
+  the patch methods' patches (103, as its header says; the ViTs' by their position embeddings). Each patch method's cell is probed on
   3x3 patches of the size its export takes, with the baseline of its architecture and width on
   the same patches; the other cells on whole 224x224 images."""
   from datasets.preprocess import patch_geometry  # The grid layer itself never imports TF.
@@ -907,8 +907,8 @@ def test_the_paper_grid_probes_the_patch_methods_on_patches_of_their_export_size
                             known)
   kinds = collections.Counter(
       (c.kind, c.name.endswith("-patches")) for c in grid.cells)
-  assert len(grid.cells) == 95
-  assert kinds[("random_init", True)] == kinds[("random_init", False)] == 14
+  assert len(grid.cells) == 103
+  assert kinds[("random_init", True)] == 14 and kinds[("random_init", False)] == 18
   for cell in grid.cells:
     if cell.pretext_flags is None:
       continue
@@ -945,7 +945,7 @@ def test_a_smoke_run_keeps_every_cell_and_setting_but_the_amount_of_work(known):
   first images, small batches, one epoch with the flagfiles' schedules scaled to it."""
   path = os.path.join(REPO_ROOT, "configs", "grids", "imagenet_paper.toml")
   full, smoke = gridfile.load_grid(path, known), gridfile.load_grid(path, known, smoke=True)
-  assert len(smoke.cells) == len(full.cells) == 95
+  assert len(smoke.cells) == len(full.cells) == 103
   renamed = {c.name: s for c, s in zip(full.cells, smoke.cells)}
   assert renamed["rotation-resnet50_v2-w16"].name == "rotation-resnet50_v2-w4"
   assert renamed["jigsaw-vgg19-w16"].name == "jigsaw-vgg19-w2"
@@ -977,3 +977,34 @@ def test_a_smoke_run_keeps_every_cell_and_setting_but_the_amount_of_work(known):
   shapes = gridfile.load_grid(os.path.join(REPO_ROOT, "configs", "grids", "shapes.toml"), known,
                               smoke=True)
   assert shapes.cells[0].pretext_flags["val_split"] == "test[:16]"
+
+
+def test_a_baseline_has_its_trained_cells_backbone_settings(known):
+  """shapes_vit.toml: MAE's ViT has fixed sine-cosine positions, the other ViT cells learned ones:
+  each gets the random-init ViT built as it is, named by the setting; the ResNets their own. In
+  a smoke run of the paper grid, ViT-S and ViT-B stay apart (1 and 2 heads)."""
+  grid = gridfile.load_grid(os.path.join(REPO_ROOT, "configs", "grids", "shapes_vit.toml"), known)
+  baselines = {c.name: c.baseline for c in grid.cells if c.pretext_flags is not None}
+  assert baselines == {
+      "rotation-vit_p4-w3": "random_init-vit_p4-w3",
+      "simclr-vit_p4-w3": "random_init-vit_p4-w3",
+      "dino-vit_p4-w3": "random_init-vit_p4-w3",
+      "mae-vit_p4-w3": "random_init-vit_p4-w3-vit_position_embeddingsincos",
+      "rotation-resnet50_v2-w2": "random_init-resnet50_v2-w2",
+      "simclr-resnet50_v2-w2": "random_init-resnet50_v2-w2",
+      "dino-resnet50_v2-w2": "random_init-resnet50_v2-w2"}
+  assert grid.cell("mae-vit_p4-w3").pretext_flags["vit_position_embedding"] == "sincos"
+  sincos = grid.cell(baselines["mae-vit_p4-w3"]).evaluations["linear_eval"]
+  learned = grid.cell("random_init-vit_p4-w3").evaluations["linear_eval"]
+  assert sincos["vit_position_embedding"] == "sincos"
+  assert "vit_position_embedding" not in learned
+  for flags in (sincos, learned):
+    assert (flags["architecture"], flags["filters_factor"], flags["vit_patch_size"]) == (
+        "vit", "3", "4")
+  paper = os.path.join(REPO_ROOT, "configs", "grids", "imagenet_paper.toml")
+  smoke = gridfile.load_grid(paper, known, smoke=True)
+  names = [c.name for c in smoke.cells if c.architecture == "vit"]
+  assert names == ["dino-vit_p16-w1", "dino-vit_p16-w2", "mae-vit_p16-w1", "mae-vit_p16-w2",
+                   "random_init-vit_p16-w1", "random_init-vit_p16-w2",
+                   "random_init-vit_p16-w1-vit_position_embeddingsincos",
+                   "random_init-vit_p16-w2-vit_position_embeddingsincos"]

@@ -186,7 +186,7 @@ def test_validation():
   validation.validate(_tiny())
   for overrides, message in (
       (dict(architecture="resnet50"), "--architecture=resnet50 is not one; valid choices: vit"),
-      (dict(preprocessing="resize"), "needs the '-1_to_1' op"),
+      (dict(preprocessing="resize"), r"--preprocessing='resize' has none of -1_to_1, inception"),
       (dict(decoder_width=30, decoder_heads=3), "--decoder_width=30: the decoder's sine-cosine"),
       (dict(decoder_width=32, decoder_heads=3), "does not split into --decoder_heads=3"),
   ):
