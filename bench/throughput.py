@@ -12,6 +12,11 @@ Sections (each prints one table):
              ratio is taken between those two. The FLOP/s achieved by the ResNet-50 v2 steps
              (3x the profiled forward FLOPs per image) is given as a fraction of the matmul peak.
              --backbones selects some of them.
+  vit        one training step of a ViT-Ti (models/vit.py, 3 heads, --vit_patch_size) at
+             --image_size and --batch_size, against the same network built from Keras' own
+             layers (keras.layers.MultiHeadAttention, LayerNormalization, Dense: no ViT ships
+             with tf.keras, and keras-hub's needs tensorflow-text, which pulls a second
+             TensorFlow); their parameter counts must agree; the ratio ours / Keras'.
   methods    every method's training step as configs/<method>/shapes.flags sets it up, on one
              fixed batch (source images/s: a rotation image is 4 backbone images, a jigsaw
              image 9 patches), next to its input pipeline alone on the embedded dataset (source
@@ -37,6 +42,7 @@ TF_ENABLE_ONEDNN_OPTS is set (core/runtime.py). Run it with TF_ENABLE_ONEDNN_OPT
 """
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -53,7 +59,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 BACKBONES = (("resnet50", "v1"), ("resnet50", "v2"), ("revnet50", "v2"), ("vgg19", "v2"))
 METHODS = ("rotation", "supervised", "jigsaw", "relative_patch_location", "exemplar")
-SECTIONS = ("matmul", "backbones", "methods", "probes")
+SECTIONS = ("matmul", "backbones", "vit", "methods", "probes")
 
 
 def _timed(fn, steps: int, warmup: int) -> float:
@@ -214,6 +220,56 @@ def backbones(args, peak: float):
           f"{ours_w4 / ref_rate:.2f}x")
 
 
+def keras_vit(heads: int, patch: int, size: int, classes: int) -> keras.Model:
+  """A pre-norm ViT of `heads` heads of 64 dimensions (12 blocks, MLP ratio 4, a class token,
+  learned positions) from Keras' own layers: the reference of models/vit.py's."""
+  width, tokens = 64 * heads, (size // patch) ** 2 + 1
+  images = keras.Input((size, size, 3))
+  x = keras.layers.Conv2D(width, patch, strides=patch)(images)
+  x = keras.layers.Reshape((tokens - 1, width))(x)
+
+  class Tokens(keras.layers.Layer):  # The class token and the position embeddings.
+    def build(self, shape):
+      self.cls = self.add_weight(shape=(1, 1, width), initializer="zeros")
+      self.position = self.add_weight(shape=(1, tokens, width), initializer="zeros")
+
+    def call(self, x):
+      cls = keras.ops.tile(self.cls, [keras.ops.shape(x)[0], 1, 1])
+      return keras.ops.concatenate([cls, x], axis=1) + self.position
+
+  x = Tokens()(x)
+  for _ in range(12):
+    y = keras.layers.LayerNormalization(epsilon=1e-6)(x)
+    x = x + keras.layers.MultiHeadAttention(heads, 64)(y, y)
+    y = keras.layers.LayerNormalization(epsilon=1e-6)(x)
+    y = keras.layers.Dense(4 * width, activation="gelu")(y)
+    x = x + keras.layers.Dense(width)(y)
+  x = keras.layers.LayerNormalization(epsilon=1e-6)(x)
+  return keras.Model(images, keras.layers.Dense(classes)(x[:, 0]))
+
+
+def vit_section(args):
+  import models  # pylint: disable=g-import-not-at-top
+  size, batch, patch = args.image_size, args.batch_size, args.vit_patch_size
+  ours = models.get_model("vit", num_classes=1000, filters_factor=3, vit_patch_size=patch)
+  reference = keras_vit(3, patch, size, 1000)
+  ours(tf.zeros([1, size, size, 3]))
+  counts = [sum(math.prod(v.shape) for v in m.trainable_weights) for m in (ours, reference)]
+  if counts[0] != counts[1]:
+    raise AssertionError(f"ViT-Ti parameters: ours {counts[0]}, Keras' {counts[1]}")
+  rates = {}
+  for name, model, logits_of in (("ours", ours, lambda out: out["logits"]),
+                                 ("keras layers", reference, lambda out: out)):
+    secs = measure(f"vit-ti {name}", _classifier_step(model, logits_of, batch, size), args)
+    rates[name] = batch / secs
+  print(f"\nViT-Ti training step, {size}x{size}, patches {patch}x{patch} "
+        f"({(size // patch) ** 2 + 1} tokens), batch {batch}, {counts[0]} parameters "
+        f"(images/s):")
+  for name, rate in rates.items():
+    print(f"{name:28s} {rate:9.1f}")
+  print(f"ViT-Ti, ours vs Keras' layers: {rates['ours'] / rates['keras layers']:.2f}x")
+
+
 def _method_config(method: str, overrides: dict):
   import train_and_eval  # pylint: disable=g-import-not-at-top
   flags = train_and_eval.FLAGS
@@ -321,7 +377,7 @@ def probes_section(args):
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--sections", default="matmul,backbones,methods")
+  p.add_argument("--sections", default="matmul,backbones,vit,methods")
   p.add_argument("--image_size", type=int, default=32)
   p.add_argument("--batch_size", type=int, default=64)
   p.add_argument("--filters_factor", type=int, default=1)
@@ -329,6 +385,7 @@ def main():
                  help="Only these, e.g. resnet50_v2 (names arch_mode; default: all of "
                       + ", ".join(f"{a}_{m}" for a, m in BACKBONES) + ").")
   p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("--vit_patch_size", type=int, default=4, help="Section vit: patch side.")
   p.add_argument("--matmul_size", type=int, default=2048)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup_steps", type=int, default=2)
@@ -356,6 +413,8 @@ def main():
     print(f"\nDense float32 matmul {args.matmul_size}^2: {peak / 1e9:.1f} GFLOP/s")
   if "backbones" in sections:
     backbones(args, peak)
+  if "vit" in sections:
+    vit_section(args)
   if "methods" in sections:
     methods_section(args)
   if "probes" in sections:
