@@ -125,6 +125,9 @@ def validate_config(config, check_data: bool = True, export_pending: bool = Fals
   require(batch >= MIN_BATCH, f"--eval_batch_size={batch}: the unbiased CKA estimator needs "
           f"minibatches of at least {MIN_BATCH} examples (a few hundred is usual)")
   linear_eval.check_sources(config, export_pending, check_data, probe_data=False)
+  if config.cka_other == options.RANDOM_INIT and config.hub_module is not None and \
+      not export_pending:
+    _other_config(config)  # Its random-init twin needs one of the suite's architectures.
   if check_data:
     validation.check_split(config.dataset, config.data_dir, "val_split", config.val_split,
                            at_least=MIN_BATCH, why="the unbiased CKA estimator")
@@ -138,10 +141,8 @@ def _other_config(config):
   if other == options.RANDOM_INIT:
     if config.hub_module is None:
       return config
-    info = files.read_export_info(representation_lib.export_dir_of(config.hub_module),
-                                  missing_ok=True)
-    require(bool(info.get("architecture")), f"--cka_other={other}: the export "
-            f"{config.hub_module} records no architecture to initialise at random")
+    info = linear_eval.require_suite_backbone(config.hub_module,
+                                              f"--cka_other={other} (its random-init twin)")
     return dataclasses.replace(
         config, hub_module=None, architecture=info["architecture"],
         filters_factor=info.get("filters_factor"), mode=info.get("mode") or "v2",

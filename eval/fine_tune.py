@@ -93,6 +93,8 @@ def validate_config(config: FineTuneConfig, check_data: bool = True,
   except ValueError as e:
     raise ConfigError(str(e)) from None
   linear_eval.check_sources(config, export_pending, check_data)
+  if config.hub_module is not None and not export_pending:
+    linear_eval.require_suite_backbone(config.hub_module, "fine-tuning")
 
 
 def load_backbone(config: FineTuneConfig):

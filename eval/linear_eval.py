@@ -131,6 +131,19 @@ def check_sources(config, export_pending: bool = False, check_data: bool = True,
     check_probe_data(config)
 
 
+def require_suite_backbone(hub_module: str, why: str) -> Dict[str, Any]:
+  """The export_info of the export at `hub_module`; ConfigError where it records no architecture
+  of the suite's (a backbone made elsewhere, eval/adapter.py), which `why` needs rebuilt."""
+  info = files.read_export_info(representation_lib.export_dir_of(hub_module), missing_ok=True)
+  architecture = info.get("architecture")
+  require(architecture in architectures.ARCHITECTURES,
+          f"--hub_module={hub_module}: its backbone ({architecture or 'no architecture recorded'}) "
+          f"is not one of the suite's architectures ({', '.join(architectures.ARCHITECTURES)}), "
+          f"and {why} rebuilds it from them; the per-layer probes and CKA between two exports "
+          "take it")
+  return info
+
+
 def check_probe_data(config) -> None:
   """The data of a classifier trained on one split and tested on another (probes,
   fine-tuning): both splits there and not empty, and at least two classes."""
@@ -319,6 +332,8 @@ def footprint(config, info: Mapping[str, Any]) -> footprint_lib.Step:
   (`source_info`): extraction on one device; in host memory the heads and their batches (within
   --probe_memory_gb where given) and, without a store on disk, the features; the store on
   disk. A ConfigError where the export does not take the evaluation's input."""
+  if info.get("architecture") not in architectures.ARCHITECTURES:
+    require_suite_backbone(config.hub_module, "the estimate of its memory")
   data = eval_data(config, info)
   shape = footprint_lib.example_shape(config, config.val_split, False, data.eval_spec,
                                       data.preprocess_config)

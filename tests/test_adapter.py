@@ -14,6 +14,8 @@ import tensorflow as tf
 
 from core.errors import ConfigError
 from eval import adapter as adapter_lib
+from eval import cka
+from eval import fine_tune
 from eval import linear_eval
 from tests.conftest import REPO_ROOT
 
@@ -105,6 +107,17 @@ def test_the_probes_run_on_an_adapted_export(resnet, tmp_path, shapes_data_dir):
   assert results["source"]["eval_preprocessing"] == "resize"
   for layer in results["layers"].values():
     assert 0.0 <= layer["top1"] <= 1.0
+  # What rebuilds the backbone from the suite's architectures refuses it before any work.
+  tune = fine_tune.FineTuneConfig(workdir=str(tmp_path / "tune"), hub_module=export,
+                                  train_fraction=0.5)
+  with pytest.raises(ConfigError, match=r"\(keras_resnet50\) is not one of the suite's .* "
+                     "fine-tuning rebuilds it"):
+    fine_tune.validate_config(tune, check_data=False)
+  twin = linear_eval.LinearEvalConfig(workdir=str(tmp_path / "cka"), hub_module=export,
+                                      cka_other="random_init", eval_batch_size=64)
+  with pytest.raises(ConfigError, match=r"--cka_other=random_init \(its random-init twin\)"):
+    cka.validate_config(twin, check_data=False)
+  assert not (tmp_path / "tune").exists() and not (tmp_path / "cka").exists()
 
 
 def test_bad_adapters_and_folders_are_refused_before_anything_is_written(resnet, tmp_path):
