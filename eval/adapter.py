@@ -144,7 +144,7 @@ def read_adapter(path: str) -> Adapter:
 class KerasBackbone(keras.Model):
   """An outside Keras model seen as a suite backbone: `model(images)` -> {end point: the named
   layer's output, ..., logits: the model's own output (the last end point's where it is one of
-  them)}; `probed`: the end points the probes see (logits only where it is none of them)."""
+  them)}; `probed_end_points`: those the probes see (logits only where it is none of them)."""
 
   def __init__(self, model: keras.Model, adapter: Adapter):
     super().__init__(name=adapter.name)
@@ -163,11 +163,11 @@ class KerasBackbone(keras.Model):
                         "keras-hub backbones are)") from None
     own = model.outputs[0] if len(model.outputs) == 1 else None
     # The model's own output is probed as `logits` where it is not one of the end points.
-    self.probed = list(adapter.end_points)
+    self.probed_end_points = list(adapter.end_points)
     if own is None or any(own is t for t in outputs.values()):
-      own = outputs[self.probed[-1]]
+      own = outputs[self.probed_end_points[-1]]
     else:
-      self.probed.append(architectures.LOGITS)
+      self.probed_end_points.append(architectures.LOGITS)
     self.inner = keras.Model(model.inputs, {**outputs, architectures.LOGITS: own})
 
   def call(self, images, training=None):
@@ -185,7 +185,7 @@ def _has_layer(model, name: str) -> bool:
 
 class SignatureBackbone(tf.Module):
   """A SavedModel's signature seen as a suite backbone: `model(images)` -> {end point: the named
-  output, ..., logits: the last end point's}; `probed`: the end points."""
+  output, ..., logits: the last end point's}; `probed_end_points`: the end points."""
 
   def __init__(self, loaded, adapter: Adapter):
     super().__init__(name=adapter.name)
@@ -200,7 +200,7 @@ class SignatureBackbone(tf.Module):
       raise ConfigError(f"signature {adapter.signature!r} takes {sorted(inputs)}; an adapted "
                         "backbone takes one input, the images")
     self.input_name = next(iter(inputs))
-    self.probed = list(adapter.end_points)
+    self.probed_end_points = list(adapter.end_points)
     outputs = list(self.signature.structured_outputs)
     missing = [o for o in adapter.end_points.values() if o not in outputs]
     if missing:
@@ -262,7 +262,7 @@ def adapt(model_path: str, adapter_path: str, export_dir: str) -> Dict[str, Any]
   info = dict(task=TASK, architecture=adapter.name, filters_factor=None,
               model=os.path.abspath(model_path), adapter=os.path.abspath(adapter_path),
               eval_preprocessing=adapter.eval_preprocessing,
-              preprocess_config=adapter.preprocess_config, end_points=backbone.probed)
+              preprocess_config=adapter.preprocess_config)
   export_lib.export(backbone, export_dir, shape, info)
   return files.read_export_info(export_dir)
 

@@ -20,8 +20,8 @@ t the patch's pixels (row, column, channel order), with --norm_pix_loss normalis
 has the same |M|, so the batch's loss is the mean of its images'.
 
 The export's representation is the encoder without masking (the backbone's end points on all
-patches); its serving `logits` are the decoder's reconstruction [B, N, P] of every patch from the
-unmasked encoder. Metrics: `loss`, per image, and `psnr`, the pretext metric: the peak
+patches, which the probes see); its serving `logits` are the decoder's reconstruction [B, N, P]
+of every patch from the unmasked encoder, not probed. Metrics: `loss`, per image, and `psnr`, the pretext metric: the peak
 signal-to-noise ratio of the masked patches' reconstruction in the image's values (the
 prediction de-normalised with each patch's own mean and deviation under --norm_pix_loss), for a
 peak-to-peak of 2 (values in [-1, 1]: the '-1_to_1' op or 'inception_preprocess'), 10 log10(4 / MSE), per image.
@@ -162,6 +162,11 @@ class MAEModel(keras.Model):
 
   def build(self, input_shape):
     del input_shape  # Built by build_model.
+
+  @property
+  def probed_end_points(self):
+    """The end points an export's probes see: the encoder's, not the reconstruction."""
+    return list(vit.END_POINTS)
 
   def call(self, images, training=None):
     end_points = dict(self.backbone(images, training=training))

@@ -64,8 +64,8 @@ def describe(config, image_shape: Sequence[int]) -> dict:
 def export(model, export_dir: str, image_shape: Sequence[int], info: dict) -> str:
   """Writes the SavedModel of `model` (a method's model, or the network of it that an export
   serves: methods/base.exported_model) and export_info.json to `export_dir`, replacing an earlier
-  export. The info's `end_points` (the ones the probes see, in depth order) default to every
-  output of the model.
+  export. Its `end_points` (those the probes see, in depth order) are the model's
+  `probed_end_points` where it has them (MAE's leave out its reconstruction), else every output.
 
   The new export is written beside the old one and swapped in with renames, so an interrupted
   export never leaves a half-written directory under `export_dir`.
@@ -79,7 +79,8 @@ def export(model, export_dir: str, image_shape: Sequence[int], info: dict) -> st
   end_points = list(model(tf.zeros([1, *image_shape]), training=False).keys())
   tf.saved_model.save(module, tmp_dir, signatures={"serving_default": module.serve,
                                                    "representation": module.representation})
-  info = dict(info, input_shape=list(image_shape), end_points=info.get("end_points", end_points))
+  end_points = getattr(model, "probed_end_points", None) or end_points
+  info = dict(info, input_shape=list(image_shape), end_points=list(end_points))
   with open(os.path.join(tmp_dir, files.EXPORT_INFO_FILE), "w") as f:
     json.dump(info, f, indent=2, sort_keys=True)
   if os.path.exists(export_dir):
