@@ -12,6 +12,7 @@ from core import architectures
 from core import files
 from core.durations import format_duration
 from core.options import RANDOM_INIT
+from report import findings
 from report import over_training
 from report import records
 from report import seeds
@@ -168,6 +169,7 @@ def write_report(cells: Sequence[CellResult], out_dir: str, roots: Sequence[str]
   if not cells:
     lines.append("No evaluated cells yet.")
     lines.append("")
+  lines += findings.findings_section(cells)
   for section, section_plots in (over_training.series_section(cells, out_dir),
                                  similarity.cka_section(similarities, out_dir)):
     lines += section

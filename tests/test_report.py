@@ -457,3 +457,24 @@ def test_a_method_without_an_accuracy_shows_the_metric_it_names(tmp_path):
   cells = {c["name"]: c for c in json.load(open(paths["json"]))["tables"][0]["cells"]}
   assert cells["byol-resnet50_v2-w1"]["pretext_metric"] == {"name": "cosine", "value": 0.7443}
   assert cells["random_init-resnet50_v2-w1"]["pretext_metric"] is None
+
+
+def test_findings_say_where_each_cell_peaks_and_whether_it_keeps_it_to_the_end(root):
+  """The paper's layer question in sentences: the rotation ResNet peaks at block3 and falls to
+  pre_logits, the supervised one rises to it; VGG's peaks at block4 and falls; per family, how
+  many keep their quality to the last layer; gains over random init where it is paired."""
+  from report import findings  # pylint: disable=g-import-not-at-top
+  paths, _ = report_lib.make_report([root])
+  md = open(paths["markdown"]).read()
+  section = md[md.index("## Findings"):]
+  # resnet_values(3): block3 0.5, pre_logits 0.4; random init's best: block1 at 0.3.
+  assert ("- *rotation-resnet50_v2-w1* peaks at block3 (50.0) and falls by 10.0 points to its "
+          "last layer, pre_logits (40.0); +20.0 points over random init at its best layer."
+          ) in section
+  assert ("- *supervised-resnet50_v2-w1* rises to its last layer, pre_logits (70.0); "
+          "+40.0 points over random init at its best layer.") in section
+  assert ("**ResNet / RevNet** (shapes, linear probes): 1 of 2 trained cell(s) keep their "
+          "quality to the last layer (within 1 point of their best).") in section
+  assert "- *rotation-vgg19-w1* peaks at block4 (53.0) and falls by" in section
+  assert "random_init-resnet50_v2-w1*" not in section  # Baselines are the reference, not found.
+  assert findings.HOLD_POINTS == 1.0
