@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import tomllib
 from typing import Any, Dict, Optional, Sequence
 
 # A pretext workdir: its config, its pretext evaluation, its export (with the export's info).
@@ -71,6 +72,18 @@ def write_text_atomic(path: str, text: str) -> str:
 def write_json_atomic(path: str, data: Any, **json_kwargs) -> str:
   """`data` as indented JSON, written with `write_text_atomic`; `json_kwargs` go to json.dumps."""
   return write_text_atomic(path, json.dumps(data, indent=2, **json_kwargs) + "\n")
+
+
+def read_toml(path: str, what: str) -> Dict[str, Any]:
+  """The TOML document at `path` (a grid file, an adapter: `what`); ValueError saying why it
+  cannot be read or parsed."""
+  try:
+    with open(path, "rb") as f:
+      return tomllib.load(f)
+  except OSError as e:
+    raise ValueError(f"cannot read {what} {path}: {e.strerror}") from None
+  except tomllib.TOMLDecodeError as e:
+    raise ValueError(f"{path}: not valid TOML: {e}") from None
 
 
 def read_json(path: str) -> Optional[Any]:

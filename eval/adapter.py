@@ -31,7 +31,6 @@ The suite's images are in [0, 1] unless the preprocessing scales them ('-1_to_1'
 import dataclasses
 import importlib
 import os
-import tomllib
 from typing import Any, Dict, List, Optional, Tuple
 
 import keras
@@ -81,12 +80,9 @@ class Adapter:
 def read_adapter(path: str) -> Adapter:
   """The adapter in the TOML file at `path`; ConfigError naming the bad entry."""
   try:
-    with open(path, "rb") as f:
-      data = tomllib.load(f)
-  except OSError as e:
-    raise ConfigError(f"adapter {path!r}: {e.strerror}") from None
-  except tomllib.TOMLDecodeError as e:
-    raise ConfigError(f"adapter {path!r} is not valid TOML: {e}") from None
+    data = files.read_toml(path, "adapter")
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
   def fail(message):
     raise ConfigError(f"adapter {path}: {message}")

@@ -39,7 +39,6 @@ eval_flags, its axis values. method = "random_init" makes evaluation-only baseli
 import itertools
 import os
 import re
-import tomllib
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from core import architectures
@@ -580,10 +579,7 @@ def load_grid(path: str, known: Optional[Mapping[str, FlagInfo]] = None,
   `overrides`: flags over [defaults] (e.g. data_dir from the command line); `smoke`: its smoke
   run (SMOKE_PRETEXT ...)."""
   try:
-    with open(path, "rb") as f:
-      data = tomllib.load(f)
-  except OSError as e:
-    raise GridError(f"cannot read grid file {path}: {e.strerror}") from None
-  except tomllib.TOMLDecodeError as e:
-    raise GridError(f"{path}: not valid TOML: {e}") from None
+    data = files.read_toml(path, "grid file")
+  except ValueError as e:
+    raise GridError(str(e)) from None
   return _Parser(path, data, known, base_dir, overrides or {}, smoke).parse()

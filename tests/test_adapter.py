@@ -141,5 +141,7 @@ def test_bad_adapters_and_folders_are_refused_before_anything_is_written(resnet,
   with pytest.raises(ConfigError, match="exists and is not an adapted backbone's export"):
     adapter_lib.adapt(path, _write(tmp_path, _adapter_text()), str(kept))
   assert os.listdir(kept) == ["results.json"]
+  with pytest.raises(ConfigError, match="cannot read adapter .*missing.toml: No such file"):
+    adapter_lib.adapt(path, str(tmp_path / "missing.toml"), str(tmp_path / "new"))
   with pytest.raises(ConfigError, match="neither a Keras model file"):
     adapter_lib.adapt(str(tmp_path), _write(tmp_path, _adapter_text()), str(tmp_path / "new"))
