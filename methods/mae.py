@@ -21,10 +21,12 @@ has the same |M|, so the batch's loss is the mean of its images'.
 
 The export's representation is the encoder without masking (the backbone's end points on all
 patches, which the probes see); its serving `logits` are the decoder's reconstruction [B, N, P]
-of every patch from the unmasked encoder, not probed. Metrics: `loss`, per image, and `psnr`, the pretext metric: the peak
-signal-to-noise ratio of the masked patches' reconstruction in the image's values (the
-prediction de-normalised with each patch's own mean and deviation under --norm_pix_loss), for a
-peak-to-peak of 2 (values in [-1, 1]: the '-1_to_1' op or 'inception_preprocess'), 10 log10(4 / MSE), per image.
+of every patch from the unmasked encoder, not probed.
+
+Metrics: `loss`, per image, and `psnr`, the pretext metric: the peak signal-to-noise ratio of the
+masked patches' reconstruction in the image's values (the prediction de-normalised with each
+patch's own mean and deviation under --norm_pix_loss), for a peak-to-peak of 2 (values in
+[-1, 1]: the '-1_to_1' op or 'inception_preprocess'), 10 log10(4 / MSE), per image.
 
 Not implemented: the paper's AdamW (the suite's Adam with L2 decay instead) and its
 exclusion of norms and biases from weight decay.
