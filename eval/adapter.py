@@ -221,7 +221,12 @@ def load_backbone(model_path: str, adapter: Adapter):
   if model_path.endswith(KERAS_SUFFIXES):
     if not os.path.isfile(model_path):
       raise ConfigError(f"no Keras model file at {model_path!r}")
-    return KerasBackbone(keras.saving.load_model(model_path, compile=False), adapter)
+    try:
+      model = keras.saving.load_model(model_path, compile=False)
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"Keras cannot load {model_path!r} ({e}); a model of a library's own "
+                        "classes needs that library in the adapter's custom_modules") from None
+    return KerasBackbone(model, adapter)
   if os.path.isfile(os.path.join(model_path, "saved_model.pb")):
     return SignatureBackbone(tf.saved_model.load(model_path), adapter)
   raise ConfigError(f"{model_path!r} is neither a Keras model file ({', '.join(KERAS_SUFFIXES)}) "
@@ -241,9 +246,8 @@ def _input_shape(backbone, adapter: Adapter) -> List[Optional[int]]:
 def adapt(model_path: str, adapter_path: str, export_dir: str) -> Dict[str, Any]:
   """Writes the export of the outside model at `model_path` that the adapter at `adapter_path`
   names the end points of to `export_dir` (replacing an earlier adapted export there, and
-  refusing a directory that holds anything else); returns its
-  export_info. The images' shape must be known (the model's input, or the adapter's
-  input_shape)."""
+  refusing a directory that holds anything else); returns its export_info. The images' shape
+  must be known (the model's input, or the adapter's input_shape)."""
   if os.path.exists(export_dir) and (not os.path.isdir(export_dir) or os.listdir(export_dir)):
     held = files.read_json(os.path.join(export_dir, files.EXPORT_INFO_FILE))
     if not isinstance(held, dict) or held.get("task") != TASK:
@@ -255,6 +259,10 @@ def adapt(model_path: str, adapter_path: str, export_dir: str) -> Dict[str, Any]
   if len(shape) != 3 or any(d is None for d in shape):
     raise ConfigError(f"the model takes images of {shape}: give input_shape = [H, W, C] in the "
                       "adapter")
+  for key, values in (("mean", adapter.mean), ("std", adapter.std)):
+    if len(values) not in (0, 1, shape[-1]):
+      raise ConfigError(f"adapter {adapter_path}: [input] {key} has {len(values)} values for "
+                        f"images of {shape[-1]} channels (give one, or one per channel)")
   info = dict(task=TASK, architecture=adapter.name, filters_factor=None,
               model=os.path.abspath(model_path), adapter=os.path.abspath(adapter_path),
               eval_preprocessing=adapter.eval_preprocessing,

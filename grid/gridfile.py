@@ -252,10 +252,9 @@ class _Parser(FlagChecker):
     """One random-init baseline per architecture, version, width and other backbone settings
     (model_settings: named by them, e.g. random_init-vit_p4-w3-vit_position_embeddingsincos) and
     per input its trained cells are evaluated on (eval_input), and each trained cell's `baseline`
-    its name. Tags: none
-    for the first whole-image input of an architecture, then "input2", ...; "patches",
-    "patches2", ... on patches. random_init_flags that give eval_preprocessing add a baseline on
-    that input too (the first, untagged). Where every evaluation sees its images through the
+    its name. Tags: none for the first whole-image input of an architecture, then "input2", ...;
+    "patches", "patches2", ... on patches. random_init_flags that give eval_preprocessing add a
+    baseline on that input too (the first, untagged). Where every evaluation sees its images through the
     deterministic pass only (`deterministic_only`), inputs that differ only in ops that act in
     training alone share a baseline: a cached probe sees 'resize,flip_lr,-1_to_1' and
     'resize,-1_to_1' alike."""

@@ -130,6 +130,8 @@ def test_bad_adapters_and_folders_are_refused_before_anything_is_written(resnet,
       ("colour = 1\n" + _adapter_text(), r"unknown key\(s\) colour"),
       (_adapter_text(input_shape="[32, 32]"), r"input_shape = \[32, 32\]"),
       (_adapter_text({"logits": "conv2_block3_out"}), "'logits' is the model's own output"),
+      (_adapter_text().replace("mean = [103.939, 116.779, 123.68]", "mean = [0.5, 0.5]"),
+       r"\[input\] mean has 2 values for images of 3 channels"),
   ):
     with pytest.raises(ConfigError, match=message):
       adapter_lib.adapt(path, _write(tmp_path, text), str(tmp_path / "new"))
