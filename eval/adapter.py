@@ -48,6 +48,9 @@ KERAS_SUFFIXES = (".keras",)
 _KEYS = ("name", "custom_modules", "input_shape", "signature", "eval_preprocessing",
          "preprocess_config", "input", "end_points")
 _INPUT_KEYS = ("scale", "mean", "std", "reverse_channels")
+# What an export's directory holds (a SavedModel and export_info.json): an adapted export is
+# replaced only where its directory holds nothing else.
+EXPORT_FILES = ("saved_model.pb", "variables", "assets", "fingerprint.pb", files.EXPORT_INFO_FILE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,8 +253,11 @@ def adapt(model_path: str, adapter_path: str, export_dir: str) -> Dict[str, Any]
   must be known (the model's input, or the adapter's input_shape)."""
   if os.path.exists(export_dir) and (not os.path.isdir(export_dir) or os.listdir(export_dir)):
     held = files.read_json(os.path.join(export_dir, files.EXPORT_INFO_FILE))
-    if not isinstance(held, dict) or held.get("task") != TASK:
-      raise ConfigError(f"{export_dir!r} exists and is not an adapted backbone's export: "
+    others = sorted(set(os.listdir(export_dir)) - set(EXPORT_FILES)) \
+        if os.path.isdir(export_dir) else []
+    if not isinstance(held, dict) or held.get("task") != TASK or others:
+      raise ConfigError(f"{export_dir!r} exists and is not an adapted backbone's export alone"
+                        f"{' (it holds ' + ', '.join(others[:5]) + ')' if others else ''}: "
                         "nothing was written; give another directory")
   adapter = read_adapter(adapter_path)
   backbone = load_backbone(model_path, adapter)

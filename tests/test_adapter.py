@@ -143,6 +143,14 @@ def test_bad_adapters_and_folders_are_refused_before_anything_is_written(resnet,
   with pytest.raises(ConfigError, match="exists and is not an adapted backbone's export"):
     adapter_lib.adapt(path, _write(tmp_path, _adapter_text()), str(kept))
   assert os.listdir(kept) == ["results.json"]
+  # Nor is an adapted export that holds anything beside it (probes written inside it, say).
+  for _ in range(2):  # An adapted export alone is replaced.
+    adapter_lib.adapt(path, _write(tmp_path, _adapter_text()), str(tmp_path / "export"))
+  (tmp_path / "export" / "linear_eval").mkdir()
+  with pytest.raises(ConfigError, match=r"not an adapted backbone's export alone \(it holds "
+                     "linear_eval\)"):
+    adapter_lib.adapt(path, _write(tmp_path, _adapter_text()), str(tmp_path / "export"))
+  assert (tmp_path / "export" / "linear_eval").is_dir()
   with pytest.raises(ConfigError, match="cannot read adapter .*missing.toml: No such file"):
     adapter_lib.adapt(path, str(tmp_path / "missing.toml"), str(tmp_path / "new"))
   with pytest.raises(ConfigError, match="neither a Keras model file"):
