@@ -224,7 +224,7 @@ def build_model(config, image_shape, num_classes):
                       f"{config.vit_patch_size}) keeps {keep}: at least one patch must be "
                       f"masked and one kept")
   decoder = Decoder(config.decoder_width, config.decoder_depth, config.decoder_heads,
-                    config.vit_patch_size ** 2 * image_shape[-1])
+                    backbone.patch_size ** 2 * image_shape[-1])
   model = MAEModel(backbone, decoder, name=config.task)
   model(tf.zeros([1, *image_shape]), training=False)
   return model
