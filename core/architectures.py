@@ -31,6 +31,8 @@ class ArchitectureFacts:
   # A smoke run's width is a cell's divided by this (default: the standard width), rounded, at
   # least 1: the grid's widths stay apart (ViT-S and ViT-B: 1 and 2 heads).
   smoke_divisor: Optional[int] = None
+  # The smallest side of an input it can be built on (VGG19: five 2x poolings leave 1 pixel).
+  min_input_side: int = 1
 
 
 ARCHITECTURES: Dict[str, ArchitectureFacts] = {
@@ -40,7 +42,7 @@ ARCHITECTURES: Dict[str, ArchitectureFacts] = {
                                   family="resnet"),
     "vgg19": ArchitectureFacts(
         ("block1", "block2", "block3", "block4", "block5", "fc6", "pre_logits"),
-        filters_factor=8, weight_decay=5e-4, family="vgg"),
+        filters_factor=8, weight_decay=5e-4, family="vgg", min_input_side=32),
 }
 # The Vision Transformer: filters_factor is its number of heads of 64 dimensions (ViT-Ti 3, ViT-S
 # 6, ViT-B 12, the standard); `vit_patch_size` and `vit_position_embedding` are its own settings.

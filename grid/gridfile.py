@@ -72,8 +72,9 @@ CELL_KEYS = ("method", "flagfile", "flags", "axes", "exclude", "eval_flags", "ta
 # A smoke run (benchmark.py --smoke): every cell and step as the grid file has them (image sizes,
 # preprocessing, patch settings, precision, evaluations and their inputs, baselines) but a few
 # images and steps, and each width divided by the architecture's standard width (ResNet-50 w4 ->
-# w1, w16 -> w4; VGG19 w8 -> w1). Splits are cut to their first images; --epochs=1 over them
-# scales the flagfiles' warm-up and decays.
+# w1, w16 -> w4; VGG19 w8 -> w1) or by the grid's narrowest width of it where that is less
+# (ResNet-50 w1, w2 stay w1, w2). Splits are cut to their first images; --epochs=1 over them
+# scales each step's warm-up and decays, its flagfile's or the grid file's.
 SMOKE_PRETEXT = dict(train=16, val=16, batch_size=8)
 SMOKE_PROBE = dict(train=64, val=32, batch_size=16)
 # The probes' grid of head settings in a smoke run: its first rate and first two decays (the choice
@@ -93,6 +94,7 @@ class _Parser(FlagChecker):
     self.data = data
     self.overrides = dict(overrides)
     self.smoke = smoke
+    self.narrowest: Dict[str, int] = {}  # A smoke run's: the grid's narrowest width per architecture.
     # Per evaluation: its flagfile's flags, and those the grid file sets over them.
     self.eval_flagfiles: Dict[str, Dict[str, Any]] = {}
     self.eval_given: Dict[str, Dict[str, Any]] = {}
@@ -110,20 +112,25 @@ class _Parser(FlagChecker):
 
   def smoke_width(self, arch: str, width: Optional[int]) -> Optional[int]:
     """A smoke run's width of a cell of `width`: divided by the architecture's smoke_divisor
-    (core/architectures.py), rounded, at least 1."""
+    (core/architectures.py), or by the grid's narrowest width of it where that is less (so
+    that widths below the standard one stay apart: shapes_full's w1 and w2), rounded, at
+    least 1."""
     known = architectures.ARCHITECTURES.get(arch)
     if not self.smoke or width is None or not known:
       return width
-    return max(1, round(width / (known.smoke_divisor or known.filters_factor)))
+    divisor = min(known.smoke_divisor or known.filters_factor, self.narrowest.get(arch, width))
+    return max(1, round(width / divisor))
 
   def smoke_flags(self, flags: Mapping[str, Any], sizes: Mapping[str, int], where: str
                   ) -> Dict[str, Any]:
     """The flags a smoke run sets over a step's `flags`: its splits' first images, the batch
-    sizes, one epoch (empty outside a smoke run)."""
+    sizes, one epoch and the schedule scaled to it (empty outside a smoke run)."""
     if not self.smoke:
       return {}
     smoke = dict(epochs="1", batch_size=str(sizes["batch_size"]),
                  eval_batch_size=str(sizes["batch_size"]))
+    # The step's warm-up and decays, its flagfile's or the grid file's, scale with its epochs.
+    self.fit_schedule(flags, smoke, {"epochs": smoke["epochs"]}, where)
     for key in ("train", "val"):
       if key not in sizes:
         continue
@@ -581,4 +588,12 @@ def load_grid(path: str, known: Optional[Mapping[str, FlagInfo]] = None,
     data = files.read_toml(path, "grid file")
   except ValueError as e:
     raise GridError(str(e)) from None
-  return _Parser(path, data, known, base_dir, overrides or {}, smoke).parse()
+  parser = _Parser(path, data, known, base_dir, overrides or {}, smoke)
+  if smoke:
+    # The grid's narrowest width of each architecture, from the grid as it runs in full.
+    full = _Parser(path, data, known, base_dir, overrides or {}).parse()
+    for cell in full.cells:
+      if cell.width is not None:
+        parser.narrowest[cell.architecture] = min(
+            cell.width, parser.narrowest.get(cell.architecture, cell.width))
+  return parser.parse()

@@ -53,7 +53,8 @@ def fc6_kernel_size(height: Optional[int], width: Optional[int]):
     for _ in CONVS_PER_BLOCK:
       final //= 2
     if final < 1:
-      raise ValueError(f"vgg19 needs inputs of at least 32x32, got a side of {size}")
+      least = architectures.facts("vgg19").min_input_side
+      raise ValueError(f"vgg19 needs inputs of at least {least}x{least}, got a side of {size}")
     return min(FC6_MAX_KERNEL, final)
   return one(height), one(width)
 

@@ -207,6 +207,25 @@ def test_the_command_line_gives_one_line_and_scales_a_short_schedule(tmp_path, s
   assert not os.path.exists(tmp_path / "rot")
 
 
+def test_patches_smaller_than_an_architecture_takes_are_refused_before_any_work(
+    tmp_path, shapes_data_dir):
+  """VGG19's five 2x poolings need 32x32: jigsaw's 16x16 patches of 32x32 images are refused with
+  the sizes and the architectures that take them; rotation's whole images are not."""
+  common = ("--architecture=vgg19", "--dataset=shapes_small", f"--data_dir={shapes_data_dir}",
+            "--val_split=test",
+            f"--workdir={tmp_path}/wd", "--check_only")
+  proc = _cli("--flagfile=configs/jigsaw/shapes.flags", *common)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "error: --architecture=vgg19 needs inputs of at least 32x32; --task=jigsaw with "
+      "--preprocessing='to_gray,crop,crop_patches,standardization' gives its backbone 16x16: "
+      "make the images or patches larger (e.g. --resize_size, --crop_size) or use resnet50, "
+      "revnet50, vit")
+  proc = _cli("--flagfile=configs/rotation/shapes.flags", *common)
+  assert proc.returncode == 0, proc.stderr
+  assert not os.path.exists(tmp_path / "wd")
+
+
 def test_an_export_fed_images_of_another_size_is_refused_before_extraction(tmp_path,
                                                                            shapes_data_dir):
   """An export whose signature fixes its input size (here 8x8) and an evaluation

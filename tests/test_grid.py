@@ -1008,3 +1008,31 @@ def test_a_baseline_has_its_trained_cells_backbone_settings(known):
                    "random_init-vit_p16-w1", "random_init-vit_p16-w2",
                    "random_init-vit_p16-w1-vit_position_embeddingsincos",
                    "random_init-vit_p16-w2-vit_position_embeddingsincos"]
+
+
+@pytest.mark.parametrize("name", sorted(n for n in os.listdir(os.path.join(REPO_ROOT, "configs",
+                                                                          "grids"))
+                                        if n.endswith(".toml")))
+def test_every_step_of_every_grid_file_has_a_schedule_that_fits_its_epochs(known, name):
+  """Each step of each grid file, as run and as a smoke run (of as many cells), warms up and
+  decays within its epochs: a smoke run scales the grid file's own schedule to its one epoch as
+  it does a flagfile's (shapes.toml's supervised cell sets epochs 3 and a decay at 2.4)."""
+  path = os.path.join(REPO_ROOT, "configs", "grids", name)
+  grids = [gridfile.load_grid(path, known, smoke=smoke) for smoke in (False, True)]
+  assert len(grids[0].cells) == len(grids[1].cells)
+  for smoke, grid in zip((False, True), grids):
+    for cell in grid.cells:
+      for step, flags in [("pretext", cell.pretext_flags)] + list(cell.evaluations.items()):
+        if not flags or "epochs" not in flags:
+          continue
+        epochs = float(flags["epochs"])
+        decays = [float(d) for d in str(flags.get("decay_epochs") or "").split(",") if d]
+        assert float(flags.get("warmup_epochs") or 0) <= epochs, (cell.name, step, smoke)
+        assert all(d < epochs for d in decays), (cell.name, step, smoke, decays)
+  if name == "shapes_full.toml":  # Widths below the standard one stay apart.
+    assert [c.name for c in grids[1].cells] == [c.name for c in grids[0].cells]
+  if name == "shapes.toml":
+    supervised = gridfile.load_grid(path, known, smoke=True).cell("supervised-resnet50_v2-w1")
+    flags = supervised.pretext_flags
+    assert (flags["epochs"], flags["decay_epochs"]) == ("1", "0.8")
+    assert float(flags["warmup_epochs"]) == pytest.approx(0.2 / 3, rel=1e-4)

@@ -56,6 +56,25 @@ def validate(config: Config, check_data: bool = True) -> None:
     if getattr(method, "USES_LABELS", False):
       check_classes(config.dataset, config.data_dir, {"train_split": config.train_split},
                     f"--task={config.task} trains on the labels")
+    check_input_side(config, method)
+
+
+def check_input_side(config: Config, method) -> None:
+  """A ConfigError where the images the method gives its backbone (a patch, a view) are smaller
+  than the architecture can be built on (ArchitectureFacts.min_input_side)."""
+  least = architectures.facts(config.architecture).min_input_side
+  if least <= 1:
+    return
+  from training import footprint  # pylint: disable=g-import-not-at-top
+  shape = method.serving_input_shape(footprint.example_shape(
+      config, config.train_split, True, config.preprocessing, datasets.PreprocessConfig.of(config)))
+  if min(shape[:2]) < least:
+    fits = [a for a, f in architectures.ARCHITECTURES.items() if f.min_input_side <= min(shape[:2])]
+    raise ConfigError(
+        f"--architecture={config.architecture} needs inputs of at least {least}x{least}; "
+        f"--task={config.task} with --preprocessing={config.preprocessing!r} gives its backbone "
+        f"{shape[0]}x{shape[1]}: make the images or patches larger (e.g. --resize_size, "
+        f"--crop_size) or use {', '.join(fits)}")
 
 
 def dataset_info(dataset: str, data_dir):
