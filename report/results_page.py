@@ -1,0 +1,151 @@
+"""docs/results.md, written from the result files of the runs it quotes, so that no number on it
+is typed by hand and each table stands beside how it was made.
+
+Each section of the page is a folder of docs/results/: the result files of one grid root or of
+one or more evaluation workdirs (results.json, pretext_results.json and cell.json, at their paths
+under the root: nothing else is copied) and section.toml, which says what the section shows:
+
+  title = "View-invariance methods on real photographs"
+  order = 10                         # sections in increasing order, then by folder name
+  command = "benchmark.py --grid=configs/grids/photos.toml --jobs=2"
+  about = "One paragraph: what was run and what to read in it."
+
+`add_section` copies a root's result files into a section; `render` writes the page from the
+sections: per section its title, paragraph and command, the report's tables (report/tables.py),
+its findings (report/findings.py), and one line per distinct run record (commit, versions,
+devices) of the files it read.
+"""
+
+import os
+import shutil
+from typing import Any, Dict, List
+
+from core import architectures
+from core import files
+from core.files import CELL_FILE, PRETEXT_RESULTS_FILE, RESULTS_FILE
+from report import findings
+from report import records
+from report.cells import evaluation_title, find_cell_dirs, load_cells
+from report.tables import group_tables, layer_columns, markdown_table
+
+SECTION_FILE = "section.toml"
+SECTION_KEYS = ("title", "order", "command", "about")
+KEPT_FILES = (RESULTS_FILE, PRETEXT_RESULTS_FILE, CELL_FILE)
+
+
+def _toml_string(text: str) -> str:
+  """A TOML basic string (its escapes are JSON's for the characters these hold)."""
+  import json  # pylint: disable=g-import-not-at-top
+  return json.dumps(text, ensure_ascii=False)
+
+
+def add_section(root: str, section_dir: str, title: str, command: str, about: str = "",
+                order: int = 100) -> List[str]:
+  """Copies the result files of `root` (a grid root or an evaluation workdir) into
+  `section_dir`, at the same relative paths, and writes its section.toml; returns the copied
+  paths. ValueError where `root` holds no results, or `section_dir` holds files of another kind
+  (it is replaced only where it holds result files and a section.toml alone)."""
+  cell_dirs = find_cell_dirs(root)
+  if not cell_dirs:
+    raise ValueError(f"{root}: no {RESULTS_FILE} under it (a grid root or an evaluation's "
+                     "workdir)")
+  if os.path.exists(section_dir):
+    for directory, _, names in os.walk(section_dir):
+      others = [n for n in names if n not in KEPT_FILES + (SECTION_FILE,)]
+      if others:
+        raise ValueError(f"{section_dir} holds {os.path.join(directory, others[0])}, which is "
+                         "not a result file: give a folder of its own")
+    shutil.rmtree(section_dir)
+  copied = []
+  for directory in cell_dirs:
+    # An evaluation of a grid cell (<cell>/<evaluation>) brings the cell's own files too.
+    for source in {directory, os.path.dirname(directory)}:
+      if os.path.relpath(source, root).startswith(".."):
+        continue
+      for name in KEPT_FILES:
+        path = os.path.join(source, name)
+        if not os.path.isfile(path):
+          continue
+        target = os.path.join(section_dir, os.path.relpath(path, root))
+        if target in copied:
+          continue
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(path, target)
+        copied.append(target)
+  lines = [f"title = {_toml_string(title)}", f"order = {int(order)}",
+           f"command = {_toml_string(command)}", f"about = {_toml_string(about)}"]
+  files.write_text_atomic(os.path.join(section_dir, SECTION_FILE), "\n".join(lines) + "\n")
+  return sorted(copied)
+
+
+def read_section(section_dir: str) -> Dict[str, Any]:
+  """The section.toml of `section_dir`; ValueError naming a missing or unknown key."""
+  data = files.read_toml(os.path.join(section_dir, SECTION_FILE), "results section")
+  unknown = sorted(set(data) - set(SECTION_KEYS))
+  if unknown:
+    raise ValueError(f"{section_dir}/{SECTION_FILE}: unknown key {unknown[0]!r}; valid keys: "
+                     f"{', '.join(SECTION_KEYS)}")
+  for key in ("title", "command"):
+    if not isinstance(data.get(key), str) or not data[key]:
+      raise ValueError(f"{section_dir}/{SECTION_FILE}: {key} is required (a string)")
+  return data
+
+
+def sections(results_dir: str) -> List[str]:
+  """The section folders of `results_dir`, in page order."""
+  found = [os.path.join(results_dir, n) for n in os.listdir(results_dir)
+           if os.path.isfile(os.path.join(results_dir, n, SECTION_FILE))]
+  return sorted(found, key=lambda d: (read_section(d).get("order", 100), os.path.basename(d)))
+
+
+def _record_lines(cells) -> List[str]:
+  """One line per distinct (commit, versions, devices) of the cells' run records, with the
+  cells and phases made so."""
+  made: Dict[str, List[str]] = {}
+  for cell in cells:
+    for phase, run, _ in records.records_of(cell):
+      git = run.get("git") or {}
+      commit = (git.get("commit") or "?")[:10] + ("+dirty" if git.get("dirty") else "")
+      key = (f"commit {commit}, {records.versions_text(run)}, "
+             f"{records.device_text(run)}")
+      made.setdefault(key, []).append(f"{cell.name} ({phase})")
+  return [f"- {key}: {', '.join(where)}" for key, where in sorted(made.items())]
+
+
+def render_section(section_dir: str, page_dir: str) -> List[str]:
+  """The Markdown lines of one section."""
+  info = read_section(section_dir)
+  cells, _ = load_cells([section_dir])
+  lines = [f"## {info['title']}", ""]
+  if info.get("about"):
+    lines += [info["about"].strip(), ""]
+  lines += [f"Made by `{info['command']}`; the result files are in "
+            f"`{os.path.relpath(section_dir, page_dir)}/`.", ""]
+  for key, family, group in group_tables(cells):
+    lines += [f"### {evaluation_title(key)} - "
+              f"{architectures.FAMILY_TITLES.get(family, family)}", ""]
+    lines += [markdown_table(group, layer_columns(group)), ""]
+  found = findings.findings_section(cells)
+  if found:  # Its heading one level down, under the section's.
+    lines += ["#" + found[0]] + found[1:]
+  made = _record_lines(cells)
+  if made:
+    lines += ["How these numbers were made (the run records of their result files):", ""]
+    lines += made + [""]
+  return lines
+
+
+def render(results_dir: str, page_path: str) -> str:
+  """The whole page from the sections of `results_dir`."""
+  page_dir = os.path.dirname(os.path.abspath(page_path))
+  lines = ["# Results", "",
+           "Written by `scripts/write_results.py` from the result files under "
+           f"`{os.path.relpath(results_dir, page_dir)}/`: no number here is typed by hand. "
+           "Each table is the report's (`benchmark.py --report_only`): top-1 (%) of a linear "
+           "probe on every layer of the frozen network, the best layer in bold, and the gain "
+           "of the best layer over the random-init network of the same architecture on the "
+           "same input. To add a section from a run: `scripts/write_results.py "
+           "--add=<name>:<root> --title=... --command=...`.", ""]
+  for section_dir in sections(results_dir):
+    lines += render_section(section_dir, page_dir)
+  return "\n".join(lines).rstrip() + "\n"
