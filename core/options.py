@@ -91,7 +91,7 @@ _GROUPED = [
     Option("random_seed", "int", 0, "Seed for initialisation, shuffling and augmentation."),
     Option("deterministic", "bool", False, "TensorFlow's op determinism: with the same command, "
            "seed and machine, the same losses and accuracies (the input pipeline's augmentation "
-           "then draws in order; slower, see README).", affects_results=False),
+           "then draws in order; slower: docs/usage.md).", affects_results=False),
     "Data",
     Option("dataset", "string", "shapes", "Dataset: the embedded 'shapes' (or 'shapes_small'), a "
            "TFDS name such as imagenet2012, places365_small, cifar10, or 'folder:<root>' for "
