@@ -8,7 +8,7 @@
   .venv/bin/python scripts/pretext_accuracy.py --workdir=<a run on the photos> --by_class
 
 Against the held-out split, it tells memorising from learning the task, and --by_class (each
-class's images alone) on which classes it is learnt: README, "Real photographs".
+class's images alone) on which classes it is learnt: docs/recorded_results.md, "Real photographs".
 """
 
 import dataclasses
