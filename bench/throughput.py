@@ -128,6 +128,23 @@ def profile(name: str, fn, steps: int, top: int, logdir: str = "") -> None:
       for r in sorted(busy, key=lambda r: -r["total_self_time"])[:top]))
 
 
+def table(title: str, columns, rows, notes=()) -> dict:
+  """One section's result: what it prints and what --json_out keeps (cells as text)."""
+  return {"title": title, "columns": list(columns),
+          "rows": [[str(c) for c in row] for row in rows], "notes": list(notes)}
+
+
+def print_table(result: dict) -> None:
+  widths = [max(len(c), *(len(r[i]) for r in result["rows"])) if result["rows"] else len(c)
+            for i, c in enumerate(result["columns"])]
+  print(f"\n{result['title']}:")
+  for row in [result["columns"]] + result["rows"]:
+    print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                    for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+  for note in result["notes"]:
+    print(note)
+
+
 def measure(name: str, fn, args) -> float:
   """Seconds per call of `fn` (see `_timed`); with --profile, its profile too."""
   secs = _timed(fn, args.steps, args.warmup_steps)
@@ -209,15 +226,13 @@ def backbones(args, peak: float):
   # Its FLOPs differ from ours: Keras puts each block's stride in its last unit, not its first.
   rows.append(("keras ResNet50V2 (= w4)", ref_rate,
                flops_text(reference, lambda out: out, size, batch, ref_secs, peak)))
-  print(f"\nTraining step, {size}x{size}, batch {batch} (images/s):")
-  print(f"{'model':28s} {'images/s':>9s} {'vs keras':>9s}  FLOP/s")
   ours_w4 = dict((r[0], r[1]) for r in rows).get("resnet50_v2 w4")
-  for name, rate, flops in rows:
-    ratio = f"{rate / ref_rate:.2f}x" if name in ("resnet50_v2 w4",) else ""
-    print(f"{name:28s} {rate:9.1f} {ratio:>9s}  {flops}")
-  if ours_w4:
-    print(f"ResNet-50 v2 at standard width vs tf.keras.applications.ResNet50V2: "
-          f"{ours_w4 / ref_rate:.2f}x")
+  notes = [f"ResNet-50 v2 at standard width vs tf.keras.applications.ResNet50V2: "
+           f"{ours_w4 / ref_rate:.2f}x"] if ours_w4 else []
+  return table(f"Training step, {size}x{size}, batch {batch} (images/s)",
+               ("model", "images/s", "vs keras", "FLOP/s"),
+               [(name, f"{rate:.1f}", f"{rate / ref_rate:.2f}x" if name == "resnet50_v2 w4"
+                 else "", flops) for name, rate, flops in rows], notes)
 
 
 def keras_vit(heads: int, patch: int, size: int, classes: int) -> keras.Model:
@@ -262,12 +277,11 @@ def vit_section(args):
                                  ("keras layers", reference, lambda out: out)):
     secs = measure(f"vit-ti {name}", _classifier_step(model, logits_of, batch, size), args)
     rates[name] = batch / secs
-  print(f"\nViT-Ti training step, {size}x{size}, patches {patch}x{patch} "
-        f"({(size // patch) ** 2 + 1} tokens), batch {batch}, {counts[0]} parameters "
-        f"(images/s):")
-  for name, rate in rates.items():
-    print(f"{name:28s} {rate:9.1f}")
-  print(f"ViT-Ti, ours vs Keras' layers: {rates['ours'] / rates['keras layers']:.2f}x")
+  return table(f"ViT-Ti training step, {size}x{size}, patches {patch}x{patch} "
+               f"({(size // patch) ** 2 + 1} tokens), batch {batch}, {counts[0]} parameters "
+               "(images/s)", ("model", "images/s"),
+               [(name, f"{rate:.1f}") for name, rate in rates.items()],
+               [f"ViT-Ti, ours vs Keras' layers: {rates['ours'] / rates['keras layers']:.2f}x"])
 
 
 def _method_config(method: str, overrides: dict):
@@ -286,8 +300,7 @@ def methods_section(args):
   import methods  # pylint: disable=g-import-not-at-top
   from training import schedules  # pylint: disable=g-import-not-at-top
   from methods import base  # pylint: disable=g-import-not-at-top
-  print("\nMethods (configs/<method>/shapes.flags), source images/s:")
-  print(f"{'method':26s} {'batch':>5s} {'step':>9s} {'pipeline':>9s}  pipeline/step")
+  rows = []
   for name in args.methods.split(","):
     config = _method_config(name, {})
     method = methods.get_method(name)
@@ -316,8 +329,10 @@ def methods_section(args):
 
     step_secs = measure(name, lambda: step().numpy(), args)
     b = config.batch_size
-    print(f"{name:26s} {b:5d} {b / step_secs:9.1f} {b / pipe_secs:9.1f}  "
-          f"{step_secs / pipe_secs:.1f}x")
+    rows.append((name, b, f"{b / step_secs:.1f}", f"{b / pipe_secs:.1f}",
+                 f"{step_secs / pipe_secs:.1f}x"))
+  return table("Methods (configs/<method>/shapes.flags), source images/s",
+               ("method", "batch", "step", "pipeline", "pipeline/step"), rows)
 
 
 # One head per layer at the shapes flagfile's former setting: the protocol before the heads were
@@ -354,11 +369,7 @@ def _probe_run(export: str, width: int, args, on_the_fly: bool, extra=()):
 def probes_section(args):
   targets = [(args.probe_export, None)] if args.probe_export else [
       ("", int(w)) for w in args.probe_widths.split(",")]
-  print(f"\nPer-layer linear probes, {args.probe_epochs:g} epochs (cosine), "
-        f"{args.probe_train_examples} training / {args.probe_test_examples} test images "
-        "(seconds: results.json's total_s, of the cached protocol features + heads):")
-  print(f"{'backbone':28s} {'tuned (grid)':>20s} {'one setting':>20s} {'ratio':>6s} "
-        f"{'on the fly':>11s}  best layer: tuned / one setting / on the fly")
+  rows = []
   for export, width in targets:
     # Not timed: the first run in the process loads the backbone, the dataset and TensorFlow's
     # kernels, which the runs after it find loaded.
@@ -370,9 +381,14 @@ def probes_section(args):
     split = lambda r: (f"{r['times']['total_s']:.1f} ({r['times']['feature_extraction_s']:.1f} + "
                        f"{r['times']['head_training_s']:.1f})")
     best = lambda r: f"{r['best_layer']['name']} {100 * r['best_layer']['top1']:.1f}"
-    print(f"{name[-28:]:28s} {split(tuned):>20s} {split(one):>20s} "
-          f"{tuned['times']['total_s'] / one['times']['total_s']:5.2f}x "
-          f"{fly['times']['total_s']:11.1f}  {best(tuned)} / {best(one)} / {best(fly)}")
+    rows.append((name, split(tuned), split(one),
+                 f"{tuned['times']['total_s'] / one['times']['total_s']:.2f}x",
+                 f"{fly['times']['total_s']:.1f}", f"{best(tuned)} / {best(one)} / {best(fly)}"))
+  return table(f"Per-layer linear probes, {args.probe_epochs:g} epochs (cosine), "
+               f"{args.probe_train_examples} training / {args.probe_test_examples} test images "
+               "(seconds: results.json's total_s, of the cached protocol features + heads)",
+               ("backbone", "tuned (grid)", "one setting", "ratio", "on the fly",
+                "best layer: tuned / one setting / on the fly"), rows)
 
 
 def main():
@@ -400,6 +416,10 @@ def main():
                  help="Also profile every measured step: its N costliest op types and ops.")
   p.add_argument("--profile_dir", default="",
                  help="With --profile: keep the traces here (one folder per step).")
+  p.add_argument("--json_out", default="",
+                 help="Also write the tables and the run record (commit, versions, CPU and its "
+                      "vector extensions) to this JSON file: what docs/performance.md is "
+                      "written from (scripts/write_results.py).")
   args = p.parse_args()
   sections = args.sections.split(",")
   unknown = set(sections) - set(SECTIONS)
@@ -407,18 +427,27 @@ def main():
     p.error(f"unknown sections {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
   print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, devices: "
         f"{[d.name for d in tf.config.list_logical_devices()]}")
+  results = []
   peak = 0.0
   if "matmul" in sections or "backbones" in sections:
     peak = matmul_peak(args.matmul_size, args.steps, args.warmup_steps)
-    print(f"\nDense float32 matmul {args.matmul_size}^2: {peak / 1e9:.1f} GFLOP/s")
-  if "backbones" in sections:
-    backbones(args, peak)
-  if "vit" in sections:
-    vit_section(args)
-  if "methods" in sections:
-    methods_section(args)
-  if "probes" in sections:
-    probes_section(args)
+    results.append(table(f"Dense float32 matmul {args.matmul_size}^2", ("GFLOP/s",),
+                         [(f"{peak / 1e9:.1f}",)]))
+    print_table(results[-1])
+  for name, section in (("backbones", lambda: backbones(args, peak)),
+                        ("vit", lambda: vit_section(args)),
+                        ("methods", lambda: methods_section(args)),
+                        ("probes", lambda: probes_section(args))):
+    if name in sections:
+      results.append(section())
+      print_table(results[-1])
+  if args.json_out:
+    from training import run_record  # pylint: disable=g-import-not-at-top
+    from core import files  # pylint: disable=g-import-not-at-top
+    files.write_json_atomic(args.json_out, {"bench": "bench/throughput.py",
+                                            "run": run_record.record(random_seed=0),
+                                            "tables": results})
+    print(f"\nwrote {args.json_out}")
 
 
 if __name__ == "__main__":

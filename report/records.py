@@ -30,6 +30,9 @@ def device_text(run: Mapping[str, Any]) -> str:
     names = sorted(set(devices.get("names") or []))
     return f"{devices.get('count')} x {devices['accelerator']} ({', '.join(names)})"
   text = f"CPU: {devices.get('cpu', '?')}, {devices.get('cpu_count', '?')} cores"
+  simd = devices.get("cpu_simd")
+  if simd is not None:  # Records made before it was recorded say nothing.
+    text += f" ({', '.join(simd) or 'no AVX2'})"
   onednn = (run.get("environment") or {}).get("TF_ENABLE_ONEDNN_OPTS")
   if onednn is not None:  # Records made before it was recorded say nothing.
     text += ", oneDNN " + ("off" if onednn.strip().lower() in ("0", "false", "off") else "on")

@@ -1,19 +1,21 @@
-"""docs/results.md, written from the result files of the runs it quotes, so that no number on it
-is typed by hand and each table stands beside how it was made.
+"""docs/results.md and docs/performance.md, written from the result files and bench outputs they
+quote, so that no number on them is typed by hand and each table stands beside how it was made.
 
-Each section of the page is a folder of docs/results/: the result files of one grid root or of
-one or more evaluation workdirs (results.json, pretext_results.json and cell.json, at their paths
-under the root: nothing else is copied) and section.toml, which says what the section shows:
+Each section of a page is a folder (docs/results/<section>/, docs/performance/<section>/): the
+result files of one grid root or of one or more evaluation workdirs (results.json,
+pretext_results.json and cell.json, at their paths under the root: nothing else is copied), or
+a bench's output (bench.json: `bench/throughput.py --json_out`, its tables and run record), and
+section.toml, which says what the section shows:
 
   title = "View-invariance methods on real photographs"
   order = 10                         # sections in increasing order, then by folder name
   command = "benchmark.py --grid=configs/grids/photos.toml --jobs=2"
   about = "One paragraph: what was run and what to read in it."
 
-`add_section` copies a root's result files into a section; `render` writes the page from the
-sections: per section its title, paragraph and command, the report's tables (report/tables.py),
-its findings (report/findings.py), and one line per distinct run record (commit, versions,
-devices) of the files it read.
+`add_section` copies a root's result files (or a bench output) into a section; `render` writes a
+page from its sections: per section its title, paragraph and command, the report's tables
+(report/tables.py) and findings (report/findings.py) or the bench's tables, and one line per
+distinct run record (commit, versions, devices) of the files it read.
 """
 
 import os
@@ -30,7 +32,18 @@ from report.tables import group_tables, layer_columns, markdown_table
 
 SECTION_FILE = "section.toml"
 SECTION_KEYS = ("title", "order", "command", "about")
-KEPT_FILES = (RESULTS_FILE, PRETEXT_RESULTS_FILE, CELL_FILE)
+BENCH_FILE = "bench.json"
+KEPT_FILES = (RESULTS_FILE, PRETEXT_RESULTS_FILE, CELL_FILE, BENCH_FILE)
+# The pages: (title, what their tables are).
+PAGES = {
+    "results": ("Results", "Each table is the report's (`benchmark.py --report_only`): top-1 (%) "
+                "of a linear probe on every layer of the frozen network, the best layer in "
+                "bold, and the gain of the best layer over the random-init network of the same "
+                "architecture on the same input."),
+    "performance": ("Performance", "Each table is a bench's output, measured in one run: read "
+                    "its figures against each other (a ratio), not against another run's, as "
+                    "the machines these run on are shared."),
+}
 
 
 def _toml_string(text: str) -> str:
@@ -41,14 +54,21 @@ def _toml_string(text: str) -> str:
 
 def add_section(root: str, section_dir: str, title: str, command: str, about: str = "",
                 order: int = 100) -> List[str]:
-  """Copies the result files of `root` (a grid root or an evaluation workdir) into
-  `section_dir`, at the same relative paths, and writes its section.toml; returns the copied
-  paths. ValueError where `root` holds no results, or `section_dir` holds files of another kind
-  (it is replaced only where it holds result files and a section.toml alone)."""
-  cell_dirs = find_cell_dirs(root)
-  if not cell_dirs:
+  """Copies the result files of `root` (a grid root or an evaluation workdir; or a bench's JSON
+  output, as bench.json) into `section_dir`, at the same relative paths, and writes its
+  section.toml; returns the copied paths. ValueError where `root` holds no results, or
+  `section_dir` holds files of another kind (it is replaced only where it holds result files
+  and a section.toml alone)."""
+  bench = os.path.isfile(root)
+  if bench:
+    data = files.read_json(root)
+    if not isinstance(data, dict) or not isinstance(data.get("tables"), list):
+      raise ValueError(f"{root}: not a bench output (a JSON file with 'tables', e.g. of "
+                       "bench/throughput.py --json_out)")
+  cell_dirs = [] if bench else find_cell_dirs(root)
+  if not bench and not cell_dirs:
     raise ValueError(f"{root}: no {RESULTS_FILE} under it (a grid root or an evaluation's "
-                     "workdir)")
+                     "workdir), nor a bench output")
   if os.path.exists(section_dir):
     for directory, _, names in os.walk(section_dir):
       others = [n for n in names if n not in KEPT_FILES + (SECTION_FILE,)]
@@ -57,6 +77,10 @@ def add_section(root: str, section_dir: str, title: str, command: str, about: st
                          "not a result file: give a folder of its own")
     shutil.rmtree(section_dir)
   copied = []
+  if bench:
+    os.makedirs(section_dir)
+    copied.append(os.path.join(section_dir, BENCH_FILE))
+    shutil.copyfile(root, copied[-1])
   for directory in cell_dirs:
     # An evaluation of a grid cell (<cell>/<evaluation>) brings the cell's own files too.
     for source in {directory, os.path.dirname(directory)}:
@@ -98,29 +122,51 @@ def sections(results_dir: str) -> List[str]:
   return sorted(found, key=lambda d: (read_section(d).get("order", 100), os.path.basename(d)))
 
 
+def _made_with(run) -> str:
+  git = run.get("git") or {}
+  commit = (git.get("commit") or "?")[:10] + ("+dirty" if git.get("dirty") else "")
+  return f"commit {commit}, {records.versions_text(run)}, {records.device_text(run)}"
+
+
 def _record_lines(cells) -> List[str]:
   """One line per distinct (commit, versions, devices) of the cells' run records, with the
   cells and phases made so."""
   made: Dict[str, List[str]] = {}
   for cell in cells:
     for phase, run, _ in records.records_of(cell):
-      git = run.get("git") or {}
-      commit = (git.get("commit") or "?")[:10] + ("+dirty" if git.get("dirty") else "")
-      key = (f"commit {commit}, {records.versions_text(run)}, "
-             f"{records.device_text(run)}")
-      made.setdefault(key, []).append(f"{cell.name} ({phase})")
+      made.setdefault(_made_with(run), []).append(f"{cell.name} ({phase})")
   return [f"- {key}: {', '.join(where)}" for key, where in sorted(made.items())]
+
+
+def _bench_lines(path: str) -> List[str]:
+  """The tables of a bench output, and how it was made."""
+  data = files.read_json(path) or {}
+  lines = []
+  for t in data.get("tables") or []:
+    lines += [f"### {t['title']}", "",
+              "| " + " | ".join(t["columns"]) + " |",
+              "|" + "|".join([":--"] + ["--:"] * (len(t["columns"]) - 1)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in t["rows"]] + [""]
+    lines += [f"- {note}" for note in t.get("notes") or []]
+    lines += [""] if t.get("notes") else []
+  run = data.get("run")
+  if isinstance(run, dict):
+    lines += [f"How these numbers were made: {_made_with(run)}, "
+              f"{(run.get('finished') or '?')[:10]}.", ""]
+  return lines
 
 
 def render_section(section_dir: str, page_dir: str) -> List[str]:
   """The Markdown lines of one section."""
   info = read_section(section_dir)
-  cells, _ = load_cells([section_dir])
   lines = [f"## {info['title']}", ""]
   if info.get("about"):
     lines += [info["about"].strip(), ""]
   lines += [f"Made by `{info['command']}`; the result files are in "
             f"`{os.path.relpath(section_dir, page_dir)}/`.", ""]
+  if os.path.isfile(os.path.join(section_dir, BENCH_FILE)):
+    return lines + _bench_lines(os.path.join(section_dir, BENCH_FILE))
+  cells, _ = load_cells([section_dir])
   for key, family, group in group_tables(cells):
     lines += [f"### {evaluation_title(key)} - "
               f"{architectures.FAMILY_TITLES.get(family, family)}", ""]
@@ -135,17 +181,15 @@ def render_section(section_dir: str, page_dir: str) -> List[str]:
   return lines
 
 
-def render(results_dir: str, page_path: str) -> str:
-  """The whole page from the sections of `results_dir`."""
+def render(results_dir: str, page_path: str, page: str = "results") -> str:
+  """The whole page `page` (PAGES) from the sections of `results_dir`."""
   page_dir = os.path.dirname(os.path.abspath(page_path))
-  lines = ["# Results", "",
-           "Written by `scripts/write_results.py` from the result files under "
+  title, tables = PAGES[page]
+  lines = [f"# {title}", "",
+           "Written by `scripts/write_results.py` from the files under "
            f"`{os.path.relpath(results_dir, page_dir)}/`: no number here is typed by hand. "
-           "Each table is the report's (`benchmark.py --report_only`): top-1 (%) of a linear "
-           "probe on every layer of the frozen network, the best layer in bold, and the gain "
-           "of the best layer over the random-init network of the same architecture on the "
-           "same input. To add a section from a run: `scripts/write_results.py "
-           "--add=<name>:<root> --title=... --command=...`.", ""]
+           f"{tables} To add a section from a run: `scripts/write_results.py "
+           f"--page={page} --add=<name>:<root or bench output> --title=... --command=...`.", ""]
   for section_dir in sections(results_dir):
     lines += render_section(section_dir, page_dir)
   return "\n".join(lines).rstrip() + "\n"

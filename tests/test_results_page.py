@@ -2,6 +2,7 @@
 generator writes from docs/results/, and a section added from a grid root quotes that root's
 numbers and run records and copies nothing but result files."""
 
+import json
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ def test_the_results_page_is_what_its_result_files_give():
 def test_a_section_added_from_a_root_quotes_its_numbers_and_how_they_were_made(tmp_path):
   root = str(tmp_path / "grid")
   run = _run_record()
+  run["devices"] = dict(run["devices"], cpu_simd=["avx2"])  # An AVX2 machine, not AVX-512.
   write_cell(root, "rotation-resnet50_v2-w1", "pretext", "rotation", "resnet50", 1,
              resnet_values(3), pretext_acc=0.9, run=run)
   write_cell(root, "random_init-resnet50_v2-w1", "random_init", "random_init", "resnet50", 1,
@@ -54,7 +56,7 @@ def test_a_section_added_from_a_root_quotes_its_numbers_and_how_they_were_made(t
   assert cells[4] == "90.0%" and "+20.0" in cells
   assert "## Rotation" in text and "What it shows." in text and "`make demo`" in text
   assert ("- commit 0123456789+dirty, python 3.11.7, tensorflow 2.21.0, keras 3.15.1, "
-          "tensorflow_datasets 4.9.10, numpy 2.4.6, CPU: AMD EPYC, 2 cores: "
+          "tensorflow_datasets 4.9.10, numpy 2.4.6, CPU: AMD EPYC, 2 cores (avx2): "
           "rotation-resnet50_v2-w1 (pretext), rotation-resnet50_v2-w1 (linear_eval), "
           "random_init-resnet50_v2-w1 (linear_eval)") in text
   # A folder holding anything but result files is not replaced; a root without results refused.
@@ -67,3 +69,32 @@ def test_a_section_added_from_a_root_quotes_its_numbers_and_how_they_were_made(t
   with pytest.raises(ValueError, match="no results.json under it"):
     results_page.add_section(str(tmp_path / "empty"), str(results_dir / "x"), "X", "y")
   assert not os.path.exists(results_dir / "x")
+
+
+def test_a_bench_output_makes_a_performance_section(tmp_path):
+  """bench/throughput.py --json_out's tables go on the performance page as they were measured,
+  with the machine that measured them (its CPU's vector extensions: AVX2 or AVX-512)."""
+  run = _run_record()
+  run["devices"] = dict(run["devices"], cpu_simd=["avx2", "avx512f"])
+  run["finished"] = "2026-12-05T09:00:00+00:00"
+  output = tmp_path / "throughput.json"
+  with open(output, "w") as f:
+    json.dump({"bench": "bench/throughput.py", "run": run, "tables": [
+        {"title": "Training step, 32x32, batch 64 (images/s)",
+         "columns": ["model", "images/s", "vs keras"],
+         "rows": [["resnet50_v2 w4", "367.6", "1.39x"], ["keras ResNet50V2", "263.6", ""]],
+         "notes": ["ResNet-50 v2 at standard width vs Keras: 1.39x"]}]}, f)
+  sections = tmp_path / "docs" / "performance"
+  copied = results_page.add_section(str(output), str(sections / "cpu"), "Steps", "bench")
+  assert [os.path.basename(p) for p in copied] == ["bench.json"]
+  text = results_page.render(str(sections), str(tmp_path / "docs" / "performance.md"),
+                             "performance")
+  assert text.startswith("# Performance\n")
+  assert ("| model | images/s | vs keras |\n|:--|--:|--:|\n| resnet50_v2 w4 | 367.6 | 1.39x |\n"
+          "| keras ResNet50V2 | 263.6 |  |\n") in text
+  assert "- ResNet-50 v2 at standard width vs Keras: 1.39x" in text
+  assert "CPU: AMD EPYC, 2 cores (avx2, avx512f), 2026-12-05." in text
+  with open(tmp_path / "other.json", "w") as f:
+    json.dump({"rows": []}, f)
+  with pytest.raises(ValueError, match="not a bench output"):
+    results_page.add_section(str(tmp_path / "other.json"), str(sections / "x"), "X", "y")

@@ -21,6 +21,7 @@ from tests.conftest import REPO_ROOT
 import methods
 import train_and_eval
 from training import export as export_lib
+from training import run_record
 from training import trainer as trainer_lib
 
 
@@ -118,6 +119,9 @@ def test_run_eval_writes_pretext_results(trained):
   assert run["versions"]["numpy"] == np.__version__ and run["versions"]["keras"]
   assert run["devices"]["accelerator"] is None and run["devices"]["count"] == 0
   assert run["devices"]["cpu_count"] == len(os.sched_getaffinity(0)) and run["devices"]["cpu"]
+  with open("/proc/cpuinfo") as f:
+    flags = next(line for line in f if line.startswith("flags")).split(":", 1)[1].split()
+  assert run["devices"]["cpu_simd"] == [n for n in run_record.SIMD_FLAGS if n in flags]
   assert run["strategy"]["replicas"] == 1 and run["random_seed"] == config.random_seed
   assert run["deterministic"] is False and "python" in run["command"]
   # The kernels it ran on: oneDNN's, as every entry point (and conftest.py) asks.

@@ -9,8 +9,8 @@ makes a run repeatable.
    "host": the host name,
    "versions": {"python", "tensorflow", "keras", "tensorflow_datasets", "numpy"},
    "devices": {"accelerator": "GPU" | "TPU" | null, "count": accelerators (0 without),
-               "names": the accelerators' names, "cpu": the CPU model, "cpu_count": the cores
-               this process may use},
+               "names": the accelerators' names, "cpu": the CPU model, "cpu_simd": its
+               vector extensions of SIMD_FLAGS, "cpu_count": the cores this process may use},
    "strategy": {"name": the tf.distribute strategy's class, "replicas": replicas in sync},
    "random_seed": int, "deterministic": whether op determinism was on,
    "environment": the TensorFlow settings of core/runtime.py (TF_ENABLE_ONEDNN_OPTS),
@@ -31,7 +31,7 @@ import shlex
 import socket
 import subprocess
 import sys
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import keras
 import numpy as np
@@ -102,6 +102,24 @@ def cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
+# The CPU's widest vector extensions, as /proc/cpuinfo names them: what a CPU timing depends on
+# most (oneDNN's kernels differ between AVX2 and AVX-512 machines of one model name).
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def cpu_simd() -> List[str]:
+  """Which of SIMD_FLAGS the CPU has ([] where /proc/cpuinfo cannot be read)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.lower().startswith("flags"):
+          present = set(line.split(":", 1)[1].split())
+          return [name for name in SIMD_FLAGS if name in present]
+  except OSError:
+    pass
+  return []
+
+
 def devices() -> Dict[str, Any]:
   """The accelerators TensorFlow sees (kind, count, names) and the CPU."""
   kind, found = None, []
@@ -119,7 +137,7 @@ def devices() -> Dict[str, Any]:
     names.append(details.get("device_name") or device.name)
   cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   return {"accelerator": kind, "count": len(found), "names": names, "cpu": cpu_model(),
-          "cpu_count": cpus}
+          "cpu_simd": cpu_simd(), "cpu_count": cpus}
 
 
 def record(random_seed: int, strategy: Optional[tf.distribute.Strategy] = None,
