@@ -190,7 +190,8 @@ _GROUPED = [
            "(from --teacher_momentum at the start to 1 at the end; default: byol and dino "
            "cosine, moco constant).", configs=_P, choices=TEACHER_SCHEDULES),
     Option("export_teacher", "bool", False, "byol, moco, dino: export the teacher's network "
-           "instead of the online one (both are in the checkpoints).", configs=_P),
+           "instead of the online one (both are in the checkpoints: given to a finished run, "
+           "it re-exports without training again).", configs=_P),
     Option("moco_queue_size", "int", 65536, "moco: keys in the queue of negatives, a multiple of "
            "--batch_size.", configs=_P, check="positive"),
     Option("shuffle_bn_groups", "int", 8, "moco: each replica's batch is normalised in this many "
@@ -380,8 +381,9 @@ ALIASES: Dict[str, str] = {alias: o.name for o in _OPTIONS for alias in o.aliase
 NON_RESULT = tuple(n for o in _OPTIONS if not o.affects_results for n in (o.name,) + o.aliases)
 # Pretext options that act only after training, on what every run redoes from the last
 # checkpoint (the pretext evaluation, the export): a workdir's training can go on under other
-# values of them, and the files they shape are rewritten with the new ones.
-AFTER_TRAINING = ("run_eval", "val_split", "serving_input_shape")
+# values of them, and the files they shape are rewritten with the new ones (--export_teacher on
+# a finished run exports its teacher, which is in every checkpoint, without training again).
+AFTER_TRAINING = ("run_eval", "val_split", "serving_input_shape", "export_teacher")
 
 
 def of(config: str) -> List[Option]:

@@ -3,6 +3,7 @@ momentum schedule, its moving average, the variables the optimiser sees, the exp
 network, and a stopped run that resumes with the same teacher and queue."""
 
 import contextlib
+import dataclasses
 import os
 import signal
 
@@ -210,3 +211,33 @@ def test_a_longer_run_goes_on_only_where_the_teachers_momentum_does_not_span_tra
     with pytest.raises(ConfigError, match=r"other settings \(epochs 1 -> 2, up to step 2; the "
                                           r"teacher's momentum rises to 1 over --epochs\)"):
       train_and_eval.check_workdir(config, longer)
+
+
+@pytest.mark.slow
+def test_a_finished_run_exports_its_teacher_without_training_again(tmp_path, shapes_data_dir):
+  """--export_teacher acts after training (options.AFTER_TRAINING): the same command with it on
+  a finished BYOL run is not refused, trains nothing, and rewrites the export as the teacher's
+  network (export_info.json says which), whose outputs are not the online network's."""
+  import train_and_eval  # pylint: disable=g-import-not-at-top
+  config = _tiny("byol", workdir=str(tmp_path / "wd"), dataset="shapes_small",
+                 data_dir=shapes_data_dir, train_split="train[:32]", epochs=1, lr=0.05,
+                 save_checkpoints_secs=None, run_eval=False)
+  lines = []
+  first = train_and_eval.run(config, print_fn=lines.append)
+  images = tf.random.uniform([4, 16, 16, 3], -1, 1, seed=0)
+
+  def served():
+    info = export_lib.load_export_info(first["export_dir"])
+    out = tf.saved_model.load(first["export_dir"]).signatures["representation"](images=images)
+    return info["network"], out["pre_logits"].numpy()
+
+  online = served()
+  trained_steps = [l for l in lines if l.startswith("step ")]
+  lines.clear()
+  again = train_and_eval.run(dataclasses.replace(config, export_teacher=True),
+                             print_fn=lines.append)
+  teacher = served()
+  assert again["step"] == first["step"] == 4 and trained_steps
+  assert not [l for l in lines if l.startswith("step ")]  # Nothing trained again.
+  assert (online[0], teacher[0]) == ("online", "teacher")
+  assert not np.allclose(online[1], teacher[1], atol=1e-4)
