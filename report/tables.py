@@ -88,18 +88,27 @@ def baseline_of(cell: CellResult, group: Sequence[CellResult]) -> Optional[CellR
   if named:
     return next((o for o in bases if o.name == named), None)
   bases = [o for o in bases if o.architecture == cell.architecture and o.mode == cell.mode
-           and o.width == cell.width and o.on_patches == cell.on_patches]
+           and o.width == cell.width and o.on_patches == cell.on_patches
+           and _settings_agree(cell, o)]
   same = [o for o in bases if same_input(cell, o)]
   return (same or bases or [None])[0]
+
+
+def _settings_agree(cell: CellResult, base: CellResult) -> bool:
+  """Whether the backbone settings beside architecture and width (MODEL_SETTINGS: a ViT's
+  position embeddings, say) that both results record agree."""
+  ours, theirs = ((c.results.get("source") or {}) for c in (cell, base))
+  return all(ours[k] == theirs[k] for k in architectures.MODEL_SETTINGS
+             if k in ours and k in theirs)
 
 
 def same_input(cell: CellResult, base: CellResult) -> bool:
   """Whether `base` was evaluated on `cell`'s input: paired so by the grid (and, where both
   record their spec, on the same one: a cell of the same name from another root may not be),
-  or on the same recorded spec."""
+  or on the same recorded spec (for the cached probes, as their deterministic pass runs it)."""
   if (cell.state or {}).get("baseline"):
     return cell.state["baseline"] == base.name and _specs_agree(cell, base)
-  return bool(cell.eval_spec) and cell.eval_spec == base.eval_spec
+  return bool(cell.eval_spec and base.eval_spec) and _specs_agree(cell, base)
 
 
 def _specs_agree(cell: CellResult, base: CellResult) -> bool:

@@ -268,6 +268,34 @@ def test_results_outside_the_runner_and_unknown_layers(tmp_path):
   assert cell.wall_s == 12.0  # results.json's total time.
 
 
+def test_results_outside_the_runner_meet_the_baseline_built_as_their_backbone(tmp_path):
+  """Without cell.json's pairing, a probe of an export is compared with the random init whose
+  recorded backbone settings agree (a ViT with sine-cosine positions: not the learned ones), on
+  the input the cached probes saw (a flip acts in training alone)."""
+  root = str(tmp_path / "r")
+  vit = [f"block{i}" for i in range(1, 4)]
+  made = {
+      "mae": ("pretext", "mae", "sincos", "resize,flip_lr,-1_to_1", [0.5, 0.4, 0.3]),
+      "random_learned": ("random_init", "random_init", "learned", "resize,flip_lr,-1_to_1",
+                         [0.2, 0.2, 0.2]),
+      "random_sincos": ("random_init", "random_init", "sincos", "resize,-1_to_1",
+                        [0.1, 0.3, 0.2])}
+  for name, (kind, method, position, spec, values) in made.items():
+    directory = write_cell(root, name, kind, method, "vit", 3, dict(zip(vit, values)),
+                           mode=None, with_state=False, eval_spec=spec)
+    path = os.path.join(directory, "results.json")
+    with open(path) as f:
+      results = json.load(f)
+    results["source"].update(vit_patch_size=4, vit_position_embedding=position)
+    with open(path, "w") as f:
+      json.dump(results, f)
+  cells, _ = report_lib.load_cells([root])
+  mae = next(c for c in cells if c.name == "mae")
+  assert report_tables.baseline_of(mae, cells).name == "random_sincos"
+  assert report_tables.baseline_label(mae, cells) == "random_sincos"
+  assert report_lib.best_over_baseline(mae, cells) == pytest.approx(0.2)
+
+
 def test_merging_two_roots(root, tmp_path):
   other = str(tmp_path / "root_b")
   write_cell(other, "rotation-resnet50_v2-w2", "pretext", "rotation", "resnet50", 2,
