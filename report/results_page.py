@@ -24,16 +24,17 @@ from typing import Any, Dict, List
 
 from core import architectures
 from core import files
-from core.files import CELL_FILE, PRETEXT_RESULTS_FILE, RESULTS_FILE
+from core.files import CELL_FILE, CKA_FILE, PRETEXT_RESULTS_FILE, RESULTS_FILE
 from report import findings
 from report import records
-from report.cells import evaluation_title, find_cell_dirs, load_cells
+from report import similarity
+from report.cells import SKIPPED_DIRS, evaluation_title, find_cell_dirs, load_cells
 from report.tables import group_tables, layer_columns, markdown_table
 
 SECTION_FILE = "section.toml"
 SECTION_KEYS = ("title", "order", "command", "about")
 BENCH_FILE = "bench.json"
-KEPT_FILES = (RESULTS_FILE, PRETEXT_RESULTS_FILE, CELL_FILE, BENCH_FILE)
+KEPT_FILES = (RESULTS_FILE, PRETEXT_RESULTS_FILE, CELL_FILE, CKA_FILE, BENCH_FILE)
 # The pages: (title, what their tables are).
 PAGES = {
     "results": ("Results", "Each table is the report's (`benchmark.py --report_only`): top-1 (%) "
@@ -66,6 +67,11 @@ def add_section(root: str, section_dir: str, title: str, command: str, about: st
       raise ValueError(f"{root}: not a bench output (a JSON file with 'tables', e.g. of "
                        "bench/throughput.py --json_out)")
   cell_dirs = [] if bench else find_cell_dirs(root)
+  if not bench:  # And the layer similarities (cka.json) under it.
+    for directory, subdirs, names in os.walk(root):
+      subdirs[:] = [d for d in subdirs if d not in SKIPPED_DIRS and not d.startswith(".")]
+      if CKA_FILE in names:
+        cell_dirs.append(directory)
   if not bench and not cell_dirs:
     raise ValueError(f"{root}: no {RESULTS_FILE} under it (a grid root or an evaluation's "
                      "workdir), nor a bench output")
@@ -171,9 +177,10 @@ def render_section(section_dir: str, page_dir: str) -> List[str]:
     lines += [f"### {evaluation_title(key)} - "
               f"{architectures.FAMILY_TITLES.get(family, family)}", ""]
     lines += [markdown_table(group, layer_columns(group)), ""]
-  found = findings.findings_section(cells)
-  if found:  # Its heading one level down, under the section's.
-    lines += ["#" + found[0]] + found[1:]
+  # The report's findings and layer similarities, their headings one level down.
+  for line in (findings.findings_section(cells) +
+               similarity.cka_section(similarity.find_cka([section_dir]), draw=False)[0]):
+    lines.append("#" + line if line.startswith("#") else line)
   made = _record_lines(cells)
   if made:
     lines += ["How these numbers were made (the run records of their result files):", ""]

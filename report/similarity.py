@@ -69,9 +69,10 @@ def plot_cka(data: Mapping[str, Any], title: str, path: str) -> str:
   return path
 
 
-def cka_section(found: Sequence[Tuple[str, Mapping[str, Any]]], out_dir: str
-                ) -> Tuple[List[str], List[str]]:
-  """(markdown lines, plot paths) of the layer-similarity section."""
+def cka_section(found: Sequence[Tuple[str, Mapping[str, Any]]], out_dir: str = "",
+                draw: bool = True) -> Tuple[List[str], List[str]]:
+  """(markdown lines, plot paths) of the layer-similarity section; `draw`: the heatmaps too, in
+  `out_dir` (else the tables alone)."""
   if not found:
     return [], []
   lines = ["## Layer similarity (linear CKA)", "",
@@ -88,12 +89,13 @@ def cka_section(found: Sequence[Tuple[str, Mapping[str, Any]]], out_dir: str
               f"{dataset.get('split')}, {data.get('num_batches')} minibatches of "
               f"{data.get('batch_size')}.", ""]
     png = f"cka_{slug(name)}.png"
-    plots.append(plot_cka(data, f"linear CKA: {name}", os.path.join(out_dir, png)))
+    if draw:
+      plots.append(plot_cka(data, f"linear CKA: {name}", os.path.join(out_dir, png)))
     header = ["A \\ B"] + list(data["layers_b"])
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|:--|" + "--:|" * len(data["layers_b"]))
     for layer, row in zip(data["layers_a"], data["matrix"]):
       lines.append(f"| {layer} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in row)
                    + " |")
-    lines += ["", f"![{title}]({png})", ""]
+    lines += ["", f"![{title}]({png})", ""] if draw else [""]
   return lines, plots

@@ -35,10 +35,21 @@ def test_a_section_added_from_a_root_quotes_its_numbers_and_how_they_were_made(t
   os.makedirs(os.path.join(root, "rotation-resnet50_v2-w1", "export"))
   with open(os.path.join(root, "rotation-resnet50_v2-w1", "export", "saved_model.pb"), "w") as f:
     f.write("not a result")
+  os.makedirs(os.path.join(root, "cka_rot"))
+  with open(os.path.join(root, "cka_rot", "cka.json"), "w") as f:
+    json.dump({"a": {"task": "rotation", "architecture": "resnet50", "mode": "v2",
+                     "filters_factor": 1, "hub_module": "x/rot/export"},
+               "b": {"task": "random_init", "architecture": "resnet50", "mode": "v2",
+                     "filters_factor": 1, "hub_module": "random_init"},
+               "layers_a": ["block1", "block2"], "layers_b": ["block1", "block2"],
+               "matrix": [[0.912, 0.3], [0.25, 0.5]], "dataset": {"name": "shapes",
+                                                                 "split": "test[:64]"},
+               "num_examples": 64, "num_batches": 2, "batch_size": 32}, f)
   results_dir, page = tmp_path / "docs" / "results", str(tmp_path / "docs" / "results.md")
   copied = results_page.add_section(root, str(results_dir / "demo"), "Rotation", "make demo",
                                     "What it shows.", order=5)
   assert sorted(os.path.relpath(p, results_dir / "demo") for p in copied) == [
+      "cka_rot/cka.json",
       "random_init-resnet50_v2-w1/cell.json",
       "random_init-resnet50_v2-w1/linear_eval/results.json",
       "rotation-resnet50_v2-w1/cell.json",
@@ -55,6 +66,9 @@ def test_a_section_added_from_a_root_quotes_its_numbers_and_how_they_were_made(t
       for n, v in zip(RESNET, values.values())]
   assert cells[4] == "90.0%" and "+20.0" in cells
   assert "## Rotation" in text and "What it shows." in text and "`make demo`" in text
+  # The layer similarity's table, under the section's heading.
+  assert "### Layer similarity (linear CKA)" in text and "#### cka_rot" in text
+  assert "| block1 | 0.91 | 0.30 |\n| block2 | 0.25 | 0.50 |" in text
   assert ("- commit 0123456789+dirty, python 3.11.7, tensorflow 2.21.0, keras 3.15.1, "
           "tensorflow_datasets 4.9.10, numpy 2.4.6, CPU: AMD EPYC, 2 cores (avx2): "
           "rotation-resnet50_v2-w1 (pretext), rotation-resnet50_v2-w1 (linear_eval), "
