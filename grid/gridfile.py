@@ -94,7 +94,8 @@ class _Parser(FlagChecker):
     self.data = data
     self.overrides = dict(overrides)
     self.smoke = smoke
-    self.narrowest: Dict[str, int] = {}  # A smoke run's: the grid's narrowest width per architecture.
+    # A smoke run's: the grid's narrowest width of each architecture (load_grid).
+    self.narrowest: Dict[str, int] = {}
     # Per evaluation: its flagfile's flags, and those the grid file sets over them.
     self.eval_flagfiles: Dict[str, Dict[str, Any]] = {}
     self.eval_given: Dict[str, Dict[str, Any]] = {}

@@ -28,9 +28,9 @@ flags.DEFINE_string("docs", DOCS, "The folder of the pages (<page>.md) and their
                     "(<page>/<section>/).")
 flags.DEFINE_bool("check", False, "Only compare the pages with what would be written.")
 flags.DEFINE_enum("page", "results", list(results_page.PAGES), "--add: the page of the section.")
-flags.DEFINE_string("add", None, "<section>:<root>: copy the result files of a grid root (or an "
-                    "evaluation's workdir, or a bench's JSON output) into <docs>/<page>/<section>/, "
-                    "then write the pages.")
+flags.DEFINE_string("add", None, "<section>:<root>: copy the result files of a grid root (or "
+                    "an evaluation's workdir, or a bench's JSON output) into "
+                    "<docs>/<page>/<section>/, then write the pages.")
 flags.DEFINE_string("title", None, "--add: the section's title.")
 flags.DEFINE_string("command", None, "--add: the command that made the results.")
 flags.DEFINE_string("about", "", "--add: a paragraph on what the section shows.")

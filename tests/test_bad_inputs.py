@@ -209,8 +209,9 @@ def test_the_command_line_gives_one_line_and_scales_a_short_schedule(tmp_path, s
 
 def test_patches_smaller_than_an_architecture_takes_are_refused_before_any_work(
     tmp_path, shapes_data_dir):
-  """VGG19's five 2x poolings need 32x32: jigsaw's 16x16 patches of 32x32 images are refused with
-  the sizes and the architectures that take them; rotation's whole images are not."""
+  """VGG19's five 2x poolings need 32x32: jigsaw's 16x16 patches of 32x32 images, and DINO's
+  16x16 local views, are refused with the sizes and the architectures that take them; rotation's
+  whole images are not."""
   common = ("--architecture=vgg19", "--dataset=shapes_small", f"--data_dir={shapes_data_dir}",
             "--val_split=test",
             f"--workdir={tmp_path}/wd", "--check_only")
@@ -219,8 +220,13 @@ def test_patches_smaller_than_an_architecture_takes_are_refused_before_any_work(
   assert proc.stderr.strip().splitlines()[-1] == (
       "error: --architecture=vgg19 needs inputs of at least 32x32; --task=jigsaw with "
       "--preprocessing='to_gray,crop,crop_patches,standardization' gives its backbone 16x16: "
-      "make the images or patches larger (e.g. --resize_size, --crop_size) or use resnet50, "
-      "revnet50, vit")
+      "make the images, patches or views larger (e.g. --resize_size, --crop_size) or use "
+      "resnet50, revnet50, vit")
+  proc = _cli("--flagfile=configs/dino/shapes.flags", *common)  # Its 16x16 local views.
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1].endswith(
+      "gives its backbone 16x16: make the images, patches or views larger (e.g. "
+      "--local_crop_size) or use resnet50, revnet50, vit")
   proc = _cli("--flagfile=configs/rotation/shapes.flags", *common)
   assert proc.returncode == 0, proc.stderr
   assert not os.path.exists(tmp_path / "wd")

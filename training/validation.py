@@ -68,13 +68,19 @@ def check_input_side(config: Config, method) -> None:
   from training import footprint  # pylint: disable=g-import-not-at-top
   shape = method.serving_input_shape(footprint.example_shape(
       config, config.train_split, True, config.preprocessing, datasets.PreprocessConfig.of(config)))
-  if min(shape[:2]) < least:
-    fits = [a for a, f in architectures.ARCHITECTURES.items() if f.min_input_side <= min(shape[:2])]
-    raise ConfigError(
-        f"--architecture={config.architecture} needs inputs of at least {least}x{least}; "
-        f"--task={config.task} with --preprocessing={config.preprocessing!r} gives its backbone "
-        f"{shape[0]}x{shape[1]}: make the images or patches larger (e.g. --resize_size, "
-        f"--crop_size) or use {', '.join(fits)}")
+  sizes = [(tuple(shape[:2]), "--resize_size, --crop_size")]
+  if config.local_crops:  # Multi-crop's local views go through the backbone too.
+    sizes.append((datasets.as_hw(config.local_crop_size, "local_crop_size"),
+                  "--local_crop_size"))
+  for (height, width), flags in sizes:
+    if min(height, width) < least:
+      fits = [a for a, f in architectures.ARCHITECTURES.items()
+              if f.min_input_side <= min(height, width)]
+      raise ConfigError(
+          f"--architecture={config.architecture} needs inputs of at least {least}x{least}; "
+          f"--task={config.task} with --preprocessing={config.preprocessing!r} gives its "
+          f"backbone {height}x{width}: make the images, patches or views larger (e.g. {flags}) "
+          f"or use {', '.join(fits)}")
 
 
 def dataset_info(dataset: str, data_dir):
