@@ -26,6 +26,7 @@ from core.options import RANDOM_INIT
 SKIPPED_DIRS = ("report", files.REPLACED_DIR) + files.RUN_DIRS
 KIND_ORDER = {"pretext": 0, "supervised": 1, RANDOM_INIT: 2}
 FINE_TUNED = "fine_tune"  # results.json's "evaluation" of eval/fine_tune.py.
+LINEAR_EVAL = "linear_eval"  # Of the probes; also a grid's default evaluation's name.
 KIND_LABELS = {"pretext": "", "supervised": "reference", RANDOM_INIT: "baseline"}
 
 
@@ -53,7 +54,11 @@ class CellResult:
 
   @property
   def evaluation(self) -> Tuple[str, ...]:
-    return (self.evaluation_name,) + evaluation_key(self.results)
+    # A probe run outside a grid (results.json in its own workdir) is a grid's default
+    # evaluation, linear_eval: its table is the grid cells' of the same protocol.
+    name = self.evaluation_name or (LINEAR_EVAL if self.results.get("evaluation") == LINEAR_EVAL
+                                    else "")
+    return (name,) + evaluation_key(self.results)
 
   @property
   def pretext_accuracy(self) -> Optional[float]:

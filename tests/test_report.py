@@ -296,6 +296,22 @@ def test_results_outside_the_runner_meet_the_baseline_built_as_their_backbone(tm
   assert report_lib.best_over_baseline(mae, cells) == pytest.approx(0.2)
 
 
+def test_a_probe_outside_a_grid_shares_the_grid_cells_table(tmp_path):
+  """A probe run in its own workdir and a grid cell's linear_eval of the same protocol are one
+  table, and the probe is compared with the grid's random init."""
+  root = str(tmp_path / "r")
+  write_cell(root, "random_init-resnet50_v2-w1", "random_init", "random_init", "resnet50", 1,
+             resnet_values(1, 0.1))
+  write_cell(root, "mine", "pretext", "rotation", "resnet50", 1, resnet_values(3),
+             with_state=False)
+  cells, _ = report_lib.load_cells([root])
+  tables = report_lib.group_tables(cells)
+  assert [sorted(c.name for c in group) for _, _, group in tables] == [
+      ["mine", "random_init-resnet50_v2-w1"]]
+  mine = next(c for c in cells if c.name == "mine")
+  assert report_tables.baseline_of(mine, cells).name == "random_init-resnet50_v2-w1"
+
+
 def test_merging_two_roots(root, tmp_path):
   other = str(tmp_path / "root_b")
   write_cell(other, "rotation-resnet50_v2-w2", "pretext", "rotation", "resnet50", 2,
