@@ -173,14 +173,19 @@ def check_workdir(config, plan, restart: bool = False):
       "from step 0")
 
 
-def check_pretext(config, restart: bool = False):
+def check_pretext(config, restart: bool = False, input_sides: bool = True):
   """Every check of a pretext run before any work, writing nothing: its values, names, data
   and splits (training/validation.py), the strategy's environment, the plan's steps, the
-  workdir. Returns (plan, check_workdir's (move, note))."""
+  workdir. Returns (plan, check_workdir's (move, note)). `input_sides`: also the sides of the
+  backbone's inputs (validation.check_input_side), which builds an input pipeline and so starts
+  TensorFlow's runtime: `run` checks them once its strategy is made, as a multi-worker one must
+  be made first."""
   from core.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   from training import validation  # pylint: disable=g-import-not-at-top
   validation.validate(config)
+  if input_sides:
+    validation.check_input_side(config)
   try:
     trainer_lib.check_strategy(config.strategy)
     plan = trainer_lib.make_plan(config)
@@ -205,11 +210,13 @@ def run(config, print_fn=print, restart: bool = False, stop=None):
   from training import run_record  # pylint: disable=g-import-not-at-top
   from training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 
-  _, (move, note) = check_pretext(config, restart)
+  from training import validation  # pylint: disable=g-import-not-at-top
+  _, (move, note) = check_pretext(config, restart, input_sides=False)
   try:
     strategy = trainer_lib.make_strategy(config.strategy)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  validation.check_input_side(config)
   if stop is not None:
     stop.install()  # Over the SIGTERM handler of TensorFlow's multi-worker runtime.
   config_lib.check_replicas(config, strategy.num_replicas_in_sync)

@@ -213,8 +213,7 @@ def test_patches_smaller_than_an_architecture_takes_are_refused_before_any_work(
   16x16 local views, are refused with the sizes and the architectures that take them; rotation's
   whole images are not."""
   common = ("--architecture=vgg19", "--dataset=shapes_small", f"--data_dir={shapes_data_dir}",
-            "--val_split=test",
-            f"--workdir={tmp_path}/wd", "--check_only")
+            "--val_split=test", f"--workdir={tmp_path}/wd", "--check_only")
   proc = _cli("--flagfile=configs/jigsaw/shapes.flags", *common)
   assert proc.returncode == 1 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == (
@@ -222,6 +221,9 @@ def test_patches_smaller_than_an_architecture_takes_are_refused_before_any_work(
       "--preprocessing='to_gray,crop,crop_patches,standardization' gives its backbone 16x16: "
       "make the images, patches or views larger (e.g. --resize_size, --crop_size) or use "
       "resnet50, revnet50, vit")
+  proc = _cli("--flagfile=configs/jigsaw/shapes.flags", *common[:-1])  # A run, not a check.
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "gives its backbone 16x16" in proc.stderr.strip().splitlines()[-1]
   proc = _cli("--flagfile=configs/dino/shapes.flags", *common)  # Its 16x16 local views.
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1].endswith(

@@ -56,15 +56,16 @@ def validate(config: Config, check_data: bool = True) -> None:
     if getattr(method, "USES_LABELS", False):
       check_classes(config.dataset, config.data_dir, {"train_split": config.train_split},
                     f"--task={config.task} trains on the labels")
-    check_input_side(config, method)
 
 
-def check_input_side(config: Config, method) -> None:
+def check_input_side(config: Config) -> None:
   """A ConfigError where the images the method gives its backbone (a patch, a view) are smaller
-  than the architecture can be built on (ArchitectureFacts.min_input_side)."""
+  than the architecture can be built on (ArchitectureFacts.min_input_side). Apart from
+  `validate`: it builds the input pipeline (which starts TensorFlow's runtime)."""
   least = architectures.facts(config.architecture).min_input_side
   if least <= 1:
     return
+  method = methods.get_method(config.task)
   from training import footprint  # pylint: disable=g-import-not-at-top
   shape = method.serving_input_shape(footprint.example_shape(
       config, config.train_split, True, config.preprocessing, datasets.PreprocessConfig.of(config)))
