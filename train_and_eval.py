@@ -209,8 +209,8 @@ def run(config, print_fn=print, restart: bool = False, stop=None):
   from training import export as export_lib  # pylint: disable=g-import-not-at-top
   from training import run_record  # pylint: disable=g-import-not-at-top
   from training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
-
   from training import validation  # pylint: disable=g-import-not-at-top
+
   _, (move, note) = check_pretext(config, restart, input_sides=False)
   try:
     strategy = trainer_lib.make_strategy(config.strategy)

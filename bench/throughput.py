@@ -442,8 +442,8 @@ def main():
       results.append(section())
       print_table(results[-1])
   if args.json_out:
-    from training import run_record  # pylint: disable=g-import-not-at-top
     from core import files  # pylint: disable=g-import-not-at-top
+    from training import run_record  # pylint: disable=g-import-not-at-top
     files.write_json_atomic(args.json_out, {"bench": "bench/throughput.py",
                                             "run": run_record.record(random_seed=0),
                                             "tables": results})
