@@ -199,9 +199,8 @@ def run(config, print_fn=print, restart: bool = False, stop=None):
   """One pretext experiment: train (resuming), optionally evaluate, export. Returns its results.
 
   Every check comes first (`check_pretext`, then the inputs' sides once the strategy is made);
-  config.json is written once the trainer is built,
-  so a run refused or failing before it leaves the workdir as it was (but for a --restart,
-  which moves the earlier run aside). `stop`: the entry point's interrupts.StopOnSignal."""
+  config.json is written once the trainer is built, so a run refused or failing before it
+  leaves the workdir as it was (but for a --restart, which moves the earlier run aside). `stop`: the entry point's interrupts.StopOnSignal."""
   from core import config as config_lib  # pylint: disable=g-import-not-at-top
   from core import files  # pylint: disable=g-import-not-at-top
   from core.errors import ConfigError  # pylint: disable=g-import-not-at-top
