@@ -3,7 +3,8 @@ quote, so that no number on them is typed by hand and each table stands beside h
 
 Each section of a page is a folder (docs/results/<section>/, docs/performance/<section>/): the
 result files of one grid root or of one or more evaluation workdirs (results.json,
-pretext_results.json and cell.json, at their paths under the root: nothing else is copied), or
+pretext_results.json, cell.json and cka.json, at their paths under the root: nothing else is
+copied), or
 a bench's output (bench.json: `bench/throughput.py --json_out`, its tables and run record), and
 section.toml, which says what the section shows:
 
@@ -18,6 +19,7 @@ page from its sections: per section its title, paragraph and command, the report
 distinct run record (commit, versions, devices) of the files it read.
 """
 
+import json
 import os
 import shutil
 from typing import Any, Dict, List
@@ -49,7 +51,6 @@ PAGES = {
 
 def _toml_string(text: str) -> str:
   """A TOML basic string (its escapes are JSON's for the characters these hold)."""
-  import json  # pylint: disable=g-import-not-at-top
   return json.dumps(text, ensure_ascii=False)
 
 
