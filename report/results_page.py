@@ -30,7 +30,7 @@ from core.files import CELL_FILE, CKA_FILE, PRETEXT_RESULTS_FILE, RESULTS_FILE
 from report import findings
 from report import records
 from report import similarity
-from report.cells import SKIPPED_DIRS, evaluation_title, find_cell_dirs, load_cells
+from report.cells import evaluation_title, find_cell_dirs, load_cells
 from report.tables import group_tables, layer_columns, markdown_table
 
 SECTION_FILE = "section.toml"
@@ -69,10 +69,7 @@ def add_section(root: str, section_dir: str, title: str, command: str, about: st
                        "bench/throughput.py --json_out)")
   cell_dirs = [] if bench else find_cell_dirs(root)
   if not bench:  # And the layer similarities (cka.json) under it.
-    for directory, subdirs, names in os.walk(root):
-      subdirs[:] = [d for d in subdirs if d not in SKIPPED_DIRS and not d.startswith(".")]
-      if CKA_FILE in names:
-        cell_dirs.append(directory)
+    cell_dirs += similarity.cka_dirs(root)
   if not bench and not cell_dirs:
     raise ValueError(f"{root}: no {RESULTS_FILE} under it (a grid root or an evaluation's "
                      "workdir), nor a bench output")

@@ -9,18 +9,26 @@ from core.files import CKA_FILE
 from report.cells import SKIPPED_DIRS, slug
 
 
+def cka_dirs(root: str) -> List[str]:
+  """The directories under `root` (itself included) that hold a cka.json, in walk order."""
+  found = []
+  for directory, subdirs, names in os.walk(os.path.abspath(root)):
+    subdirs[:] = sorted(d for d in subdirs if d not in SKIPPED_DIRS and not d.startswith("."))
+    if CKA_FILE in names:
+      found.append(directory)
+  return found
+
+
 def find_cka(roots: Sequence[str]) -> List[Tuple[str, Dict[str, Any]]]:
   """(name relative to its root, contents) of every readable cka.json under the roots."""
   found = []
   for root in roots:
     root = os.path.abspath(root)
-    for directory, subdirs, names in os.walk(root):
-      subdirs[:] = sorted(d for d in subdirs if d not in SKIPPED_DIRS and not d.startswith("."))
-      if CKA_FILE in names:
-        data = files.read_json(os.path.join(directory, CKA_FILE))
-        if isinstance(data, dict) and isinstance(data.get("matrix"), list):
-          found.append((os.path.relpath(directory, root) if directory != root else
-                        os.path.basename(root), data))
+    for directory in cka_dirs(root):
+      data = files.read_json(os.path.join(directory, CKA_FILE))
+      if isinstance(data, dict) and isinstance(data.get("matrix"), list):
+        found.append((os.path.relpath(directory, root) if directory != root else
+                      os.path.basename(root), data))
   return found
 
 
