@@ -9,8 +9,14 @@ from typing import List
 PATCH_OP = "crop_patches"
 # The ops that turn an image into a pretext example (its rotations, its augmented copies or
 # views) and so make the pretext labels: an export's evaluation input is its training spec
-# without them. The patch methods make their labels in model_fn: their patches stay.
-PRETEXT_OPS = ("rotate", "exemplar_copies", "simclr_views")
+# without them (unmasked images, for inpainting). The patch methods make their labels in
+# model_fn: their patches stay.
+PRETEXT_OPS = ("rotate", "exemplar_copies", "simclr_views", "ab_target", "mask_region")
+# The regions 'mask_region' (inpainting) can hide (datasets/dense_targets.py).
+INPAINTING_MASKS = ("center", "blocks")
+# The ops that set what a backbone is trained to see beyond sizes and ranges (colorization's
+# lightness): an evaluation of its export that gives a preprocessing of its own keeps them.
+INPUT_DOMAIN_OPS = ("lightness",)
 # The ops that leave values in [-1, 1] (inception_preprocess ends with '-1_to_1').
 MINUS_ONE_TO_ONE_OPS = ("-1_to_1", "inception_preprocess")
 # The ops that change an image only in training (datasets/preprocess.py): a deterministic pass
@@ -74,3 +80,9 @@ def params_read(spec: str) -> List[str]:
   """The parameters of EVAL_PARAM_FLAGS that some op of `spec` reads."""
   names = set(parse_spec(spec))
   return [p for p in EVAL_PARAM_FLAGS if names & set(PARAM_READERS[p])]
+
+
+def missing_input_ops(export_spec: str, spec: str) -> List[str]:
+  """The INPUT_DOMAIN_OPS of an export's evaluation spec that `spec` lacks."""
+  own = parse_spec(spec)
+  return [op for op in parse_spec(export_spec) if op in INPUT_DOMAIN_OPS and op not in own]

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from datasets import copies  # pylint: disable=unused-import  (registers its ops)
+from datasets import dense_targets  # pylint: disable=unused-import  (registers its ops)
 from datasets.base import DatasetInfo, DatasetNotPreparedError
 from datasets.preprocess import (LOCAL_VIEWS, PREPROCESS_OPS, PreprocessConfig, as_hw,
                                  get_preprocess_fn, register_op, validate_spec)

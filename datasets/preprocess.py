@@ -57,6 +57,8 @@ class PreprocessConfig:
   local_crop_size: Optional[Size] = None  # simclr_views: their size
   local_min_crop_area: float = 0.05       # simclr_views: the share of the image they cover
   local_max_crop_area: float = 0.14
+  inpainting_mask: str = "center"         # mask_region: the region hidden (dense_targets.py)
+  mask_area: float = 0.25                 # mask_region: the share of the image it hides
 
   def __post_init__(self):
     for name in ("resize_size", "crop_size", "local_crop_size"):
@@ -80,6 +82,8 @@ class PreprocessConfig:
       raise ValueError("the local views' areas must satisfy 0 < local_min_crop_area <= "
                        f"local_max_crop_area <= 1, got {self.local_min_crop_area!r} and "
                        f"{self.local_max_crop_area!r}")
+    if not 0.0 < self.mask_area <= 1.0:
+      raise ValueError(f"mask_area must be in (0, 1], got {self.mask_area!r}")
     if not 0.0 <= self.blur_probability <= 1.0:
       raise ValueError(f"blur_probability must be in [0, 1], got {self.blur_probability!r}")
     if not 0.0 <= self.color_jitter_strength:

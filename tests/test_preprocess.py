@@ -233,9 +233,13 @@ def test_evaluation_input_drops_the_ops_that_make_pretext_examples():
   assert specs.representation_spec("resize,simclr_views,-1_to_1") == "resize,-1_to_1"
   patches = "resize,to_gray,crop,crop_patches,standardization"
   assert specs.representation_spec(patches) == patches  # Patch labels come from model_fn.
-  # Each of them is a registered op that stacks copies of the image.
+  assert specs.representation_spec("resize,-1_to_1,mask_region") == "resize,-1_to_1"
+  # Each of them is a registered op that stacks copies of the image or adds per-pixel targets.
+  image = tf.constant(_image(32, 32))
   for name in specs.PRETEXT_OPS:
-    assert PREPROCESS_OPS.get(name).stacks, name
+    if not PREPROCESS_OPS.get(name).stacks:
+      out = get_preprocess_fn(name, True, PreprocessConfig())({"image": image, "label": 0})
+      assert out["target"].shape[:2] == (32, 32), name
   # The parameters an evaluation takes are PreprocessConfig's fields.
   fields = set(PreprocessConfig.__dataclass_fields__)
   assert set(specs.EVAL_PARAM_FLAGS) <= fields and set(specs.SIZE_FLAGS) <= set(
