@@ -33,23 +33,27 @@ class ArchitectureFacts:
   smoke_divisor: Optional[int] = None
   # The smallest side of an input it can be built on (VGG19: five 2x poolings leave 1 pixel).
   min_input_side: int = 1
+  # The deepest end point that is still a map of the image (a ViT's: its patch tokens), where a
+  # dense decoder starts by default (methods/dense.py).
+  dense_end_point: Optional[str] = None
 
 
 ARCHITECTURES: Dict[str, ArchitectureFacts] = {
     "resnet50": ArchitectureFacts(_RESNET_END_POINTS, filters_factor=4, weight_decay=1e-4,
-                                  family="resnet", variant="mode"),
+                                  family="resnet", variant="mode", dense_end_point="block4"),
     "revnet50": ArchitectureFacts(_RESNET_END_POINTS, filters_factor=4, weight_decay=1e-4,
-                                  family="resnet"),
+                                  family="resnet", dense_end_point="block4"),
     "vgg19": ArchitectureFacts(
         ("block1", "block2", "block3", "block4", "block5", "fc6", "pre_logits"),
-        filters_factor=8, weight_decay=5e-4, family="vgg", min_input_side=32),
+        filters_factor=8, weight_decay=5e-4, family="vgg", min_input_side=32,
+        dense_end_point="block5"),
 }
 # The Vision Transformer: filters_factor is its number of heads of 64 dimensions (ViT-Ti 3, ViT-S
 # 6, ViT-B 12, the standard); `vit_patch_size` and `vit_position_embedding` are its own settings.
 ARCHITECTURES["vit"] = ArchitectureFacts(
     tuple(f"block{i}" for i in range(1, 13)) + ("final_norm", "pre_logits"), filters_factor=12,
     weight_decay=1e-4, family="vit", variant="vit_patch_size",
-    variant_prefix="p", smoke_divisor=6)
+    variant_prefix="p", smoke_divisor=6, dense_end_point="final_norm")
 VARIANT_OPTIONS = tuple(dict.fromkeys(a.variant for a in ARCHITECTURES.values() if a.variant))
 FAMILIES = tuple(dict.fromkeys(a.family for a in ARCHITECTURES.values()))  # In report order.
 FAMILY_TITLES = {"resnet": "ResNet / RevNet", "vgg": "VGG", "vit": "Vision Transformer"}

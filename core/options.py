@@ -12,6 +12,7 @@ import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from core import architectures
+from core import specs
 from core.errors import ConfigError
 
 # The configs: pretext training, per-layer evaluation, fine-tuning of the whole backbone.
@@ -78,11 +79,11 @@ _ALL = (PRETEXT, EVAL, FINE_TUNE)
 _GROUPED = [
     "Experiment",
     Option("task", "string", None, "Pretext task (rotation, jigsaw, relative_patch_location, "
-           "exemplar, simclr, barlow_twins, byol, moco, swav, dino, mae, supervised), or an "
-           "evaluation of an export: linear_eval (probes of every frozen layer), probe_series (those probes at "
-           "every checkpoint that --eval_every_epochs kept), fine_tune (the whole backbone and a "
-           "new linear head) or cka (linear CKA between every layer of it and of --cka_other, on "
-           "--val_split).",
+           "exemplar, simclr, barlow_twins, byol, moco, swav, dino, mae, colorization, "
+           "inpainting, supervised), or an evaluation of an export: linear_eval (probes of "
+           "every frozen layer), probe_series (those probes at every checkpoint that "
+           "--eval_every_epochs kept), fine_tune (the whole backbone and a new linear head) or "
+           "cka (linear CKA between every layer of it and of --cka_other, on --val_split).",
            configs=_P),
     Option("workdir", "string", None, "Directory for checkpoints, summaries, export and results.",
            affects_results=False),
@@ -143,6 +144,12 @@ _GROUPED = [
     Option("local_max_crop_area", "float", 0.14, "'simclr_views' with --local_crops: the "
            "largest share of the image a local view covers (SwAV 0.14, DINO 0.4; the two "
            "views keep --min_crop_area to 1).", configs=_P, check="fraction"),
+    Option("inpainting_mask", "string", "center", "'mask_region' (inpainting): the region "
+           "hidden, the central square of --mask_area of the image, or blocks (squares of a "
+           "quarter of each side at random places, round(16 x --mask_area) of them).",
+           configs=_P, choices=specs.INPAINTING_MASKS),
+    Option("mask_area", "float", 0.25, "'mask_region' (inpainting): the share of the image "
+           "hidden (the context encoder's quarter).", configs=_P, check="fraction"),
     "Model",
     Option("architecture", "string", "resnet50", "Backbone: "
            f"{', '.join(architectures.ARCHITECTURES)}.", eval_default=None,
@@ -222,7 +229,20 @@ _GROUPED = [
     Option("decoder_depth", "int", 8, "mae: transformer blocks of the decoder.", configs=_P,
            check="positive"),
     Option("decoder_width", "int", 512, "mae: width of the decoder's tokens (a multiple of 4 and "
-           "of --decoder_heads).", configs=_P, check="positive"),
+           "of --decoder_heads); colorization, inpainting: channels of the dense decoder's "
+           "first stage, halved at each later one (at least 32).", configs=_P,
+           check="positive"),
+    Option("decoder_end_points", "list", (), "colorization, inpainting: the backbone end points "
+           "the dense decoder reads, the first where it starts and the others joined in at their "
+           "resolution on its way up (a U-Net's skips; default: the architecture's deepest map "
+           "alone, as the papers' decoders).", configs=_P),
+    Option("dense_output_stride", "int", 1, "colorization, inpainting: the dense decoder's "
+           "output is the input's size divided by this (colorization's paper: 4).", configs=_P,
+           check="positive"),
+    Option("color_rebalance", "float", 0.5, "colorization: lambda of the class rebalancing, "
+           "weights ((1 - lambda) p + lambda / Q)^-1 of each colour bin by its smoothed "
+           "frequency p (1: no rebalancing; the paper's 0.5).", configs=_P,
+           check="probability"),
     Option("decoder_heads", "int", 16, "mae: attention heads of the decoder's blocks.",
            configs=_P, check="positive"),
     Option("norm_pix_loss", "bool", True, "mae: reconstruct each patch's pixels normalised by "

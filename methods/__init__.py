@@ -6,8 +6,10 @@
 from core.registry import Registry
 from methods import barlow_twins
 from methods import byol
+from methods import colorization
 from methods import dino
 from methods import exemplar
+from methods import inpainting
 from methods import jigsaw
 from methods import mae
 from methods import moco
@@ -30,6 +32,8 @@ TASKS.register("moco", moco)
 TASKS.register("swav", swav)
 TASKS.register("dino", dino)
 TASKS.register("mae", mae)
+TASKS.register("colorization", colorization)
+TASKS.register("inpainting", inpainting)
 
 
 def get_method(task: str):

@@ -277,6 +277,16 @@ def swap_views(rows: tf.Tensor) -> tf.Tensor:
   return tf.reshape(views[:, ::-1], tf.shape(rows))
 
 
+# The peak-to-peak of the values a reconstruction is measured on: [-1, 1] ('-1_to_1').
+PEAK_TO_PEAK = 2.0
+
+
+def psnr(mse: tf.Tensor) -> tf.Tensor:
+  """The peak signal-to-noise ratio in dB of a mean squared error of values in [-1, 1]:
+  10 log10(PEAK_TO_PEAK^2 / mse)."""
+  return 10.0 * tf.math.log(PEAK_TO_PEAK ** 2 / tf.maximum(mse, 1e-10)) / tf.math.log(10.0)
+
+
 def predict_spec(predictions: Dict[str, tf.Tensor], end_points: Dict[str, tf.Tensor]
                  ) -> ModelSpec:
   """The ModelSpec of PREDICT mode: no loss, no metrics."""

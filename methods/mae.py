@@ -45,7 +45,6 @@ from models import common
 from models import vit
 
 PRETEXT_METRIC = "psnr"
-PEAK_TO_PEAK = 2.0  # Values in [-1, 1].
 NORM_EPSILON = 1e-6
 
 
@@ -108,8 +107,7 @@ def mae_loss(prediction: tf.Tensor, pixels: tf.Tensor, mask: tf.Tensor, norm_pix
   masked = tf.reduce_sum(mask, axis=1)
   loss = tf.reduce_sum(tf.reduce_mean(tf.square(prediction - target), -1) * mask, 1) / masked
   mse = tf.reduce_sum(tf.reduce_mean(tf.square(in_pixels - pixels), -1) * mask, 1) / masked
-  psnr = 10.0 * tf.math.log(PEAK_TO_PEAK ** 2 / tf.maximum(mse, 1e-10)) / tf.math.log(10.0)
-  return loss, psnr
+  return loss, base.psnr(mse)
 
 
 class Decoder(keras.layers.Layer):
