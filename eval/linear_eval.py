@@ -272,11 +272,17 @@ def eval_data(config, info: Mapping[str, Any]) -> EvalData:
     data = EvalData(config, eval_spec, train_spec, params)
   except (TypeError, ValueError) as e:
     raise ConfigError(f"preprocess_params={params!r}: {e}") from None
+  own = str(info.get("eval_preprocessing") or "")
   for name, spec in (("eval_preprocessing", eval_spec), ("preprocessing", train_spec)):
     try:
       datasets.validate_spec(spec, data.preprocess_config)
     except ValueError as e:
       raise ConfigError(f"{name}={spec!r}: {e}") from None
+    missing = specs.missing_input_ops(own, spec)
+    if missing:
+      raise ConfigError(f"{name}={spec!r} lacks {', '.join(map(repr, missing))}, which makes "
+                        f"the input the export's backbone was trained on (its own evaluation "
+                        f"preprocessing: {own!r}); add it where that has it")
   return data
 
 
