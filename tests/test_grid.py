@@ -898,8 +898,9 @@ def test_every_shipped_grid_parses_and_pairs_each_trained_cell_with_a_baseline(n
 
 
 def test_the_paper_grid_probes_the_patch_methods_on_patches_of_their_export_size(known):
-  """imagenet_paper.toml: 85 trained cells and 18 random-init baselines on whole images and 14 on
-  the patch methods' patches (103, as its header says; the ViTs' by their position embeddings). Each patch method's cell is probed on
+  """imagenet_paper.toml: 87 trained cells and 19 random-init baselines on whole images (one of
+  them on colorization's lightness) and 14 on the patch methods' patches (106, as its header says;
+  the ViTs' by their position embeddings). Each patch method's cell is probed on
   3x3 patches of the size its export takes, with the baseline of its architecture and width on
   the same patches; the other cells on whole 224x224 images."""
   from datasets.preprocess import patch_geometry  # The grid layer itself never imports TF.
@@ -907,8 +908,11 @@ def test_the_paper_grid_probes_the_patch_methods_on_patches_of_their_export_size
                             known)
   kinds = collections.Counter(
       (c.kind, c.name.endswith("-patches")) for c in grid.cells)
-  assert len(grid.cells) == 103
-  assert kinds[("random_init", True)] == 14 and kinds[("random_init", False)] == 18
+  assert len(grid.cells) == 106
+  assert kinds[("random_init", True)] == 14 and kinds[("random_init", False)] == 19
+  lightness = grid.cell(grid.cell("colorization-resnet50_v2-w4").baseline)
+  assert lightness.evaluations["linear_eval"]["eval_preprocessing"] == (
+      "resize_small,central_crop,lightness,-1_to_1")
   for cell in grid.cells:
     if cell.pretext_flags is None:
       continue
@@ -945,7 +949,7 @@ def test_a_smoke_run_keeps_every_cell_and_setting_but_the_amount_of_work(known):
   first images, small batches, one epoch with the flagfiles' schedules scaled to it."""
   path = os.path.join(REPO_ROOT, "configs", "grids", "imagenet_paper.toml")
   full, smoke = gridfile.load_grid(path, known), gridfile.load_grid(path, known, smoke=True)
-  assert len(smoke.cells) == len(full.cells) == 103
+  assert len(smoke.cells) == len(full.cells) == 106
   renamed = {c.name: s for c, s in zip(full.cells, smoke.cells)}
   assert renamed["rotation-resnet50_v2-w16"].name == "rotation-resnet50_v2-w4"
   assert renamed["jigsaw-vgg19-w16"].name == "jigsaw-vgg19-w2"
@@ -960,8 +964,8 @@ def test_a_smoke_run_keeps_every_cell_and_setting_but_the_amount_of_work(known):
           "train[:16]", "validation[:16]", "8", "1")
       assert all(flags.get(k) == cell.pretext_flags.get(k) for k in kept), cell.name
       scale = 1 / float(cell.pretext_flags["epochs"])
-      assert float(flags["warmup_epochs"]) == pytest.approx(
-          float(cell.pretext_flags["warmup_epochs"]) * scale, rel=1e-4)
+      assert float(flags.get("warmup_epochs", 0)) == pytest.approx(
+          float(cell.pretext_flags.get("warmup_epochs", 0)) * scale, rel=1e-4)
     probe = small.evaluations["linear_eval"]
     assert (probe["train_split"], probe["val_split"], probe["epochs"]) == (
         "train[:64]", "validation[:32]", "1")
