@@ -297,3 +297,34 @@ def test_the_paper_grids_smoke_run_probes_a_patch_method_on_its_patches(tmp_path
   assert {k: v for k, v in trained.items() if k in baseline} == baseline  # The same backbone.
   report = (root / "report" / "report.md").read_text()
   assert "jigsaw-resnet50_v1-w1" in report and "random_init-resnet50_v1-w1-patches" in report
+
+
+@pytest.mark.slow
+def test_the_paper_grids_smoke_run_probes_colorization_on_the_lightness(tmp_path):
+  """benchmark.py --smoke on configs/grids/imagenet_paper.toml's colorization cell, on an
+  ImageNet-shaped set: trained on the lightness of 224x224 crops (colour bins of each 4x4
+  pixels), exported, probed on the lightness of the central crops as its grid cell says, next to
+  its random-init baseline on the same lightness input; the report pairs the two."""
+  from datasets import imagenet_like  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path / "imagenet"
+  imagenet_like.prepare(str(data_dir), classes=4, train_per_class=16, val_per_class=8)
+  root = tmp_path / "root"
+  cell, baseline = "colorization-resnet50_v2-w1", "random_init-resnet50_v2-w1-input2"
+  proc = _benchmark("--grid=configs/grids/imagenet_paper.toml", "--smoke", f"--root={root}",
+                    f"--data_dir={data_dir}", "--jobs=2", f"--cells={cell},{baseline}",
+                    timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  with open(root / cell / "export" / "export_info.json") as f:
+    info = json.load(f)
+  assert info["eval_preprocessing"] == "resize_small,crop,flip_lr,lightness,-1_to_1"
+  assert info["input_shape"] == [224, 224, 3] and "logits" not in info["end_points"]
+  for name in (cell, baseline):
+    with open(root / name / "linear_eval" / "results.json") as f:
+      results = json.load(f)
+    assert results["source"]["eval_preprocessing"] == (
+        "resize_small,central_crop,lightness,-1_to_1"), name
+    assert list(results["layers"]) == info["end_points"], name
+  report = (root / "report" / "report.md").read_text()
+  row = next(l for l in report.splitlines() if l.startswith(f"| {cell} "))
+  assert row.rstrip(" |").split("|")[-2].strip() == baseline, row
+
