@@ -232,6 +232,11 @@ _GROUPED = [
            "of --decoder_heads); colorization, inpainting: channels of the dense decoder's "
            "first stage, halved at each later one (at least 32).", configs=_P,
            check="positive"),
+    Option("decoder_heads", "int", 16, "mae: attention heads of the decoder's blocks.",
+           configs=_P, check="positive"),
+    Option("norm_pix_loss", "bool", True, "mae: reconstruct each patch's pixels normalised by "
+           "their mean and standard deviation (the paper's better setting), not the pixels.",
+           configs=_P),
     Option("decoder_end_points", "list", (), "colorization, inpainting: the backbone end points "
            "the dense decoder reads, the first where it starts and the others joined in at their "
            "resolution on its way up (a U-Net's skips; default: the architecture's deepest map "
@@ -243,11 +248,6 @@ _GROUPED = [
            "weights ((1 - lambda) p + lambda / Q)^-1 of each colour bin by its smoothed "
            "frequency p (1: no rebalancing; the paper's 0.5).", configs=_P,
            check="probability"),
-    Option("decoder_heads", "int", 16, "mae: attention heads of the decoder's blocks.",
-           configs=_P, check="positive"),
-    Option("norm_pix_loss", "bool", True, "mae: reconstruct each patch's pixels normalised by "
-           "their mean and standard deviation (the paper's better setting), not the pixels.",
-           configs=_P),
     Option("barlow_lambda", "float", 0.0051, "barlow_twins: weight of the off-diagonal terms of "
            "the cross-correlation in the loss (lambda).", configs=_P, check="nonnegative"),
     "Optimisation",
