@@ -9,6 +9,11 @@ reaches the output's size, the input's divided by --dense_output_stride (a last 
 where the sizes are not a power of 2 apart); a stage at the start's size, without upsampling,
 where it is already there. A 1x1 convolution with bias then gives the output's channels. The
 first stage has --decoder_width channels, each later one half of the one before, at least 32.
+A start map smaller than 4x4 (block4 of a ResNet on 32x32 images is 1x1) is first projected by
+a fully connected layer, batch norm and ReLU to a 4x4 map of --decoder_width channels: bilinear
+upsampling of a 1x1 map is the same at every pixel, so without it the output could hardly vary
+over the image (the context encoder's channel-wise fully connected layer, and the projection
+that starts an image generator, do this part).
 
 By default the decoder reads the one map, as the papers' decoders do (the colorization network
 and the context encoder have no skip connections): what reaches the output passes through the
@@ -32,6 +37,7 @@ import models
 from models import common
 
 MIN_WIDTH = 32  # The narrowest stage.
+PROJECTED_SIDE = 4  # A smaller start map is projected to this side first.
 
 
 def spatial_map(end_point: tf.Tensor, grid: Optional[Tuple[int, int]]) -> tf.Tensor:
@@ -44,19 +50,33 @@ def spatial_map(end_point: tf.Tensor, grid: Optional[Tuple[int, int]]) -> tf.Ten
   raise ValueError(f"an end point of shape {end_point.shape} is not a map of the image")
 
 
+def projected_size(start: Tuple[int, int], output: Tuple[int, int]) -> Optional[Tuple[int, int]]:
+  """The map a start smaller than PROJECTED_SIDE on a side (and than the output) is projected
+  to; None where it is not."""
+  size = (min(PROJECTED_SIDE, output[0]), min(PROJECTED_SIDE, output[1]))
+  return size if start[0] < size[0] or start[1] < size[1] else None
+
+
 class DenseDecoder(keras.layers.Layer):
-  """The decoder of the module docstring: `stage_sizes` (h, w) after each stage (the first
-  equal to the start's where it does not upsample), `skip_stages`: for each map joined in
-  after the first, the stage it joins, and `output_size`."""
+  """The decoder of the module docstring from a start map of `start_size`: `stage_sizes` (h, w)
+  after each stage (the first equal to the start's, or its projection's, where it does not
+  upsample), `skip_stages`: for each map joined in after the first, the stage it joins, and
+  `output_size`."""
 
   def __init__(self, start_size: Tuple[int, int], stage_sizes: Sequence[Tuple[int, int]],
                skip_stages: Sequence[int], output_size: Tuple[int, int], width: int,
                channels: int, sync_bn: bool, name: str = "decoder"):
     super().__init__(name=name)
-    self.start_size, self.output_size = tuple(start_size), tuple(output_size)
+    self.output_size = tuple(output_size)
+    self.projected = projected_size(tuple(start_size), self.output_size)
+    self.start_size = self.projected or tuple(start_size)
     self.stage_sizes = [tuple(s) for s in stage_sizes]
     self.skip_stages = list(skip_stages)
     self.widths = [max(MIN_WIDTH, width >> i) for i in range(len(self.stage_sizes))]
+    if self.projected:
+      self.projection = keras.layers.Dense(self.projected[0] * self.projected[1] * width,
+                                           use_bias=False, name="projection")
+      self.projection_bn = common.batch_norm("projection_bn", 0.9, sync_bn)
     for i, w in enumerate(self.widths, 1):
       setattr(self, f"conv{i}", common.conv(w, 3, name=f"conv{i}"))
       setattr(self, f"bn{i}", common.batch_norm(f"bn{i}", 0.9, sync_bn))
@@ -70,6 +90,11 @@ class DenseDecoder(keras.layers.Layer):
     """`input_shape`: the shapes of the maps it reads, the start's first."""
     shapes = [tuple(s) for s in input_shape]
     channels = shapes[0][-1]
+    if self.projected:
+      flat = (None, shapes[0][1] * shapes[0][2] * channels)
+      common.build_sequence(flat, self.projection)
+      self.projection_bn.build((None, *self.projected, self.widths[0]))
+      channels = self.widths[0]
     for i in range(len(self.stage_sizes)):
       channels += sum(s[-1] for s, stage in zip(shapes[1:], self.skip_stages) if stage == i)
       shape = (None, *self.stage_sizes[i], channels)
@@ -79,6 +104,10 @@ class DenseDecoder(keras.layers.Layer):
 
   def call(self, maps, training=None):
     x = maps[0]
+    if self.projected:
+      x = self.projection(tf.reshape(x, [-1, x.shape[1] * x.shape[2] * x.shape[3]]))
+      x = tf.reshape(x, [-1, *self.projected, self.widths[0]])
+      x = keras.ops.relu(self.projection_bn(x, training=training))
     for i in range(len(self.stage_sizes)):
       if self._upsamples(i):
         x = tf.image.resize(x, self.stage_sizes[i], method="bilinear")
@@ -167,7 +196,9 @@ def build_dense_model(config, image_shape, channels: int, cls=DenseModel,
       raise ConfigError(f"--decoder_end_points: {name} of {config.architecture} is a vector "
                         f"{list(end_points[name].shape[1:])}, not a map of the image") from None
   target = output_size(config, image_shape)
-  stages, size = [], sizes[names[0]]
+  projected = projected_size(sizes[names[0]], target)
+  size = projected or sizes[names[0]]
+  stages = [size] if projected else []  # A stage at the projection's size, where skips join.
   while size[0] < target[0] or size[1] < target[1]:
     size = (size[0] * 2, size[1] * 2)
     stages.append(size)

@@ -200,9 +200,15 @@ def test_skips_join_the_decoder_at_their_size_and_change_its_output():
   skips = inpainting.build_model(
       _config("inpainting", decoder_end_points=["block4", "block2", "after_root"]), (32, 32, 3),
       None)
-  assert plain.decoder.stage_sizes == [(2, 2), (4, 4), (8, 8), (16, 16), (32, 32)]
-  assert skips.decoder.skip_stages == [1, 2]  # block2 at 4x4, after_root at 8x8.
-  assert skips.decoder.conv2.kernel.shape[2] == 64 + 128  # The stage's own and block2's.
+  # block4 is 1x1: projected to 4x4 first, then a stage there and three 2x ones.
+  assert plain.decoder.projected == (4, 4)
+  assert plain.decoder.stage_sizes == [(4, 4), (8, 8), (16, 16), (32, 32)]
+  assert skips.decoder.skip_stages == [0, 1]  # block2 at 4x4, after_root at 8x8.
+  assert skips.decoder.conv1.kernel.shape[2] == 64 + 128  # The projection's and block2's.
+  assert skips.decoder.conv2.kernel.shape[2] == 64 + 16  # The first stage's and after_root's.
+  images = tf.random.uniform([2, 32, 32, 3])
+  # The output varies over the image, though it starts from one vector per image.
+  assert float(tf.math.reduce_std(plain(images)["logits"][0, ..., 0])) > 1e-3
   for overrides, message in (
       (dict(decoder_end_points=["block9"]), r"block9 not end points of resnet50; valid choices"),
       (dict(decoder_end_points=["pre_logits"]), "pre_logits of resnet50 is a vector"),
