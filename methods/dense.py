@@ -74,8 +74,9 @@ class DenseDecoder(keras.layers.Layer):
     self.skip_stages = list(skip_stages)
     self.widths = [max(MIN_WIDTH, width >> i) for i in range(len(self.stage_sizes))]
     if self.projected:
-      self.projection = keras.layers.Dense(self.projected[0] * self.projected[1] * width,
-                                           use_bias=False, name="projection")
+      self.projection = keras.layers.Dense(
+          self.projected[0] * self.projected[1] * self.widths[0], use_bias=False,
+          name="projection")
       self.projection_bn = common.batch_norm("projection_bn", 0.9, sync_bn)
     for i, w in enumerate(self.widths, 1):
       setattr(self, f"conv{i}", common.conv(w, 3, name=f"conv{i}"))
