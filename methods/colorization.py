@@ -12,12 +12,12 @@ A dense decoder (methods/dense.py) maps the backbone to scores over Q colour bin
 size divided by --dense_output_stride (the paper: 4). The bins are the cells of a grid of 10 ab
 units (centres at multiples of 10) that some 8-bit sRGB colour falls in (`bin_centres`: 261,
 found from the colours on the faces of the RGB cube, whose ab values are all the gamut's; the
-paper's 313 are those of a grid of 10 that ImageNet's pixels fall in). Each target pixel (its ab
-averaged over the output pixel's area) belongs to the bin of its cell, or, outside them, to the
-bin nearest to its cell's centre (`quantise`; the paper's soft encoding over the 5 nearest bins
-is replaced by this hard one). The loss is the per-pixel cross-entropy, weighted by its bin's
-rarity (class rebalancing): with p the bins' frequencies smoothed by a Gaussian of 5 ab units,
-w = ((1 - lambda) p + lambda / Q)^-1, scaled so that sum_q p_q w_q = 1 (lambda:
+paper keeps the 313 in-gamut bins of its grid of 10, counted its own way). Each target pixel
+(its ab averaged over the output pixel's area) belongs to the bin of its cell, or, outside them,
+to the bin nearest to its cell's centre (`quantise`; the paper's soft encoding over the 5
+nearest bins is replaced by this hard one). The loss is the per-pixel cross-entropy, weighted by
+its bin's rarity (class rebalancing): with p the bins' frequencies smoothed by a Gaussian of 5
+ab units, w = ((1 - lambda) p + lambda / Q)^-1, scaled so that sum_q p_q w_q = 1 (lambda:
 --color_rebalance, the paper's 0.5; 1 gives every pixel the weight 1). The paper takes p from
 the whole of ImageNet before training; here it is a moving average (momentum 0.99, corrected for
 its start as Adam's moments are) of the bins' frequencies in the global batches trained on so far,

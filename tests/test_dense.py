@@ -14,7 +14,6 @@ import datasets
 from datasets import dense_targets
 from methods import base
 from methods import colorization
-from methods import dense
 from methods import inpainting
 import train_and_eval
 from training import export as export_lib
