@@ -46,6 +46,7 @@ SMOOTHING_SIGMA = 5.0  # ab units: the Gaussian that smooths the bins' frequenci
 PRIOR_MOMENTUM = 0.99
 
 serving_input_shape = dense.serving_input_shape
+check_input_shape = dense.check_input_shape
 
 
 def grid_cell(ab: tf.Tensor) -> tf.Tensor:

@@ -25,6 +25,7 @@ The decoder is part of the pretext model only: the export's probed end points ar
 backbone's (`DenseModel.probed_end_points`), its serving `logits` the dense output.
 """
 
+import dataclasses
 from typing import Optional, Sequence, Tuple
 
 import keras
@@ -48,6 +49,12 @@ def spatial_map(end_point: tf.Tensor, grid: Optional[Tuple[int, int]]) -> tf.Ten
   if end_point.shape.rank == 3 and grid is not None:
     return tf.reshape(end_point[:, 1:], [-1, grid[0], grid[1], end_point.shape[-1]])
   raise ValueError(f"an end point of shape {end_point.shape} is not a map of the image")
+
+
+def patch_grid(backbone, height: int, width: int) -> Optional[Tuple[int, int]]:
+  """The (h, w) grid of a ViT's patch tokens on images of that size; None for a backbone of
+  maps."""
+  return backbone.patch_grid(height, width) if hasattr(backbone, "patch_grid") else None
 
 
 def projected_size(start: Tuple[int, int], output: Tuple[int, int]) -> Optional[Tuple[int, int]]:
@@ -145,8 +152,7 @@ class DenseModel(keras.Model):
     return list(self._probed)
 
   def maps(self, end_points, images):
-    grid = (self.backbone.patch_grid(images.shape[1], images.shape[2])
-            if hasattr(self.backbone, "patch_grid") else None)
+    grid = patch_grid(self.backbone, images.shape[1], images.shape[2])
     return [spatial_map(end_points[name], grid) for name in self.decoder_end_points]
 
   def call(self, images, training=None):
@@ -188,7 +194,7 @@ def build_dense_model(config, image_shape, channels: int, cls=DenseModel,
   if unknown:
     raise ConfigError(f"--decoder_end_points: {', '.join(unknown)} not end points of "
                       f"{config.architecture}; valid choices: {', '.join(end_points)}")
-  grid = backbone.patch_grid(*image_shape[:2]) if hasattr(backbone, "patch_grid") else None
+  grid = patch_grid(backbone, *image_shape[:2])
   sizes = {}
   for name in names:
     try:
@@ -216,6 +222,14 @@ def build_dense_model(config, image_shape, channels: int, cls=DenseModel,
   model = cls(backbone, decoder, names, list(end_points), name=config.task, **model_kwargs)
   model(images, training=False)
   return model
+
+
+def check_input_shape(config, image_shape) -> None:
+  """The ConfigErrors of build_dense_model for images of `image_shape`, before any work: the
+  same decoder built on the narrowest backbone (the sizes of the maps do not depend on the
+  width)."""
+  narrow = dataclasses.replace(config, filters_factor=1, decoder_width=MIN_WIDTH)
+  build_dense_model(narrow, tuple(image_shape), 1)
 
 
 def resize_target(target: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:

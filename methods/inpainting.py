@@ -38,6 +38,7 @@ from methods import dense
 PRETEXT_METRIC = "psnr"
 
 serving_input_shape = dense.serving_input_shape
+check_input_shape = dense.check_input_shape
 
 
 def inpainting_loss(prediction: tf.Tensor, target: tf.Tensor, mask: tf.Tensor):

@@ -4,6 +4,8 @@ losses against NumPy, the masking (exactly the hidden pixels are in the loss), t
 output size on every architecture, short trainings whose losses drop on held-out images, an
 export whose representation is the backbone on the evaluation input, and what they refuse."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -337,3 +339,16 @@ def test_a_probe_without_the_lightness_of_a_colorization_export_is_refused():
                                         r"which makes the input the export's backbone was "
                                         r"trained on"):
     linear_eval.eval_data(config("resize,-1_to_1"), info)
+
+
+def test_the_decoders_settings_are_refused_before_any_work(shapes_data_dir):
+  """The checks that run before training (--check_only, a grid's checks) build the decoder on
+  the input the pipeline makes, and refuse what build_model would."""
+  from training import validation  # pylint: disable=g-import-not-at-top
+  config = _config("inpainting", dataset="shapes_small", data_dir=shapes_data_dir,
+                   train_split="train[:16]")
+  validation.check_input_side(config)
+  for overrides, message in ((dict(decoder_end_points=["block9"]), "block9 not end points"),
+                             (dict(dense_output_stride=3), "--dense_output_stride=3 does not")):
+    with pytest.raises(ConfigError, match=message):
+      validation.check_input_side(dataclasses.replace(config, **overrides))

@@ -240,7 +240,7 @@ def test_export_reloads_in_a_fresh_process_with_the_same_outputs(tmp_path, train
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(task="colorization"), r"unknown task 'colorization'; valid choices: .*rotation"),
+    (dict(task="split_brain"), r"unknown task 'split_brain'; valid choices: .*rotation"),
     (dict(task=None), r"--task is required"),
     (dict(architecture="resnet18"), r"unknown architecture 'resnet18'; valid choices: .*vgg19"),
     (dict(preprocessing="resize,blur,rotate"), r"'blur'.*valid.*crop"),

@@ -60,15 +60,19 @@ def validate(config: Config, check_data: bool = True) -> None:
 
 def check_input_side(config: Config) -> None:
   """A ConfigError where the images the method gives its backbone (a patch, a view) are smaller
-  than the architecture can be built on (ArchitectureFacts.min_input_side). Apart from
+  than the architecture can be built on (ArchitectureFacts.min_input_side), or where the method's
+  own `check_input_shape(config, shape)` refuses them (a dense decoder's sizes). Apart from
   `validate`: it builds the input pipeline (which starts TensorFlow's runtime)."""
   least = architectures.facts(config.architecture).min_input_side
-  if least <= 1:
-    return
   method = methods.get_method(config.task)
+  own_check = getattr(method, "check_input_shape", None)
+  if least <= 1 and own_check is None:
+    return
   from training import footprint  # pylint: disable=g-import-not-at-top
   shape = method.serving_input_shape(footprint.example_shape(
       config, config.train_split, True, config.preprocessing, datasets.PreprocessConfig.of(config)))
+  if own_check is not None:
+    own_check(config, tuple(shape))
   sizes = [(tuple(shape[:2]), "--resize_size, --crop_size")]
   if config.local_crops:  # Multi-crop's local views go through the backbone too.
     sizes.append((datasets.as_hw(config.local_crop_size, "local_crop_size"),
