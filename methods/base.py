@@ -12,6 +12,9 @@ A method module exposes (the preprocessing ops that make its labels are core/spe
     cannot split its batch over that many replicas (before training starts).
   PRETEXT_METRIC (optional, default "accuracy"): the metric of its own that tells how well it does
     its task, the one the reports show (e.g. BYOL's "cosine").
+  check_input_shape(config, image_shape) (optional): raises core.errors.ConfigError where its
+    model cannot be built for the per-example shape the pipeline makes (a dense decoder's
+    sizes); run with the checks before any work (training/validation.check_input_side).
 
 A method whose model holds state that the gradient does not train (a teacher network that follows
 the online one as a moving average, a queue of past embeddings) also exposes:
