@@ -21,12 +21,12 @@ ab units, w = ((1 - lambda) p + lambda / Q)^-1, scaled so that sum_q p_q w_q = 1
 --color_rebalance, the paper's 0.5; 1 gives every pixel the weight 1). The paper takes p from
 the whole of ImageNet before training; here it is a moving average (momentum 0.99, corrected for
 its start as Adam's moments are) of the bins' frequencies in the global batches trained on so far,
-which `after_step` updates: the first step's weights use the first batch's frequencies. An
+which `after_step` updates: the first step weighs every bin alike, the second by the first
+batch's frequencies. An
 image's loss is the mean over its pixels of the weighted cross-entropy.
 
 Metrics: `loss`, per image; `accuracy`, the share of an image's pixels whose most probable bin is
-their target's (the pretext metric; mostly the background's grey bin on images of objects on
-plain ground); `loss_unweighted`, the cross-entropy without the weights.
+their target's (the pretext metric); `loss_unweighted`, the cross-entropy without the weights.
 """
 
 import functools
