@@ -71,8 +71,6 @@ def check_input_side(config: Config) -> None:
   from training import footprint  # pylint: disable=g-import-not-at-top
   shape = method.serving_input_shape(footprint.example_shape(
       config, config.train_split, True, config.preprocessing, datasets.PreprocessConfig.of(config)))
-  if own_check is not None:
-    own_check(config, tuple(shape))
   sizes = [(tuple(shape[:2]), "--resize_size, --crop_size")]
   if config.local_crops:  # Multi-crop's local views go through the backbone too.
     sizes.append((datasets.as_hw(config.local_crop_size, "local_crop_size"),
@@ -86,6 +84,8 @@ def check_input_side(config: Config) -> None:
           f"--task={config.task} with --preprocessing={config.preprocessing!r} gives its "
           f"backbone {height}x{width}: make the images, patches or views larger (e.g. {flags}) "
           f"or use {', '.join(fits)}")
+  if own_check is not None:  # After the sides: it builds the model on them.
+    own_check(config, tuple(shape))
 
 
 def dataset_info(dataset: str, data_dir):
