@@ -322,6 +322,19 @@ def embed_views(model, batch, mode: str):
   return end_points, embeddings, predictions, predicted
 
 
+def single_serving_input_shape(image_shape):
+  """For single images per example ([H,W,C]): the image as it is."""
+  return tuple(image_shape)
+
+
+def require_single_images(image_shape, who: str) -> None:
+  """ValueError unless the per-example shape is a single image [H,W,C] (`who`: what takes it)."""
+  if len(image_shape) != 3:
+    raise ValueError(f"{who} takes single images [H,W,C], got per-example shape "
+                     f"{list(image_shape)}; remove ops that stack copies, views or patches from "
+                     f"--preprocessing")
+
+
 def stacked_serving_input_shape(image_shape):
   """For inputs stacked per example ([P,H,W,C]: rotations, patches, copies): one of them."""
   return tuple(image_shape[1:])

@@ -45,7 +45,7 @@ GRID_RADIUS = 11    # Centres from -110 to 110 on each axis: a 23 x 23 grid of c
 SMOOTHING_SIGMA = 5.0  # ab units: the Gaussian that smooths the bins' frequencies.
 PRIOR_MOMENTUM = 0.99
 
-serving_input_shape = dense.serving_input_shape
+serving_input_shape = base.single_serving_input_shape
 check_input_shape = dense.check_input_shape
 
 

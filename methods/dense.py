@@ -177,10 +177,7 @@ def build_dense_model(config, image_shape, channels: int, cls=DenseModel,
   """A `cls` (a DenseModel, given `model_kwargs`) of the config's backbone without a head and a
   DenseDecoder to `channels` at output_size, for single images `image_shape` [H,W,C]; a
   ConfigError for end points that are not maps, or not on the decoder's way up."""
-  if len(image_shape) != 3:
-    raise ValueError(f"{config.task} takes single images [H,W,C], got per-example shape "
-                     f"{list(image_shape)}; remove ops that stack copies, views or patches from "
-                     f"--preprocessing")
+  base.require_single_images(image_shape, config.task)
   stride = config.dense_output_stride
   if image_shape[0] % stride or image_shape[1] % stride:
     raise ConfigError(f"--dense_output_stride={stride} does not divide the "
@@ -239,6 +236,3 @@ def resize_target(target: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
     return target
   return tf.image.resize(target, size, method="area")
 
-
-def serving_input_shape(image_shape):
-  return tuple(image_shape)

@@ -37,7 +37,7 @@ from methods import dense
 
 PRETEXT_METRIC = "psnr"
 
-serving_input_shape = dense.serving_input_shape
+serving_input_shape = base.single_serving_input_shape
 check_input_shape = dense.check_input_shape
 
 

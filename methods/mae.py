@@ -207,10 +207,7 @@ def validate(config) -> None:
 
 def build_model(config, image_shape, num_classes):
   del num_classes  # No labels.
-  if len(image_shape) != 3:
-    raise ValueError(f"mae takes single images [H,W,C], got per-example shape "
-                     f"{list(image_shape)}; remove ops that stack copies, views or patches from "
-                     f"--preprocessing")
+  base.require_single_images(image_shape, config.task)
   backbone = models.get_model(config.architecture, num_classes=None,
                               **base.backbone_kwargs(config))
   grid = backbone.patch_grid(image_shape[0], image_shape[1])
@@ -228,8 +225,7 @@ def build_model(config, image_shape, num_classes):
   return model
 
 
-def serving_input_shape(image_shape):
-  return tuple(image_shape)
+serving_input_shape = base.single_serving_input_shape
 
 
 def model_fn(model, batch, mode, config):

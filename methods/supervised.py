@@ -13,18 +13,14 @@ def validate(config) -> None:
 
 
 def build_model(config, image_shape, num_classes):
-  if len(image_shape) != 3:
-    raise ValueError(f"supervised training takes single images [H,W,C], got per-example shape "
-                     f"{list(image_shape)}; remove ops that stack copies or patches from "
-                     f"--preprocessing")
+  base.require_single_images(image_shape, "supervised training")
   model = models.get_model(config.architecture, num_classes=num_classes,
                            **base.backbone_kwargs(config))
   model(tf.zeros([1, *image_shape]), training=False)
   return model
 
 
-def serving_input_shape(image_shape):
-  return tuple(image_shape)
+serving_input_shape = base.single_serving_input_shape
 
 
 def model_fn(model, batch, mode, config):
