@@ -116,8 +116,30 @@ def plot_series(data: Mapping[str, Any], layers: Sequence[str], title: str, path
   return path
 
 
-def series_section(cells: Sequence[CellResult], out_dir: str) -> Tuple[List[str], List[str]]:
-  """(markdown lines, plot paths) of the probes-over-training section."""
+def series_table(data: Mapping[str, Any], layers: Sequence[str]) -> List[str]:
+  """The series as a Markdown table: a column per checkpoint, a row per layer (top-1, %, the
+  checkpoint's best in bold) and one of pretext accuracy."""
+  points = data["points"]
+  lines = ["| step (epoch) | " + " | ".join(f"{p['step']} ({p['epoch']:.2f})" for p in points)
+           + " |", "|:--|" + "--:|" * len(points)]
+  for layer in layers:
+    cells = []
+    for p in points:
+      value = p["top1"].get(layer)
+      text = "-" if value is None else f"{100 * value:.1f}"
+      cells.append(f"**{text}**" if layer == (p.get("best_layer") or {}).get("name") else text)
+    lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+  if any(p.get("pretext_accuracy") is not None for p in points):
+    lines.append("| pretext accuracy | " + " | ".join(
+        "-" if p.get("pretext_accuracy") is None else f"{100 * p['pretext_accuracy']:.1f}"
+        for p in points) + " |")
+  return lines
+
+
+def series_section(cells: Sequence[CellResult], out_dir: str = "", draw: bool = True
+                   ) -> Tuple[List[str], List[str]]:
+  """(markdown lines, plot paths) of the probes-over-training section; `draw`: the plots too, in
+  `out_dir` (else the tables alone)."""
   found = [(c, s) for c in cells for s in [series_of(c)] if s]
   if not found:
     return [], []
@@ -132,8 +154,11 @@ def series_section(cells: Sequence[CellResult], out_dir: str) -> Tuple[List[str]
     order = list(data.get("layer_order") or [])
     layers = [n for n in known if n in order] + [n for n in order if n not in known]
     label = cell.name + (f" ({cell.evaluation_name})" if cell.evaluation_name else "")
-    png = f"over_training_{slug(label)}.png"
-    plots.append(plot_series(data, layers, f"{label}: probes over training",
-                             os.path.join(out_dir, png)))
-    lines += [f"### {label}", "", verdict(data["points"]), "", f"![{label}]({png})", ""]
+    lines += [f"### {label}", "", verdict(data["points"]), ""]
+    lines += series_table(data, layers) + [""]
+    if draw:
+      png = f"over_training_{slug(label)}.png"
+      plots.append(plot_series(data, layers, f"{label}: probes over training",
+                               os.path.join(out_dir, png)))
+      lines += [f"![{label}]({png})", ""]
   return lines, plots

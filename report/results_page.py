@@ -3,8 +3,8 @@ quote, so that no number on them is typed by hand and each table stands beside h
 
 Each section of a page is a folder (docs/results/<section>/, docs/performance/<section>/): the
 result files of one grid root or of one or more evaluation workdirs (results.json,
-pretext_results.json, cell.json and cka.json, at their paths under the root: nothing else is
-copied), or
+pretext_results.json, cell.json, cka.json and a probe series' series.json, at their paths under
+the root: nothing else is copied), or
 a bench's output (bench.json: `bench/throughput.py --json_out`, its tables and run record), and
 section.toml, which says what the section shows:
 
@@ -15,7 +15,8 @@ section.toml, which says what the section shows:
 
 `add_section` copies a root's result files (or a bench output) into a section; `render` writes a
 page from its sections: per section its title, paragraph and command, the report's tables
-(report/tables.py) and findings (report/findings.py) or the bench's tables, and one line per
+(report/tables.py), findings (report/findings.py), probes over training (report/over_training.py)
+and layer similarities, or the bench's tables, and one line per
 distinct run record (commit, versions, devices) of the files it read.
 """
 
@@ -26,8 +27,9 @@ from typing import Any, Dict, List
 
 from core import architectures
 from core import files
-from core.files import CELL_FILE, CKA_FILE, PRETEXT_RESULTS_FILE, RESULTS_FILE
+from core.files import CELL_FILE, CKA_FILE, PRETEXT_RESULTS_FILE, RESULTS_FILE, SERIES_FILE
 from report import findings
+from report import over_training
 from report import records
 from report import similarity
 from report.cells import evaluation_title, find_cell_dirs, load_cells
@@ -36,7 +38,8 @@ from report.tables import group_tables, layer_columns, markdown_table
 SECTION_FILE = "section.toml"
 SECTION_KEYS = ("title", "order", "command", "about")
 BENCH_FILE = "bench.json"
-KEPT_FILES = (RESULTS_FILE, PRETEXT_RESULTS_FILE, CELL_FILE, CKA_FILE, BENCH_FILE)
+KEPT_FILES = (RESULTS_FILE, PRETEXT_RESULTS_FILE, CELL_FILE, CKA_FILE, SERIES_FILE,
+              BENCH_FILE)
 # The pages: (title, what their tables are).
 PAGES = {
     "results": ("Results", "Each table is the report's (`benchmark.py --report_only`): top-1 (%) "
@@ -177,6 +180,7 @@ def render_section(section_dir: str, page_dir: str) -> List[str]:
     lines += [markdown_table(group, layer_columns(group)), ""]
   # The report's findings and layer similarities, their headings one level down.
   for line in (findings.findings_section(cells) +
+               over_training.series_section(cells, draw=False)[0] +
                similarity.cka_section(similarity.find_cka([section_dir]), draw=False)[0]):
     lines.append("#" + line if line.startswith("#") else line)
   made = _record_lines(cells)

@@ -12,6 +12,7 @@ from core.errors import ConfigError
 from eval import linear_eval
 from eval import series
 from report import over_training
+from report import results_page
 import report as report_lib
 from tests.test_train_and_eval import small_config
 import train_and_eval
@@ -136,6 +137,25 @@ def test_the_series_probes_every_checkpoint_resumes_and_is_reported(run_with_ser
   assert len(plot) == 1 and os.path.getsize(plot[0]) > 10000
   # The per-checkpoint results are not cells of their own.
   assert text.count("step_0000") == 0
+  # Its numbers as a table: a column per checkpoint, the best layer of each in bold.
+  header = "| step (epoch) | " + " | ".join(f"{p['step']} ({p['epoch']:.2f})" for p in points)
+  assert header in section
+  block1 = next(l for l in section.splitlines() if l.startswith("| block1 |"))
+  expected = [f"{100 * p['top1']['block1']:.1f}" for p in points]
+  assert [c.strip().strip("*") for c in block1.strip("|").split("|")[1:]] == expected
+  pretext = next(l for l in section.splitlines() if l.startswith("| pretext accuracy |"))
+  assert pretext.endswith(f"| {100 * points[-1]['pretext_accuracy']:.1f} |")
+
+  # On a results page (docs/results.md): series.json is kept beside the last checkpoint's
+  # results, not the per-checkpoint ones, and the page has the same table without the plot.
+  results_dir = tmp_path / "docs" / "results"
+  copied = results_page.add_section(str(root), str(results_dir / "over"), "Over training",
+                                    "make series")
+  assert sorted(os.path.relpath(p, results_dir / "over") for p in copied) == [
+      "rot/probe_series/results.json", "rot/probe_series/series.json"]
+  page = results_page.render(str(results_dir), str(tmp_path / "docs" / "results.md"))
+  assert header in page and block1 in page and "over 5 checkpoints" in page
+  assert ".png" not in page
 
 
 def test_a_run_without_kept_checkpoints_is_refused(tmp_path, shapes_data_dir):
