@@ -78,6 +78,15 @@ class GridRunner:
     with self.executor.attach(self.root):
       return self._run(cells)
 
+  def _take_pairing(self, cell: Cell, state: Dict[str, Any]) -> None:
+    """A done cell that this grid reuses (run by another grid file in this root, or copied
+    from another root) takes this grid's pairing with a random-init baseline (cell.json's
+    `baseline`, which the report compares it with): the pairing is the grid's, while the
+    settings that cell.json records stay those of the run that made the results."""
+    if state and state.get("baseline") != cell.baseline:
+      files.write_json_atomic(os.path.join(self.workdir(cell), CELL_FILE),
+                              dict(state, baseline=cell.baseline), default=str)
+
   def _run(self, cells: Sequence[Cell]) -> Dict[str, Dict[str, Any]]:
     self.start = time.time()
     self.cells = list(cells)
@@ -85,6 +94,7 @@ class GridRunner:
     for cell in cells:
       state = files.read_json(os.path.join(self.workdir(cell), CELL_FILE)) or {}
       if state_lib.cell_done(cell, self.workdir(cell)):
+        self._take_pairing(cell, state)
         wall = self.status.entry(cell.name).get("wall_s", state.get("wall_s"))
         self.status.set(cell, status="done", reused=True, wall_s=wall)
         self.progress.add_duration(cell, state.get("wall_s"))  # Earlier runs seed the ETA.

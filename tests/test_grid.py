@@ -577,6 +577,16 @@ def test_runner_runs_skips_and_resumes(configs, known, fake_runner, tmp_path):
   assert all(s["status"] == "done" and s["reused"] for s in statuses.values())
   assert len(_calls(root, "rotation-vgg19-w1")) == 2
   assert "2 already done, 0 to run" in lines[0]
+  # A done cell paired with another baseline (run by another grid file in this root, or copied
+  # from another root): reused as it is, and paired as this grid pairs it.
+  state_path = root / "rotation-vgg19-w1" / "cell.json"
+  state = json.loads(state_path.read_text())
+  assert state["baseline"] == "random_init-vgg19-w1"
+  state_path.write_text(json.dumps(dict(state, baseline="random_init-vgg19-w1-input2")))
+  runner, lines = fake_runner(root)
+  runner.run(cells)
+  assert "2 already done, 0 to run" in lines[0] and len(_calls(root, "rotation-vgg19-w1")) == 2
+  assert json.loads(state_path.read_text()) == state  # The rest as the run wrote it.
   # Also with the data elsewhere (another machine): data_dir does not change results.
   moved = gridfile.load_grid(write_grid(configs, GRID), known, base_dir=str(configs),
                              overrides={"data_dir": "/elsewhere"})
