@@ -495,7 +495,9 @@ class _Parser(FlagChecker):
         spec = eval_flags.get("eval_preprocessing", base.get("eval_preprocessing"))
         flagfiles[eval_name], base = self.evaluation_base(
             eval_name, base, specs.makes_patches(str(spec or "")))
-        smoke[eval_name] = self.smoke_evaluation(dict(base, **eval_flags), where)
+        smoke[eval_name] = self.smoke_evaluation(self.fit_schedule(
+            flagfiles[eval_name], dict(base, **eval_flags),
+            {**self.eval_given[eval_name], **eval_flags}, where), where)
         evals = dict(base, **eval_flags, **smoke[eval_name])
         evals["architecture"] = arch
         if width is not None:
@@ -527,8 +529,8 @@ class _Parser(FlagChecker):
                 "give the cell a flagfile")
     from_file = self.read_flagfile(path, where)
     given = {**ctx["defaults"], **ctx["pretext"], **flags}
-    if self.smoke:
-      merged = dict(from_file, **given)
+    if self.smoke:  # The full run's schedule (the cell's epochs), scaled to the smoke epoch.
+      merged = self.fit_schedule(from_file, dict(from_file, **given), given, where)
       arch, _, width = self.identity(merged, where)
       if scale_width and width is not None:
         given["filters_factor"] = str(self.smoke_width(arch, width))
@@ -547,7 +549,9 @@ class _Parser(FlagChecker):
     evaluations = {}
     for n, base in ctx["evaluations"].items():
       flagfile_flags, base = self.evaluation_base(n, base, patches)
-      extra = dict(eval_flags, **self.smoke_evaluation({**base, **eval_flags}, where))
+      full = self.fit_schedule(flagfile_flags, {**base, **eval_flags},
+                               {**self.eval_given[n], **eval_flags}, where)
+      extra = dict(eval_flags, **self.smoke_evaluation(full, where))
       evaluations[n] = self.fit_schedule(flagfile_flags, {**base, **extra},
                                          {**self.eval_given[n], **extra}, where)
     series = [n for n, e in evaluations.items() if e.get("task") == "probe_series"]

@@ -1050,3 +1050,19 @@ def test_every_step_of_every_grid_file_has_a_schedule_that_fits_its_epochs(known
     flags = supervised.pretext_flags
     assert (flags["epochs"], flags["decay_epochs"]) == ("1", "0.8")
     assert float(flags["warmup_epochs"]) == pytest.approx(0.2 / 3, rel=1e-4)
+  if name == "shapes_zero_init.toml":
+    # The cell's epochs (0.25 of the flagfile's 2) scale the flagfile's decay at 1.6 to 0.2,
+    # which a smoke run's one epoch scales to 0.8, not the flagfile's decay to 6.4.
+    for grid, expected in zip(grids, [("0.25", "0.2"), ("1", "0.8")]):
+      flags = grid.cell("rotation-resnet50_v2-w1-zero_init_residual").pretext_flags
+      assert (flags["epochs"], flags["decay_epochs"]) == expected
+
+
+def test_a_smoke_run_scales_the_schedule_of_a_cells_own_epochs(configs, known):
+  """A cell's eval_flags epochs (5 of the evaluation flagfile's 10, its decays at 6 and 8 scaled
+  to 3 and 4): a smoke run's one epoch scales those, not the flagfile's."""
+  path = write_grid(configs, GRID)
+  for smoke, expected in ((False, ("5", "3,4")), (True, ("1", "0.6,0.8"))):
+    grid = gridfile.load_grid(path, known, base_dir=str(configs), smoke=smoke)
+    flags = grid.cell("rotation-vgg19-w1").evaluations["linear_eval"]
+    assert (flags["epochs"], flags["decay_epochs"]) == expected, smoke
