@@ -29,6 +29,8 @@ import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core import runtime  # pylint: disable=g-import-not-at-top
+from report.results_page import (  # pylint: disable=g-import-not-at-top
+    bench_table, bench_table_text, write_bench_output)
 
 runtime.set_defaults()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -158,6 +160,9 @@ def main():
   parser.add_argument("--dir", default=None, help="where to write the store (default: a "
                       "temporary folder)")
   parser.add_argument("--json", action="store_true", help="print the results as one JSON line")
+  parser.add_argument("--json_out", default="",
+                      help="Also write the table and the run record to this JSON file (what "
+                           "scripts/write_results.py --add reads).")
   parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--in_memory", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--limit", action="store_true", help=argparse.SUPPRESS)
@@ -189,21 +194,34 @@ def main():
     return
   if results["disk"]["limit_bites"] is False:
     print("warning: a whole layer was read under the memory limit: it does not bite")
-  print(f"{args.examples} examples x {args.features} features ({args.layers} layers, "
-        f"{args.dtype}), {args.classes} classes, 4 heads per layer; budget {args.budget_gb} GiB")
-  print(f"{'store':8s} {'examples':>9s} {'GB':>6s} {'write ex/s':>11s} {'train ex/s':>11s} "
-        f"{'read MB/s':>10s} {'groups':>6s} {'start GiB':>9s} {'peak GiB':>8s} "
-        f"{'peak-start / budget':>20s} {'top1':>6s}")
+  rows = []
   for name, r in results.items():
     examples = args.examples if name == "disk" else int(r["store_gb"] * 1e9 / (
         args.features * np.dtype(args.dtype).itemsize))
-    print(f"{name:8s} {examples:9d} {r['store_gb']:6.1f} {r['write_examples_s']:11.0f} "
-          f"{r['train_examples_s']:11.0f} {r['read_mb_s']:10.0f} {r['groups']:6d} "
-          f"{r['start_rss_gb']:9.2f} {r['peak_rss_gb']:8.2f} "
-          f"{(r['peak_rss_gb'] - r['start_rss_gb']) / args.budget_gb:20.2f} {r['top1']:6.3f}")
+    rows.append(("on disk" if name == "disk" else "in memory (fits)", f"{examples:,}",
+                 f"{r['store_gb']:.1f}", f"{r['write_examples_s']:,.0f}",
+                 f"{r['train_examples_s']:,.0f}", f"{r['read_mb_s']:,.0f}", r["groups"],
+                 f"{r['start_rss_gb']:.2f}",
+                 f"{r['peak_rss_gb'] - r['start_rss_gb']:.2f} "
+                 f"({(r['peak_rss_gb'] - r['start_rss_gb']) / args.budget_gb:.2f})",
+                 f"{100 * r['top1']:.1f}"))
+  notes = [f"The whole-layer read under the memory limit failed, as it must: "
+           f"{'yes' if results['disk']['limit_bites'] else 'no'}."]
   if "memory" in results:
-    print(f"training rate, disk store against memory: "
-          f"{results['disk']['train_examples_s'] / results['memory']['train_examples_s']:.2f}x")
+    ratio = results["disk"]["train_examples_s"] / results["memory"]["train_examples_s"]
+    notes.append(f"Training rate, the store on disk against in memory: {ratio:.2f}x.")
+  table = bench_table(
+      f"Heads from a feature store: {args.layers} layers of {args.features // args.layers:,} "
+      f"features ({args.dtype}), {args.classes} classes, 4 heads per layer, "
+      f"{args.epochs:g} epoch(s), a budget of {args.budget_gb:g} GiB",
+      ("store", "examples", "GB", "write examples/s", "training examples/s", "read MB/s",
+       "layer groups", "start GiB", "peak - start GiB (of the budget)", "top-1 (%)"), rows, notes)
+  print(bench_table_text(table))
+  if args.json_out:
+    from training import run_record  # pylint: disable=g-import-not-at-top
+    write_bench_output(args.json_out, "bench/probe_store.py", [table],
+                       run_record.record(random_seed=0))
+    print(f"wrote {args.json_out}")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ on the same test rows, the features standardised with the same rows' statistics.
   .venv/bin/python train_and_eval.py --flagfile=configs/evaluation/shapes.flags \\
       --hub_module=<export> --train_split='train[:3000]' --val_split='test[:5000]' \\
       --workdir=<dir> --feature_cache=keep
-  .venv/bin/python bench/probes_vs_sklearn.py --results=<dir>/results.json
+  .venv/bin/python bench/probes_vs_sklearn.py --results=<dir>/results.json [--json_out=<file>]
 
 Prints per layer: the suite's top-1 and chosen decay, the reference's, their difference, and the
-difference from the reference at the suite's decay (the fit alone, without the choice's ties).
+difference from the reference at the suite's decay (the fit alone, without the choice's ties);
+one table per results.json of --results (comma-separated); --json_out keeps them as a bench output
+for docs/results.md (scripts/write_results.py --add).
 tests/test_probes_vs_sklearn.py runs the same comparison on a small random-init backbone. On
 1000 test images two classifiers this close differ by about half a point by chance (docs/probes.md).
 """
@@ -21,6 +23,7 @@ import os
 import sys
 import time
 import warnings
+from typing import Any, Dict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -29,6 +32,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from eval import heads  # pylint: disable=g-import-not-at-top
 from eval import probing  # pylint: disable=g-import-not-at-top
 from eval import store as store_lib  # pylint: disable=g-import-not-at-top
+from report.results_page import (  # pylint: disable=g-import-not-at-top
+    bench_table, bench_table_text, write_bench_output)
 
 MAX_ITER = 3000
 
@@ -82,27 +87,62 @@ def stores_of(results) -> tuple:
   return found[config["train_split"]], found[config["val_split"]]
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--results", required=True, help="a linear evaluation's results.json")
-  parser.add_argument("--max_iter", type=int, default=MAX_ITER)
-  args = parser.parse_args()
-  with open(args.results) as f:
-    results = json.load(f)
+def compare(results, max_iter: int) -> Dict[str, Any]:
+  """The comparison of one evaluation's results (a bench table, report/results_page.py): per
+  layer the suite's top-1 and decay, the reference's, and their differences."""
   train, test = stores_of(results)
+  config = results["config"]
   layers = [n for n in results["layers"] if n in train.dims]
-  decays = list(results["config"]["probe_weight_decays"])
-  print(f"{'layer':12s} {'suite':>6s} {'decay':>7s} {'sklearn':>8s} {'decay':>7s} {'diff':>6s} "
-        f"{'diff at the suite decay':>24s}")
+  decays = list(config["probe_weight_decays"])
+  rows = []
   for name in layers:
     start = time.time()
-    top1, best, _, tests = reference(train, test, [name], decays,
-                                     results["config"]["random_seed"], args.max_iter)[name]
+    top1, best, _, tests = reference(train, test, [name], decays, config["random_seed"],
+                                     max_iter)[name]
     ours = results["layers"][name]
     same = tests[decays.index(ours["setting"]["weight_decay"])]
-    print(f"{name:12s} {100 * ours['top1']:6.1f} {ours['setting']['weight_decay']:7g} "
-          f"{100 * top1:8.1f} {best:7g} {100 * (ours['top1'] - top1):+6.1f} "
-          f"{100 * (ours['top1'] - same):+24.1f}  ({time.time() - start:.0f}s)", flush=True)
+    rows.append((name, f"{100 * ours['top1']:.1f} ({ours['setting']['weight_decay']:g})",
+                 f"{100 * top1:.1f} ({best:g})", f"{100 * (ours['top1'] - top1):+.1f}",
+                 f"{100 * (ours['top1'] - same):+.1f}"))
+    print(f"  {name}: {time.time() - start:.0f}s", flush=True)
+  backbone = config.get("hub_module") or "?"
+  if os.path.basename(os.path.normpath(backbone)) == "export":  # <workdir>/export
+    backbone = f"the export of {os.path.basename(os.path.dirname(os.path.normpath(backbone)))}"
+  elif backbone == "random_init":
+    backbone = (f"random init {config.get('architecture')} {config.get('mode')} "
+                f"w{config.get('filters_factor')}")
+  return bench_table(
+      f"{backbone}: {config['train_split']} / {config['val_split']} of {config['dataset']}",
+      ("layer", "suite (decay)", "reference (decay)", "suite - reference",
+       "at the suite's decay"), rows,
+      [f"Top-1 (%); the reference: scikit-learn's LogisticRegression (L-BFGS, at most {max_iter} "
+       "iterations), its decay chosen on the suite's minival; the last column compares both at "
+       "the suite's decay (the fit alone, without the choice's ties)."])
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--results", required=True,
+                      help="linear evaluations' results.json, comma-separated")
+  parser.add_argument("--max_iter", type=int, default=MAX_ITER)
+  parser.add_argument("--json_out", default="",
+                      help="Also write the tables and the run record to this JSON file (what "
+                           "scripts/write_results.py --add reads).")
+  args = parser.parse_args()
+  paths = [p for p in args.results.split(",") if p]
+  for path in paths:  # Every file, before any work.
+    if not os.path.isfile(path):
+      parser.error(f"--results: {path} is not a file (give an evaluation's results.json)")
+  tables = []
+  for path in paths:
+    with open(path) as f:
+      tables.append(compare(json.load(f), args.max_iter))
+    print("\n" + bench_table_text(tables[-1]), flush=True)
+  if args.json_out:
+    from training import run_record  # pylint: disable=g-import-not-at-top
+    write_bench_output(args.json_out, "bench/probes_vs_sklearn.py", tables,
+                       run_record.record(random_seed=0))
+    print(f"\nwrote {args.json_out}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,10 @@ Sections (each prints one table):
              fixed batch (source images/s: a rotation image is 4 backbone images, a jigsaw
              image 9 patches), next to its input pipeline alone on the embedded dataset (source
              images/s, preprocessing included): the pipeline must outrun the step.
+  settings   (not in the default) the step of each of --settings_methods (as in methods) in fresh
+             processes under each process setting of SETTINGS: TensorFlow's defaults, oneDNN
+             off, one intra-op thread and two inter-op, and two processes at once with one
+             thread of each (what benchmark.py --jobs=2 gives each cell on 2 cores).
   probes     (not in the default) the per-layer linear evaluation of configs/evaluation/
              shapes.flags at --probe_epochs, end to end (results.json's times: loading,
              features, heads, test): tuned over its grid of head settings, with one setting
@@ -51,6 +55,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core import runtime  # pylint: disable=g-import-not-at-top
+from report.results_page import (  # pylint: disable=g-import-not-at-top
+    bench_table, bench_table_text, write_bench_output)
 
 runtime.set_defaults()
 
@@ -59,7 +65,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 BACKBONES = (("resnet50", "v1"), ("resnet50", "v2"), ("revnet50", "v2"), ("vgg19", "v2"))
 METHODS = ("rotation", "supervised", "jigsaw", "relative_patch_location", "exemplar")
-SECTIONS = ("matmul", "backbones", "vit", "methods", "probes")
+SECTIONS = ("matmul", "backbones", "vit", "methods", "settings", "probes")
 
 
 def _timed(fn, steps: int, warmup: int) -> float:
@@ -126,23 +132,6 @@ def profile(name: str, fn, steps: int, top: int, logdir: str = "") -> None:
   print("    top ops: " + "; ".join(
       f"{r['operation']} ({r['type']}) {r['total_self_time'] / total:.1%}"
       for r in sorted(busy, key=lambda r: -r["total_self_time"])[:top]))
-
-
-def table(title: str, columns, rows, notes=()) -> dict:
-  """One section's result: what it prints and what --json_out keeps (cells as text)."""
-  return {"title": title, "columns": list(columns),
-          "rows": [[str(c) for c in row] for row in rows], "notes": list(notes)}
-
-
-def print_table(result: dict) -> None:
-  widths = [max(len(c), *(len(r[i]) for r in result["rows"])) if result["rows"] else len(c)
-            for i, c in enumerate(result["columns"])]
-  print(f"\n{result['title']}:")
-  for row in [result["columns"]] + result["rows"]:
-    print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                    for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
-  for note in result["notes"]:
-    print(note)
 
 
 def measure(name: str, fn, args) -> float:
@@ -229,10 +218,10 @@ def backbones(args, peak: float):
   ours_w4 = dict((r[0], r[1]) for r in rows).get("resnet50_v2 w4")
   notes = [f"ResNet-50 v2 at standard width vs tf.keras.applications.ResNet50V2: "
            f"{ours_w4 / ref_rate:.2f}x"] if ours_w4 else []
-  return table(f"Training step, {size}x{size}, batch {batch} (images/s)",
-               ("model", "images/s", "vs keras", "FLOP/s"),
-               [(name, f"{rate:.1f}", f"{rate / ref_rate:.2f}x" if name == "resnet50_v2 w4"
-                 else "", flops) for name, rate, flops in rows], notes)
+  return bench_table(f"Training step, {size}x{size}, batch {batch} (images/s)",
+                     ("model", "images/s", "vs keras", "FLOP/s"),
+                     [(name, f"{rate:.1f}", f"{rate / ref_rate:.2f}x" if name == "resnet50_v2 w4"
+                       else "", flops) for name, rate, flops in rows], notes)
 
 
 def keras_vit(heads: int, patch: int, size: int, classes: int) -> keras.Model:
@@ -277,11 +266,12 @@ def vit_section(args):
                                  ("keras layers", reference, lambda out: out)):
     secs = measure(f"vit-ti {name}", _classifier_step(model, logits_of, batch, size), args)
     rates[name] = batch / secs
-  return table(f"ViT-Ti training step, {size}x{size}, patches {patch}x{patch} "
-               f"({(size // patch) ** 2 + 1} tokens), batch {batch}, {counts[0]} parameters "
-               "(images/s)", ("model", "images/s"),
-               [(name, f"{rate:.1f}") for name, rate in rates.items()],
-               [f"ViT-Ti, ours vs Keras' layers: {rates['ours'] / rates['keras layers']:.2f}x"])
+  return bench_table(f"ViT-Ti training step, {size}x{size}, patches {patch}x{patch} "
+                     f"({(size // patch) ** 2 + 1} tokens), batch {batch}, {counts[0]} parameters "
+                     "(images/s)", ("model", "images/s"),
+                     [(name, f"{rate:.1f}") for name, rate in rates.items()],
+                     [f"ViT-Ti, ours vs Keras' layers: "
+                      f"{rates['ours'] / rates['keras layers']:.2f}x"])
 
 
 def _method_config(method: str, overrides: dict):
@@ -331,8 +321,56 @@ def methods_section(args):
     b = config.batch_size
     rows.append((name, b, f"{b / step_secs:.1f}", f"{b / pipe_secs:.1f}",
                  f"{step_secs / pipe_secs:.1f}x"))
-  return table("Methods (configs/<method>/shapes.flags), source images/s",
-               ("method", "batch", "step", "pipeline", "pipeline/step"), rows)
+  return bench_table("Methods (configs/<method>/shapes.flags), source images/s",
+                     ("method", "batch", "step", "pipeline", "pipeline/step"), rows)
+
+
+# Section settings: the process settings compared, each (name, environment, processes at once).
+# Two processes at once with one thread of each kind is what `benchmark.py --jobs=2` gives each
+# cell on a 2-core machine (grid/local.py).
+SETTINGS = (
+    ("TensorFlow's threads, oneDNN on (the suite's default)", {}, 1),
+    ("oneDNN off (TF_ENABLE_ONEDNN_OPTS=0): Eigen's kernels", {"TF_ENABLE_ONEDNN_OPTS": "0"}, 1),
+    ("TF_NUM_INTRAOP_THREADS=1, TF_NUM_INTEROP_THREADS=2",
+     {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "2"}, 1),
+    ("two processes at once, 1 + 1 threads each (benchmark.py --jobs=2)",
+     {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}, 2),
+)
+
+
+def settings_section(args):
+  """Each method of --settings_methods' training step (section methods) in fresh processes under
+  each of `SETTINGS`: what TensorFlow's threads and kernels give on this machine."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  method_names = args.settings_methods.split(",")
+  rows = []
+  with tempfile.TemporaryDirectory(prefix="bench_settings_") as tmp:
+    for i, (name, env, processes) in enumerate(SETTINGS):
+      children = []
+      for j in range(processes):
+        out = os.path.join(tmp, f"{i}_{j}.json")
+        command = [sys.executable, os.path.abspath(__file__), "--sections=methods",
+                   f"--methods={args.settings_methods}", f"--steps={args.steps}",
+                   f"--warmup_steps={args.warmup_steps}", f"--json_out={out}"]
+        children.append((out, subprocess.Popen(command, env=dict(os.environ, **env),
+                                               stdout=subprocess.DEVNULL)))
+      rates = {m: 0.0 for m in method_names}
+      for out, child in children:
+        if child.wait() != 0:
+          raise RuntimeError(f"section settings, {name}: the child exited {child.returncode}")
+        with open(out) as f:
+          for row in json.load(f)["tables"][0]["rows"]:
+            rates[row[0]] += float(row[2])  # Step images/s, summed over the processes.
+      rows.append([name, processes] + [f"{rates[m]:.1f}" for m in method_names])
+  base = [float(r) for r in rows[0][2:]]
+  for row in rows:
+    row.append(", ".join(f"{float(r) / b:.2f}x" for r, b in zip(row[2:], base)))
+  return bench_table("Process settings: training step, source images/s (summed over the "
+                     "processes), each in fresh processes",
+                     ["setting", "processes"] + method_names + ["vs the default"], rows,
+                     [f"{args.steps} timed steps after {args.warmup_steps} untimed, per process; "
+                      "processes started together overlap in time, not exactly."])
 
 
 # One head per layer at the shapes flagfile's former setting: the protocol before the heads were
@@ -384,11 +422,12 @@ def probes_section(args):
     rows.append((name, split(tuned), split(one),
                  f"{tuned['times']['total_s'] / one['times']['total_s']:.2f}x",
                  f"{fly['times']['total_s']:.1f}", f"{best(tuned)} / {best(one)} / {best(fly)}"))
-  return table(f"Per-layer linear probes, {args.probe_epochs:g} epochs (cosine), "
-               f"{args.probe_train_examples} training / {args.probe_test_examples} test images "
-               "(seconds: results.json's total_s, of the cached protocol features + heads)",
-               ("backbone", "tuned (grid)", "one setting", "ratio", "on the fly",
-                "best layer: tuned / one setting / on the fly"), rows)
+  return bench_table(f"Per-layer linear probes, {args.probe_epochs:g} epochs (cosine), "
+                     f"{args.probe_train_examples} training / {args.probe_test_examples} test "
+                     "images "
+                     "(seconds: results.json's total_s, of the cached protocol features + heads)",
+                     ("backbone", "tuned (grid)", "one setting", "ratio", "on the fly",
+                      "best layer: tuned / one setting / on the fly"), rows)
 
 
 def main():
@@ -401,6 +440,8 @@ def main():
                  help="Only these, e.g. resnet50_v2 (names arch_mode; default: all of "
                       + ", ".join(f"{a}_{m}" for a, m in BACKBONES) + ").")
   p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("--settings_methods", default="rotation",
+                 help="Section settings: the methods whose step it measures.")
   p.add_argument("--vit_patch_size", type=int, default=4, help="Section vit: patch side.")
   p.add_argument("--matmul_size", type=int, default=2048)
   p.add_argument("--steps", type=int, default=10)
@@ -425,28 +466,31 @@ def main():
   unknown = set(sections) - set(SECTIONS)
   if unknown:
     p.error(f"unknown sections {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
+  for flag in ("methods", "settings_methods"):
+    bad = [m for m in getattr(args, flag).split(",") if m not in METHODS]
+    if bad:
+      p.error(f"--{flag}: unknown method(s) {bad}; valid: {', '.join(METHODS)}")
   print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, devices: "
         f"{[d.name for d in tf.config.list_logical_devices()]}")
   results = []
   peak = 0.0
   if "matmul" in sections or "backbones" in sections:
     peak = matmul_peak(args.matmul_size, args.steps, args.warmup_steps)
-    results.append(table(f"Dense float32 matmul {args.matmul_size}^2", ("GFLOP/s",),
-                         [(f"{peak / 1e9:.1f}",)]))
-    print_table(results[-1])
+    results.append(bench_table(f"Dense float32 matmul {args.matmul_size}^2", ("GFLOP/s",),
+                               [(f"{peak / 1e9:.1f}",)]))
+    print("\n" + bench_table_text(results[-1]))
   for name, section in (("backbones", lambda: backbones(args, peak)),
                         ("vit", lambda: vit_section(args)),
                         ("methods", lambda: methods_section(args)),
+                        ("settings", lambda: settings_section(args)),
                         ("probes", lambda: probes_section(args))):
     if name in sections:
       results.append(section())
-      print_table(results[-1])
+      print("\n" + bench_table_text(results[-1]))
   if args.json_out:
-    from core import files  # pylint: disable=g-import-not-at-top
     from training import run_record  # pylint: disable=g-import-not-at-top
-    files.write_json_atomic(args.json_out, {"bench": "bench/throughput.py",
-                                            "run": run_record.record(random_seed=0),
-                                            "tables": results})
+    write_bench_output(args.json_out, "bench/throughput.py", results,
+                       run_record.record(random_seed=0))
     print(f"\nwrote {args.json_out}")
 
 

@@ -5,8 +5,9 @@ Each section of a page is a folder (docs/results/<section>/, docs/performance/<s
 result files of one grid root or of one or more evaluation workdirs (results.json,
 pretext_results.json, cell.json, cka.json and a probe series' series.json, at their paths under
 the root: nothing else is copied), or
-a bench's output (bench.json: `bench/throughput.py --json_out`, its tables and run record), and
-section.toml, which says what the section shows:
+a bench's output (bench.json, as `write_bench_output` writes it: `bench/throughput.py`,
+`bench/probes_vs_sklearn.py` and `bench/probe_store.py` with `--json_out`; its tables and run
+record), and section.toml, which says what the section shows:
 
   title = "View-invariance methods on real photographs"
   order = 10                         # sections in increasing order, then by folder name
@@ -50,6 +51,31 @@ PAGES = {
                     "its figures against each other (a ratio), not against another run's, as "
                     "the machines these run on are shared."),
 }
+
+
+def bench_table(title: str, columns, rows, notes=()) -> Dict[str, Any]:
+  """One table of a bench's output: its title, column names, rows (cells as text) and notes."""
+  return {"title": title, "columns": [str(c) for c in columns],
+          "rows": [[str(c) for c in row] for row in rows], "notes": [str(n) for n in notes]}
+
+
+def bench_table_text(table: Dict[str, Any]) -> str:
+  """A bench table as aligned plain text (what a bench prints): its title, rows and notes."""
+  columns, rows = table["columns"], table["rows"]
+  widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+  lines = [f"{table['title']}:"] + [
+      "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+      for row in [columns] + rows]
+  return "\n".join(lines + list(table["notes"]))
+
+
+def write_bench_output(path: str, bench: str, tables: List[Dict[str, Any]],
+                       run: Dict[str, Any]) -> None:
+  """Writes a bench's output as `add_section` and `render` read it: `bench` the script (e.g.
+  bench/throughput.py), its tables (`bench_table`) and `run`, the run record of the process that
+  measured them (training/run_record.py: commit, versions, the CPU and its vector extensions)."""
+  files.write_json_atomic(path, {"bench": bench, "run": run, "tables": tables})
 
 
 def _toml_string(text: str) -> str:

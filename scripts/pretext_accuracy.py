@@ -6,12 +6,15 @@
   .venv/bin/python scripts/pretext_accuracy.py --workdir=<a run on the photos> \
       --dataset=folder:workdirs/photos_seed1 --split=train
   .venv/bin/python scripts/pretext_accuracy.py --workdir=<a run on the photos> --by_class
+  .venv/bin/python scripts/pretext_accuracy.py --workdir=<run>,<run> \
+      --split=train,train@folder:workdirs/photos_seed1,test --json_out=<file>
 
 Against the held-out split, it tells memorising from learning the task, and --by_class (each
-class's images alone) on which classes it is learnt: docs/recorded_results.md, "Real photographs".
+class's images alone) on which classes it is learnt (docs/results.md, "Where the patch methods'
+pretext accuracy on real photographs comes from"). --json_out keeps the tables as a bench output
+for the results page (scripts/write_results.py --add).
 """
 
-import dataclasses
 import json
 import os
 import sys
@@ -26,15 +29,44 @@ runtime.set_defaults()  # Before anything imports TensorFlow.
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
-flags.DEFINE_string("workdir", None, "The --workdir of a train_and_eval.py pretext run.")
-flags.DEFINE_string("split", None, "The split to evaluate on (default: the run's --val_split).")
-flags.DEFINE_string("dataset", None, "The dataset of that split (default: the run's).")
+flags.DEFINE_list("workdir", None, "The --workdir of a train_and_eval.py pretext run, or several "
+                  "(comma-separated).")
+flags.DEFINE_list("split", [], "The splits to evaluate on (default: the run's --val_split), each "
+                  "<split> or <split>@<dataset> (that split of another dataset, e.g. "
+                  "train@folder:workdirs/photos_seed1).")
+flags.DEFINE_string("dataset", None, "The dataset of the splits without @ (default: the run's).")
 flags.DEFINE_string("data_dir", None, "Its data_dir (default: the run's, for its own dataset).")
 flags.DEFINE_bool("by_class", False, "Also evaluate the images of each class of the split alone "
                   "(their dataset labels): on which classes the pretext task generalises.")
-flags.DEFINE_bool("json", False, "Print the metrics as one JSON object.")
+flags.DEFINE_bool("json", False, "Print the metrics of each evaluation as one JSON object.")
+flags.DEFINE_string("json_out", "", "Also write the metrics as tables, with the run record, to "
+                    "this JSON file (a bench output: what scripts/write_results.py --add reads).")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
+
+
+def _configs():
+  """(workdir, config) of every evaluation asked for, all checked before any runs."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from training import validation  # pylint: disable=g-import-not-at-top
+  out = []
+  for workdir in FLAGS.workdir:
+    for entry in FLAGS.split or [None]:
+      split, _, dataset = (entry or "").partition("@")
+      changes = {}
+      if dataset or FLAGS.dataset:
+        changes.update(dataset=dataset or FLAGS.dataset,
+                       data_dir=None if dataset else FLAGS.data_dir)
+      elif FLAGS.data_dir:
+        changes.update(data_dir=FLAGS.data_dir)
+      config = trainer_lib.load_run_config(workdir, **changes)
+      split = split or config.val_split
+      # The trainer reads the image shape from the training split: that of the evaluated one.
+      config = dataclasses.replace(config, train_split=split, val_split=split)
+      validation.validate(config)
+      out.append((workdir, config))
+  return out
 
 
 def main(argv):
@@ -43,41 +75,66 @@ def main(argv):
   from core.errors import ConfigError  # pylint: disable=g-import-not-at-top
   import methods  # pylint: disable=g-import-not-at-top
   from training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
-  from training import validation  # pylint: disable=g-import-not-at-top
+  records = []
   try:
-    changes = {}
-    if FLAGS.dataset:
-      changes.update(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir)
-    elif FLAGS.data_dir:
-      changes.update(data_dir=FLAGS.data_dir)
-    config = trainer_lib.load_run_config(FLAGS.workdir, **changes)
-    split = FLAGS.split or config.val_split
-    # The trainer reads the image shape from the training split: that of the evaluated one.
-    config = dataclasses.replace(config, train_split=split, val_split=split)
-    validation.validate(config)
-    trainer = trainer_lib.Trainer(config, methods.get_method(config.task), print_fn=lambda _: None)
-    step = trainer.restore()
-    if not step:
-      raise ConfigError(f"{FLAGS.workdir} holds no checkpoint to evaluate")
-    metrics = trainer.evaluate(split)
-    by_class = None
-    if FLAGS.by_class:
-      names = trainer.info.class_names
-      by_class = {names[k]: m for k, m in trainer.evaluate_by_label(split).items()}
+    for workdir, config in _configs():
+      split = config.val_split
+      trainer = trainer_lib.Trainer(config, methods.get_method(config.task),
+                                    print_fn=lambda _: None)
+      step = trainer.restore()
+      if not step:
+        raise ConfigError(f"{workdir} holds no checkpoint to evaluate")
+      record = dict(workdir=workdir, task=config.task, dataset=config.dataset, split=split,
+                    step=step, metrics=trainer.evaluate(split))
+      if FLAGS.by_class:
+        names = trainer.info.class_names
+        record["by_class"] = {names[k]: m for k, m in trainer.evaluate_by_label(split).items()}
+      records.append(record)
+      if FLAGS.json:
+        print(json.dumps({k: v for k, v in record.items() if k != "workdir"}), flush=True)
+        continue
+      print(f"{config.task} at step {step} on {config.dataset}:{split}: "
+            f"{_line(record['metrics'])}", flush=True)
+      for name, m in record.get("by_class", {}).items():
+        print(f"  {name}: {_line(m)}")
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  if FLAGS.json:
-    record = dict(task=config.task, dataset=config.dataset, split=split, step=step,
-                  metrics=metrics)
-    if by_class is not None:
-      record["by_class"] = by_class
-    print(json.dumps(record))
-    return 0
-  print(f"{config.task} at step {step} on {config.dataset}:{split}: {_line(metrics)}")
-  for name, m in (by_class or {}).items():
-    print(f"  {name}: {_line(m)}")
+  if FLAGS.json_out:
+    from report import results_page  # pylint: disable=g-import-not-at-top
+    from training import run_record  # pylint: disable=g-import-not-at-top
+    results_page.write_bench_output(FLAGS.json_out, "scripts/pretext_accuracy.py",
+                                    tables(records), run_record.record(random_seed=0))
+    print(f"wrote {FLAGS.json_out}")
   return 0
+
+
+def _run_name(workdir: str) -> str:
+  return os.path.basename(os.path.normpath(workdir))
+
+
+def tables(records):
+  """The evaluations as bench tables: one row each, and with --by_class one table per
+  evaluation, a row per class (metrics other than counts in %)."""
+  from report import results_page  # pylint: disable=g-import-not-at-top
+  names = sorted({k for r in records for k, v in r["metrics"].items()
+                  if isinstance(v, float) and k != "loss"})
+  cell = lambda m, k: f"{100 * m[k]:.1f}" if k in m else ""
+  out = [results_page.bench_table(
+      "Pretext metrics (%) of the last checkpoint, deterministic preprocessing",
+      ["run", "evaluated on", "step", "examples"] + names + ["loss"],
+      [[_run_name(r["workdir"]), f"{r['dataset']}:{r['split']}", r["step"],
+        r["metrics"].get("num_examples", "")] + [cell(r["metrics"], k) for k in names] +
+       [f"{r['metrics']['loss']:.4f}" if "loss" in r["metrics"] else ""] for r in records])]
+  for r in records:
+    if "by_class" in r:
+      out.append(results_page.bench_table(
+          f"{_run_name(r['workdir'])} on {r['dataset']}:{r['split']}, each class's images alone "
+          "(%)", ["class", "examples"] + names,
+          [[c, m.get("num_examples", "")] + [cell(m, k) for k in names]
+           for c, m in sorted(r["by_class"].items(), key=lambda i: -i[1].get(names[0], 0)
+                              if names else 0)]))
+  return out
 
 
 def _line(metrics) -> str:

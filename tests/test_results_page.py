@@ -86,18 +86,24 @@ def test_a_section_added_from_a_root_quotes_its_numbers_and_how_they_were_made(t
 
 
 def test_a_bench_output_makes_a_performance_section(tmp_path):
-  """bench/throughput.py --json_out's tables go on the performance page as they were measured,
+  """A bench's --json_out (results_page.write_bench_output) goes on the performance page as they were measured,
   with the machine that measured them (its CPU's vector extensions: AVX2 or AVX-512)."""
   run = _run_record()
   run["devices"] = dict(run["devices"], cpu_simd=["avx2", "avx512f"])
   run["finished"] = "2026-12-05T09:00:00+00:00"
   output = tmp_path / "throughput.json"
-  with open(output, "w") as f:
-    json.dump({"bench": "bench/throughput.py", "run": run, "tables": [
-        {"title": "Training step, 32x32, batch 64 (images/s)",
-         "columns": ["model", "images/s", "vs keras"],
-         "rows": [["resnet50_v2 w4", "367.6", "1.39x"], ["keras ResNet50V2", "263.6", ""]],
-         "notes": ["ResNet-50 v2 at standard width vs Keras: 1.39x"]}]}, f)
+  table = results_page.bench_table(
+      "Training step, 32x32, batch 64 (images/s)", ("model", "images/s", "vs keras"),
+      [("resnet50_v2 w4", 367.6, "1.39x"), ("keras ResNet50V2", 263.6, "")],
+      ["ResNet-50 v2 at standard width vs Keras: 1.39x"])
+  results_page.write_bench_output(str(output), "bench/throughput.py", [table], run)
+  # What the bench prints: the same cells, aligned (the first column left, the others right).
+  assert results_page.bench_table_text(table).splitlines() == [
+      "Training step, 32x32, batch 64 (images/s):",
+      "model             images/s  vs keras",
+      "resnet50_v2 w4       367.6     1.39x",
+      "keras ResNet50V2     263.6",
+      "ResNet-50 v2 at standard width vs Keras: 1.39x"]
   sections = tmp_path / "docs" / "performance"
   copied = results_page.add_section(str(output), str(sections / "cpu"), "Steps", "bench")
   assert [os.path.basename(p) for p in copied] == ["bench.json"]

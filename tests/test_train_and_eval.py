@@ -147,11 +147,11 @@ def test_a_finished_run_evaluates_again_on_any_split(trained, tmp_path):
     trainer_lib.load_run_config(str(tmp_path))
 
 
-def test_pretext_accuracy_by_class_covers_each_class_once(trained):
+def test_pretext_accuracy_by_class_covers_each_class_once(trained, tmp_path):
   """Trainer.evaluate_by_label (scripts/pretext_accuracy.py --by_class): each label's images
   alone, as the split's labels say, whose weighted means are the whole split's metrics."""
   import datasets  # pylint: disable=g-import-not-at-top
-  config, _ = trained
+  config, results = trained
   split = "train[:40]"
   labels = np.concatenate([b["label"].numpy() for b in datasets.get_data(
       config.dataset, split, is_training=False, preprocess_fn=None, batch_size=16,
@@ -178,16 +178,29 @@ def test_pretext_accuracy_by_class_covers_each_class_once(trained):
   # One class alone is what its positions in the split give.
   assert trainer.evaluate(split, np.flatnonzero(labels == label)) == by_label[label]
   # The script: the same numbers under the dataset's class names.
+  kept = str(tmp_path / "pretext_accuracy.json")
   out = subprocess.run(
       [sys.executable, "scripts/pretext_accuracy.py", f"--workdir={config.workdir}",
-       f"--split={split}", "--by_class", "--json"], cwd=REPO_ROOT, check=True,
-      capture_output=True, text=True).stdout
+       f"--split={split}", "--by_class", "--json", f"--json_out={kept}"], cwd=REPO_ROOT,
+      check=True, capture_output=True, text=True).stdout
   record = json.loads(out.strip().splitlines()[-1])
   names = trainer.info.class_names
   assert record["metrics"]["num_examples"] == whole["num_examples"]
   assert sorted(record["by_class"]) == sorted(names[k] for k in by_label)
   for k, m in by_label.items():
     assert record["by_class"][names[k]] == pytest.approx(m, rel=1e-6)
+  # --json_out: the same numbers as tables for the results page, with the run record.
+  with open(kept) as f:
+    bench = json.load(f)
+  assert bench["run"]["git"]["commit"] and len(bench["tables"]) == 2
+  header, row = bench["tables"][0]["columns"], bench["tables"][0]["rows"][0]
+  assert row[:4] == [os.path.basename(config.workdir), f"{config.dataset}:{split}",
+                     str(results["step"]), str(whole["num_examples"])]
+  assert row[header.index("accuracy")] == f"{100 * whole['accuracy']:.1f}"
+  per_class = {r[0]: r for r in bench["tables"][1]["rows"]}
+  assert per_class.keys() == {names[k] for k in by_label}
+  for k, m in by_label.items():
+    assert per_class[names[k]][1] == str(m["num_examples"])
 
 
 def test_supervised_trains_and_exports(tmp_path, shapes_data_dir):
