@@ -328,6 +328,7 @@ def methods_section(args):
 # Section settings: the process settings compared, each (name, environment, processes at once).
 # Two processes at once with one thread of each kind is what `benchmark.py --jobs=2` gives each
 # cell on a 2-core machine (grid/local.py).
+THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 SETTINGS = (
     ("TensorFlow's threads, oneDNN on (the suite's default)", {}, 1),
     ("oneDNN off (TF_ENABLE_ONEDNN_OPTS=0): Eigen's kernels", {"TF_ENABLE_ONEDNN_OPTS": "0"}, 1),
@@ -353,7 +354,9 @@ def settings_section(args):
         command = [sys.executable, os.path.abspath(__file__), "--sections=methods",
                    f"--methods={args.settings_methods}", f"--steps={args.steps}",
                    f"--warmup_steps={args.warmup_steps}", f"--json_out={out}"]
-        children.append((out, subprocess.Popen(command, env=dict(os.environ, **env),
+        # TensorFlow's thread counts are the setting's alone, not inherited from this process.
+        base = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+        children.append((out, subprocess.Popen(command, env=dict(base, **env),
                                                stdout=subprocess.DEVNULL)))
       rates = {m: 0.0 for m in method_names}
       for out, child in children:
