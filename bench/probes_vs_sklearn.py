@@ -105,12 +105,13 @@ def compare(results, max_iter: int) -> Dict[str, Any]:
                  f"{100 * top1:.1f} ({best:g})", f"{100 * (ours['top1'] - top1):+.1f}",
                  f"{100 * (ours['top1'] - same):+.1f}"))
     print(f"  {name}: {time.time() - start:.0f}s", flush=True)
-  backbone = config.get("hub_module") or "?"
+  source = results.get("source") or {}  # The export's facts, or the random network's.
+  backbone = source.get("hub_module") or config.get("hub_module") or "?"
   if os.path.basename(os.path.normpath(backbone)) == "export":  # <workdir>/export
     backbone = f"the export of {os.path.basename(os.path.dirname(os.path.normpath(backbone)))}"
   elif backbone == "random_init":
-    backbone = (f"random init {config.get('architecture')} {config.get('mode')} "
-                f"w{config.get('filters_factor')}")
+    backbone = (f"random init {source.get('architecture')} {source.get('mode')} "
+                f"w{source.get('filters_factor')}")
   return bench_table(
       f"{backbone}: {config['train_split']} / {config['val_split']} of {config['dataset']}",
       ("layer", "suite (decay)", "reference (decay)", "suite - reference",

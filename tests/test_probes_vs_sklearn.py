@@ -40,6 +40,7 @@ def test_tuned_probes_match_a_fitted_logistic_regression(tmp_path, shapes_data_d
   # The bench's own path: the stores found from results.json, its table as --json_out keeps it.
   with open(os.path.join(config.workdir, "results.json")) as f:
     table = probes_vs_sklearn.compare(json.load(f), probes_vs_sklearn.MAX_ITER)
+  assert table["title"] == "random init resnet50 v2 w1: train / test of shapes_small"
   assert [row[0] for row in table["rows"] if row[0] != "logits"] == list(ours)
   by_layer = {row[0]: row for row in table["rows"]}
   for name, top1 in ours.items():  # The suite's side is the evaluation's own numbers.
