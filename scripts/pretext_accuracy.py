@@ -118,20 +118,21 @@ def tables(records):
   evaluation, a row per class (metrics other than counts in %)."""
   from report import results_page  # pylint: disable=g-import-not-at-top
   names = sorted({k for r in records for k, v in r["metrics"].items()
-                  if isinstance(v, float) and k != "loss"})
+                  if isinstance(v, float) and k not in ("loss", "num_examples")})
   cell = lambda m, k: f"{100 * m[k]:.1f}" if k in m else ""
+  count = lambda m: f"{m['num_examples']:.0f}" if "num_examples" in m else ""
   out = [results_page.bench_table(
       "Pretext metrics (%) of the last checkpoint, deterministic preprocessing",
       ["run", "evaluated on", "step", "examples"] + names + ["loss"],
       [[_run_name(r["workdir"]), f"{r['dataset']}:{r['split']}", r["step"],
-        r["metrics"].get("num_examples", "")] + [cell(r["metrics"], k) for k in names] +
+        count(r["metrics"])] + [cell(r["metrics"], k) for k in names] +
        [f"{r['metrics']['loss']:.4f}" if "loss" in r["metrics"] else ""] for r in records])]
   for r in records:
     if "by_class" in r:
       out.append(results_page.bench_table(
           f"{_run_name(r['workdir'])} on {r['dataset']}:{r['split']}, each class's images alone "
           "(%)", ["class", "examples"] + names,
-          [[c, m.get("num_examples", "")] + [cell(m, k) for k in names]
+          [[c, count(m)] + [cell(m, k) for k in names]
            for c, m in sorted(r["by_class"].items(), key=lambda i: -i[1].get(names[0], 0)
                               if names else 0)]))
   return out

@@ -195,12 +195,12 @@ def test_pretext_accuracy_by_class_covers_each_class_once(trained, tmp_path):
   assert bench["run"]["git"]["commit"] and len(bench["tables"]) == 2
   header, row = bench["tables"][0]["columns"], bench["tables"][0]["rows"][0]
   assert row[:4] == [os.path.basename(config.workdir), f"{config.dataset}:{split}",
-                     str(results["step"]), str(whole["num_examples"])]
+                     str(results["step"]), f"{whole['num_examples']:.0f}"]
   assert row[header.index("accuracy")] == f"{100 * whole['accuracy']:.1f}"
   per_class = {r[0]: r for r in bench["tables"][1]["rows"]}
   assert per_class.keys() == {names[k] for k in by_label}
   for k, m in by_label.items():
-    assert per_class[names[k]][1] == str(m["num_examples"])
+    assert per_class[names[k]][1] == f"{m['num_examples']:.0f}"
 
 
 def test_supervised_trains_and_exports(tmp_path, shapes_data_dir):
