@@ -105,7 +105,8 @@ def main(argv):
     from training import run_record  # pylint: disable=g-import-not-at-top
     results_page.write_bench_output(FLAGS.json_out, "scripts/pretext_accuracy.py",
                                     tables(records), run_record.record(random_seed=0))
-    print(f"wrote {FLAGS.json_out}")
+    # With --json, stdout holds the JSON lines alone.
+    print(f"wrote {FLAGS.json_out}", file=sys.stderr if FLAGS.json else sys.stdout)
   return 0
 
 
