@@ -33,7 +33,7 @@ from eval import heads  # pylint: disable=g-import-not-at-top
 from eval import probing  # pylint: disable=g-import-not-at-top
 from eval import store as store_lib  # pylint: disable=g-import-not-at-top
 from report.results_page import (  # pylint: disable=g-import-not-at-top
-    bench_table, bench_table_text, write_bench_output)
+    bench_table, bench_table_text, export_label, write_bench_output)
 
 MAX_ITER = 3000
 
@@ -107,11 +107,11 @@ def compare(results, max_iter: int) -> Dict[str, Any]:
     print(f"  {name}: {time.time() - start:.0f}s", flush=True)
   source = results.get("source") or {}  # The export's facts, or the random network's.
   backbone = source.get("hub_module") or config.get("hub_module") or "?"
-  if os.path.basename(os.path.normpath(backbone)) == "export":  # <workdir>/export
-    backbone = f"the export of {os.path.basename(os.path.dirname(os.path.normpath(backbone)))}"
-  elif backbone == "random_init":
+  if backbone == "random_init":
     backbone = (f"random init {source.get('architecture')} {source.get('mode')} "
                 f"w{source.get('filters_factor')}")
+  else:
+    backbone = export_label(backbone)
   return bench_table(
       f"{backbone}: {config['train_split']} / {config['val_split']} of {config['dataset']}",
       ("layer", "suite (decay)", "reference (decay)", "suite - reference",

@@ -56,7 +56,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core import runtime  # pylint: disable=g-import-not-at-top
 from report.results_page import (  # pylint: disable=g-import-not-at-top
-    bench_table, bench_table_text, write_bench_output)
+    bench_table, bench_table_text, export_label, write_bench_output)
 
 runtime.set_defaults()
 
@@ -418,7 +418,7 @@ def probes_section(args):
     tuned = _probe_run(export, width, args, on_the_fly=False)
     one = _probe_run(export, width, args, on_the_fly=False, extra=ONE_SETTING)
     fly = _probe_run(export, width, args, on_the_fly=True)
-    name = export or f"random init resnet50_v2 w{width}"
+    name = export_label(export) if export else f"random init resnet50_v2 w{width}"
     split = lambda r: (f"{r['times']['total_s']:.1f} ({r['times']['feature_extraction_s']:.1f} + "
                        f"{r['times']['head_training_s']:.1f})")
     best = lambda r: f"{r['best_layer']['name']} {100 * r['best_layer']['top1']:.1f}"

@@ -70,6 +70,15 @@ def bench_table_text(table: Dict[str, Any]) -> str:
   return "\n".join(lines + list(table["notes"]))
 
 
+def export_label(path: str) -> str:
+  """How a bench's table names an export: 'the export of <run>' for <run>/export, else the path
+  (a table names a run, not the folder it happened to be measured in)."""
+  path = os.path.normpath(path)
+  if os.path.basename(path) == "export":
+    return f"the export of {os.path.basename(os.path.dirname(path))}"
+  return path
+
+
 def write_bench_output(path: str, bench: str, tables: List[Dict[str, Any]],
                        run: Dict[str, Any]) -> None:
   """Writes a bench's output as `add_section` and `render` read it: `bench` the script (e.g.

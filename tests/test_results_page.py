@@ -97,6 +97,10 @@ def test_a_bench_output_makes_a_performance_section(tmp_path):
       [("resnet50_v2 w4", 367.6, "1.39x"), ("keras ResNet50V2", 263.6, "")],
       ["ResNet-50 v2 at standard width vs Keras: 1.39x"])
   results_page.write_bench_output(str(output), "bench/throughput.py", [table], run)
+  # A table names an export by its run, not by the folder it was measured in.
+  assert results_page.export_label("/any/where/rotation_shapes/export/") == (
+      "the export of rotation_shapes")
+  assert results_page.export_label("some/model.keras") == "some/model.keras"
   # What the bench prints: the same cells, aligned (the first column left, the others right).
   assert results_page.bench_table_text(table).splitlines() == [
       "Training step, 32x32, batch 64 (images/s):",
