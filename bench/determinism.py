@@ -23,7 +23,7 @@ import tempfile
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 from report.results_page import (  # pylint: disable=g-import-not-at-top
-    bench_table, bench_table_text, write_bench_output)
+    JSON_OUT_HELP, bench_table, bench_table_text, write_bench_output)
 
 
 def train(flagfile: str, epochs: float, deterministic: bool, workdir: str, data_dir: str):
@@ -51,9 +51,7 @@ def main():
   parser.add_argument("--epochs", type=float, default=0.2,
                       help="of the flagfile's training set, per run")
   parser.add_argument("--data_dir", default="", help="TFDS data directory (default: TFDS's)")
-  parser.add_argument("--json_out", default="",
-                      help="Also write the table and the run record to this JSON file (what "
-                           "scripts/write_results.py --add reads).")
+  parser.add_argument("--json_out", default="", help=JSON_OUT_HELP)
   args = parser.parse_args()
   flagfiles = [f for f in args.flagfile.split(",") if f]
   for flagfile in flagfiles:  # Every one, before any work.

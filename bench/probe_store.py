@@ -30,7 +30,7 @@ import types
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core import runtime  # pylint: disable=g-import-not-at-top
 from report.results_page import (  # pylint: disable=g-import-not-at-top
-    bench_table, bench_table_text, write_bench_output)
+    JSON_OUT_HELP, bench_table, bench_table_text, write_bench_output)
 
 runtime.set_defaults()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -167,9 +167,7 @@ def main():
   parser.add_argument("--dir", default=None, help="where to write the store (default: a "
                       "temporary folder)")
   parser.add_argument("--json", action="store_true", help="print the results as one JSON line")
-  parser.add_argument("--json_out", default="",
-                      help="Also write the table and the run record to this JSON file (what "
-                           "scripts/write_results.py --add reads).")
+  parser.add_argument("--json_out", default="", help=JSON_OUT_HELP)
   parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--in_memory", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--limit", action="store_true", help=argparse.SUPPRESS)

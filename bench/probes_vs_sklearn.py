@@ -33,7 +33,7 @@ from eval import heads  # pylint: disable=g-import-not-at-top
 from eval import probing  # pylint: disable=g-import-not-at-top
 from eval import store as store_lib  # pylint: disable=g-import-not-at-top
 from report.results_page import (  # pylint: disable=g-import-not-at-top
-    bench_table, bench_table_text, export_label, write_bench_output)
+    JSON_OUT_HELP, bench_table, bench_table_text, export_label, write_bench_output)
 
 MAX_ITER = 3000
 
@@ -126,9 +126,7 @@ def main():
   parser.add_argument("--results", required=True,
                       help="linear evaluations' results.json, comma-separated")
   parser.add_argument("--max_iter", type=int, default=MAX_ITER)
-  parser.add_argument("--json_out", default="",
-                      help="Also write the tables and the run record to this JSON file (what "
-                           "scripts/write_results.py --add reads).")
+  parser.add_argument("--json_out", default="", help=JSON_OUT_HELP)
   args = parser.parse_args()
   paths = [p for p in args.results.split(",") if p]
   for path in paths:  # Every file, before any work.

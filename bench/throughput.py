@@ -56,7 +56,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core import runtime  # pylint: disable=g-import-not-at-top
 from report.results_page import (  # pylint: disable=g-import-not-at-top
-    bench_table, bench_table_text, export_label, write_bench_output)
+    JSON_OUT_HELP, bench_table, bench_table_text, export_label, write_bench_output)
 
 runtime.set_defaults()
 
@@ -460,10 +460,7 @@ def main():
                  help="Also profile every measured step: its N costliest op types and ops.")
   p.add_argument("--profile_dir", default="",
                  help="With --profile: keep the traces here (one folder per step).")
-  p.add_argument("--json_out", default="",
-                 help="Also write the tables and the run record (commit, versions, CPU and its "
-                      "vector extensions) to this JSON file: what docs/performance.md is "
-                      "written from (scripts/write_results.py).")
+  p.add_argument("--json_out", default="", help=JSON_OUT_HELP)
   args = p.parse_args()
   sections = args.sections.split(",")
   unknown = set(sections) - set(SECTIONS)

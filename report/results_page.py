@@ -53,6 +53,12 @@ PAGES = {
 }
 
 
+# The help of every bench's --json_out.
+JSON_OUT_HELP = ("Also write the tables and the run record (commit, versions, the CPU and its "
+                 "vector extensions) to this JSON file: what scripts/write_results.py --add puts "
+                 "on docs/results.md or docs/performance.md.")
+
+
 def bench_table(title: str, columns, rows, notes=()) -> Dict[str, Any]:
   """One table of a bench's output: its title, column names, rows (cells as text) and notes."""
   return {"title": title, "columns": [str(c) for c in columns],

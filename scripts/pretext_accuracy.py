@@ -29,6 +29,8 @@ runtime.set_defaults()  # Before anything imports TensorFlow.
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
+from report import results_page  # pylint: disable=g-import-not-at-top
+
 flags.DEFINE_list("workdir", None, "The --workdir of a train_and_eval.py pretext run, or several "
                   "(comma-separated).")
 flags.DEFINE_list("split", [], "The splits to evaluate on (default: the run's --val_split), each "
@@ -39,8 +41,7 @@ flags.DEFINE_string("data_dir", None, "Its data_dir (default: the run's, for its
 flags.DEFINE_bool("by_class", False, "Also evaluate the images of each class of the split alone "
                   "(their dataset labels): on which classes the pretext task generalises.")
 flags.DEFINE_bool("json", False, "Print the metrics of each evaluation as one JSON object.")
-flags.DEFINE_string("json_out", "", "Also write the metrics as tables, with the run record, to "
-                    "this JSON file (a bench output: what scripts/write_results.py --add reads).")
+flags.DEFINE_string("json_out", "", results_page.JSON_OUT_HELP)
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
@@ -101,7 +102,6 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     return 2
   if FLAGS.json_out:
-    from report import results_page  # pylint: disable=g-import-not-at-top
     from training import run_record  # pylint: disable=g-import-not-at-top
     results_page.write_bench_output(FLAGS.json_out, "scripts/pretext_accuracy.py",
                                     tables(records), run_record.record(random_seed=0))
@@ -117,7 +117,6 @@ def _run_name(workdir: str) -> str:
 def tables(records):
   """The evaluations as bench tables: one row each, and with --by_class one table per
   evaluation, a row per class (metrics other than counts in %)."""
-  from report import results_page  # pylint: disable=g-import-not-at-top
   names = sorted({k for r in records for k, v in r["metrics"].items()
                   if isinstance(v, float) and k not in ("loss", "num_examples")})
   cell = lambda m, k: f"{100 * m[k]:.1f}" if k in m else ""
