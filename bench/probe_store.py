@@ -71,6 +71,24 @@ def write_store(folder: str, examples: int, features: int, layers: int, classes:
               np.dtype(dtype).itemsize / 1e9)
 
 
+def _limit_bites(store, allowed: int):
+  """Whether what the limit is there to refuse fails under it: one whole layer where one alone is
+  larger than `allowed` bytes, else the whole store, layer after layer (None where the store
+  fits). Run after the peak memory is read: the reads up to the limit raise it."""
+  one = store.num_examples * store.row_bytes([store.layers[0]]) > allowed
+  if not one and store.num_examples * store.row_bytes() <= allowed:
+    return None
+  held = []
+  try:
+    for name in store.layers[:1] if one else store.layers:
+      held.append(store.read(name, slice(0, store.num_examples)))
+    return False
+  except MemoryError:
+    return True
+  finally:
+    del held[:]
+
+
 def train(folder: str, args) -> dict:
   """Heads trained and tested on the store in `folder` (or in memory, `args.in_memory`), under
   the memory limit; run in a child process."""
@@ -88,21 +106,6 @@ def train(folder: str, args) -> dict:
     if args.in_memory:
       limited += store.num_examples * store.row_bytes()
     resource.setrlimit(resource.RLIMIT_DATA, (limited, limited))
-  bites = None
-  allowed = budget + int(args.slack_gb * 2**30)
-  # What must not fit under the limit: one whole layer where one alone exceeds it, else the
-  # whole store, layer after layer.
-  one = store.num_examples * store.row_bytes([store.layers[0]]) > allowed
-  layers = store.layers[:1] if one else store.layers
-  if limited and not args.in_memory and (one or store.num_examples * store.row_bytes() > allowed):
-    held = []
-    try:  # The limit bites: this much in memory does not fit under it.
-      for name in layers:
-        held.append(store.read(name, slice(0, store.num_examples)))
-      bites = False
-    except MemoryError:
-      bites = True
-    del held
   if args.in_memory:
     store = store_lib.MemoryStore({n: store.read_all(n) for n in store.layers}, store.labels)
   rows = np.arange(store.num_examples)
@@ -120,7 +123,10 @@ def train(folder: str, args) -> dict:
                                  {n: grid for n in store.layers}, args.classes, budget,
                                  "bench")["test"]
   seconds = time.time() - start
-  usage = resource.getrusage(resource.RUSAGE_SELF)
+  usage = resource.getrusage(resource.RUSAGE_SELF)  # The peak, before the check below.
+  bites = None
+  if limited and not args.in_memory:
+    bites = _limit_bites(store, budget + int(args.slack_gb * 2**30))
   steps = heads_lib.num_train_steps(args.epochs, heads_lib.steps_per_epoch(len(rows),
                                                                            args.batch_size))
   trained = steps * args.batch_size
