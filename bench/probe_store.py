@@ -10,8 +10,9 @@ the head training (one epoch of every head of the grid) and of the test pass, th
 of the head training, and the peak resident memory of the training process against its start
 (the runtime) and against the budget. The training process runs with its data segment limited
 (RLIMIT_DATA) to its start plus the budget plus --slack_gb, so that a run which held the store in
-memory would fail; the limit is checked to bite by reading the whole store under it (one layer,
-where one alone is larger than the limit), which must fail. tests/test_store.py runs this at small sizes.
+memory would fail; after the peak is read, the limit is checked to bite by reading the whole
+store under it (one layer, where one alone is larger than the limit), which must fail.
+tests/test_store.py runs this at small sizes; --json_out keeps the table for docs/performance.md.
 
 The features: `--layers` layers of --features / --layers each, per class a random centre plus
 noise, so that the heads have something to learn (their accuracy is printed, as a check).

@@ -5,9 +5,10 @@ Each section of a page is a folder (docs/results/<section>/, docs/performance/<s
 result files of one grid root or of one or more evaluation workdirs (results.json,
 pretext_results.json, cell.json, cka.json and a probe series' series.json, at their paths under
 the root: nothing else is copied), or
-a bench's output (bench.json, as `write_bench_output` writes it: `bench/throughput.py`,
-`bench/probes_vs_sklearn.py` and `bench/probe_store.py` with `--json_out`; its tables and run
-record), and section.toml, which says what the section shows:
+a bench's output (bench.json, as `write_bench_output` writes it: the --json_out of
+bench/throughput.py, probes_vs_sklearn.py, probe_store.py, determinism.py and of
+scripts/pretext_accuracy.py; its tables and run record), and section.toml, which says what the
+section shows:
 
   title = "View-invariance methods on real photographs"
   order = 10                         # sections in increasing order, then by folder name

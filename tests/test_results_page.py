@@ -86,8 +86,9 @@ def test_a_section_added_from_a_root_quotes_its_numbers_and_how_they_were_made(t
 
 
 def test_a_bench_output_makes_a_performance_section(tmp_path):
-  """A bench's --json_out (results_page.write_bench_output) goes on the performance page as they were measured,
-  with the machine that measured them (its CPU's vector extensions: AVX2 or AVX-512)."""
+  """A bench's --json_out (results_page.write_bench_output): its tables go on the performance
+  page as they were measured, with the machine that measured them (its CPU's vector extensions:
+  AVX2 or AVX-512)."""
   run = _run_record()
   run["devices"] = dict(run["devices"], cpu_simd=["avx2", "avx512f"])
   run["finished"] = "2026-12-05T09:00:00+00:00"
