@@ -330,7 +330,7 @@ def methods_section(args):
 # cell on a 2-core machine (grid/local.py).
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 SETTINGS = (
-    ("TensorFlow's threads, oneDNN on (the suite's default)", {}, 1),
+    ("TensorFlow's threads, oneDNN on (the suite's default)", {"TF_ENABLE_ONEDNN_OPTS": "1"}, 1),
     ("oneDNN off (TF_ENABLE_ONEDNN_OPTS=0): Eigen's kernels", {"TF_ENABLE_ONEDNN_OPTS": "0"}, 1),
     ("TF_NUM_INTRAOP_THREADS=1, TF_NUM_INTEROP_THREADS=2",
      {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "2"}, 1),
@@ -355,8 +355,8 @@ def settings_section(args):
                    f"--methods={args.settings_methods}", f"--steps={args.steps}",
                    f"--warmup_steps={args.warmup_steps}", f"--json_out={out}"]
         # TensorFlow's thread counts are the setting's alone, not inherited from this process.
-        base = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
-        children.append((out, subprocess.Popen(command, env=dict(base, **env),
+        inherited = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+        children.append((out, subprocess.Popen(command, env=dict(inherited, **env),
                                                stdout=subprocess.DEVNULL)))
       rates = {m: 0.0 for m in method_names}
       for out, child in children:
@@ -366,9 +366,9 @@ def settings_section(args):
           for row in json.load(f)["tables"][0]["rows"]:
             rates[row[0]] += float(row[2])  # Step images/s, summed over the processes.
       rows.append([name, processes] + [f"{rates[m]:.1f}" for m in method_names])
-  base = [float(r) for r in rows[0][2:]]
+  default = [float(r) for r in rows[0][2:]]
   for row in rows:
-    row.append(", ".join(f"{float(r) / b:.2f}x" for r, b in zip(row[2:], base)))
+    row.append(", ".join(f"{float(r) / d:.2f}x" for r, d in zip(row[2:], default)))
   return bench_table("Process settings: training step, source images/s (summed over the "
                      "processes), each in fresh processes",
                      ["setting", "processes"] + method_names + ["vs the default"], rows,
