@@ -16,6 +16,15 @@ labelled subset (--train_fraction, --examples_per_class) and writes the same fil
 (<workdir>/step_<N>/results.json, <workdir>/series.json); --task=cka
 writes <workdir>/cka.json, the linear CKA between every layer of --hub_module and of --cka_other
 on the images of --val_split.
+
+<workdir>/pretext_results.json, the pretext run's own result:
+
+  {"config": every field of the run's config, "step": the step evaluated (the last),
+   "split": --val_split, "metrics": {"loss", the method's metrics (e.g. "accuracy"),
+   "num_examples"}, "pretext_metric": the name in "metrics" of the method's own measure
+   (accuracy unless the method names another, e.g. inpainting's PSNR), "times": {"training_s",
+   "pretext_eval_s", "export_s", "series_exports_s" (with kept checkpoints), "total_s"},
+   "run": the run record (training/run_record.py)}
 """
 
 import os

@@ -19,7 +19,8 @@ Writes <workdir>/cka.json:
    "layers_a": [...], "layers_b": [...], "matrix": [[CKA of layers_a[i], layers_b[j]]],
    "dataset": {"name", "split", "num_examples"}, "batch_size": examples per minibatch,
    "num_batches": int, "num_examples": images compared, "fingerprints": what identified the
-   two backbones' weights (an export's path and file times: a re-export recomputes),
+   two backbones' weights (core/files.export_fingerprint, or random init's: other weights
+   recompute),
    "times": {"total_s"}, "run": the run record (training/run_record.py)}
 """
 

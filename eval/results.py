@@ -6,7 +6,9 @@ Schema (format_version 1):
     "evaluation": "linear_eval" | "fine_tune",
     "config": {...},                   every field of the evaluation's config
     "source": {"hub_module": <export path> | "random_init", "task", "architecture",
-               "filters_factor", "mode", "eval_preprocessing": the spec the features came from,
+               "filters_factor", the model settings of core/architectures.py (MODEL_SETTINGS:
+               "mode", "last_relu", "vit_patch_size", "vit_position_embedding"),
+               "eval_preprocessing": the spec the features came from,
                "fingerprint": the backbone's (core/files.export_fingerprint of the export, or
                eval/representation.random_init_fingerprint): the results are reused only for
                the same one},

@@ -1,7 +1,20 @@
 """Running a cell's steps (pretext training + export, then each evaluation) as subprocesses of
 train_and_eval.py, each step's output appended to <cell>/log.txt and its record kept in
 <cell>/cell.json. The local executor runs cells with it on this machine; a SLURM job runs its
-cell with it on a node."""
+cell with it on a node.
+
+<cell>/cell.json, the cell's record (the grid's state of it, read by grid/state.py and the report):
+
+  {"name", "kind": "pretext" | "random_init" | "supervised", "method", "architecture", "mode",
+   "width", "origin": the grid file's entry it came from, "axes": {option: value},
+   "pretext_flags": {option: value} of its pretext step, "evaluations": {name: {option: value}},
+   "slurm": its SLURM settings, "baseline": the random-init cell it is compared with,
+   "grid": {"name", "file"},
+   "steps": {"pretext" | "eval:<name>": {"fingerprint": what identifies the step's settings,
+             "done", "started", "finished", "seconds", "exit_code", "cpu_s" (local runs),
+             and under SLURM the job's id}},
+   "wall_s": the seconds of its steps, once all are done}
+"""
 
 import os
 import re

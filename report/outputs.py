@@ -1,6 +1,22 @@
 """The report's files: report.md, report.csv, report.json and one PNG plot of top-1 accuracy
 against layer depth per table; a plain-text summary. report.md ends with the run record of every
-cell (report/records.py)."""
+cell (report/records.py).
+
+report.csv has one row per cell and layer of every table, its columns CSV_FIELDS (top1, top5 and
+knn_top1 fractions; best 1 on the cell's best layer; best_over_random_init in points). report.json:
+
+  {"format_version": 1, "generated": local time, "roots": [the grid roots read],
+   "tables": [{"evaluation": its title, "evaluation_key": [what groups the cells: evaluation,
+               dataset, splits, ...], "family", "layers": [the table's columns, by depth],
+               "cells": [{"name", "root", "kind", "method", "architecture", "mode", "width",
+                          "pretext_accuracy", "pretext_metric": {"name", "value"} | null,
+                          "best_layer", "best_top1", "best_over_random_init",
+                          "compared_with", "wall_s", "layers": {layer: results.json's entry},
+                          "runs": {phase: {"run", "times"}}}]}],
+   "failed": [{"name", "root", "failed_step", "exit_code", "error"}],
+   "cka": [{"name", and of cka.json "a", "b", "layers_a", "layers_b", "matrix", "dataset",
+            "num_examples"}: the layer similarities the report draws]}
+"""
 
 import csv
 import datetime

@@ -7,8 +7,14 @@ pretext_results.json, cell.json, cka.json and a probe series' series.json, at th
 the root: nothing else is copied), or
 a bench's output (bench.json, as `write_bench_output` writes it: the --json_out of
 bench/throughput.py, probes_vs_sklearn.py, probe_store.py, determinism.py and of
-scripts/pretext_accuracy.py; its tables and run record), and section.toml, which says what the
-section shows:
+scripts/pretext_accuracy.py), and section.toml, which says what the section shows. A bench
+output:
+
+  {"bench": the script that measured it, "run": the run record of its process
+   (training/run_record.py), "tables": [{"title", "columns": [names], "rows": [[cells as text]],
+   "notes": [lines under the table]}]}
+
+and a section.toml:
 
   title = "View-invariance methods on real photographs"
   order = 10                         # sections in increasing order, then by folder name

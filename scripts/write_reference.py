@@ -1,5 +1,6 @@
-"""Writes docs/reference.md (every option, by group) from core/options.py, or with --check says
-whether the page is current.
+"""Writes docs/reference.md (every option by group, from core/options.py; the grid-file format;
+every result file's fields, from the docstrings of the modules that write them), or with --check
+says whether the page is current.
 
   .venv/bin/python scripts/write_reference.py            # rewrites docs/reference.md
   .venv/bin/python scripts/write_reference.py --check    # exit 1 if it is not what this writes

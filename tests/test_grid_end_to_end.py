@@ -170,6 +170,34 @@ def test_real_cells_end_to_end(local_run):
     assert grew == (name == "rotation-vgg19-w1-broken"), name
 
 
+def test_the_reference_gives_every_field_a_grid_writes(local_run):
+  """docs/reference.md's fields of each result file (report/reference.py, from the writers'
+  docstrings) hold every key of the files this grid wrote, and those of the tables in them."""
+  from report import reference  # pylint: disable=g-import-not-at-top
+  root = local_run["root"]
+  cell = os.path.join(root, "rotation-vgg19-w1")
+  # name: (path, the fields one level down that are checked too).
+  written = {
+      "pretext_results.json": (os.path.join(cell, "pretext_results.json"),
+                               ("metrics", "times")),
+      "export_info.json": (os.path.join(cell, "export", "export_info.json"), ()),
+      "results.json": (os.path.join(cell, "linear_eval", "results.json"),
+                       ("source", "dataset", "best_layer", "times")),
+      "the run record": (os.path.join(cell, "pretext_results.json"),
+                         ("git", "versions", "devices", "strategy")),
+      "cell.json": (os.path.join(cell, "cell.json"), ("grid",)),
+      "grid_status.json": (os.path.join(root, "grid_status.json"), ("grid",)),
+      "report.json": (os.path.join(root, "report", "report.json"), ())}
+  entries = {e[0]: e for e in reference.RESULT_FILES}
+  assert set(written) <= set(entries)
+  for name, (path, nested) in written.items():
+    documented = set(re.findall(r'"([a-z_0-9]+)"', reference.fields_block(*entries[name][2:])))
+    data = json.load(open(path))
+    data = data["run"] if name == "the run record" else data
+    keys = set(data).union(*(data[k] for k in nested))
+    assert keys <= documented, (name, sorted(keys - documented))
+
+
 @pytest.mark.slow
 def test_grid_on_slurm_gives_the_local_numbers_detached_then_attached(local_run, slurm_root):
   """Two trained cells, a baseline and a cell that fails (its loss diverges): --detach submits

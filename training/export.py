@@ -4,6 +4,18 @@ Signatures, each taking `images` float32 [batch, H, W, C] of any batch size, pre
 method's evaluation preprocessing (recorded in export_info.json):
   serving_default: {'logits': the pretext (or supervised) output}
   representation: {end point name: tensor} for every end point, in the backbone's depth order.
+
+Beside it, export_info.json, which every evaluation of the export reads:
+
+  {"task", "architecture", "filters_factor", the model settings of core/architectures.py
+   (MODEL_SETTINGS: "mode", "last_relu", "vit_patch_size", "vit_position_embedding"),
+   "network": "online" | "teacher" (methods with a teacher: the network exported),
+   "dataset", "eval_preprocessing": the preprocessing an evaluation applies to its images,
+   "preprocess_config": every preprocessing setting of the run, "input_shape": the shape of one
+   example the signatures take, "end_points": the probed end points in depth order, "step": the
+   checkpoint's step, "run": the run record (training/run_record.py); the exports of kept
+   checkpoints (<workdir>/exports/step_<N>) also "epoch", "pretext_metrics" and "pretext_split"
+   (null without --run_eval)}
 """
 
 import json
