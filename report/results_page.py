@@ -6,7 +6,7 @@ result files of one grid root or of one or more evaluation workdirs (results.jso
 pretext_results.json, cell.json, cka.json and a probe series' series.json, at their paths under
 the root: nothing else is copied), or
 a bench's output (bench.json, as `write_bench_output` writes it: the --json_out of
-bench/throughput.py, probes_vs_sklearn.py, probe_store.py, determinism.py and of
+bench/throughput.py, probes_vs_sklearn.py, probe_store.py, determinism.py, footprint.py and of
 scripts/pretext_accuracy.py), and section.toml, which says what the section shows. A bench
 output:
 
