@@ -420,7 +420,8 @@ def probes_section(args):
     fly = _probe_run(export, width, args, on_the_fly=True)
     name = export_label(export) if export else f"random init resnet50_v2 w{width}"
     split = lambda r: (f"{r['times']['total_s']:.1f} ({r['times']['feature_extraction_s']:.1f} + "
-                       f"{r['times']['head_training_s']:.1f})")
+                       f"{r['times']['head_training_s']:.1f}, inputs "
+                       f"{r['times'].get('input_stats_s', 0.0):.1f})")
     best = lambda r: f"{r['best_layer']['name']} {100 * r['best_layer']['top1']:.1f}"
     rows.append((name, split(tuned), split(one),
                  f"{tuned['times']['total_s'] / one['times']['total_s']:.2f}x",
@@ -428,7 +429,9 @@ def probes_section(args):
   return bench_table(f"Per-layer linear probes, {args.probe_epochs:g} epochs (cosine), "
                      f"{args.probe_train_examples} training / {args.probe_test_examples} test "
                      "images "
-                     "(seconds: results.json's total_s, of the cached protocol features + heads)",
+                     "(seconds: results.json's total_s, of the cached protocol features + heads, "
+                     "and of the heads the time making their inputs: statistics, decorrelation, "
+                     "transform)",
                      ("backbone", "tuned (grid)", "one setting", "ratio", "on the fly",
                       "best layer: tuned / one setting / on the fly"), rows)
 

@@ -480,7 +480,7 @@ def run_linear_eval(config: LinearEvalConfig) -> Dict[str, Any]:
     num_val = sizes[config.val_split]
   else:
     num_train, dims, num_val = len(rows), train.dims, test.num_examples
-    metrics = probing.probe(config, train, test, rows, num_classes, budget)
+    metrics = probing.probe(config, train, test, rows, num_classes, budget, times)
   times["head_training_s"] = time.time() - t
 
   layers = {name: dict(dim=dims[name], **metrics[name]) for name in extractor.layers}

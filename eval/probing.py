@@ -14,7 +14,8 @@ Memory: the heads of the layers that fit the budget together train as a group
 are the same whatever the grouping, so the results do not depend on the budget.
 """
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+import time
+from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
@@ -59,10 +60,12 @@ def schedule(config, steps_in_epoch: int):
 def fit_and_test(config, train: store_lib.Store, rows: np.ndarray,
                  tests: Mapping[str, Tuple[store_lib.Store, np.ndarray]],
                  settings: Mapping[str, Sequence[heads_lib.Setting]], num_classes: int,
-                 budget: Optional[int], what: str
+                 budget: Optional[int], what: str,
+                 times: Optional[MutableMapping[str, float]] = None
                  ) -> Dict[str, Dict[str, List[Dict[str, float]]]]:
   """Heads with `settings[layer]` trained on `rows` of `train`, then tested on each of `tests`
-  (name: (store, rows)): per test, layer and setting, top1, top5 and loss."""
+  (name: (store, rows)): per test, layer and setting, top1, top5 and loss. `times` (optional)
+  gets `input_stats_s`: the seconds of the inputs' statistics, decorrelation and transform."""
   dims = {name: train.dims[name] for name in settings}
   width = max(len(s) for s in settings.values())
   plan = reading(config, dims, train.dtype.itemsize, num_classes, budget, width)
@@ -78,6 +81,7 @@ def fit_and_test(config, train: store_lib.Store, rows: np.ndarray,
     if len(plan.groups) > 1:
       logging.info("%s: layers %s (group %d of %d within the memory budget)", what, group, i + 1,
                    len(plan.groups))
+    start = time.time()
     stats = (stats_lib.store_stats(train, group, rows, block, decorrelate(config))
              if config.standardize_features else None)
     group_train, group_rows, group_tests = train, rows, dict(tests)
@@ -91,6 +95,8 @@ def fit_and_test(config, train: store_lib.Store, rows: np.ndarray,
                             np.arange(len(test_rows)))
                      for name, (store, test_rows) in tests.items()}
       stats = {name: s.applied() for name, s in stats.items()}
+    if times is not None:
+      times["input_stats_s"] = times.get("input_stats_s", 0.0) + time.time() - start
     probes = heads_lib.Probes(
         {n: dims[n] for n in group}, num_classes, settings, config.eval_model,
         config.channels_hidden, config.random_seed, stats,
@@ -137,9 +143,10 @@ def _transformed(store: store_lib.Store, rows: np.ndarray,
 
 
 def probe(config, train: store_lib.Store, test: store_lib.Store, rows: np.ndarray,
-          num_classes: int, budget: Optional[int]) -> Dict[str, Dict[str, Any]]:
+          num_classes: int, budget: Optional[int],
+          times: Optional[MutableMapping[str, float]] = None) -> Dict[str, Dict[str, Any]]:
   """Per layer: the chosen head's test top1, top5 and loss, its `setting`, and `minival`: every
-  setting's held-out top-1 (absent with a grid of one)."""
+  setting's held-out top-1 (absent with a grid of one). `times`: as fit_and_test's."""
   grid = settings_of(config)
   tests = {"test": (test, np.arange(test.num_examples))}
   fit = rows
@@ -150,7 +157,7 @@ def probe(config, train: store_lib.Store, test: store_lib.Store, rows: np.ndarra
     logging.info("heads: %d settings per layer, chosen on a minival of %d of the %d training "
                  "examples", len(grid), len(minival), len(rows))
   scores = fit_and_test(config, train, fit, tests, {n: grid for n in train.layers}, num_classes,
-                        budget, "heads")
+                        budget, "heads", times)
   out = {}
   for name in train.layers:
     choice, held_out = 0, {}

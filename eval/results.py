@@ -24,7 +24,9 @@ Schema (format_version 1):
                                    held-out part of the training split] (only with a grid),
                        "knn_top1": float (only when kNN was asked for)}},
     "best_layer": {"name": layer with the highest top1 (the shallower one on ties), "top1": float},
-    "times": {"feature_extraction_s", "head_training_s", "knn_s", "total_s"}
+    "times": {"feature_extraction_s", "head_training_s", "input_stats_s" (the part of
+              head_training_s that made the heads' inputs: statistics, decorrelation, transform;
+              the cached protocol), "knn_s", "total_s"}
              (fine_tune: {"training_s", "test_s", "total_s"}),
     "run": how the number was made: commit, command, versions, devices, strategy, seed
            (training/run_record.py; files written before it was recorded have none)

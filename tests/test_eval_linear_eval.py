@@ -305,7 +305,9 @@ def test_run_linear_eval(tmp_path, monkeypatch, export_dir):
     assert 0 <= entry["top1"] <= entry["top5"] == 1.0  # 3 classes: top-3 always hits.
   assert r["layers"]["block2"]["knn_top1"] > 0.5  # Chance: 1/3.
   assert r["best_layer"]["top1"] == max(e["top1"] for e in r["layers"].values())
-  assert set(r["times"]) == {"feature_extraction_s", "head_training_s", "knn_s", "total_s"}
+  assert set(r["times"]) == {"feature_extraction_s", "head_training_s", "input_stats_s", "knn_s",
+                             "total_s"}
+  assert 0 < r["times"]["input_stats_s"] < r["times"]["head_training_s"] < r["times"]["total_s"]
   assert r["run"]["random_seed"] == 0 and r["run"]["versions"]["tensorflow"] == tf.__version__
   assert r["run"]["strategy"]["replicas"] == 1 and r["run"]["devices"]["cpu_count"] >= 1
 
