@@ -32,7 +32,8 @@ Sections (each prints one table):
              --probe_train_examples / --probe_test_examples images of the embedded dataset: the
              export --probe_export, or a random-init ResNet-50 v2 at each of --probe_widths on
              --image_size images, after an untimed run of one epoch that loads them; their
-             wall times, the ratio tuned / one setting, and the best layer of each.
+             wall times (tuned and one setting: the median of --probe_repeats runs in turn),
+             the ratio tuned / one setting, and the best layer of each.
 Timings skip --warmup_steps calls (tracing) and average the next --steps.
 
 --profile=N traces --steps more calls of every measured step with the TensorFlow profiler and
@@ -415,16 +416,23 @@ def probes_section(args):
     # Not timed: the first run in the process loads the backbone, the dataset and TensorFlow's
     # kernels, which the runs after it find loaded.
     _probe_run(export, width, args, on_the_fly=False, extra=ONE_SETTING + ["--epochs=1"])
-    tuned = _probe_run(export, width, args, on_the_fly=False)
-    one = _probe_run(export, width, args, on_the_fly=False, extra=ONE_SETTING)
+    # In turn, --probe_repeats times: the machine's speed drifts between runs minutes apart, and
+    # the ratio of the medians is read against runs that drifted alike.
+    tuned_runs, one_runs = [], []
+    for _ in range(args.probe_repeats):
+      tuned_runs.append(_probe_run(export, width, args, on_the_fly=False))
+      one_runs.append(_probe_run(export, width, args, on_the_fly=False, extra=ONE_SETTING))
+    tuned, one = _median_run(tuned_runs), _median_run(one_runs)
     fly = _probe_run(export, width, args, on_the_fly=True)
     name = export_label(export) if export else f"random init resnet50_v2 w{width}"
     split = lambda r: (f"{r['times']['total_s']:.1f} ({r['times']['feature_extraction_s']:.1f} + "
                        f"{r['times']['head_training_s']:.1f}, inputs "
                        f"{r['times'].get('input_stats_s', 0.0):.1f})")
+    spread = lambda runs: ", ".join(f"{r['times']['total_s']:.1f}" for r in runs)
     best = lambda r: f"{r['best_layer']['name']} {100 * r['best_layer']['top1']:.1f}"
     rows.append((name, split(tuned), split(one),
                  f"{tuned['times']['total_s'] / one['times']['total_s']:.2f}x",
+                 f"{spread(tuned_runs)} / {spread(one_runs)}",
                  f"{fly['times']['total_s']:.1f}", f"{best(tuned)} / {best(one)} / {best(fly)}"))
   return bench_table(f"Per-layer linear probes, {args.probe_epochs:g} epochs (cosine), "
                      f"{args.probe_train_examples} training / {args.probe_test_examples} test "
@@ -432,8 +440,16 @@ def probes_section(args):
                      "(seconds: results.json's total_s, of the cached protocol features + heads, "
                      "and of the heads the time making their inputs: statistics, decorrelation, "
                      "transform)",
-                     ("backbone", "tuned (grid)", "one setting", "ratio", "on the fly",
-                      "best layer: tuned / one setting / on the fly"), rows)
+                     ("backbone", "tuned (grid)", "one setting", "ratio",
+                      "each run: tuned / one setting", "on the fly",
+                      "best layer: tuned / one setting / on the fly"), rows,
+                     notes=[f"tuned and one setting: the run of median total_s of "
+                            f"{args.probe_repeats}, run in turn"])
+
+
+def _median_run(runs):
+  """The run of median total_s (the upper of the two middle ones for an even count)."""
+  return sorted(runs, key=lambda r: r["times"]["total_s"])[len(runs) // 2]
 
 
 def main():
@@ -458,6 +474,8 @@ def main():
                  help="Section probes: filters_factors of the random-init ResNet-50 v2.")
   p.add_argument("--probe_epochs", type=float, default=50)
   p.add_argument("--probe_train_examples", type=int, default=10000)
+  p.add_argument("--probe_repeats", type=int, default=3,
+                 help="Section probes: runs of the tuned and one-setting evaluations, in turn.")
   p.add_argument("--probe_test_examples", type=int, default=5000)
   p.add_argument("--profile", type=int, default=0, metavar="N",
                  help="Also profile every measured step: its N costliest op types and ops.")
