@@ -1006,7 +1006,9 @@ def test_a_baseline_has_its_trained_cells_backbone_settings(known):
       "mae-vit_p4-w3": "random_init-vit_p4-w3-vit_position_embeddingsincos",
       "rotation-resnet50_v2-w2": "random_init-resnet50_v2-w2",
       "simclr-resnet50_v2-w2": "random_init-resnet50_v2-w2",
-      "dino-resnet50_v2-w2": "random_init-resnet50_v2-w2"}
+      "dino-resnet50_v2-w2": "random_init-resnet50_v2-w2",
+      "dino-vit_p8-w3": "random_init-vit_p8-w3"}
+  assert grid.cell("random_init-vit_p8-w3").evaluations["linear_eval"]["vit_patch_size"] == "8"
   assert grid.cell("mae-vit_p4-w3").pretext_flags["vit_position_embedding"] == "sincos"
   sincos = grid.cell(baselines["mae-vit_p4-w3"]).evaluations["linear_eval"]
   learned = grid.cell("random_init-vit_p4-w3").evaluations["linear_eval"]
